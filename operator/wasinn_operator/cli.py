@@ -1,0 +1,151 @@
+"""The `wasinn` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .runtime import (
+    EXIT_HOST_ERROR,
+    ArgsError,
+    ExecutionTarget,
+    ModelError,
+    Runtime,
+    RuntimeConfig,
+    default_cache_dir,
+    parse_size,
+    parse_wasm_args,
+)
+
+RUN_USAGE = """\
+usage: wasinn run [WASINN OPTIONS] [WASMTIME FLAGS] MODULE.wasm [ARGS...]
+
+Run a WebAssembly module with WASI and wasi-nn (OpenVINO), like `wasmtime run`.
+
+wasmtime flags:
+  -S nn | --wasi nn                 enable wasi-nn (also enabled when the module imports it)
+  -S nn-graph=ENCODING::DIR         a named model (name = DIR's basename); also --wasi-nn-graph
+  --wasi-modules=experimental-wasi-nn   the old (wasmtime <= 13) way to enable wasi-nn
+  --env NAME=VALUE | --env NAME     guest environment
+  --dir HOST[::GUEST]               preopen a host directory (also --mapdir GUEST::HOST)
+  --invoke NAME                     call this export instead of _start
+  -W timeout=30s                    wall-clock limit
+  -W max-memory-size=512MiB         linear-memory limit
+wasinn options (before the wasmtime flags):
+  --models-dir DIR                  preopen DIR read-only at /models and register each model
+                                    subdirectory by name (default: $WASINN_MODELS_DIR)
+  --precision f32|bf16|f16          OpenVINO inference precision (default: the device's)
+  --target-fallback cpu|auto        use this target when the requested device is absent
+  --cache-dir DIR | --no-cache      compiled-module and model caches (default: %s)
+  --output-limit SIZE               cap on captured stdout/stderr (streaming is never cut)
+"""
+
+
+def _run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(RUN_USAGE % default_cache_dir())
+        return 0 if argv else 2
+    try:
+        models_dir, cache_dir, precision, fallback, output_limit, rest = _wasinn_options(argv)
+        parsed = parse_wasm_args(rest)
+        if models_dir is None and os.environ.get("WASINN_MODELS_DIR"):
+            models_dir = Path(os.environ["WASINN_MODELS_DIR"])
+        module_path = Path(str(parsed.module))
+        wasm = module_path.read_bytes()
+    except (ArgsError, ModelError) as exc:
+        sys.stderr.write(f"wasinn run: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"wasinn run: cannot read the module: {exc}\n")
+        return 2
+    spec = parsed.to_spec(wasm, program_name=module_path.name)
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            sys.stderr.write(f"wasinn run: models directory {str(models_dir)!r} does not exist\n")
+            return 2
+        spec.models_dir = models_dir.resolve()
+    if output_limit is not None:
+        spec.stdout_limit = spec.stderr_limit = output_limit
+    runtime = Runtime(
+        RuntimeConfig(cache_dir=cache_dir, inference_precision=precision, target_fallback=fallback)
+    )
+    result = runtime.run(spec, stdout=_writer(1), stderr=_writer(2))
+    return result.exit_code if result.error is None or result.exit_code else EXIT_HOST_ERROR
+
+
+def _writer(fd: int) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        os.write(fd, data)
+
+    return write
+
+
+def _wasinn_options(
+    argv: list[str],
+) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, int | None, list[str]]:
+    models_dir: Path | None = None
+    cache_dir: Path | None = default_cache_dir()
+    precision = os.environ.get("WASINN_INFERENCE_PRECISION") or None
+    fallback: ExecutionTarget | None = None
+    output_limit: int | None = None
+    i = 0
+    while i < len(argv):
+        flag, eq, inline = argv[i].partition("=")
+        takes_value = flag in (
+            "--models-dir",
+            "--precision",
+            "--target-fallback",
+            "--cache-dir",
+            "--output-limit",
+        )
+        if flag == "--no-cache":
+            cache_dir, i = None, i + 1
+            continue
+        if not takes_value:
+            break
+        if eq:
+            value, i = inline, i + 1
+        elif i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        else:
+            raise ArgsError(f"{flag} needs a value")
+        if flag == "--models-dir":
+            models_dir = Path(value).expanduser()
+        elif flag == "--cache-dir":
+            cache_dir = Path(value).expanduser()
+        elif flag == "--precision":
+            precision = value
+        elif flag == "--target-fallback":
+            try:
+                fallback = ExecutionTarget[value.upper()]
+            except KeyError:
+                raise ArgsError(
+                    f"--target-fallback: {value!r} is not cpu, gpu, tpu or auto"
+                ) from None
+        else:
+            output_limit = parse_size(value, flag)
+    if precision is not None and precision not in ("f32", "fp32", "bf16", "f16", "fp16"):
+        raise ArgsError(f"--precision: {precision!r} is not f32, bf16 or f16")
+    return models_dir, cache_dir, precision, fallback, output_limit, argv[i:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `wasinn` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="wasinn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wasinn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run a wasm module locally (wasmtime-style flags)", add_help=False)
+    if args and args[0] == "run":
+        return _run(args[1:])
+    parser.parse_args(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The embedded wasm engine: wasmtime + WASI preview1 + the wasi-nn host over OpenVINO.
+
+Public surface: `Runtime` (one per process), `RunSpec` / `RunResult`, and `parse_wasm_args`
+for wasmtime-style command lines.
+"""
+
+from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args
+from .engine import Runtime, RuntimeConfig, Session, default_cache_dir
+from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno
+from .spec import (
+    EXIT_HOST_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_TRAP,
+    MODELS_GUEST_DIR,
+    DirMount,
+    Outcome,
+    RunResult,
+    RunSpec,
+)
+
+__all__ = [
+    "EXIT_HOST_ERROR",
+    "EXIT_TIMEOUT",
+    "EXIT_TRAP",
+    "MODELS_GUEST_DIR",
+    "ArgsError",
+    "DirMount",
+    "ExecutionTarget",
+    "ModelError",
+    "NNErrno",
+    "NamedModel",
+    "Outcome",
+    "RunResult",
+    "RunSpec",
+    "Runtime",
+    "RuntimeConfig",
+    "Session",
+    "WasmArgs",
+    "default_cache_dir",
+    "parse_duration",
+    "parse_size",
+    "parse_wasm_args",
+]

@@ -1,0 +1,354 @@
+"""The embedded engine: wasmtime with WASI preview1 and the wasi-nn host over OpenVINO.
+
+One `Runtime` per process holds the wasmtime engine, the module cache and the OpenVINO backend;
+each `run` gets its own store, WASI context and wasi-nn handles, so runs may proceed in
+parallel threads. Guest faults (traps, timeouts, memory limits, bad wasi-nn arguments) end only
+that run, with a clear `RunResult.error`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from .modcache import ModuleCache, ModuleError
+from .nn.abi import ExecutionTarget
+from .nn.host import MODULE as NN_MODULE
+from .nn.host import NNHost
+from .nn.models import NamedModel, scan_models_dir
+from .nn.openvino import BackendConfig, OpenVINOBackend
+from .spec import (
+    EXIT_HOST_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_TRAP,
+    MODELS_GUEST_DIR,
+    DirMount,
+    Outcome,
+    RunResult,
+    RunSpec,
+)
+
+EPOCH_TICK_SECONDS = 0.05
+NO_DEADLINE = 1 << 62
+Sink = Callable[[bytes], None]
+
+
+def default_cache_dir() -> Path:
+    """`$WASINN_CACHE_DIR`, else `$XDG_CACHE_HOME/wasinn`, else `~/.cache/wasinn`."""
+    explicit = os.environ.get("WASINN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wasinn"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Process-wide engine settings."""
+
+    cache_dir: Path | None = None
+    inference_precision: str | None = None
+    target_fallback: ExecutionTarget | None = None
+
+
+class _Capture:
+    """Collects a stream up to a cap while forwarding every byte to an optional sink."""
+
+    def __init__(self, limit: int, sink: Sink | None) -> None:
+        self._limit = limit
+        self._sink = sink
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.truncated = False
+
+    def write(self, data: bytes) -> None:
+        room = self._limit - self._size
+        if len(data) > room:
+            self.truncated = True
+        if room > 0:
+            chunk = data[:room]
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+        if self._sink is not None:
+            try:
+                self._sink(data)
+            except Exception:  # a broken consumer must not fail the guest's write
+                self._sink = None
+
+    def log(self, line: str) -> None:
+        self.write(line.encode() + b"\n")
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+class _Ticker:
+    """Advances the engine epoch on a fixed period so stores can have wall-clock deadlines."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._started = False
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if not self._started:
+                threading.Thread(target=self._loop, name="wasinn-epoch", daemon=True).start()
+                self._started = True
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(EPOCH_TICK_SECONDS)
+            self._engine.increment_epoch()
+
+
+class Runtime:
+    """Runs wasm modules; share one per process."""
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        engine_config = wasmtime.Config()
+        engine_config.epoch_interruption = True
+        # Linear memory must never move: wasi-nn input tensors are views of it.
+        engine_config.memory_may_move = False
+        self.engine = wasmtime.Engine(engine_config)
+        cache = self.config.cache_dir
+        self.modules = ModuleCache(
+            self.engine,
+            None if cache is None else cache / "modules",
+            settings="epoch_interruption,memory_may_move=false",
+        )
+        self.backend = OpenVINOBackend(
+            BackendConfig(
+                cache_dir=None if cache is None else cache / "openvino",
+                inference_precision=self.config.inference_precision,
+                target_fallback=self.config.target_fallback,
+            )
+        )
+        self._ticker = _Ticker(self.engine)
+        self._models_lock = threading.Lock()
+        self._models_dirs: dict[Path, dict[str, NamedModel]] = {}
+
+    def run(
+        self, spec: RunSpec, stdout: Sink | None = None, stderr: Sink | None = None
+    ) -> RunResult:
+        """Execute `spec`; never raises for anything the module or its arguments do."""
+        out = _Capture(spec.stdout_limit, stdout)
+        err = _Capture(spec.stderr_limit, stderr)
+        result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
+        started = time.monotonic()
+        try:
+            module, result.module_cached = self.modules.get(spec.wasm)
+            result.compile_seconds = time.monotonic() - started
+            self._execute(spec, module, out, err, result)
+        except (ModuleError, OSError, ValueError) as exc:
+            result.error = str(exc)
+        finally:
+            result.run_seconds = time.monotonic() - started - result.compile_seconds
+        if result.error and result.outcome is not Outcome.EXITED:
+            err.log(f"wasinn: {result.error}")
+        result.stdout, result.stdout_truncated = out.value(), out.truncated
+        result.stderr, result.stderr_truncated = err.value(), err.truncated
+        return result
+
+    def _execute(
+        self,
+        spec: RunSpec,
+        module: wasmtime.Module,
+        out: _Capture,
+        err: _Capture,
+        result: RunResult,
+    ) -> None:
+        store, linker = self._store_and_linker(spec, module, out, err)
+        instance: wasmtime.Instance | None = None
+        try:
+            instance = linker.instantiate(store, module)
+            self._call_entry(spec, store, instance, out)
+            result.outcome, result.exit_code = Outcome.EXITED, 0
+        except wasmtime.ExitTrap as exc:
+            result.outcome, result.exit_code = Outcome.EXITED, exc.code
+            if exc.code != 0:
+                result.error = f"exited with code {exc.code}"
+        except wasmtime.Trap as exc:
+            if exc.trap_code is wasmtime.TrapCode.INTERRUPT:
+                result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+                result.error = f"timed out after {spec.timeout:g} s"
+            else:
+                result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
+                result.error = "wasm trap: " + exc.message.strip().splitlines()[0]
+            result.error += _memory_note(spec, store, instance)
+        except wasmtime.WasmtimeError as exc:
+            message = str(exc).strip().splitlines()[0]
+            if instance is None:
+                message = f"cannot instantiate the module: {message}"
+            result.error = message + _memory_note(spec, store, instance)
+
+    def _store_and_linker(
+        self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
+    ) -> tuple[wasmtime.Store, wasmtime.Linker]:
+        store = wasmtime.Store(self.engine)
+        if spec.max_memory is not None:
+            store.set_limits(memory_size=spec.max_memory)
+        store.set_wasi(self._wasi(spec, out, err))
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
+        if spec.nn if spec.nn is not None else wants_nn:
+            NNHost(self.backend, self._models(spec), err.log).define(linker)
+        if spec.timeout is not None:
+            self._ticker.ensure_started()
+            store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))
+        else:
+            store.set_epoch_deadline(NO_DEADLINE)
+        return store, linker
+
+    def session(self, spec: RunSpec) -> Session:
+        """Instantiate without running `_start`: for embedding, ABI tests and benchmarks.
+
+        Raises `ModuleError`, `ValueError` or `wasmtime.WasmtimeError` when the module cannot be
+        instantiated; calls on the session raise what the guest's code raises (traps).
+        """
+        module, _ = self.modules.get(spec.wasm)
+        out = _Capture(spec.stdout_limit, None)
+        err = _Capture(spec.stderr_limit, None)
+        store, linker = self._store_and_linker(spec, module, out, err)
+        return Session(store, linker.instantiate(store, module), out, err)
+
+    def _wasi(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.WasiConfig:
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [spec.program_name, *spec.args]
+        wasi.env = list(spec.env.items())
+        wasi.stdout_custom = out.write
+        wasi.stderr_custom = err.write
+        mounts = list(spec.dirs)
+        if spec.models_dir is not None:
+            mounts.append(DirMount(spec.models_dir, MODELS_GUEST_DIR, read_only=True))
+        for mount in mounts:
+            if not mount.host.is_dir():
+                raise ValueError(f"--dir: {str(mount.host)!r} is not a directory")
+            wasi.preopen_dir(str(mount.host), mount.guest, fs_mutable=not mount.read_only)
+        return wasi
+
+    def _models(self, spec: RunSpec) -> dict[str, NamedModel]:
+        models: dict[str, NamedModel] = {}
+        if spec.models_dir is not None:
+            models.update(self.models_in(spec.models_dir))
+        models.update({m.name: m for m in spec.models})
+        return models
+
+    def models_in(self, models_dir: Path) -> dict[str, NamedModel]:
+        """The named models of a models directory (scanned once per process)."""
+        key = models_dir.resolve()
+        with self._models_lock:
+            found = self._models_dirs.get(key)
+            if found is None:
+                found = {m.name: m for m in scan_models_dir(key)}
+                self._models_dirs[key] = found
+            return found
+
+    @staticmethod
+    def _call_entry(
+        spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance, out: _Capture
+    ) -> None:
+        exports = instance.exports(store)
+        if spec.invoke is None:
+            start = exports.get("_start")
+            if not isinstance(start, wasmtime.Func):
+                raise ValueError("the module exports no _start function (use --invoke NAME)")
+            start(store)
+            return
+        init = exports.get("_initialize")
+        if isinstance(init, wasmtime.Func):
+            init(store)
+        func = exports.get(spec.invoke)
+        if not isinstance(func, wasmtime.Func):
+            raise ValueError(f"--invoke: the module exports no function {spec.invoke!r}")
+        params = func.type(store).params
+        if len(params) != len(spec.args):
+            raise ValueError(
+                f"--invoke {spec.invoke}: takes {len(params)} argument(s), got {len(spec.args)}"
+            )
+        values = [_parse_value(ty, arg) for ty, arg in zip(params, spec.args, strict=True)]
+        returned = func(store, *values)
+        for value in returned if isinstance(returned, list) else [returned]:
+            if value is not None:
+                out.write(f"{value}\n".encode())
+
+
+def _parse_value(ty: wasmtime.ValType, text: str) -> int | float:
+    try:
+        if ty in (wasmtime.ValType.i32(), wasmtime.ValType.i64()):
+            return int(text, 0)
+        if ty in (wasmtime.ValType.f32(), wasmtime.ValType.f64()):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"--invoke: {text!r} is not a valid {ty}") from None
+    raise ValueError(f"--invoke: parameters of type {ty} are not supported")
+
+
+def _memory_note(spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance | None) -> str:
+    """Say so when a failure happened with linear memory at its configured limit."""
+    if spec.max_memory is None:
+        return ""
+    memory = None if instance is None else instance.exports(store).get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        return f" (memory limit {spec.max_memory} bytes)"
+    size = memory.data_len(store)
+    if size + memory.page_size(store) > spec.max_memory:
+        return (
+            f" (linear memory reached its limit: {size} bytes in use, "
+            f"limit {spec.max_memory}; a memory.grow was refused)"
+        )
+    return ""
+
+
+class Session:
+    """An instantiated module whose exports the caller drives directly."""
+
+    def __init__(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, out: _Capture, err: _Capture
+    ) -> None:
+        self.store = store
+        self.instance = instance
+        self._out = out
+        self._err = err
+
+    def call(self, name: str, *args: int | float) -> object:
+        """Call an exported function."""
+        func = self.instance.exports(self.store)[name]
+        if not isinstance(func, wasmtime.Func):
+            raise TypeError(f"export {name!r} is not a function")
+        return func(self.store, *args)
+
+    @property
+    def memory(self) -> wasmtime.Memory:
+        """The exported linear memory."""
+        memory = self.instance.exports(self.store)["memory"]
+        if not isinstance(memory, wasmtime.Memory):
+            raise TypeError("export 'memory' is not a memory")
+        return memory
+
+    def write(self, ptr: int, data: bytes) -> None:
+        """Copy bytes into guest memory."""
+        self.memory.write(self.store, data, ptr)
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy bytes out of guest memory."""
+        return bytes(self.memory.read(self.store, ptr, ptr + length))
+
+    @property
+    def stdout(self) -> bytes:
+        """What the guest wrote to stdout so far (capped)."""
+        return self._out.value()
+
+    @property
+    def stderr(self) -> bytes:
+        """What the guest and the wasi-nn host wrote to stderr so far (capped)."""
+        return self._err.value()

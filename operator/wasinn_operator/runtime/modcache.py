@@ -1,0 +1,92 @@
+"""Compiled wasm modules, cached in memory and on disk.
+
+The on-disk key is the module's sha256 plus a fingerprint of the wasmtime version, the engine
+settings and the host architecture, so a cache shared across upgrades never serves stale code.
+Only files this cache wrote are deserialized (wasmtime trusts serialized modules), so the
+directory must not be writable by others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import wasmtime
+
+WASM_MAGIC = b"\0asm"
+
+
+class ModuleError(ValueError):
+    """The bytes are not a module this engine can compile."""
+
+
+class ModuleCache:
+    """Compile-once access to modules by content."""
+
+    def __init__(
+        self, engine: wasmtime.Engine, directory: Path | None, settings: str, capacity: int = 32
+    ) -> None:
+        self._engine = engine
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        version = importlib.metadata.version("wasmtime")
+        stamp = f"{version}|{settings}|{platform.machine()}"
+        self._fingerprint = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        self._dir = directory
+        if directory is not None:
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError:
+                self._dir = None  # no disk cache: slower starts, same results
+
+    def get(self, wasm: bytes) -> tuple[wasmtime.Module, bool]:
+        """The compiled module and whether it came from a cache (memory or disk)."""
+        if wasm[:4] != WASM_MAGIC:
+            raise ModuleError("not a WebAssembly binary (the file does not start with \\0asm)")
+        key = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            module = self._modules.get(key)
+            if module is not None:
+                self._modules.move_to_end(key)
+                return module, True
+        module, cached = self._load(key, wasm)
+        with self._lock:
+            self._modules[key] = module
+            while len(self._modules) > self._capacity:
+                self._modules.popitem(last=False)
+        return module, cached
+
+    def _path(self, key: str) -> Path | None:
+        return None if self._dir is None else self._dir / f"{key}-{self._fingerprint}.cwasm"
+
+    def _load(self, key: str, wasm: bytes) -> tuple[wasmtime.Module, bool]:
+        path = self._path(key)
+        if path is not None and path.is_file():
+            try:
+                return wasmtime.Module.deserialize_file(self._engine, str(path)), True
+            except wasmtime.WasmtimeError:
+                path.unlink(missing_ok=True)  # incompatible or damaged: compile afresh
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleError(f"invalid WebAssembly module: {exc}") from exc
+        if path is not None:
+            self._store(path, bytes(module.serialize()))
+        return module, False
+
+    @staticmethod
+    def _store(path: Path, data: bytes) -> None:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full or read-only cache only costs the next start its compile time

@@ -1,0 +1,154 @@
+"""The preview1 `wasi_ephemeral_nn` ABI: numeric codes, errors and guest-memory access.
+
+Every pointer and length a guest hands the host goes through `GuestMemory`, which masks it to
+u32 (the Python binding passes i32 parameters as signed ints) and bounds-checks it against the
+current memory size, so a bad pointer becomes `invalid_argument` instead of a host exception.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+import wasmtime
+
+U32_MASK = 0xFFFFFFFF
+TENSOR_RECORD_SIZE = 20
+BUILDER_ENTRY_SIZE = 8
+
+
+class NNErrno(IntEnum):
+    """`nn_errno` values returned by every wasi-nn function."""
+
+    SUCCESS = 0
+    INVALID_ARGUMENT = 1
+    INVALID_ENCODING = 2
+    MISSING_MEMORY = 3
+    BUSY = 4
+    RUNTIME_ERROR = 5
+    UNSUPPORTED_OPERATION = 6
+    TOO_LARGE = 7
+    NOT_FOUND = 8
+
+
+class GraphEncoding(IntEnum):
+    """`graph_encoding` values of the preview1 ABI."""
+
+    OPENVINO = 0
+    ONNX = 1
+    TENSORFLOW = 2
+    PYTORCH = 3
+    TENSORFLOWLITE = 4
+    AUTODETECT = 5
+
+
+class ExecutionTarget(IntEnum):
+    """`execution_target` values (AUTO is sent by the 0.6 crate and WasmEdge)."""
+
+    CPU = 0
+    GPU = 1
+    TPU = 2
+    AUTO = 3
+
+
+class TensorType(IntEnum):
+    """`tensor_type` values since the 2023-08 ABI."""
+
+    F16 = 0
+    F32 = 1
+    F64 = 2
+    U8 = 3
+    I32 = 4
+    I64 = 5
+
+
+NUMPY_DTYPES: dict[TensorType, np.dtype[np.generic]] = {
+    TensorType.F16: np.dtype(np.float16),
+    TensorType.F32: np.dtype(np.float32),
+    TensorType.F64: np.dtype(np.float64),
+    TensorType.U8: np.dtype(np.uint8),
+    TensorType.I32: np.dtype(np.int32),
+    TensorType.I64: np.dtype(np.int64),
+}
+
+# Names accepted in `nn-graph=ENCODING::DIR` and model configs.
+ENCODING_NAMES: dict[str, GraphEncoding] = {
+    "openvino": GraphEncoding.OPENVINO,
+    "onnx": GraphEncoding.ONNX,
+    "tensorflowlite": GraphEncoding.TENSORFLOWLITE,
+    "tflite": GraphEncoding.TENSORFLOWLITE,
+    "autodetect": GraphEncoding.AUTODETECT,
+}
+
+
+class NNError(Exception):
+    """A wasi-nn call failed: `errno` goes to the guest, the message to the task's stderr."""
+
+    def __init__(self, errno: NNErrno, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class GuestMemory:
+    """Bounds-checked access to one call's view of the guest's linear memory."""
+
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store | wasmtime.Caller) -> None:
+        self._memory = memory
+        self._store = store
+        self.size = memory.data_len(store)
+
+    @classmethod
+    def from_caller(cls, caller: wasmtime.Caller) -> GuestMemory:
+        """The caller's exported `memory`, or `missing_memory`."""
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise NNError(NNErrno.MISSING_MEMORY, "the module exports no linear memory 'memory'")
+        return cls(memory, caller)
+
+    def check(self, ptr: int, length: int, what: str) -> tuple[int, int]:
+        """Masked `(ptr, length)` if the range lies inside memory, else `invalid_argument`."""
+        ptr &= U32_MASK
+        length &= U32_MASK
+        if ptr + length > self.size:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"{what}: range [{ptr:#x}, {ptr + length:#x}) is outside guest memory "
+                f"({self.size} bytes)",
+            )
+        return ptr, length
+
+    def view(self, ptr: int, length: int, what: str) -> npt.NDArray[np.uint8]:
+        """A zero-copy uint8 view of guest memory (valid while the memory does not move)."""
+        ptr, length = self.check(ptr, length, what)
+        if length == 0:
+            return np.empty(0, dtype=np.uint8)
+        buf = self._memory.get_buffer_ptr(self._store, length, ptr)
+        return np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+
+    def address(self, ptr: int) -> int:
+        """The host address of guest offset `ptr` (already checked), for alignment decisions."""
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        return base + (ptr & U32_MASK)
+
+    def read(self, ptr: int, length: int, what: str) -> bytes:
+        """A copy of `length` bytes at `ptr`."""
+        return self.view(ptr, length, what).tobytes()
+
+    def read_u32s(self, ptr: int, count: int, what: str) -> tuple[int, ...]:
+        """`count` little-endian u32 values at `ptr`."""
+        count &= U32_MASK
+        if count > self.size // 4:
+            raise NNError(NNErrno.INVALID_ARGUMENT, f"{what}: count {count} is impossibly large")
+        return struct.unpack(f"<{count}I", self.read(ptr, count * 4, what))
+
+    def write(self, ptr: int, data: bytes | npt.NDArray[np.uint8], what: str) -> None:
+        """Copy `data` into guest memory at `ptr`."""
+        view = self.view(ptr, len(data), what)
+        view[:] = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+
+    def write_u32(self, ptr: int, value: int, what: str) -> None:
+        """Store a little-endian u32 (a result out-pointer)."""
+        self.write(ptr, struct.pack("<I", value & U32_MASK), what)

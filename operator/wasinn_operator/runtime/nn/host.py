@@ -1,0 +1,260 @@
+"""The host side of `wasi_ephemeral_nn` for one run: handles, argument decoding, errnos.
+
+Each function decodes and checks guest arguments, calls the OpenVINO backend, and maps every
+failure to the precise `nn_errno` with a message on the run's stderr. Nothing a guest passes can
+raise out of a host function: unexpected exceptions become `runtime_error`.
+
+Inputs are not copied: `set_input` records a view of guest memory and OpenVINO reads it during
+`compute`. This is safe because the engine never moves linear memory (`memory_may_move` off),
+the views live no longer than the run, and the guest is blocked inside `compute` while OpenVINO
+reads. As with OpenVINO's own shared-memory tensors, the data read is what the buffer holds
+when `compute` is called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+
+from .abi import (
+    BUILDER_ENTRY_SIZE,
+    NUMPY_DTYPES,
+    TENSOR_RECORD_SIZE,
+    ExecutionTarget,
+    GraphEncoding,
+    GuestMemory,
+    NNErrno,
+    NNError,
+    TensorType,
+)
+from .models import NamedModel
+from .openvino import ExecutionContext, Graph, InputTensor, Log, OpenVINOBackend
+
+MODULE = "wasi_ephemeral_nn"
+MAX_BUILDERS = 16
+MAX_RANK = 8
+MAX_GRAPHS = 64
+MAX_CONTEXTS = 256
+TARGET_NAMES = {
+    "cpu": ExecutionTarget.CPU,
+    "gpu": ExecutionTarget.GPU,
+    "tpu": ExecutionTarget.TPU,
+    "npu": ExecutionTarget.TPU,
+    "auto": ExecutionTarget.AUTO,
+}
+HostFn = Callable[..., None]
+
+
+def _enum(cls: type[Any], value: int, errno: NNErrno, what: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise NNError(errno, f"unknown {what} {value}") from None
+
+
+class NNHost:
+    """Per-run wasi-nn state: the guest's graphs and execution contexts."""
+
+    def __init__(
+        self,
+        backend: OpenVINOBackend,
+        models: dict[str, NamedModel],
+        log: Log,
+        named_target: ExecutionTarget = ExecutionTarget.CPU,
+    ) -> None:
+        self._backend = backend
+        self._models = models
+        self._log = log
+        self._named_target = named_target
+        self._graphs: list[Graph] = []
+        self._contexts: list[ExecutionContext] = []
+
+    def define(self, linker: wasmtime.Linker) -> None:
+        """Define every function of the module in `linker`."""
+        functions: dict[str, tuple[HostFn, int]] = {
+            "load": (self.load, 5),
+            "load_by_name": (self.load_by_name, 3),
+            "load_by_name_with_config": (self.load_by_name_with_config, 5),
+            "init_execution_context": (self.init_execution_context, 2),
+            "set_input": (self.set_input, 3),
+            "compute": (self.compute, 1),
+            "get_output": (self.get_output, 5),
+        }
+        i32 = wasmtime.ValType.i32()
+        for name, (fn, arity) in functions.items():
+            ty = wasmtime.FuncType([i32] * arity, [i32])
+            linker.define_func(MODULE, name, ty, self._guarded(name, fn), access_caller=True)
+
+    def _guarded(self, name: str, fn: HostFn) -> Callable[..., int]:
+        def call(caller: wasmtime.Caller, *args: int) -> int:
+            try:
+                fn(GuestMemory.from_caller(caller), *args)
+            except NNError as exc:
+                self._log(f"wasi-nn: {name}: {exc} ({exc.errno.name.lower()})")
+                return int(exc.errno)
+            except Exception as exc:  # a guest must never crash the host
+                self._log(f"wasi-nn: {name}: internal error: {exc!r} (runtime_error)")
+                return int(NNErrno.RUNTIME_ERROR)
+            return int(NNErrno.SUCCESS)
+
+        return call
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(
+        self, mem: GuestMemory, builders_ptr: int, builders_len: int, enc: int, tgt: int, out: int
+    ) -> None:
+        """`load`: a graph from builder buffers in guest memory."""
+        mem.check(out, 4, "graph out-pointer")
+        encoding = _enum(GraphEncoding, enc, NNErrno.INVALID_ENCODING, "graph encoding")
+        target = _enum(ExecutionTarget, tgt, NNErrno.INVALID_ARGUMENT, "execution target")
+        count = builders_len & 0xFFFFFFFF
+        if not 1 <= count <= MAX_BUILDERS:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT, f"{count} graph builders (expected 1 to {MAX_BUILDERS})"
+            )
+        entries = mem.read_u32s(builders_ptr, count * BUILDER_ENTRY_SIZE // 4, "graph builders")
+        builders = [
+            mem.read(entries[2 * i], entries[2 * i + 1], f"graph builder {i}") for i in range(count)
+        ]
+        graph = self._backend.load(builders, encoding, target, self._log)
+        self._store_graph(mem, graph, out)
+
+    def load_by_name(self, mem: GuestMemory, name_ptr: int, name_len: int, out: int) -> None:
+        """`load_by_name`: a preloaded named model."""
+        self._load_named(mem, name_ptr, name_len, None, out)
+
+    def load_by_name_with_config(
+        self,
+        mem: GuestMemory,
+        name_ptr: int,
+        name_len: int,
+        config_ptr: int,
+        config_len: int,
+        out: int,
+    ) -> None:
+        """WasmEdge's `load_by_name_with_config`: a named model with a JSON config."""
+        raw = mem.read(config_ptr, config_len, "config")
+        self._load_named(mem, name_ptr, name_len, raw, out)
+
+    def _load_named(
+        self, mem: GuestMemory, name_ptr: int, name_len: int, raw_config: bytes | None, out: int
+    ) -> None:
+        mem.check(out, 4, "graph out-pointer")
+        try:
+            name = mem.read(name_ptr, name_len, "model name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise NNError(NNErrno.INVALID_ARGUMENT, "model name is not UTF-8") from None
+        model = self._models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise NNError(NNErrno.NOT_FOUND, f"no model named {name!r} (known: {known})")
+        target, extra = self._named_target, dict[str, Any]()
+        if raw_config:
+            target, extra = _parse_config(raw_config, target)
+        graph = self._backend.load_named(model, target, self._log, extra)
+        self._store_graph(mem, graph, out)
+
+    def _store_graph(self, mem: GuestMemory, graph: Graph, out: int) -> None:
+        if len(self._graphs) >= MAX_GRAPHS:
+            raise NNError(NNErrno.BUSY, f"a run may load at most {MAX_GRAPHS} graphs")
+        self._graphs.append(graph)
+        mem.write_u32(out, len(self._graphs) - 1, "graph out-pointer")
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def init_execution_context(self, mem: GuestMemory, graph: int, out: int) -> None:
+        """`init_execution_context`: a new context on a loaded graph."""
+        mem.check(out, 4, "context out-pointer")
+        handle = graph & 0xFFFFFFFF
+        if handle >= len(self._graphs):
+            raise NNError(NNErrno.INVALID_ARGUMENT, f"unknown graph handle {handle}")
+        if len(self._contexts) >= MAX_CONTEXTS:
+            raise NNError(NNErrno.BUSY, f"a run may create at most {MAX_CONTEXTS} contexts")
+        self._contexts.append(ExecutionContext(self._graphs[handle]))
+        mem.write_u32(out, len(self._contexts) - 1, "context out-pointer")
+
+    def _context(self, ctx: int) -> ExecutionContext:
+        handle = ctx & 0xFFFFFFFF
+        if handle >= len(self._contexts):
+            raise NNError(NNErrno.INVALID_ARGUMENT, f"unknown execution context handle {handle}")
+        return self._contexts[handle]
+
+    def set_input(self, mem: GuestMemory, ctx: int, index: int, tensor_ptr: int) -> None:
+        """`set_input`: record a tensor (20-byte record) as input `index`."""
+        context = self._context(ctx)
+        record = mem.read(tensor_ptr, TENSOR_RECORD_SIZE, "tensor record")
+        dims_ptr, dims_len, type_code, data_ptr, data_len = struct.unpack("<IIB3xII", record)
+        ttype = _enum(TensorType, type_code, NNErrno.INVALID_ARGUMENT, "tensor type")
+        if not 1 <= dims_len <= MAX_RANK:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT, f"tensor has {dims_len} dimensions (1 to {MAX_RANK})"
+            )
+        dims = mem.read_u32s(dims_ptr, dims_len, "tensor dimensions")
+        if 0 in dims:
+            raise NNError(NNErrno.INVALID_ARGUMENT, f"tensor dimensions {list(dims)} contain 0")
+        dtype = NUMPY_DTYPES[ttype]
+        expected = math.prod(dims) * dtype.itemsize
+        if expected != data_len:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"tensor data is {data_len} bytes; dimensions {list(dims)} of "
+                f"{ttype.name.lower()} need {expected}",
+            )
+        raw = mem.view(data_ptr, data_len, "tensor data")
+        if mem.address(data_ptr) % dtype.itemsize:
+            raw = raw.copy()  # OpenVINO needs element-aligned data: an unaligned guest pays a copy
+        data = raw.view(dtype).reshape(dims)
+        context.set_input(index & 0xFFFFFFFF, InputTensor(tuple(dims), ttype, data))
+
+    def compute(self, mem: GuestMemory, ctx: int) -> None:
+        """`compute`: run inference."""
+        self._context(ctx).compute()
+
+    def get_output(
+        self, mem: GuestMemory, ctx: int, index: int, out_ptr: int, out_max: int, written: int
+    ) -> None:
+        """`get_output`: copy output `index` into the guest's buffer."""
+        mem.check(written, 4, "bytes-written out-pointer")
+        data = self._context(ctx).output(index & 0xFFFFFFFF)
+        capacity = out_max & 0xFFFFFFFF
+        if data.nbytes > capacity:
+            raise NNError(
+                NNErrno.TOO_LARGE,
+                f"output {index} is {data.nbytes} bytes; the guest buffer holds {capacity}",
+            )
+        mem.write(out_ptr, data, "output buffer")
+        mem.write_u32(written, data.nbytes, "bytes-written out-pointer")
+
+
+def _parse_config(raw: bytes, target: ExecutionTarget) -> tuple[ExecutionTarget, dict[str, Any]]:
+    """A `load_by_name_with_config` JSON object: `target` plus UPPER_CASE OpenVINO properties."""
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NNError(NNErrno.INVALID_ARGUMENT, f"config is not JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise NNError(NNErrno.INVALID_ARGUMENT, "config must be a JSON object")
+    extra: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("target", "device"):
+            if not isinstance(value, str) or value.lower() not in TARGET_NAMES:
+                raise NNError(
+                    NNErrno.INVALID_ARGUMENT,
+                    f"config {key} {value!r} is not one of {', '.join(TARGET_NAMES)}",
+                )
+            target = TARGET_NAMES[value.lower()]
+        elif key.isupper() and isinstance(value, str | int | float | bool):
+            extra[key] = str(value) if not isinstance(value, str) else value
+        else:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"config key {key!r} is not understood (use 'target' or an OpenVINO property "
+                "such as 'PERFORMANCE_HINT')",
+            )
+    return target, extra

@@ -1,0 +1,84 @@
+"""What a run needs (`RunSpec`) and what it produced (`RunResult`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from .nn.models import NamedModel
+
+MODELS_GUEST_DIR = "/models"
+DEFAULT_OUTPUT_LIMIT = 1 << 20
+
+# Exit codes for runs that did not end by the guest's own exit, chosen to match what shell users
+# know: 124 like timeout(1), 125 like `docker run` failing before the program started, 134 like
+# wasmtime's CLI on a trap (128 + SIGABRT).
+EXIT_TIMEOUT = 124
+EXIT_HOST_ERROR = 125
+EXIT_TRAP = 134
+
+
+class Outcome(StrEnum):
+    """How a run ended."""
+
+    EXITED = "exited"
+    TRAPPED = "trapped"
+    TIMED_OUT = "timed_out"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DirMount:
+    """A host directory preopened for the guest."""
+
+    host: Path
+    guest: str
+    read_only: bool = False
+
+
+@dataclass
+class RunSpec:
+    """One execution of a wasm module: the module, its WASI world, nn models and limits."""
+
+    wasm: bytes
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    dirs: list[DirMount] = field(default_factory=list)
+    models: list[NamedModel] = field(default_factory=list)
+    models_dir: Path | None = None
+    nn: bool | None = None
+    invoke: str | None = None
+    program_name: str = "main.wasm"
+    timeout: float | None = None
+    max_memory: int | None = None
+    stdout_limit: int = DEFAULT_OUTPUT_LIMIT
+    stderr_limit: int = DEFAULT_OUTPUT_LIMIT
+
+    @property
+    def digest(self) -> str:
+        """`sha256:<hex>` of the module bytes."""
+        return "sha256:" + hashlib.sha256(self.wasm).hexdigest()
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: exit code, captured output (capped) and timings."""
+
+    outcome: Outcome
+    exit_code: int
+    digest: str
+    error: str | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+    module_cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the guest exited with code 0."""
+        return self.outcome is Outcome.EXITED and self.exit_code == 0
