@@ -135,9 +135,10 @@ build_rust() {
         if ! CARGO_HOME="$cargo_home" RUSTC="$rustc" RUSTC_BOOTSTRAP=1 \
             CARGO_REGISTRIES_CRATES_IO_PROTOCOL=sparse \
             "$cargo" "${zflags[@]}" vendor --locked --manifest-path "$crate/Cargo.toml" \
-            "$vendor.tmp" >/dev/null; then
+            "$vendor.tmp" >"$cache/vendor.log" 2>&1; then
+            sed 's/^/  /' "$cache/vendor.log" >&2
             rm -rf "$vendor.tmp"
-            die "cannot fetch crates from crates.io (needs network to index.crates.io and static.crates.io once)"
+            die "cannot vendor the crates of $crate/Cargo.lock from crates.io (network to crates.io is needed once)"
         fi
         echo "$lock_sum" >"$vendor.tmp/.wasinn-lock-sha256"
         rm -rf "$vendor"

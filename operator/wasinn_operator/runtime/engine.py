@@ -182,10 +182,10 @@ class Runtime:
                 result.error = f"timed out after {spec.timeout:g} s"
             else:
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
-                result.error = "wasm trap: " + exc.message.strip().splitlines()[0]
+                result.error = _trap_message(exc)
             result.error += _memory_note(spec, store, instance)
         except wasmtime.WasmtimeError as exc:
-            message = str(exc).strip().splitlines()[0]
+            message = _summarize(str(exc))
             if instance is None:
                 message = f"cannot instantiate the module: {message}"
             result.error = message + _memory_note(spec, store, instance)
@@ -293,20 +293,42 @@ def _parse_value(ty: wasmtime.ValType, text: str) -> int | float:
     raise ValueError(f"--invoke: parameters of type {ty} are not supported")
 
 
+def _summarize(message: str) -> str:
+    """The cause of a wasmtime error, without its backtrace."""
+    head, sep, cause = message.strip().partition("Caused by:")
+    if sep:
+        return "; ".join(line.strip() for line in cause.strip().splitlines() if line.strip())
+    return head.strip().splitlines()[0] if head.strip() else "unknown wasmtime error"
+
+
+def _trap_message(trap: wasmtime.Trap) -> str:
+    """`wasm trap: <cause> (in function <name>)`."""
+    cause = _summarize(trap.message)
+    if not cause.startswith("wasm trap"):
+        cause = f"wasm trap: {cause}"
+    frames = trap.frames
+    name = frames[0].func_name if frames else None
+    return f"{cause} (in function {name})" if name else cause
+
+
 def _memory_note(spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance | None) -> str:
-    """Say so when a failure happened with linear memory at its configured limit."""
+    """On failure under a memory limit, say how close to it linear memory was.
+
+    wasmtime refuses a `memory.grow` past the limit by returning -1, and the guest decides what
+    follows (usually a trap or an out-of-memory exit); the host cannot see the refused request,
+    so it reports the usage and calls a refusal likely when usage is near the limit.
+    """
     if spec.max_memory is None:
         return ""
     memory = None if instance is None else instance.exports(store).get("memory")
+    limit = spec.max_memory / (1 << 20)
     if not isinstance(memory, wasmtime.Memory):
-        return f" (memory limit {spec.max_memory} bytes)"
+        return f" (memory limit {limit:.1f} MiB)"
     size = memory.data_len(store)
-    if size + memory.page_size(store) > spec.max_memory:
-        return (
-            f" (linear memory reached its limit: {size} bytes in use, "
-            f"limit {spec.max_memory}; a memory.grow was refused)"
-        )
-    return ""
+    note = f" (linear memory {size / (1 << 20):.1f} MiB of the {limit:.1f} MiB limit"
+    if size + memory.page_size(store) > spec.max_memory or size >= 0.9 * spec.max_memory:
+        note += "; a memory.grow past the limit was likely refused"
+    return note + ")"
 
 
 class Session:

@@ -1,0 +1,63 @@
+# Two entry points for a fresh Debian 12 machine (see README):
+#   make demo   a local wasi-nn image classification, no cluster
+#   make test   the whole test suite, ruff and mypy included
+# Each installs what it needs (apt packages, the venv, guest builds) and is quick when done.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+MODELS_DIR ?= $(abspath ../shared/models)
+MODEL      ?= efficientnet-lite0
+GUEST_DIR  := build/guests
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+# Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
+# the venv, and the MQTT broker the integration tests start.
+APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
+                rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients
+
+.PHONY: help apt venv guests demo lint test clean
+
+help:
+	@echo "make demo   classify the example images with a wasi-nn guest (no cluster)"
+	@echo "make test   run the whole test suite (installs what it needs)"
+	@echo "variables:  MODELS_DIR=$(MODELS_DIR) MODEL=$(MODEL)"
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | apt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+guests: apt
+	hack/build-guests.sh $(GUEST_DIR)
+
+demo: venv guests
+	hack/demo.sh "$(MODELS_DIR)" "$(MODEL)" "$(GUEST_DIR)/classify-c.wasm"
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests hack
+	$(VENV)/bin/ruff format --check operator tests hack
+	$(VENV)/bin/mypy
+	shellcheck hack/*.sh .ci/run
+
+test: venv guests lint
+	WASINN_MODELS_DIR="$(MODELS_DIR)" WASINN_GUEST_DIR="$(GUEST_DIR)" $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build

@@ -1,0 +1,110 @@
+"""Guest faults end only their own run, with a clear error; the engine carries on."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasinn_operator.runtime import (
+    EXIT_HOST_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_TRAP,
+    Outcome,
+    RunSpec,
+    Runtime,
+)
+
+from .conftest import wat
+
+pytestmark = pytest.mark.runtime
+
+
+def assert_next_run_is_fine(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("hello")))
+    assert result.ok, result.error
+    assert result.stdout == b"hello from wasm\n"
+
+
+def test_trap(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("trap")))
+    assert (result.outcome, result.exit_code) == (Outcome.TRAPPED, EXIT_TRAP)
+    assert result.error is not None and "wasm trap" in result.error
+    assert "unreachable" in result.error
+    assert b"wasinn: wasm trap" in result.stderr
+    assert_next_run_is_fine(runtime)
+
+
+def test_endless_loop_times_out(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("spin"), timeout=0.3))
+    assert (result.outcome, result.exit_code) == (Outcome.TIMED_OUT, EXIT_TIMEOUT)
+    assert result.error == "timed out after 0.3 s"
+    assert_next_run_is_fine(runtime)
+
+
+def test_memory_bomb_hits_the_limit(runtime: Runtime) -> None:
+    limit = 64 << 20
+    result = runtime.run(RunSpec(wasm=wat("grow"), max_memory=limit))
+    assert result.outcome is Outcome.TRAPPED
+    assert result.error is not None
+    assert "(linear memory 63.1 MiB of the 64.0 MiB limit; a memory.grow past the limit" in (
+        result.error
+    )
+    assert_next_run_is_fine(runtime)
+
+
+def test_stack_overflow(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("recurse")))
+    assert result.outcome is Outcome.TRAPPED
+    assert result.error is not None and "stack" in result.error
+    assert_next_run_is_fine(runtime)
+
+
+def test_exit_code_is_the_guests(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("exit7")))
+    assert (result.outcome, result.exit_code, result.error) == (
+        Outcome.EXITED,
+        7,
+        "exited with code 7",
+    )
+
+
+def test_initial_memory_above_limit(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("big_memory"), max_memory=16 << 20))
+    assert result.outcome is Outcome.ERROR
+    assert result.exit_code == EXIT_HOST_ERROR
+    assert result.error is not None and "cannot instantiate the module" in result.error
+    assert "memory" in result.error
+    assert_next_run_is_fine(runtime)
+
+
+def test_unknown_import(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("unknown_import")))
+    assert result.outcome is Outcome.ERROR
+    assert result.error is not None and "env::mystery" in result.error
+
+
+@pytest.mark.parametrize(
+    ("wasm", "message"),
+    [
+        (b"", "not a WebAssembly binary"),
+        (b"PK\x03\x04zip", "not a WebAssembly binary"),
+        (b"\0asm\x01\0\0\0\xff", "invalid WebAssembly module"),
+    ],
+)
+def test_not_wasm(runtime: Runtime, wasm: bytes, message: str) -> None:
+    result = runtime.run(RunSpec(wasm=wasm))
+    assert result.outcome is Outcome.ERROR
+    assert result.error is not None and message in result.error
+    assert_next_run_is_fine(runtime)
+
+
+def test_nn_disabled_explicitly(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("nn_shim"), nn=False))
+    assert result.error is not None and "wasi_ephemeral_nn::load" in result.error
+
+
+def test_output_is_capped_and_flagged(runtime: Runtime) -> None:
+    streamed: list[bytes] = []
+    result = runtime.run(RunSpec(wasm=wat("hello"), stdout_limit=5), stdout=streamed.append)
+    assert result.stdout == b"hello"
+    assert result.stdout_truncated
+    assert b"".join(streamed) == b"hello from wasm\n"
