@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Classify every preprocessed image tensor of a model with the C guest, in-process (no cluster).
+# The main job, with no cluster: preprocess a model's example images into tensors and classify
+# them with a wasi-nn guest running in the embedded engine (wasmtime + OpenVINO).
 # usage: hack/demo.sh MODELS_DIR MODEL GUEST.wasm
 set -euo pipefail
-models_dir=${1:?models directory}
+models_dir=$(cd "${1:?models directory}" && pwd)
 model=${2:?model name}
 guest=${3:?guest wasm}
-tensors="$models_dir/$model/tensors"
-if [ ! -d "$tensors" ]; then
-  echo "demo: no tensors directory $tensors (see README: bringing your own model)" >&2
+here=$(cd "$(dirname "$0")/.." && pwd)
+py="$here/.venv/bin/python"
+
+images="$models_dir/$model/images"
+tensors="$here/build/demo/$model"
+if [ -d "$images" ]; then
+  mkdir -p "$tensors"
+  "$py" "$here/hack/image_to_tensor.py" --out "$tensors" "$images"/* >/dev/null
+elif [ -d "$models_dir/$model/tensors" ]; then
+  tensors="$models_dir/$model/tensors"
+else
+  echo "demo: $models_dir/$model has neither images/ nor tensors/ (see README)" >&2
   exit 2
 fi
+
 args=()
 for f in "$tensors"/*.f32; do
   args+=("/tensors/$(basename "$f")")
 done
-here=$(cd "$(dirname "$0")/.." && pwd)
-set -x
-"$here/.venv/bin/wasinn" run --models-dir "$models_dir" \
+echo "+ wasinn run --models-dir $models_dir -S nn --dir $tensors::/tensors $(basename "$guest") --model $model ${args[*]}"
+exec "$here/.venv/bin/wasinn" run --models-dir "$models_dir" \
   -S nn --dir "$tensors::/tensors" "$guest" --model "$model" "${args[@]}"

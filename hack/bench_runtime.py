@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Benchmark the embedded engine against native OpenVINO, in one process.
+
+Prints the median latency of one inference (set input, infer, read output) natively and
+through the wasm classify guest (which times the same three calls with the WASI monotonic
+clock), at batch 1 and batch 8, and the cold vs warm start of a whole run (empty caches vs
+populated on-disk caches, each with a fresh engine). Native and wasm rounds are interleaved
+so that drift on a shared machine affects both alike.
+
+usage: hack/bench_runtime.py [--models-dir DIR] [--guest build/guests/classify-c.wasm]
+                             [--iterations 40] [--rounds 3] [--precision f32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from wasinn_operator.runtime import DirMount, RunSpec, Runtime, RuntimeConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "efficientnet-lite0"
+TENSOR = "chelsea.rgb.f32"
+WARMUP = 5
+
+
+def native_latencies(
+    runtime: Runtime, models_dir: Path, batch: int, iterations: int
+) -> list[float]:
+    """Seconds per inference with OpenVINO called directly, same properties as the engine."""
+    core = ov.Core()
+    model = core.read_model(str(models_dir / MODEL / "model.xml"))
+    if batch != 1:
+        model.reshape([batch, 3, 224, 224])
+    compiled = core.compile_model(model, "CPU", runtime.backend.compile_properties())
+    request = compiled.create_infer_request()
+    data = np.fromfile(models_dir / MODEL / "tensors" / TENSOR, dtype=np.float32)
+    batch_data = np.tile(data, batch).reshape(batch, 3, 224, 224)
+    out = np.empty(batch * 1000, dtype=np.float32)
+    samples = []
+    for i in range(WARMUP + iterations):
+        start = time.perf_counter()
+        request.set_input_tensor(0, ov.Tensor(batch_data, shared_memory=True))
+        request.infer()
+        out[:] = request.get_output_tensor(0).data.reshape(-1)
+        if i >= WARMUP:
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def guest_spec(models_dir: Path, guest: Path, batch: int, repeat: int) -> RunSpec:
+    return RunSpec(
+        wasm=guest.read_bytes(),
+        args=["--model", MODEL, "--batch", str(batch), "--repeat", str(repeat),
+              f"/tensors/{TENSOR}"],
+        dirs=[DirMount(models_dir / MODEL / "tensors", "/tensors", read_only=True)],
+        models_dir=models_dir,
+        program_name=guest.name,
+    )  # fmt: skip
+
+
+def wasm_latencies(
+    runtime: Runtime, models_dir: Path, guest: Path, batch: int, iterations: int
+) -> list[float]:
+    """Seconds per inference as the guest measured them (set_input, compute, get_output)."""
+    result = runtime.run(guest_spec(models_dir, guest, batch, WARMUP + iterations))
+    if not result.ok:
+        sys.exit(f"guest failed: {result.error}\n{result.stderr.decode()}")
+    runs = [
+        int(line.split()[2]) / 1e6
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("run ")
+    ]
+    if len(runs) != WARMUP + iterations:
+        sys.exit(f"expected {WARMUP + iterations} timing lines, got {len(runs)}")
+    return runs[WARMUP:]
+
+
+def start_seconds(models_dir: Path, guest: Path, precision: str | None, cache: Path) -> float:
+    """Wall time of one whole classification run with a fresh engine on `cache`."""
+    started = time.perf_counter()
+    runtime = Runtime(RuntimeConfig(cache_dir=cache, inference_precision=precision))
+    result = runtime.run(guest_spec(models_dir, guest, 1, 1))
+    elapsed = time.perf_counter() - started
+    if not result.ok:
+        sys.exit(f"guest failed: {result.error}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=ROOT.parent / "shared" / "models")
+    parser.add_argument("--guest", type=Path, default=ROOT / "build/guests/classify-c.wasm")
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--precision", default=None, help="f32, bf16 or f16 (default: device's)")
+    args = parser.parse_args()
+    models_dir = args.models_dir.resolve()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = Runtime(RuntimeConfig(cache_dir=Path(tmp), inference_precision=args.precision))
+        print(f"model {MODEL}, guest {args.guest.name}, precision {args.precision or 'default'}, "
+              f"{args.rounds} rounds x {args.iterations} iterations")  # fmt: skip
+        print(f"{'batch':>5} {'native ms':>10} {'wasm ms':>10} {'wasm/native':>12}")
+        for batch in (1, 8):
+            native: list[float] = []
+            wasm: list[float] = []
+            for _ in range(args.rounds):
+                native += native_latencies(runtime, models_dir, batch, args.iterations)
+                wasm += wasm_latencies(runtime, models_dir, args.guest, batch, args.iterations)
+            n, w = statistics.median(native), statistics.median(wasm)
+            print(f"{batch:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {w / n:>12.3f}")
+
+    cold, warm = [], []
+    for _ in range(args.starts):
+        with tempfile.TemporaryDirectory() as tmp:
+            cold.append(start_seconds(models_dir, args.guest, args.precision, Path(tmp)))
+            warm.append(start_seconds(models_dir, args.guest, args.precision, Path(tmp)))
+    c, w = statistics.median(cold), statistics.median(warm)
+    print(f"start (fresh engine, one classification): cold {c * 1e3:.0f} ms (empty caches), "
+          f"warm {w * 1e3:.0f} ms (disk caches), cold/warm {c / w:.1f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
