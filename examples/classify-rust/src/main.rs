@@ -95,7 +95,10 @@ fn nn_check<T>(call: &str, r: Result<T, wasi_nn::Error>) -> T {
                     .parse()
                     .unwrap_or(-1),
             };
-            die(1, &format!("{} failed: errno {} ({})", call, code, errno_name(code)))
+            die(
+                1,
+                &format!("{} failed: errno {} ({})", call, code, errno_name(code)),
+            )
         }
         Err(e) => die(1, &format!("{} failed: {}", call, e)),
     }
@@ -149,7 +152,10 @@ fn parse_count(flag: &str, s: &str) -> u32 {
         Some(v) if v > 0 => v,
         _ => die(
             2,
-            &format!("invalid value for {}: '{}' (expected a positive integer)", flag, s),
+            &format!(
+                "invalid value for {}: '{}' (expected a positive integer)",
+                flag, s
+            ),
         ),
     }
 }
@@ -288,7 +294,8 @@ fn main() {
         if let Some(d) = env("MODEL_DIR") {
             model_dir = Some(d);
         } else {
-            model_name = Some(env("MODEL_NAME").unwrap_or_else(|| "efficientnet-lite0".to_string()));
+            model_name =
+                Some(env("MODEL_NAME").unwrap_or_else(|| "efficientnet-lite0".to_string()));
         }
     }
     if model_dir.is_some() {
@@ -305,10 +312,16 @@ fn main() {
         }
     }
     if item_bytes * u64::from(batch) > u64::from(u32::MAX) {
-        die(2, "input too large: --batch times the tensor size overflows 32 bits");
+        die(
+            2,
+            "input too large: --batch times the tensor size overflows 32 bits",
+        );
     }
     if u64::from(classes) * u64::from(batch) * 4 > u64::from(u32::MAX) {
-        die(2, "output too large: --batch times --classes overflows 32 bits");
+        die(
+            2,
+            "output too large: --batch times --classes overflows 32 bits",
+        );
     }
     let top = top.min(classes) as usize;
     let classes = classes as usize;
@@ -325,17 +338,29 @@ fn main() {
     let graph = match (&model_dir, &model_name) {
         (Some(dir), _) => {
             let (files, enc) = if Path::new(&join(dir, "model.xml")).exists() {
-                (vec![join(dir, "model.xml"), join(dir, "model.bin")], GraphEncoding::Openvino)
+                (
+                    vec![join(dir, "model.xml"), join(dir, "model.bin")],
+                    GraphEncoding::Openvino,
+                )
             } else if Path::new(&join(dir, "model.onnx")).exists() {
                 (vec![join(dir, "model.onnx")], GraphEncoding::Onnx)
             } else if Path::new(&join(dir, "model.tflite")).exists() {
-                (vec![join(dir, "model.tflite")], GraphEncoding::TensorflowLite)
+                (
+                    vec![join(dir, "model.tflite")],
+                    GraphEncoding::TensorflowLite,
+                )
             } else {
-                die(1, &format!("no model.xml, model.onnx or model.tflite in {}", dir))
+                die(
+                    1,
+                    &format!("no model.xml, model.onnx or model.tflite in {}", dir),
+                )
             };
             // Read ourselves (not build_from_files) so file errors name the path.
             let bufs: Vec<Vec<u8>> = files.iter().map(|f| read_file(f)).collect();
-            nn_check("load", GraphBuilder::new(enc, target).build_from_bytes(&bufs))
+            nn_check(
+                "load",
+                GraphBuilder::new(enc, target).build_from_bytes(&bufs),
+            )
         }
         (None, Some(name)) => nn_check(
             "load_by_name",
@@ -384,7 +409,13 @@ fn main() {
         drop(data);
 
         if written > out_bytes {
-            die(1, &format!("get_output wrote {} bytes, more than the {}-byte buffer", written, out_bytes));
+            die(
+                1,
+                &format!(
+                    "get_output wrote {} bytes, more than the {}-byte buffer",
+                    written, out_bytes
+                ),
+            );
         }
         if let Some(dir) = &dump_dir {
             let base = path.rsplit('/').next().unwrap_or(path);
@@ -435,7 +466,9 @@ fn main() {
             chosen[best] = true;
             match labels.get(best) {
                 Some(l) => text += &format!("  {}. {} ({}) {:.6}\n", rank, l, best, probs[best]),
-                None => text += &format!("  {}. class {} ({}) {:.6}\n", rank, best, best, probs[best]),
+                None => {
+                    text += &format!("  {}. class {} ({}) {:.6}\n", rank, best, best, probs[best])
+                }
             }
         }
         let mut lock = stdout.lock();

@@ -85,6 +85,12 @@ class Graph:
         self._variants: dict[Signature | None, ov.CompiledModel] = {}
         self.input_count = len(model.inputs)
         self.output_count = len(model.outputs)
+        self._ranks = [
+            p.get_partial_shape().rank.get_length()
+            if p.get_partial_shape().rank.is_static
+            else None
+            for p in model.inputs
+        ]
         self._default = self._compile(model)
         self._variants[None] = self._default
 
@@ -101,12 +107,12 @@ class Graph:
                 NNErrno.INVALID_ARGUMENT,
                 f"input index {index} is out of range: the model has {self.input_count} input(s)",
             )
-        pshape = self._model.inputs[index].get_partial_shape()
-        if pshape.rank.is_static and pshape.rank.get_length() != len(shape):
+        rank = self._ranks[index]
+        if rank is not None and rank != len(shape):
             raise NNError(
                 NNErrno.INVALID_ARGUMENT,
                 f"input {index} has {len(shape)} dimensions {list(shape)}; the model expects "
-                f"{pshape.rank.get_length()} ({pshape})",
+                f"{rank} ({self._model.inputs[index].get_partial_shape()})",
             )
 
     def compiled_for(self, signature: Signature) -> ov.CompiledModel:
@@ -157,7 +163,8 @@ class ExecutionContext:
     graph: Graph
     inputs: dict[int, InputTensor] = field(default_factory=dict)
     outputs: list[npt.NDArray[np.uint8]] | None = None
-    _requests: dict[int, ov.InferRequest] = field(default_factory=dict)
+    # One infer request per input signature seen: a guest alternating batch sizes keeps both.
+    _requests: dict[Signature, ov.InferRequest] = field(default_factory=dict)
 
     def set_input(self, index: int, tensor: InputTensor) -> None:
         """Record an input (validated against the model) for the next compute."""
@@ -174,11 +181,10 @@ class ExecutionContext:
                 f"compute before set_input: input(s) {missing} not set",
             )
         signature = tuple((self.inputs[i].shape, self.inputs[i].ttype) for i in sorted(self.inputs))
-        compiled = self.graph.compiled_for(signature)
-        request = self._requests.get(id(compiled))
+        request = self._requests.get(signature)
         if request is None:
-            request = compiled.create_infer_request()
-            self._requests[id(compiled)] = request
+            request = self.graph.compiled_for(signature).create_infer_request()
+            self._requests[signature] = request
         try:
             for i, tensor in self.inputs.items():
                 request.set_input_tensor(i, ov.Tensor(tensor.data, shared_memory=True))
