@@ -45,6 +45,20 @@ wasinn options (before the wasmtime flags):
 """
 
 
+PROPLET_HELP = """\
+Runs one task and reports it. Settings (environment):
+  WASINN_TASK / WASINN_TASK_FILE   the task, JSON in the WasiNNTask spec's camelCase
+  WASINN_MODELS_DIR                models directory, preopened at /models (default /models)
+  WASINN_TERMINATION_LOG           summary path (default /dev/termination-log)
+  WASINN_CACHE_DIR                 compiled module and model caches
+  WASINN_REGISTRY_AUTH             docker config JSON with registry credentials
+  PROPLET_EXTERNAL_WASM_RUNTIME    a wasmtime CLI to run tasks with (or EXTERNAL_WASM_RUNTIME)
+  PROPLET_MQTT_ADDRESS, PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID, PROPLET_CLIENT_ID,
+  PROPLET_CLIENT_KEY, PROPLET_INSTANCE_ID   publish the result to Propeller over MQTT
+Exit code: 0 on success, else the guest's non-zero code or 1.
+"""
+
+
 def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(RUN_USAGE % default_cache_dir())
@@ -140,9 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"wasinn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run a wasm module locally (wasmtime-style flags)", add_help=False)
+    proplet = sub.add_parser("proplet", help="the in-pod task runner")
+    proplet_sub = proplet.add_subparsers(dest="proplet_command", metavar="COMMAND", required=True)
+    proplet_sub.add_parser(
+        "run",
+        help="run the task in WASINN_TASK / WASINN_TASK_FILE and report its result",
+        description=PROPLET_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if args and args[0] == "run":
         return _run(args[1:])
-    parser.parse_args(args)
+    parsed = parser.parse_args(args)
+    if parsed.command == "proplet":
+        from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
+
+        return proplet_main()
     parser.print_help()
     return 2
 

@@ -6,7 +6,7 @@ for wasmtime-style command lines.
 
 from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args
 from .engine import Runtime, RuntimeConfig, Session, default_cache_dir
-from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno
+from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
@@ -40,4 +40,5 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_wasm_args",
+    "scan_models_dir",
 ]

@@ -201,7 +201,7 @@ class Runtime:
         linker.define_wasi()
         wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
         if spec.nn if spec.nn is not None else wants_nn:
-            NNHost(self.backend, self._models(spec), err.log).define(linker)
+            NNHost(self.backend, self._models(spec), err.log, spec.nn_target).define(linker)
         if spec.timeout is not None:
             self._ticker.ensure_started()
             store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))

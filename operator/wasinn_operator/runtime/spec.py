@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .nn.abi import ExecutionTarget
 from .nn.models import NamedModel
 
 MODELS_GUEST_DIR = "/models"
@@ -49,6 +50,7 @@ class RunSpec:
     models: list[NamedModel] = field(default_factory=list)
     models_dir: Path | None = None
     nn: bool | None = None
+    nn_target: ExecutionTarget = ExecutionTarget.CPU
     invoke: str | None = None
     program_name: str = "main.wasm"
     timeout: float | None = None

@@ -1,0 +1,253 @@
+"""The two ways a proplet runs a module: the embedded runtime, or an external wasmtime CLI.
+
+Either way the task's env reaches the guest only (never the proplet's own process), and the
+models directory is preopened at /models with its models registered by name, whatever the
+task's `cli_args` say.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..api import TaskSpec
+from ..runtime import (
+    EXIT_TIMEOUT,
+    MODELS_GUEST_DIR,
+    ArgsError,
+    ExecutionTarget,
+    ModelError,
+    Outcome,
+    RunResult,
+    Runtime,
+    parse_wasm_args,
+    scan_models_dir,
+)
+from ..runtime.nn import GraphEncoding
+
+Sink = Callable[[bytes], None]
+LEGACY_NN_FLAGS = ("--wasi-modules=experimental-wasi-nn", "--wasi-modules")
+DEVICE_TARGETS = {
+    "CPU": ExecutionTarget.CPU,
+    "GPU": ExecutionTarget.GPU,
+    "NPU": ExecutionTarget.TPU,
+    "AUTO": ExecutionTarget.AUTO,
+}
+
+
+class TaskError(Exception):
+    """The task is malformed for this engine (bad cli_args, missing binary)."""
+
+
+@dataclass
+class Outputs:
+    """Where a run's output goes while it runs."""
+
+    stdout: Sink
+    stderr: Sink
+    limit: int = 1 << 20
+
+
+def run_embedded(
+    runtime: Runtime, task: TaskSpec, wasm: bytes, models_dir: Path | None, outputs: Outputs
+) -> RunResult:
+    """Run with the in-process engine."""
+    try:
+        parsed = parse_wasm_args(task.cli_args, module_required=False)
+    except (ArgsError, ModelError) as exc:
+        raise TaskError(f"cliArgs: {exc}") from None
+    spec = parsed.to_spec(wasm, program_name=f"{task.id or 'task'}.wasm")
+    spec.args = list(task.args)
+    spec.env.update(task.env)
+    spec.models_dir = models_dir
+    spec.nn_target = DEVICE_TARGETS[task.device]
+    spec.stdout_limit = spec.stderr_limit = outputs.limit
+    if task.timeout_seconds is not None:
+        spec.timeout = float(task.timeout_seconds)
+    return runtime.run(spec, stdout=outputs.stdout, stderr=outputs.stderr)
+
+
+def wasmtime_version(binary: str) -> tuple[int, ...]:
+    """`(major, minor, patch)` of a wasmtime CLI, from `wasmtime --version`."""
+    try:
+        text = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TaskError(f"external wasm runtime {binary!r} does not run: {exc}") from None
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise TaskError(f"cannot tell the version of {binary!r} from {text.strip()!r}")
+    return tuple(int(g) for g in match.groups())
+
+
+def external_command(
+    binary: str,
+    version: tuple[int, ...],
+    task: TaskSpec,
+    wasm_path: Path,
+    models_dir: Path | None,
+) -> list[str]:
+    """The command line Propeller's host runtime would build, adapted to this wasmtime.
+
+    `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`: for
+    wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn` becomes `-S nn`, and task
+    env goes to the guest with `--env` rather than to the runtime's process.
+    """
+    modern = version[0] >= 14
+    flags: list[str] = []
+    tokens = iter(task.cli_args)
+    for token in tokens:
+        if token == "run":
+            continue
+        if modern and token.startswith(LEGACY_NN_FLAGS):
+            if token == "--wasi-modules":
+                next(tokens, None)
+            flags += ["-S", "nn"]
+        else:
+            flags.append(token)
+    if modern and "nn" not in _s_options(flags):
+        flags += ["-S", "nn"]
+    if not modern and not any(f.startswith("--wasi-modules") for f in flags):
+        flags.append("--wasi-modules=experimental-wasi-nn")
+    if models_dir is not None:
+        flags += _models_flags(models_dir, version)
+    for key, value in task.env.items():
+        flags += ["--env", f"{key}={value}"]
+    return [binary, *(["run"] if modern else []), *flags, str(wasm_path), *task.args]
+
+
+def _s_options(flags: list[str]) -> set[str]:
+    options: set[str] = set()
+    for i, flag in enumerate(flags):
+        value = flags[i + 1] if flag in ("-S", "--wasi") and i + 1 < len(flags) else None
+        if flag.startswith("-S") and flag != "-S":
+            value = flag[2:]
+        if value:
+            options |= {v.split("=")[0] for v in value.split(",")}
+    return options
+
+
+def _models_flags(models_dir: Path, version: tuple[int, ...]) -> list[str]:
+    # wasmtime's default wasi-nn backend is OpenVINO IR: register those models by name.
+    graphs = [m for m in scan_models_dir(models_dir) if m.encoding is GraphEncoding.OPENVINO]
+    if version[0] >= 14:
+        flags = ["--dir", f"{models_dir}::{MODELS_GUEST_DIR}"]
+        for model in graphs:
+            flags += ["-S", f"nn-graph=openvino::{model.path}"]
+        return flags
+    flags = ["--mapdir", f"{MODELS_GUEST_DIR}::{models_dir}"]
+    if version[0] == 13:
+        for model in graphs:
+            flags += ["--wasi-nn-graph", f"openvino::{model.path}"]
+    return flags
+
+
+def openvino_library_env(cache_dir: Path) -> dict[str, str]:
+    """LD_LIBRARY_PATH entries so wasmtime's OpenVINO backend finds the wheel's libopenvino_c.
+
+    The PyPI wheel ships only a versioned `libopenvino_c.so.<N>`; wasmtime looks for the
+    unversioned name, so a symlink directory under the cache provides it. Using the wheel's
+    library keeps the CLI and the embedded engine on the same OpenVINO.
+    """
+    try:
+        import openvino  # noqa: PLC0415
+
+        libs = Path(openvino.__file__).parent / "libs"
+        library = next(libs.glob("libopenvino_c.so*"))
+    except (ImportError, StopIteration):
+        return {}
+    links = cache_dir / "openvino-c"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / "libopenvino_c.so"
+    if not link.exists():
+        tmp = links / f".link-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(library)
+        tmp.replace(link)
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    return {"LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(links), str(libs), current) if p)}
+
+
+def run_external(
+    binary: str,
+    task: TaskSpec,
+    wasm: bytes,
+    models_dir: Path | None,
+    outputs: Outputs,
+    cache_dir: Path,
+) -> RunResult:
+    """Run with an external wasmtime CLI in a child process."""
+    version = wasmtime_version(binary)
+    result = RunResult(outcome=Outcome.ERROR, exit_code=1, digest="")
+    with tempfile.TemporaryDirectory(prefix="wasinn-") as tmp:
+        wasm_path = Path(tmp) / f"{task.id or 'task'}.wasm"
+        wasm_path.write_bytes(wasm)
+        command = external_command(binary, version, task, wasm_path, models_dir)
+        env = {**os.environ, **openvino_library_env(cache_dir)}
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp
+        )
+        assert process.stdout is not None and process.stderr is not None
+        out = _Pump(process.stdout, outputs.stdout, outputs.limit)
+        err = _Pump(process.stderr, outputs.stderr, outputs.limit)
+        try:
+            code = process.wait(timeout=task.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = None
+        out.join()
+        err.join()
+        result.run_seconds = time.monotonic() - started
+    result.stdout, result.stdout_truncated = out.value(), out.truncated
+    result.stderr, result.stderr_truncated = err.value(), err.truncated
+    if code is None:
+        result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+        result.error = f"timed out after {task.timeout_seconds} s"
+    elif code < 0:
+        result.outcome, result.exit_code = Outcome.TRAPPED, 128 - code
+        result.error = f"killed by signal {-code}"
+    else:
+        result.outcome, result.exit_code = Outcome.EXITED, code
+        if code != 0:
+            last = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            result.error = f"exit status {code}" + (f": {last[0][:500]}" if last else "")
+    return result
+
+
+class _Pump:
+    """Forwards a child's stream as it comes while keeping a capped copy."""
+
+    def __init__(self, stream: IO[bytes], sink: Sink, limit: int) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self.truncated = False
+        self._thread = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[bytes], sink: Sink) -> None:
+        while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
+            sink(chunk)
+            room = self._limit - self._size
+            if len(chunk) > room:
+                self.truncated = True
+            if room > 0:
+                self._chunks.append(chunk[:room])
+                self._size += min(room, len(chunk))
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)

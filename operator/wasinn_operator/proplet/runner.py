@@ -1,0 +1,189 @@
+"""`wasinn proplet run`: fetch the task's module, verify it, run it, report the result.
+
+Reports go where Kubernetes and Propeller users look: the guest's stdout streams to the
+container log, a JSON summary goes to the termination-message path, and, when `PROPLET_*`
+MQTT settings are given, the result is published in Propeller's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..api import RunSummary, TaskSpec
+from ..mqtt import RESULTS_TOPIC, MQTTError, MQTTSettings, publish_once, results_payload
+from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir
+from .engines import Outputs, TaskError, run_embedded, run_external
+from .fetch import MAX_WASM_BYTES, FetchError, fetch_wasm, sha256_digest
+
+DEFAULT_MODELS_DIR = Path("/models")
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+EXIT_TASK_ERROR = 1
+
+
+@dataclass(frozen=True)
+class PropletConfig:
+    """The proplet's own settings (never the task's): from its environment."""
+
+    models_dir: Path | None
+    termination_log: Path
+    cache_dir: Path
+    external_runtime: str | None
+    registry_auth: Path | None
+    precision: str | None
+    max_wasm_bytes: int = MAX_WASM_BYTES
+    mqtt: MQTTSettings | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PropletConfig:
+        """Read `WASINN_*`, `PROPLET_*` and the seed guide's `EXTERNAL_WASM_RUNTIME`."""
+        models = environ.get("WASINN_MODELS_DIR")
+        models_dir = Path(models) if models else DEFAULT_MODELS_DIR
+        auth = environ.get("WASINN_REGISTRY_AUTH")
+        return cls(
+            models_dir=models_dir if models_dir.is_dir() else None,
+            termination_log=Path(environ.get("WASINN_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG),
+            cache_dir=Path(environ["WASINN_CACHE_DIR"])
+            if environ.get("WASINN_CACHE_DIR")
+            else default_cache_dir(),
+            external_runtime=environ.get("PROPLET_EXTERNAL_WASM_RUNTIME")
+            or environ.get("EXTERNAL_WASM_RUNTIME")
+            or None,
+            registry_auth=Path(auth) if auth else None,
+            precision=environ.get("WASINN_INFERENCE_PRECISION") or None,
+            mqtt=MQTTSettings.from_env(environ),
+        )
+
+
+def load_task(environ: Mapping[str, str]) -> TaskSpec:
+    """The task from `WASINN_TASK` (JSON) or the file `WASINN_TASK_FILE`."""
+    text = environ.get("WASINN_TASK")
+    if not text and environ.get("WASINN_TASK_FILE"):
+        try:
+            text = Path(environ["WASINN_TASK_FILE"]).read_text()
+        except OSError as exc:
+            raise TaskError(f"WASINN_TASK_FILE: {exc}") from None
+    if not text:
+        raise TaskError("no task: set WASINN_TASK (JSON) or WASINN_TASK_FILE")
+    try:
+        return TaskSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise TaskError(f"invalid task: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """Pydantic errors as `field.path: reason; ...`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "task"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def run_task(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:
+    """Fetch, verify and run one task; every failure becomes a Failed summary."""
+    engine = _engine(task, config)
+    summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, engine=engine, taskId=task.id)
+    started = time.monotonic()
+    try:
+        wasm = fetch_wasm(task.wasm, config.max_wasm_bytes, config.registry_auth)
+    except FetchError as exc:
+        summary.error = f"fetching the module: {exc}"
+        return summary
+    summary.digest = sha256_digest(wasm)
+    summary.fetch_seconds = time.monotonic() - started
+    try:
+        result = _run(engine, task, wasm, config, outputs)
+    except TaskError as exc:
+        summary.error = str(exc)
+        return summary
+    summary.state = "Completed" if result.ok else "Failed"
+    summary.exit_code = result.exit_code
+    summary.error = result.error
+    summary.stdout = result.stdout.decode("utf-8", errors="replace")
+    summary.stdout_truncated = result.stdout_truncated
+    summary.compile_seconds = result.compile_seconds
+    summary.run_seconds = result.run_seconds
+    return summary
+
+
+def _engine(task: TaskSpec, config: PropletConfig) -> str:
+    # An engine named in the task wins; otherwise Propeller's convention: an external runtime
+    # configured in the environment is used for every task.
+    if "engine" in task.model_fields_set:
+        return task.engine
+    return "wasmtime-cli" if config.external_runtime else "embedded"
+
+
+def _run(
+    engine: str, task: TaskSpec, wasm: bytes, config: PropletConfig, outputs: Outputs
+) -> RunResult:
+    if engine == "embedded":
+        runtime = Runtime(
+            RuntimeConfig(cache_dir=config.cache_dir, inference_precision=config.precision)
+        )
+        return run_embedded(runtime, task, wasm, config.models_dir, outputs)
+    binary = config.external_runtime or shutil.which("wasmtime")
+    if binary is None:
+        raise TaskError(
+            "engine wasmtime-cli: no wasmtime binary (set PROPLET_EXTERNAL_WASM_RUNTIME)"
+        )
+    return run_external(binary, task, wasm, config.models_dir, outputs, config.cache_dir)
+
+
+def report(summary: RunSummary, config: PropletConfig) -> None:
+    """Write the termination message and publish to MQTT when configured."""
+    try:
+        config.termination_log.write_text(summary.to_message())
+    except OSError as exc:
+        _log(f"cannot write the termination message to {config.termination_log}: {exc}")
+    if config.mqtt is not None:
+        payload = results_payload(
+            summary.task_id, config.mqtt.instance_id, summary.stdout, summary.error
+        )
+        try:
+            publish_once(config.mqtt, RESULTS_TOPIC, payload)
+        except MQTTError as exc:
+            _log(f"MQTT: {exc}")
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"wasinn proplet: {message}\n")
+    sys.stderr.flush()
+
+
+def _write_fd(fd: int) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        os.write(fd, data)
+
+    return write
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """Run the task in the environment; the exit code is 0 only on success."""
+    env = os.environ if environ is None else environ
+    try:
+        config = PropletConfig.from_env(env)
+    except MQTTError as exc:
+        _log(str(exc))
+        return EXIT_TASK_ERROR
+    try:
+        task = load_task(env)
+    except TaskError as exc:
+        summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, error=str(exc))
+    else:
+        outputs = Outputs(stdout=_write_fd(1), stderr=_write_fd(2))
+        summary = run_task(task, config, outputs)
+    if summary.error:
+        _log(f"task {summary.task_id or '?'} failed: {summary.error}")
+    report(summary, config)
+    _log(json.dumps({"state": summary.state, "exitCode": summary.exit_code}))
+    return 0 if summary.state == "Completed" else (summary.exit_code or EXIT_TASK_ERROR)
