@@ -1,0 +1,121 @@
+"""Task validation, the termination summary, external command lines and MQTT settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from wasinn_operator.api import RunSummary, TaskSpec
+from wasinn_operator.mqtt import MQTTError, MQTTSettings
+from wasinn_operator.proplet import external_command, load_task
+from wasinn_operator.proplet.engines import TaskError
+
+pytestmark = pytest.mark.unit
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"wasm": {}}, "exactly one of url, path, inline, image, configMapKeyRef must be set"),
+        ({"wasm": {"url": "http://x/a.wasm", "path": "/a.wasm"}}, "got url, path"),
+        ({"wasm": {"path": "/a.wasm", "digest": "sha256:xyz"}}, "String should match pattern"),
+        ({"wasm": {"inline": "not base64!"}}, "not valid base64"),
+        ({"wasm": {"url": "ftp://x"}}, "String should match pattern '^https?://'"),
+        ({"wasm": {"path": "/a"}, "env": {"BAD NAME": "x"}}, "invalid environment variable"),
+        ({"wasm": {"path": "/a"}, "timeoutSeconds": -1}, "greater than 0"),
+        ({"wasm": {"path": "/a"}, "engine": "wamr"}, "'embedded' or 'wasmtime-cli'"),
+    ],
+)
+def test_invalid_tasks_name_the_field(task: dict[str, object], message: str) -> None:
+    with pytest.raises(TaskError) as info:
+        load_task({"WASINN_TASK": json.dumps(task)})
+    assert message in str(info.value)
+
+
+def test_task_from_file_with_every_field(tmp_path: Path) -> None:
+    task = {
+        "id": "t1", "name": "n", "wasm": {"image": "reg/x:1", "digest": DIGEST},
+        "cliArgs": ["-S", "nn"], "args": ["a"], "env": {"K.1-x": "v"}, "daemon": True,
+        "timeoutSeconds": 5, "engine": "wasmtime-cli", "device": "GPU",
+        "nodeSelector": {"ignored": "by the proplet"},
+    }  # fmt: skip
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task))
+    spec = load_task({"WASINN_TASK_FILE": str(path)})
+    assert spec.wasm.kind == "image"
+    assert (spec.cli_args, spec.timeout_seconds, spec.device) == (["-S", "nn"], 5, "GPU")
+    with pytest.raises(TaskError, match="no task"):
+        load_task({})
+
+
+def test_summary_fits_the_termination_message() -> None:
+    summary = RunSummary(state="Failed", exitCode=1, error="E" * 6000, stdout="\x01é" * 3000)
+    message = summary.to_message()
+    assert len(message.encode()) <= 4096
+    parsed = json.loads(message)
+    assert parsed["stdoutTruncated"] is True
+    assert parsed["error"].startswith("EEE")
+    small = RunSummary(state="Completed", exitCode=0, stdout="ok\n")
+    assert json.loads(small.to_message())["stdoutTruncated"] is False
+
+
+def test_external_command_modern_wasmtime(tmp_path: Path, models_dir: Path) -> None:
+    spec = TaskSpec.model_validate(
+        {"id": "t", "wasm": {"path": "/a"}, "cliArgs": ["--wasi-modules=experimental-wasi-nn"],
+         "args": ["in.f32"], "env": {"MODEL_DIR": "/models/x"}}
+    )  # fmt: skip
+    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", models_dir)
+    assert cmd[:4] == ["wasmtime", "run", "-S", "nn"]
+    assert "--wasi-modules=experimental-wasi-nn" not in cmd
+    assert cmd[-2:] == [str(tmp_path / "t.wasm"), "in.f32"]
+    assert cmd[cmd.index("--env") : cmd.index("--env") + 2] == ["--env", "MODEL_DIR=/models/x"]
+    assert ["--dir", f"{models_dir}::/models"] == cmd[cmd.index("--dir") : cmd.index("--dir") + 2]
+    graphs = [cmd[i + 1] for i, t in enumerate(cmd) if t == "-S" and "nn-graph" in cmd[i + 1]]
+    assert graphs == [f"nn-graph=openvino::{models_dir / 'efficientnet-lite0'}"]
+
+
+def test_external_command_old_wasmtime(tmp_path: Path) -> None:
+    spec = TaskSpec.model_validate({"wasm": {"path": "/a"}, "env": {"A": "1"}})
+    cmd = external_command("wasmtime", (12, 0, 0), spec, tmp_path / "t.wasm", None)
+    assert cmd == ["wasmtime", "--wasi-modules=experimental-wasi-nn", "--env", "A=1",
+                   str(tmp_path / "t.wasm")]  # fmt: skip
+
+
+def test_mqtt_settings_from_env_and_config(tmp_path: Path) -> None:
+    assert MQTTSettings.from_env({}, None) is None
+    config = tmp_path / "config.toml"
+    config.write_text('[proplet]\ndomain_id = "d"\nchannel_id = "c"\nclient_id = "u"\n')
+    settings = MQTTSettings.from_env(
+        {"PROPLET_MQTT_ADDRESS": "tcp://127.0.0.1:1999", "PROPLET_CLIENT_KEY": "k",
+         "PROPLET_MQTT_QOS": "1", "PROPLET_LIVELINESS_INTERVAL": "500ms"},
+        config,
+    )  # fmt: skip
+    assert settings is not None
+    assert (settings.host, settings.port, settings.qos) == ("127.0.0.1", 1999, 1)
+    assert (settings.client_id, settings.client_key) == ("u", "k")
+    assert settings.liveliness_interval == 0.5
+    assert settings.topic("control/proplet/results") == "m/d/c/c/control/proplet/results"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROPLET_MQTT_ADDRESS": "tcp://h:1"}, "PROPLET_DOMAIN_ID or PROPLET_CHANNEL_ID"),
+        ({"PROPLET_DOMAIN_ID": "d", "PROPLET_CHANNEL_ID": "c", "PROPLET_MQTT_ADDRESS": "h:1"},
+         "is not tcp://HOST:PORT"),
+        ({"PROPLET_DOMAIN_ID": "d", "PROPLET_CHANNEL_ID": "c", "PROPLET_MQTT_QOS": "3"},
+         "is not 0, 1 or 2"),
+    ],
+)  # fmt: skip
+def test_mqtt_settings_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(MQTTError, match=message):
+        MQTTSettings.from_env(env, None)
+
+
+def test_pydantic_is_strict_about_unknown_wasm_fields() -> None:
+    with pytest.raises(ValidationError):
+        TaskSpec.model_validate({"wasm": {"path": "/a", "sha": "x"}})
