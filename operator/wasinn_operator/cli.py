@@ -162,9 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=PROPLET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    operator = sub.add_parser("operator", help="run the kopf operator (WasiNNTask -> Pods)")
+    from .controller.run import add_arguments as operator_arguments  # noqa: PLC0415
+
+    operator_arguments(operator)
     if args and args[0] == "run":
         return _run(args[1:])
     parsed = parser.parse_args(args)
+    if parsed.command == "operator":
+        from .controller.run import main as operator_main  # noqa: PLC0415
+
+        return operator_main(parsed)
     if parsed.command == "proplet":
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 

@@ -1,6 +1,19 @@
 """Data models shared by the proplet, the operator and the shim."""
 
+from .crd import GROUP, KIND, PLURAL, PROPELLER_ID_LABEL, VERSION, ModelsVolume, WasiNNTaskSpec
 from .summary import RunSummary
 from .task import ENV_NAME, TaskSpec, WasmSource
 
-__all__ = ["ENV_NAME", "RunSummary", "TaskSpec", "WasmSource"]
+__all__ = [
+    "ENV_NAME",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "PROPELLER_ID_LABEL",
+    "VERSION",
+    "ModelsVolume",
+    "RunSummary",
+    "TaskSpec",
+    "WasiNNTaskSpec",
+    "WasmSource",
+]

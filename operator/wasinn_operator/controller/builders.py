@@ -1,0 +1,239 @@
+"""Pure builders: a task becomes a Pod (and, for inline modules, a ConfigMap).
+
+Nothing here talks to the API; every function takes the task body and settings and returns
+manifests, so each spec field's effect is unit-tested alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec
+
+CONTAINER = "proplet"
+PROPLET_UID = 65532
+WASM_DIR = "/wasm"
+WASM_FILE = "module.wasm"
+TERMINATION_LOG = "/dev/termination-log"
+MAX_TASK_ENV_BYTES = 100_000
+TASK_LABEL = "wasinn.dev/task"
+TASK_UID_LABEL = "wasinn.dev/task-uid"
+ATTEMPT_LABEL = "wasinn.dev/attempt"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "wasinn-operator"}
+DEVICE_RESOURCES = {"GPU": "gpu.intel.com/i915", "NPU": "npu.intel.com/accel"}
+
+
+class TaskTooLargeError(ValueError):
+    """The task's args and env do not fit a Pod's environment."""
+
+
+def label_value(text: str) -> str:
+    """`text` if it is a valid label value length, else a stable 63-character form."""
+    if len(text) <= 63:
+        return text
+    return f"{text[:46]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def pod_name(task_name: str, attempt: int) -> str:
+    """`<task>-<attempt>`, shortened with a hash when the task name is long."""
+    suffix = f"-{attempt}"
+    if len(task_name) + len(suffix) <= 63:
+        return task_name + suffix
+    digest = hashlib.sha256(task_name.encode()).hexdigest()[:10]
+    return f"{task_name[: 63 - len(suffix) - 11]}-{digest}{suffix}"
+
+
+def wasm_configmap_name(task_name: str) -> str:
+    """The ConfigMap that carries an inline module."""
+    return label_value(f"{task_name}-wasm")
+
+
+def task_labels(task: dict[str, Any]) -> dict[str, str]:
+    """Labels that tie a child to its task."""
+    meta = task["metadata"]
+    labels = {**MANAGED_BY, TASK_LABEL: label_value(meta["name"]), TASK_UID_LABEL: meta["uid"]}
+    propeller_id = (meta.get("labels") or {}).get(PROPELLER_ID_LABEL)
+    if propeller_id:
+        labels[PROPELLER_ID_LABEL] = propeller_id
+    return labels
+
+
+def proplet_task(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any]:
+    """The JSON the proplet reads from WASINN_TASK: the spec, with the module made reachable."""
+    wasm: dict[str, Any] = {}
+    if spec.wasm.inline is not None or spec.wasm.config_map_key_ref is not None:
+        wasm["path"] = f"{WASM_DIR}/{WASM_FILE}"
+    else:
+        kind = spec.wasm.kind
+        wasm[kind] = getattr(spec.wasm, kind)
+    if spec.wasm.digest:
+        wasm["digest"] = spec.wasm.digest
+    meta = task["metadata"]
+    return {
+        "id": (meta.get("labels") or {}).get(PROPELLER_ID_LABEL) or meta["uid"],
+        "name": meta["name"],
+        "wasm": wasm,
+        "cliArgs": spec.cli_args,
+        "args": spec.args,
+        "env": spec.env,
+        "daemon": spec.daemon,
+        "timeoutSeconds": spec.timeout_seconds,
+        "engine": spec.engine,
+        "device": spec.device,
+    }
+
+
+def build_wasm_configmap(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] | None:
+    """The ConfigMap holding an inline module (a Pod's environment cannot carry it)."""
+    if spec.wasm.inline is None:
+        return None
+    meta = task["metadata"]
+    configmap: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": wasm_configmap_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": task_labels(task),
+            "ownerReferences": [owner_reference(task)],
+        },
+        "binaryData": {WASM_FILE: spec.wasm.inline},
+        "immutable": True,
+    }
+    return configmap
+
+
+def build_pod(
+    task: dict[str, Any],
+    spec: WasiNNTaskSpec,
+    attempt: int,
+    *,
+    image: str,
+    pull_policy: str,
+    label: tuple[str, str],
+    claim: str,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """The Pod for one attempt of a task."""
+    meta = task["metadata"]
+    task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
+    if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
+        raise TaskTooLargeError(
+            f"the task's args and env take {len(task_json.encode())} bytes; at most "
+            f"{MAX_TASK_ENV_BYTES} fit a Pod's environment"
+        )
+    models = spec.models
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "models",
+            "persistentVolumeClaim": {
+                "claimName": models.claim_name or claim,
+                "readOnly": models.read_only,
+            },
+        },
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": models.mount_path, "readOnly": models.read_only},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if models.sub_path:
+        mounts[0]["subPath"] = models.sub_path
+    wasm_volume = _wasm_volume(task, spec)
+    if wasm_volume is not None:
+        volumes.append(wasm_volume)
+        mounts.append({"name": "wasm", "mountPath": WASM_DIR, "readOnly": True})
+    labels = {**task_labels(task), ATTEMPT_LABEL: str(attempt)}
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(meta["name"], attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(task)],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {**spec.node_selector, label[0]: label[1]},
+            "tolerations": copy.deepcopy(spec.tolerations),
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": PROPLET_UID,
+                "runAsGroup": PROPLET_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": pull_policy,
+                    "command": ["wasinn", "proplet", "run"],
+                    "env": [
+                        {"name": "WASINN_TASK", "value": task_json},
+                        {"name": "WASINN_MODELS_DIR", "value": models.mount_path},
+                        {"name": "WASINN_CACHE_DIR", "value": "/tmp/wasinn-cache"},
+                        {"name": "WASINN_TERMINATION_LOG", "value": TERMINATION_LOG},
+                        {"name": "HOME", "value": "/tmp"},
+                    ],
+                    "resources": _resources(spec),
+                    "volumeMounts": mounts,
+                    "terminationMessagePath": TERMINATION_LOG,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "runAsNonRoot": True,
+                        "runAsUser": PROPLET_UID,
+                        "runAsGroup": PROPLET_UID,
+                        "capabilities": {"drop": ["ALL"]},
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                }
+            ],
+            "volumes": volumes,
+        },
+    }
+    if spec.timeout_seconds is not None:
+        pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
+    if service_account:
+        pod["spec"]["serviceAccountName"] = service_account
+    return pod
+
+
+def owner_reference(task: dict[str, Any]) -> dict[str, Any]:
+    """The controller reference that makes the garbage collector delete children with the task."""
+    meta = task["metadata"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _wasm_volume(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] | None:
+    if spec.wasm.inline is not None:
+        name = wasm_configmap_name(task["metadata"]["name"])
+        return {"name": "wasm", "configMap": {"name": name}}
+    ref = spec.wasm.config_map_key_ref
+    if ref is not None:
+        items = [{"key": ref.key, "path": WASM_FILE}]
+        return {"name": "wasm", "configMap": {"name": ref.name, "items": items}}
+    return None
+
+
+def _resources(spec: WasiNNTaskSpec) -> dict[str, Any]:
+    resources = copy.deepcopy(spec.resources)
+    device = DEVICE_RESOURCES.get(spec.device)
+    if device is not None:
+        # Extended resources are whole units set as limits; requests default to them.
+        resources.setdefault("limits", {})[device] = resources.get("limits", {}).get(device, 1)
+    return resources

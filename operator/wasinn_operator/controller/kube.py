@@ -1,0 +1,154 @@
+"""The few Kubernetes calls the controller makes, as plain-dict async wrappers.
+
+The official client is synchronous; calls run in worker threads so kopf's event loop never
+blocks. Responses are decoded from JSON (not client models) so the pure code sees exactly the
+camelCase the API server sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
+from .builders import TASK_UID_LABEL
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a Pod, else the kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+class Kube:
+    """Reads and writes of tasks, Pods and the facts a reconcile needs."""
+
+    def __init__(self) -> None:
+        load_config()
+        client = kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+        data = response.data
+        return json.loads(data) if data else None
+
+    async def task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The task as stored now, or None when it is gone."""
+        try:
+            task: dict[str, Any] = await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return task
+
+    async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The task's Pods (every attempt), found by the task-uid label."""
+        found = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=f"{TASK_UID_LABEL}={uid}"
+        )
+        return list(found.get("items") or [])
+
+    async def claim_exists(self, namespace: str, name: str) -> bool:
+        """Whether the models claim exists in the namespace."""
+        return await self._exists(
+            self.core.read_namespaced_persistent_volume_claim, name, namespace
+        )
+
+    async def ready_nodes(self, selector: dict[str, str]) -> int:
+        """How many Ready, schedulable nodes carry every label of `selector`."""
+        found = await self._call(
+            self.core.list_node, label_selector=",".join(f"{k}={v}" for k, v in selector.items())
+        )
+        count = 0
+        for node in found.get("items") or []:
+            if (node.get("spec") or {}).get("unschedulable"):
+                continue
+            conditions = (node.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                count += 1
+        return count
+
+    async def wasm_problem(self, namespace: str, spec: WasiNNTaskSpec) -> str | None:
+        """Why a configMapKeyRef module cannot be mounted, if it cannot."""
+        ref = spec.wasm.config_map_key_ref
+        if ref is None:
+            return None
+        try:
+            configmap = await self._call(self.core.read_namespaced_config_map, ref.name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return f"ConfigMap {ref.name!r} (wasm.configMapKeyRef) not found"
+            raise
+        keys = {**(configmap.get("data") or {}), **(configmap.get("binaryData") or {})}
+        if ref.key not in keys:
+            return f"ConfigMap {ref.name!r} has no key {ref.key!r}"
+        return None
+
+    async def create(self, manifest: dict[str, Any]) -> None:
+        """Create a Pod or ConfigMap; one that already exists (a retried create) is fine."""
+        namespace = manifest["metadata"]["namespace"]
+        create = (
+            self.core.create_namespaced_pod
+            if manifest["kind"] == "Pod"
+            else self.core.create_namespaced_config_map
+        )
+        try:
+            await self._call(create, namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a Pod (gone already is fine)."""
+        await self._ignore_404(self.core.delete_namespaced_pod, name, namespace)
+
+    async def delete_children(self, namespace: str, uid: str) -> None:
+        """Delete every Pod and ConfigMap of a task (where no garbage collector does it)."""
+        selector = f"{TASK_UID_LABEL}={uid}"
+        for lister, deleter in (
+            (self.core.list_namespaced_pod, self.core.delete_namespaced_pod),
+            (self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
+        ):
+            found = await self._call(lister, namespace, label_selector=selector)
+            for item in found.get("items") or []:
+                await self._ignore_404(deleter, item["metadata"]["name"], namespace)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource."""
+        await self._ignore_404(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+        )  # fmt: skip
+
+    async def delete_task(self, namespace: str, name: str) -> None:
+        """Delete the task (its TTL ran out)."""
+        await self._ignore_404(
+            self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+
+    async def _exists(self, fn: Any, *args: Any) -> bool:
+        try:
+            await self._call(fn, *args)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def _ignore_404(self, fn: Any, *args: Any) -> None:
+        try:
+            await self._call(fn, *args)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -1,0 +1,110 @@
+"""Task phases (named and numbered as Propeller's states) and Job-style conditions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class TaskPhase(StrEnum):
+    """The task's phase; `state` is Propeller's number for it."""
+
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"
+
+    @property
+    def state(self) -> int:
+        """Propeller's numeric state."""
+        return PROPELLER_STATES[self]
+
+    @property
+    def finished(self) -> bool:
+        """Completed or Failed: nothing more will run."""
+        return self in (TaskPhase.COMPLETED, TaskPhase.FAILED)
+
+
+PROPELLER_STATES = {
+    TaskPhase.PENDING: 0,
+    TaskPhase.SCHEDULED: 1,
+    TaskPhase.RUNNING: 2,
+    TaskPhase.COMPLETED: 3,
+    TaskPhase.FAILED: 4,
+    TaskPhase.INTERRUPTED: 6,
+}
+
+
+class ConditionType(StrEnum):
+    """Job-style condition types."""
+
+    SCHEDULED = "Scheduled"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Reason(StrEnum):
+    """Condition reasons a user can act on."""
+
+    UNSCHEDULABLE = "Unschedulable"
+    MODEL_CLAIM_NOT_FOUND = "ModelClaimNotFound"
+    INVALID_WASM = "InvalidWasm"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    POD_CREATED = "PodCreated"
+    POD_SCHEDULED = "PodScheduled"
+    COMPLETED = "Completed"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    RETRYING = "Retrying"
+
+
+def timestamp(now: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    kind: ConditionType,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """A new condition list with `kind` set; the transition time moves only on a change."""
+    value = "True" if status else "False"
+    result = []
+    found = False
+    for condition in conditions:
+        if condition.get("type") == kind.value:
+            found = True
+            changed = condition.get("status") != value
+            result.append(
+                {
+                    "type": kind.value,
+                    "status": value,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": timestamp(now)
+                    if changed
+                    else condition.get("lastTransitionTime", timestamp(now)),
+                }
+            )
+        else:
+            result.append(condition)
+    if not found:
+        result.append(
+            {
+                "type": kind.value,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": timestamp(now),
+            }
+        )
+    return result

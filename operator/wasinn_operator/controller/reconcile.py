@@ -1,0 +1,442 @@
+"""The task state machine, as a pure function of the task, its Pods and cluster facts.
+
+`reconcile` returns a `Plan` (status to write, Pod/ConfigMap to create, Pods to delete, the
+task to delete, events, when to look again); the handlers gather facts and carry plans out.
+Being level-triggered, it gives the same answer however often it runs, so an operator that
+restarts mid-task picks up the existing Pod instead of making a second one.
+
+    Pending --pod created--> Scheduled --pod running--> Running --succeeded--> Completed
+       ^  \\                      \\                         \\--failed--> Pending (retry, backoff)
+       |   \\--claim/node/wasm missing: stays Pending with a reason      \\--> Failed (limit,
+       |                                                                      deadline, bad wasm)
+       +--resume-- Interrupted <--suspend (Pod deleted)-- Scheduled/Running
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
+from .builders import ATTEMPT_LABEL, CONTAINER, TaskTooLargeError, build_pod, build_wasm_configmap
+from .phases import ConditionType, Reason, TaskPhase, set_condition, timestamp
+from .settings import OperatorSettings
+
+EXIT_TIMEOUT = 124
+INVALID_WASM_MARKERS = (
+    "digest mismatch",
+    "not a WebAssembly binary",
+    "invalid WebAssembly module",
+    "cannot read /wasm/",
+)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the cluster says, gathered by the handler before `reconcile`."""
+
+    now: datetime
+    pods: list[dict[str, Any]]
+    claim_exists: bool = True
+    ready_nodes: int = 1
+    wasm_problem: str | None = None
+
+
+@dataclass
+class Plan:
+    """What to do: the handler applies it in order (create, delete, status, events)."""
+
+    status: dict[str, Any]
+    create_configmap: dict[str, Any] | None = None
+    create_pod: dict[str, Any] | None = None
+    delete_pods: list[str] = field(default_factory=list)
+    delete_task: bool = False
+    requeue_after: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) -> Plan:
+    """Decide the next step for one task."""
+    status = dict(task.get("status") or {})
+    meta = task["metadata"]
+    status["observedGeneration"] = meta.get("generation", 1)
+    propeller_id = (meta.get("labels") or {}).get(PROPELLER_ID_LABEL)
+    if propeller_id:
+        status["propellerId"] = propeller_id
+    plan = Plan(status=status)
+    before = TaskPhase(status.get("phase") or TaskPhase.PENDING)
+    try:
+        spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
+    except ValidationError as exc:
+        _fail(plan, Reason.INVALID_WASM, f"invalid spec: {_describe(exc)}", facts.now)
+    else:
+        _step(task, spec, facts, settings, plan, before)
+    after = TaskPhase(plan.status["phase"])
+    plan.status["state"] = after.state
+    if after != before or "phase" not in (task.get("status") or {}):
+        kind = "Warning" if after in (TaskPhase.FAILED, TaskPhase.INTERRUPTED) else "Normal"
+        plan.events.append((kind, after.value, _phase_message(plan.status)))
+    return plan
+
+
+def _step(
+    task: dict[str, Any],
+    spec: WasiNNTaskSpec,
+    facts: Facts,
+    settings: OperatorSettings,
+    plan: Plan,
+    phase: TaskPhase,
+) -> None:
+    status = plan.status
+    status.setdefault("phase", phase.value)
+    if phase.finished:
+        _expire(spec, facts, plan)
+        return
+    pod = _current_pod(facts.pods, status.get("attempts", 0))
+    if pod is not None and _ended(pod) and status.get("phase") == TaskPhase.PENDING:
+        pod = None  # its failure was recorded already; the retry is due or waiting
+    if pod is not None and _absorb_pod(pod, spec, facts, settings, plan):
+        return  # the attempt ended: Completed, Failed, or a retry scheduled
+    if spec.suspend:
+        _suspend(pod, facts, plan)
+        return
+    if status.get("phase") == TaskPhase.INTERRUPTED:
+        _set(plan, TaskPhase.PENDING)
+        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    elif _has_condition(status, ConditionType.SUSPENDED, True):
+        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    if pod is not None:
+        return  # the attempt is under way; Pod events move it along
+    if status.get("podName") and status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
+        _attempt_failed(spec, facts, settings, plan, "the Pod disappeared", None)
+        return
+    if not _ready_to_start(spec, facts, settings, plan):
+        return
+    _start_attempt(task, spec, facts, settings, plan)
+
+
+def _ready_to_start(
+    spec: WasiNNTaskSpec, facts: Facts, settings: OperatorSettings, plan: Plan
+) -> bool:
+    status = plan.status
+    claim = spec.models.claim_name or settings.models_claim
+    problem: tuple[Reason, str] | None = None
+    if not facts.claim_exists:
+        problem = (Reason.MODEL_CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim!r} not found")
+    elif facts.ready_nodes == 0:
+        wanted = {**spec.node_selector, settings.label[0]: settings.label[1]}
+        selector = ",".join(f"{k}={v}" for k, v in wanted.items())
+        problem = (
+            Reason.UNSCHEDULABLE,
+            f"no Ready node matches {selector}; label a node with {settings.openvino_label}",
+        )
+    elif facts.wasm_problem:
+        problem = (Reason.INVALID_WASM, facts.wasm_problem)
+    if problem is not None:
+        _set(plan, TaskPhase.PENDING)
+        _condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
+        plan.requeue_after = settings.resync_seconds
+        return False
+    retry_after = status.get("retryAfter")
+    if retry_after and _parse(retry_after) > facts.now:
+        plan.requeue_after = (_parse(retry_after) - facts.now).total_seconds()
+        return False
+    return True
+
+
+def _start_attempt(
+    task: dict[str, Any],
+    spec: WasiNNTaskSpec,
+    facts: Facts,
+    settings: OperatorSettings,
+    plan: Plan,
+) -> None:
+    attempt = int(plan.status.get("attempts", 0)) + 1
+    try:
+        plan.create_pod = build_pod(
+            task,
+            spec,
+            attempt,
+            image=settings.proplet_image,
+            pull_policy=settings.pull_policy,
+            label=settings.label,
+            claim=settings.models_claim,
+            service_account=settings.service_account,
+        )
+    except TaskTooLargeError as exc:
+        _fail(plan, Reason.INVALID_WASM, str(exc), facts.now)
+        return
+    plan.create_configmap = build_wasm_configmap(task, spec)
+    plan.status.update(attempts=attempt, podName=plan.create_pod["metadata"]["name"])
+    plan.status.pop("retryAfter", None)
+    plan.status.pop("nodeName", None)
+    _set(plan, TaskPhase.SCHEDULED)
+    _condition(
+        plan,
+        ConditionType.SCHEDULED,
+        False,
+        Reason.POD_CREATED,
+        f"Pod {plan.status['podName']} created (attempt {attempt})",
+        facts.now,
+    )
+
+
+def _absorb_pod(
+    pod: dict[str, Any],
+    spec: WasiNNTaskSpec,
+    facts: Facts,
+    settings: OperatorSettings,
+    plan: Plan,
+) -> bool:
+    """Map the current Pod onto the status; True when its attempt has ended."""
+    status = plan.status
+    pod_status = pod.get("status") or {}
+    phase = pod_status.get("phase", "Pending")
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node:
+        status["nodeName"] = node
+    if phase == "Pending":
+        scheduled = _pod_condition(pod, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False":
+            _set(plan, TaskPhase.PENDING)
+            _condition(
+                plan,
+                ConditionType.SCHEDULED,
+                False,
+                Reason.UNSCHEDULABLE,
+                scheduled.get("message") or "the scheduler found no node",
+                facts.now,
+            )
+        elif node:
+            _set(plan, TaskPhase.SCHEDULED)
+            _condition(
+                plan,
+                ConditionType.SCHEDULED,
+                True,
+                Reason.POD_SCHEDULED,
+                f"Pod {pod['metadata']['name']} scheduled on {node}",
+                facts.now,
+            )
+        return False
+    if phase == "Running":
+        _set(plan, TaskPhase.RUNNING)
+        status.setdefault("startTime", pod_status.get("startTime") or timestamp(facts.now))
+        _condition(
+            plan,
+            ConditionType.SCHEDULED,
+            True,
+            Reason.POD_SCHEDULED,
+            f"Pod {pod['metadata']['name']} running on {node}",
+            facts.now,
+        )
+        return False
+    if phase not in ("Succeeded", "Failed"):
+        return False
+    status.setdefault("startTime", pod_status.get("startTime") or timestamp(facts.now))
+    summary, exit_code = _summary(pod)
+    _record_results(status, summary, exit_code, settings)
+    if phase == "Succeeded":
+        _set(plan, TaskPhase.COMPLETED)
+        status["completionTime"] = timestamp(facts.now)
+        _condition(
+            plan,
+            ConditionType.COMPLETE,
+            True,
+            Reason.COMPLETED,
+            f"exit code {status.get('exitCode', 0)}",
+            facts.now,
+        )
+        _expire(spec, facts, plan)
+        return True
+    error = status.get("error") or f"the Pod failed ({pod_status.get('reason') or 'no reason'})"
+    if pod_status.get("reason") == "DeadlineExceeded" or exit_code == EXIT_TIMEOUT:
+        message = f"timed out after {spec.timeout_seconds} s" if spec.timeout_seconds else error
+        _fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
+    elif any(marker in error for marker in INVALID_WASM_MARKERS):
+        _fail(plan, Reason.INVALID_WASM, error, facts.now)
+    else:
+        _attempt_failed(spec, facts, settings, plan, error, exit_code)
+    if TaskPhase(status["phase"]).finished:
+        _expire(spec, facts, plan)
+    return True
+
+
+def _attempt_failed(
+    spec: WasiNNTaskSpec,
+    facts: Facts,
+    settings: OperatorSettings,
+    plan: Plan,
+    error: str,
+    exit_code: int | None,
+) -> None:
+    status = plan.status
+    failures = int(status.get("failedAttempts", 0)) + 1
+    status["failedAttempts"] = failures
+    status["error"] = error
+    if exit_code is not None:
+        status["exitCode"] = exit_code
+    if failures > spec.backoff_limit:
+        _fail(
+            plan,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{failures} failed attempt(s), backoffLimit {spec.backoff_limit}: {error}",
+            facts.now,
+            error=error,
+        )
+        return
+    delay = min(settings.backoff_base_seconds * 2 ** (failures - 1), settings.backoff_max_seconds)
+    status["retryAfter"] = timestamp(facts.now + timedelta(seconds=delay))
+    _set(plan, TaskPhase.PENDING)
+    plan.requeue_after = delay
+    plan.events.append(
+        (
+            "Warning",
+            Reason.RETRYING.value,
+            f"attempt {status.get('attempts')} failed ({error}); retrying in {delay:g} s",
+        )
+    )
+
+
+def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
+    running = pod is not None and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
+    if running and pod is not None:
+        plan.delete_pods.append(pod["metadata"]["name"])
+        _set(plan, TaskPhase.INTERRUPTED)
+    elif plan.status.get("phase") != TaskPhase.INTERRUPTED:
+        _set(plan, TaskPhase.PENDING)
+    _condition(
+        plan, ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true", facts.now
+    )
+
+
+def _expire(spec: WasiNNTaskSpec, facts: Facts, plan: Plan) -> None:
+    ttl = spec.ttl_seconds_after_finished
+    finished = plan.status.get("completionTime")
+    if ttl is None or not finished:
+        return
+    remaining = (_parse(finished) + timedelta(seconds=ttl) - facts.now).total_seconds()
+    if remaining <= 0:
+        plan.delete_task = True
+    else:
+        plan.requeue_after = remaining
+
+
+def _fail(
+    plan: Plan, reason: Reason, message: str, now: datetime, error: str | None = None
+) -> None:
+    plan.status["error"] = error or message
+    plan.status["completionTime"] = timestamp(now)
+    plan.status.pop("retryAfter", None)
+    _set(plan, TaskPhase.FAILED)
+    _condition(plan, ConditionType.FAILED, True, reason, message, now)
+
+
+def _record_results(
+    status: dict[str, Any],
+    summary: RunSummary | None,
+    exit_code: int | None,
+    settings: OperatorSettings,
+) -> None:
+    if exit_code is not None:
+        status["exitCode"] = exit_code
+    if summary is None:
+        return
+    results = summary.stdout.encode()
+    status["results"] = results[: settings.results_cap].decode("utf-8", errors="ignore")
+    status["resultsTruncated"] = summary.stdout_truncated or len(results) > settings.results_cap
+    if summary.error:
+        status["error"] = summary.error
+    else:
+        status.pop("error", None)
+    if summary.digest:
+        status["digest"] = summary.digest
+
+
+def _summary(pod: dict[str, Any]) -> tuple[RunSummary | None, int | None]:
+    """The proplet's termination message and exit code, if the container terminated."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        exit_code = terminated.get("exitCode")
+        message = terminated.get("message") or ""
+        try:
+            return RunSummary.model_validate(json.loads(message)), exit_code
+        except (ValueError, ValidationError):
+            # FallbackToLogsOnError: the message is the log tail when the proplet wrote none.
+            error = message.strip()[-1000:] or terminated.get("reason") or None
+            return (
+                RunSummary(state="Failed", exitCode=exit_code or 1, error=error),
+                exit_code,
+            )
+    return None, None
+
+
+def _current_pod(pods: list[dict[str, Any]], attempts: int) -> dict[str, Any] | None:
+    """The Pod of the latest attempt, unless it is being deleted."""
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    for pod in live:
+        if (pod["metadata"].get("labels") or {}).get(ATTEMPT_LABEL) == str(attempts):
+            return pod
+    return None
+
+
+def _ended(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return None
+
+
+def _has_condition(status: dict[str, Any], kind: ConditionType, value: bool) -> bool:
+    return any(
+        c.get("type") == kind.value and c.get("status") == ("True" if value else "False")
+        for c in status.get("conditions") or []
+    )
+
+
+def _set(plan: Plan, phase: TaskPhase) -> None:
+    plan.status["phase"] = phase.value
+
+
+def _condition(
+    plan: Plan, kind: ConditionType, value: bool, reason: Reason, message: str, now: datetime
+) -> None:
+    plan.status["conditions"] = set_condition(
+        list(plan.status.get("conditions") or []), kind, value, reason.value, message, now
+    )
+
+
+def _phase_message(status: dict[str, Any]) -> str:
+    phase = status["phase"]
+    if phase == TaskPhase.FAILED:
+        return str(status.get("error") or "failed")
+    if phase in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
+        return f"Pod {status.get('podName')}" + (
+            f" on {status['nodeName']}" if status.get("nodeName") else ""
+        )
+    if phase == TaskPhase.COMPLETED:
+        return f"exit code {status.get('exitCode', 0)}"
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("type") == "Scheduled":
+            return f"{condition.get('reason')}: {condition.get('message')}"
+    return str(phase)
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )

@@ -1,0 +1,52 @@
+"""The operator's settings: from flags, with `WASINN_*` environment variables as defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_LABEL = "wasinn.dev/openvino=true"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What every task's Pod gets, and how the operator runs."""
+
+    openvino_label: str = DEFAULT_LABEL
+    proplet_image: str = "localhost/wasinn-proplet:dev"
+    pull_policy: str = "IfNotPresent"
+    models_claim: str = "models"
+    results_cap: int = 16384
+    resync_seconds: float = 10.0
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 300.0
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    service_account: str | None = None
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """The OpenVINO node label as (key, value)."""
+        key, _, value = self.openvino_label.partition("=")
+        return key, value or "true"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
+        """Settings from `WASINN_*` variables (used by the Helm chart)."""
+
+        def get(name: str, default: str) -> str:
+            return environ.get(f"WASINN_{name}") or default
+
+        namespaces = tuple(n for n in get("NAMESPACES", "").split(",") if n)
+        return cls(
+            openvino_label=get("OPENVINO_LABEL", DEFAULT_LABEL),
+            proplet_image=get("PROPLET_IMAGE", cls.proplet_image),
+            pull_policy=get("PULL_POLICY", cls.pull_policy),
+            models_claim=get("MODELS_CLAIM", cls.models_claim),
+            results_cap=int(get("RESULTS_CAP", str(cls.results_cap))),
+            resync_seconds=float(get("RESYNC_SECONDS", str(cls.resync_seconds))),
+            backoff_base_seconds=float(get("BACKOFF_BASE_SECONDS", str(cls.backoff_base_seconds))),
+            backoff_max_seconds=float(get("BACKOFF_MAX_SECONDS", str(cls.backoff_max_seconds))),
+            namespaces=namespaces,
+            service_account=environ.get("WASINN_PROPLET_SERVICE_ACCOUNT") or None,
+        )

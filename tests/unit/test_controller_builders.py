@@ -1,0 +1,224 @@
+"""build_pod / build_wasm_configmap: every spec field's effect on the manifests."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from wasinn_operator.api import WasiNNTaskSpec
+from wasinn_operator.controller import build_pod, build_wasm_configmap, pod_name, proplet_task
+from wasinn_operator.controller.builders import TaskTooLargeError
+
+pytestmark = pytest.mark.unit
+UID = "0b7c6f1e-1111-4222-8333-444455556666"
+DIGEST = "sha256:" + "b" * 64
+
+
+def task(
+    spec: dict[str, Any], name: str = "cat", labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "wasinn.dev/v1alpha1",
+        "kind": "WasiNNTask",
+        "metadata": {"name": name, "namespace": "ml", "uid": UID, "labels": labels or {}},
+        "spec": spec,
+    }
+
+
+def pod_for(spec: dict[str, Any], attempt: int = 1, **kw: Any) -> dict[str, Any]:
+    body = task(spec, **kw)
+    return build_pod(
+        body,
+        WasiNNTaskSpec.model_validate(spec),
+        attempt,
+        image="reg/proplet:1",
+        pull_policy="Never",
+        label=("wasinn.dev/openvino", "true"),
+        claim="models",
+    )
+
+
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    [c] = pod["spec"]["containers"]
+    return dict(c)
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(pod)["env"]}
+
+
+def test_defaults() -> None:
+    pod = pod_for({"wasm": {"url": "http://shim:8080/artifacts/sha256:x"}})
+    spec = pod["spec"]
+    assert pod["metadata"]["name"] == "cat-1"
+    assert pod["metadata"]["namespace"] == "ml"
+    assert pod["metadata"]["labels"]["wasinn.dev/task-uid"] == UID
+    assert pod["metadata"]["labels"]["wasinn.dev/attempt"] == "1"
+    assert pod["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "wasinn.dev/v1alpha1",
+            "kind": "WasiNNTask",
+            "name": "cat",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["nodeSelector"] == {"wasinn.dev/openvino": "true"}
+    assert spec["automountServiceAccountToken"] is False
+    assert "activeDeadlineSeconds" not in spec
+    assert spec["volumes"][0] == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    }
+    c = container(pod)
+    assert (c["image"], c["imagePullPolicy"]) == ("reg/proplet:1", "Never")
+    assert c["volumeMounts"][0] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    security = c["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["resources"] == {}
+
+
+def test_proplet_task_env_carries_the_spec() -> None:
+    spec = {
+        "wasm": {"image": "reg/wasm/classify:1", "digest": DIGEST},
+        "cliArgs": ["-S", "nn"],
+        "args": ["a", "b"],
+        "env": {"MODEL_DIR": "/models/x"},
+        "daemon": True,
+        "timeoutSeconds": 30,
+        "engine": "wasmtime-cli",
+        "device": "AUTO",
+    }
+    pod = pod_for(spec, labels={"wasinn.dev/propeller-id": "p-1"})
+    sent = json.loads(env_of(pod)["WASINN_TASK"])
+    assert sent == {
+        "id": "p-1",
+        "name": "cat",
+        "wasm": {"image": "reg/wasm/classify:1", "digest": DIGEST},
+        "cliArgs": ["-S", "nn"],
+        "args": ["a", "b"],
+        "env": {"MODEL_DIR": "/models/x"},
+        "daemon": True,
+        "timeoutSeconds": 30,
+        "engine": "wasmtime-cli",
+        "device": "AUTO",
+    }
+    assert pod["spec"]["activeDeadlineSeconds"] == 30
+    assert pod["metadata"]["labels"]["wasinn.dev/propeller-id"] == "p-1"
+    # Task env goes in the task JSON for the guest, never into the container's environment.
+    assert "MODEL_DIR" not in env_of(pod)
+
+
+def test_models_volume_fields() -> None:
+    spec = {
+        "wasm": {"path": "/models/m.wasm"},
+        "models": {"claimName": "zoo", "mountPath": "/data", "subPath": "v2", "readOnly": True},
+    }
+    pod = pod_for(spec)
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "zoo",
+        "readOnly": True,
+    }
+    assert container(pod)["volumeMounts"][0] == {
+        "name": "models",
+        "mountPath": "/data",
+        "readOnly": True,
+        "subPath": "v2",
+    }
+    assert env_of(pod)["WASINN_MODELS_DIR"] == "/data"
+
+
+@pytest.mark.parametrize(
+    ("device", "resource"), [("GPU", "gpu.intel.com/i915"), ("NPU", "npu.intel.com/accel")]
+)
+def test_devices_request_plugin_resources(device: str, resource: str) -> None:
+    spec = {
+        "wasm": {"path": "/a"},
+        "device": device,
+        "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "500m"}},
+    }
+    resources = container(pod_for(spec))["resources"]
+    assert resources == {"limits": {"memory": "1Gi", resource: 1}, "requests": {"cpu": "500m"}}
+
+
+def test_selector_tolerations_and_label_wins() -> None:
+    toleration = {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
+    spec = {
+        "wasm": {"path": "/a"},
+        "tolerations": [toleration],
+        "nodeSelector": {"zone": "a", "wasinn.dev/openvino": "false"},
+    }
+    pod = pod_for(spec)
+    assert pod["spec"]["nodeSelector"] == {"zone": "a", "wasinn.dev/openvino": "true"}
+    assert pod["spec"]["tolerations"] == [toleration]
+
+
+def test_inline_module_goes_through_an_owned_configmap() -> None:
+    wasm = base64.b64encode(b"\0asm\x01\0\0\0").decode()
+    spec = {"wasm": {"inline": wasm, "digest": DIGEST}}
+    body = task(spec)
+    configmap = build_wasm_configmap(body, WasiNNTaskSpec.model_validate(spec))
+    assert configmap is not None
+    assert configmap["binaryData"] == {"module.wasm": wasm}
+    assert configmap["metadata"]["ownerReferences"][0]["uid"] == UID
+    pod = pod_for(spec)
+    assert {"name": "wasm", "configMap": {"name": "cat-wasm"}} in pod["spec"]["volumes"]
+    assert {"name": "wasm", "mountPath": "/wasm", "readOnly": True} in container(pod)[
+        "volumeMounts"
+    ]
+    sent = json.loads(env_of(pod)["WASINN_TASK"])
+    assert sent["wasm"] == {"path": "/wasm/module.wasm", "digest": DIGEST}
+    assert (
+        build_wasm_configmap(
+            task({"wasm": {"path": "/a"}}), WasiNNTaskSpec.model_validate({"wasm": {"path": "/a"}})
+        )
+        is None
+    )
+
+
+def test_configmap_key_ref_is_mounted_as_the_module() -> None:
+    pod = pod_for({"wasm": {"configMapKeyRef": {"name": "guests", "key": "classify"}}})
+    assert {
+        "name": "wasm",
+        "configMap": {"name": "guests", "items": [{"key": "classify", "path": "module.wasm"}]},
+    } in pod["spec"]["volumes"]
+    assert json.loads(env_of(pod)["WASINN_TASK"])["wasm"] == {"path": "/wasm/module.wasm"}
+
+
+def test_names_stay_within_limits() -> None:
+    long = "t" * 250
+    assert len(pod_name(long, 12)) <= 63
+    assert pod_name(long, 12).endswith("-12")
+    assert pod_name(long, 1) != pod_name("t" * 249, 1)
+    pod = pod_for({"wasm": {"path": "/a"}}, name=long)
+    assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
+
+
+def test_too_large_task_is_refused() -> None:
+    with pytest.raises(TaskTooLargeError, match="fit a Pod's environment"):
+        pod_for({"wasm": {"path": "/a"}, "args": ["x" * 4000] * 30})
+
+
+def test_service_account_setting() -> None:
+    spec = {"wasm": {"path": "/a"}}
+    pod = build_pod(
+        task(spec),
+        WasiNNTaskSpec.model_validate(spec),
+        1,
+        image="i",
+        pull_policy="Always",
+        label=("l", "v"),
+        claim="c",
+        service_account="runner",
+    )
+    assert pod["spec"]["serviceAccountName"] == "runner"
+    assert proplet_task(task(spec), WasiNNTaskSpec.model_validate(spec))["id"] == UID

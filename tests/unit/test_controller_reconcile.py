@@ -1,0 +1,273 @@
+"""The task state machine: every transition, from facts alone."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+UID = "6a0c9f1e-1111-4222-8333-444455556666"
+SETTINGS = OperatorSettings(results_cap=64)
+
+
+def task(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "wasinn.dev/v1alpha1",
+        "kind": "WasiNNTask",
+        "metadata": {
+            "name": "cat",
+            "namespace": "ml",
+            "uid": UID,
+            "generation": 3,
+            "labels": {"wasinn.dev/propeller-id": "p-9"},
+        },
+        "spec": {"wasm": {"path": "/models/m.wasm"}, **(spec or {})},
+        "status": status or {},
+    }
+
+
+def pod(attempt: int, phase: str, **status: Any) -> dict[str, Any]:
+    node = status.pop("node", None)
+    return {
+        "metadata": {
+            "name": f"cat-{attempt}",
+            "labels": {"wasinn.dev/attempt": str(attempt)},
+            "creationTimestamp": "2026-11-25T11:59:00Z",
+        },
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": phase, **status},
+    }
+
+
+def terminated(exit_code: int, summary: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    message = summary if isinstance(summary, str) else json.dumps(summary or {})
+    return {
+        "containerStatuses": [
+            {
+                "name": "proplet",
+                "state": {"terminated": {"exitCode": exit_code, "message": message}},
+            }
+        ]
+    }
+
+
+def run(body: dict[str, Any], now: datetime = NOW, **facts: Any) -> Plan:
+    return reconcile(body, Facts(now=now, pods=facts.pop("pods", []), **facts), SETTINGS)
+
+
+def condition(plan: Plan, kind: str) -> dict[str, Any]:
+    return next(c for c in plan.status["conditions"] if c["type"] == kind)
+
+
+def test_new_task_gets_its_first_pod() -> None:
+    plan = run(task())
+    assert plan.create_pod is not None
+    assert plan.create_pod["metadata"]["name"] == "cat-1"
+    assert plan.status["phase"] == "Scheduled"
+    assert plan.status["state"] == 1
+    assert plan.status["attempts"] == 1
+    assert plan.status["podName"] == "cat-1"
+    assert plan.status["propellerId"] == "p-9"
+    assert plan.status["observedGeneration"] == 3
+    assert condition(plan, "Scheduled")["reason"] == "PodCreated"
+    assert plan.events == [("Normal", "Scheduled", "Pod cat-1")]
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason", "message"),
+    [
+        ({"claim_exists": False}, "ModelClaimNotFound", "PersistentVolumeClaim 'models' not found"),
+        ({"ready_nodes": 0}, "Unschedulable", "no Ready node matches wasinn.dev/openvino=true"),
+        ({"wasm_problem": "ConfigMap 'g' has no key 'k'"}, "InvalidWasm", "has no key"),
+    ],
+)
+def test_waits_with_a_reason(facts: dict[str, Any], reason: str, message: str) -> None:
+    plan = run(task(), **facts)
+    assert plan.create_pod is None
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["state"] == 0
+    scheduled = condition(plan, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", reason)
+    assert message in scheduled["message"]
+    assert plan.requeue_after == SETTINGS.resync_seconds
+    # Once the cause is gone, the same task starts.
+    assert run(task(status=plan.status)).create_pod is not None
+
+
+def test_pod_phases_move_the_task() -> None:
+    started = run(task()).status
+    unschedulable = pod(
+        1,
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available",
+            }
+        ],
+    )
+    plan = run(task(status=started), pods=[unschedulable])
+    assert plan.status["phase"] == "Pending"
+    assert condition(plan, "Scheduled")["message"] == "0/1 nodes are available"
+    plan = run(task(status=plan.status), pods=[pod(1, "Pending", node="n1")])
+    assert (plan.status["phase"], plan.status["nodeName"]) == ("Scheduled", "n1")
+    assert condition(plan, "Scheduled")["status"] == "True"
+    plan = run(
+        task(status=plan.status),
+        pods=[pod(1, "Running", node="n1", startTime="2026-11-25T11:59:30Z")],
+    )
+    assert (plan.status["phase"], plan.status["state"]) == ("Running", 2)
+    assert plan.status["startTime"] == "2026-11-25T11:59:30Z"
+    assert plan.create_pod is None
+
+
+def test_success_records_results() -> None:
+    summary = {
+        "state": "Completed",
+        "exitCode": 0,
+        "stdout": "1. tiger cat (282)\n" * 10,
+        "stdoutTruncated": False,
+        "digest": "sha256:" + "c" * 64,
+    }
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task(status=status), pods=[pod(1, "Succeeded", node="n1", **terminated(0, summary))])
+    assert (plan.status["phase"], plan.status["state"]) == ("Completed", 3)
+    assert plan.status["exitCode"] == 0
+    assert plan.status["results"] == ("1. tiger cat (282)\n" * 10)[:64]
+    assert plan.status["resultsTruncated"] is True
+    assert plan.status["digest"] == "sha256:" + "c" * 64
+    assert plan.status["completionTime"] == "2026-11-25T12:00:00Z"
+    assert "error" not in plan.status
+    assert condition(plan, "Complete")["status"] == "True"
+    assert plan.events[-1] == ("Normal", "Completed", "exit code 0")
+
+
+def test_failure_retries_with_backoff_then_gives_up() -> None:
+    spec = {"backoffLimit": 1}
+    summary = {"state": "Failed", "exitCode": 1, "error": "exited with code 1"}
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task(spec, status), pods=[pod(1, "Failed", **terminated(1, summary))])
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["failedAttempts"] == 1
+    assert plan.status["retryAfter"] == "2026-11-25T12:00:10Z"
+    assert plan.requeue_after == 10
+    assert plan.events[0][:2] == ("Warning", "Retrying")
+    waiting = run(task(spec, plan.status), pods=[pod(1, "Failed", **terminated(1, summary))])
+    assert waiting.create_pod is None
+    assert waiting.requeue_after == 10
+    later = NOW + timedelta(seconds=11)
+    second = run(task(spec, plan.status), later, pods=[pod(1, "Failed", **terminated(1, summary))])
+    assert second.create_pod is not None
+    assert second.create_pod["metadata"]["name"] == "cat-2"
+    assert second.status["attempts"] == 2
+    final = run(task(spec, second.status), later, pods=[pod(2, "Failed", **terminated(1, summary))])
+    assert (final.status["phase"], final.status["state"]) == ("Failed", 4)
+    failed = condition(final, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "2 failed attempt(s), backoffLimit 1: exited with code 1" in failed["message"]
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason"),
+    [
+        ({"reason": "DeadlineExceeded"}, "DeadlineExceeded"),
+        (
+            terminated(124, {"state": "Failed", "exitCode": 124, "error": "timed out after 5 s"}),
+            "DeadlineExceeded",
+        ),
+        (
+            terminated(
+                1,
+                {
+                    "state": "Failed",
+                    "exitCode": 1,
+                    "error": "fetching the module: digest mismatch: expected a, got b",
+                },
+            ),
+            "InvalidWasm",
+        ),
+    ],
+)
+def test_failures_that_are_not_retried(pod_status: dict[str, Any], reason: str) -> None:
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(
+        task({"backoffLimit": 5, "timeoutSeconds": 5}, status),
+        pods=[pod(1, "Failed", **pod_status)],
+    )
+    assert plan.status["phase"] == "Failed"
+    assert condition(plan, "Failed")["reason"] == reason
+    assert plan.create_pod is None
+
+
+def test_log_tail_when_the_proplet_wrote_no_summary() -> None:
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task(status=status), pods=[pod(1, "Failed", **terminated(2, "Traceback: boom"))])
+    assert plan.status["error"] == "Traceback: boom"
+    assert plan.status["exitCode"] == 2
+
+
+def test_suspend_interrupts_and_resume_restarts() -> None:
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task({"suspend": True}, status), pods=[pod(1, "Running", node="n1")])
+    assert plan.delete_pods == ["cat-1"]
+    assert (plan.status["phase"], plan.status["state"]) == ("Interrupted", 6)
+    assert condition(plan, "Suspended")["status"] == "True"
+    assert plan.events[-1][:2] == ("Warning", "Interrupted")
+    # The Pod is gone; the task stays Interrupted while suspended.
+    still = run(task({"suspend": True}, plan.status))
+    assert still.status["phase"] == "Interrupted"
+    assert still.create_pod is None
+    resumed = run(task({"suspend": False}, still.status))
+    assert resumed.create_pod is not None
+    assert resumed.create_pod["metadata"]["name"] == "cat-2"
+    assert condition(resumed, "Suspended")["status"] == "False"
+    assert resumed.status.get("failedAttempts", 0) == 0
+
+
+def test_suspended_before_start() -> None:
+    plan = run(task({"suspend": True}))
+    assert plan.create_pod is None
+    assert plan.status["phase"] == "Pending"
+    assert condition(plan, "Suspended")["reason"] == "Suspended"
+
+
+def test_ttl_after_finished() -> None:
+    done = {"phase": "Completed", "completionTime": "2026-11-25T11:59:00Z"}
+    assert run(task({"ttlSecondsAfterFinished": 30}, done)).delete_task
+    waiting = run(task({"ttlSecondsAfterFinished": 120}, done))
+    assert not waiting.delete_task
+    assert waiting.requeue_after == 60
+    assert not run(task({}, done)).delete_task
+
+
+def test_a_vanished_pod_is_a_failed_attempt() -> None:
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task(status=status), pods=[])
+    assert plan.status["phase"] == "Failed"
+    assert "the Pod disappeared" in plan.status["error"]
+
+
+def test_reconcile_is_idempotent() -> None:
+    first = run(task())
+    again = run(task(status=first.status), pods=[pod(1, "Pending")])
+    assert again.create_pod is None
+    assert again.status == first.status
+    assert again.events == []
+
+
+def test_invalid_spec_fails_clearly() -> None:
+    body = task()
+    body["spec"]["wasm"] = {"url": "http://a", "path": "/b"}
+    plan = run(body)
+    assert plan.status["phase"] == "Failed"
+    assert "exactly one of url, path, inline, image, configMapKeyRef" in plan.status["error"]
