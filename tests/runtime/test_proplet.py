@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -193,3 +194,26 @@ def test_large_output_is_cut_to_fit(
     assert len(proc.stdout) > 4096  # the log has it all
     assert summary["stdoutTruncated"] is True
     assert str(summary["stdout"]).startswith(f"{tensors}/chelsea.rgb.f32\n  1. tiger cat")
+
+
+def test_sigterm_interrupts_promptly(models_dir: Path, tmp_path: Path) -> None:
+    termination = tmp_path / "termination-log"
+    task = {"wasm": {"inline": base64.b64encode(wat("print_spin")).decode()}}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"],
+        env={**os.environ, "WASINN_TASK": json.dumps(task), "WASINN_MODELS_DIR": str(models_dir),
+             "WASINN_TERMINATION_LOG": str(termination), "WASINN_CACHE_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"started\n"  # the guest is spinning now
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+    finally:
+        process.kill()
+        process.wait()
+    summary = json.loads(termination.read_text())
+    assert summary["state"] == "Failed"
+    assert summary["exitCode"] == 143
+    assert "interrupted" in summary["error"]

@@ -158,6 +158,7 @@ def build_pod(
         },
         "spec": {
             "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 10,
             "nodeSelector": {**spec.node_selector, label[0]: label[1]},
             "tolerations": copy.deepcopy(spec.tolerations),
             "automountServiceAccountToken": False,

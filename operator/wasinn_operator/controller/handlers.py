@@ -23,7 +23,6 @@ from .kube import Kube
 from .reconcile import Facts, reconcile
 from .settings import OperatorSettings
 
-RESYNC_SECONDS = float(os.environ.get("WASINN_RESYNC_SECONDS", "10"))
 log = logging.getLogger("wasinn.operator")
 _locks: dict[str, asyncio.Lock] = {}
 _state: dict[str, Any] = {}  # the Kube client and settings, made on first use
@@ -45,30 +44,59 @@ def _settings() -> OperatorSettings:
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep kopf's bookkeeping in our own annotations and start the metrics endpoint."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="wasinn.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="wasinn.dev", key="last-handled-configuration"
-    )
+    """Tune kopf and start the metrics endpoint."""
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
     metrics.serve(int(os.environ.get("WASINN_METRICS_PORT", "0")))
     _kube()
+    _state["resync"] = asyncio.create_task(resync_loop())
     log.info("wasinn operator settings: %s", _settings())
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def wasinntask_changed(name: str, namespace: str | None, uid: str, **_: Any) -> None:
-    """A task appeared, came back after an operator restart, or its spec changed."""
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def wasinntask_event(
+    event: kopf.RawEvent, name: str, namespace: str | None, uid: str, **_: Any
+) -> None:
+    """Any change of a task (including the initial listing after a restart) reconciles it.
+
+    Level-triggered on purpose: no diff-base annotation (a copy of a spec with an inline module
+    would exceed the annotation size limit) and no finalizer (a stopped operator never blocks a
+    deletion; the garbage collector removes the children through their owner references).
+    """
+    if event.get("type") == "DELETED":
+        await _kube().delete_children(namespace or "default", uid)
+        metrics.forget(uid)
+        _locks.pop(uid, None)
+        return
     await reconcile_task(namespace or "default", name, uid)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def wasinntask_resync(name: str, namespace: str | None, uid: str, **_: Any) -> None:
-    """Periodic re-check: labelled nodes, created claims, backoff and TTL deadlines."""
-    await reconcile_task(namespace or "default", name, uid)
+async def resync_loop() -> None:
+    """Re-check every unfinished (or TTL-bound) task periodically: labelled nodes, created
+    claims, backoff and TTL deadlines. One loop for all tasks rather than a kopf timer each,
+    because kopf guards per-object timers with a finalizer, and a finalizer would block
+    deletions whenever the operator is down or uninstalled."""
+    settings = _settings()
+    while True:
+        await asyncio.sleep(settings.resync_seconds)
+        try:
+            for task in await _kube().list_tasks(settings.namespaces):
+                meta, status = task["metadata"], task.get("status") or {}
+                finished = status.get("phase") in ("Completed", "Failed")
+                if finished and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
+                    continue
+                await reconcile_task(meta["namespace"], meta["name"], meta["uid"])
+        except Exception:  # keep resyncing whatever one round hit
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("resync failed")
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(**_: Any) -> None:
+    """Stop the resync loop."""
+    loop_task = _state.pop("resync", None)
+    if loop_task is not None:
+        loop_task.cancel()
 
 
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
@@ -77,15 +105,6 @@ async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == "WasiNNTask" and owner.get("controller"):
             await reconcile_task(namespace or "default", owner["name"], owner["uid"])
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def wasinntask_delete(namespace: str | None, uid: str, **_: Any) -> None:
-    """Delete the task's Pods and ConfigMap (for clusters without garbage collection)."""
-    if namespace:
-        await _kube().delete_children(namespace, uid)
-    metrics.forget(uid)
-    _locks.pop(uid, None)
 
 
 async def reconcile_task(namespace: str, name: str, uid: str) -> None:

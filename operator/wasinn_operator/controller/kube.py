@@ -52,6 +52,19 @@ class Kube:
             raise
         return task
 
+    async def list_tasks(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every task in the watched namespaces (all namespaces when none are named)."""
+        if not namespaces:
+            found = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            return list(found.get("items") or [])
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            found = await self._call(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+            )
+            items += found.get("items") or []
+        return items
+
     async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
         """The task's Pods (every attempt), found by the task-uid label."""
         found = await self._call(

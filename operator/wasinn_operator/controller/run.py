@@ -61,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
         "WASINN_RESULTS_CAP": None if args.results_cap is None else str(args.results_cap),
         "WASINN_RESYNC_SECONDS": None if args.resync_seconds is None else str(args.resync_seconds),
         "WASINN_METRICS_PORT": str(args.metrics_port),
+        "WASINN_NAMESPACES": ",".join(args.namespace),
     }
     os.environ.update({k: v for k, v in values.items() if v})
     from . import handlers  # noqa: F401, PLC0415  (registers the handlers with the settings above)

@@ -7,10 +7,13 @@ MQTT settings are given, the result is published in Propeller's shape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -167,6 +170,41 @@ def _write_fd(fd: int) -> Callable[[bytes], None]:
     return write
 
 
+def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:
+    """Run the task in a worker thread so the main thread can act on SIGTERM at once.
+
+    As a container's PID 1 the proplet gets no default SIGTERM action, and a Python handler
+    runs only in the main thread between bytecodes, never while wasm runs in native code; so
+    the main thread only waits, and on SIGTERM (Pod deleted, task suspended) records an
+    interrupted summary and exits instead of hanging until the kubelet's SIGKILL.
+    """
+    done: list[RunSummary] = []
+    worker = threading.Thread(
+        target=lambda: done.append(run_task(task, config, outputs)), name="task", daemon=True
+    )
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        summary = RunSummary(
+            state="Failed",
+            exitCode=128 + signum,
+            error="interrupted: the proplet received SIGTERM (Pod deleted or task suspended)",
+            taskId=task.id,
+        )
+        with contextlib.suppress(OSError):
+            config.termination_log.write_text(summary.to_message())
+        _log(summary.error or "interrupted")
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return done[0]
+
+
 def main(environ: Mapping[str, str] | None = None) -> int:
     """Run the task in the environment; the exit code is 0 only on success."""
     env = os.environ if environ is None else environ
@@ -181,7 +219,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, error=str(exc))
     else:
         outputs = Outputs(stdout=_write_fd(1), stderr=_write_fd(2))
-        summary = run_task(task, config, outputs)
+        summary = _supervised(task, config, outputs)
     if summary.error:
         _log(f"task {summary.task_id or '?'} failed: {summary.error}")
     report(summary, config)
