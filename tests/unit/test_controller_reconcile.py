@@ -271,3 +271,16 @@ def test_invalid_spec_fails_clearly() -> None:
     plan = run(body)
     assert plan.status["phase"] == "Failed"
     assert "exactly one of url, path, inline, image, configMapKeyRef" in plan.status["error"]
+
+
+def test_a_suspended_task_may_wait_for_its_module() -> None:
+    body = task({"suspend": True})
+    del body["spec"]["wasm"]
+    plan = run(body)
+    assert plan.status["phase"] == "Pending"
+    assert plan.create_pod is None
+    assert condition(plan, "Suspended")["status"] == "True"
+    body["spec"]["suspend"] = False
+    assert run(body).status["error"] == (
+        "invalid spec: spec.wasm is required unless the task is suspended"
+    )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .task import TaskSpec
+from .task import TaskSpec, WasmSource
 
 GROUP = "wasinn.dev"
 VERSION = "v1alpha1"
@@ -30,8 +30,10 @@ class ModelsVolume(BaseModel):
 
 
 class WasiNNTaskSpec(TaskSpec):
-    """`spec` of a WasiNNTask."""
+    """`spec` of a WasiNNTask; only a suspended task may lack its module (Propeller creates
+    tasks before their module is uploaded)."""
 
+    wasm: WasmSource | None = None  # type: ignore[assignment]
     models: ModelsVolume = Field(default_factory=ModelsVolume)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -41,3 +43,9 @@ class WasiNNTaskSpec(TaskSpec):
         default=None, alias="ttlSecondsAfterFinished", ge=0
     )
     suspend: bool = False
+
+    @model_validator(mode="after")
+    def _module_unless_suspended(self) -> WasiNNTaskSpec:
+        if self.wasm is None and not self.suspend:
+            raise ValueError("spec.wasm is required unless the task is suspended")
+        return self

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec
+from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec, WasmSource
 
 CONTAINER = "proplet"
 PROPLET_UID = 65532
@@ -61,16 +61,23 @@ def task_labels(task: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
+def module(spec: WasiNNTaskSpec) -> WasmSource:
+    """The task's module source; only a suspended task, which gets no Pod, may lack one."""
+    if spec.wasm is None:
+        raise ValueError("spec.wasm is required unless the task is suspended")
+    return spec.wasm
+
+
 def proplet_task(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any]:
     """The JSON the proplet reads from WASINN_TASK: the spec, with the module made reachable."""
+    source = module(spec)
     wasm: dict[str, Any] = {}
-    if spec.wasm.inline is not None or spec.wasm.config_map_key_ref is not None:
+    if source.inline is not None or source.config_map_key_ref is not None:
         wasm["path"] = f"{WASM_DIR}/{WASM_FILE}"
     else:
-        kind = spec.wasm.kind
-        wasm[kind] = getattr(spec.wasm, kind)
-    if spec.wasm.digest:
-        wasm["digest"] = spec.wasm.digest
+        wasm[source.kind] = getattr(source, source.kind)
+    if source.digest:
+        wasm["digest"] = source.digest
     meta = task["metadata"]
     return {
         "id": (meta.get("labels") or {}).get(PROPELLER_ID_LABEL) or meta["uid"],
@@ -88,7 +95,8 @@ def proplet_task(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any]:
 
 def build_wasm_configmap(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] | None:
     """The ConfigMap holding an inline module (a Pod's environment cannot carry it)."""
-    if spec.wasm.inline is None:
+    source = module(spec)
+    if source.inline is None:
         return None
     meta = task["metadata"]
     configmap: dict[str, Any] = {
@@ -100,7 +108,7 @@ def build_wasm_configmap(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str
             "labels": task_labels(task),
             "ownerReferences": [owner_reference(task)],
         },
-        "binaryData": {WASM_FILE: spec.wasm.inline},
+        "binaryData": {WASM_FILE: source.inline},
         "immutable": True,
     }
     return configmap
@@ -221,10 +229,11 @@ def owner_reference(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wasm_volume(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] | None:
-    if spec.wasm.inline is not None:
+    source = module(spec)
+    if source.inline is not None:
         name = wasm_configmap_name(task["metadata"]["name"])
         return {"name": "wasm", "configMap": {"name": name}}
-    ref = spec.wasm.config_map_key_ref
+    ref = source.config_map_key_ref
     if ref is not None:
         items = [{"key": ref.key, "path": WASM_FILE}]
         return {"name": "wasm", "configMap": {"name": ref.name, "items": items}}

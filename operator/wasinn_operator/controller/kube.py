@@ -94,7 +94,7 @@ class Kube:
 
     async def wasm_problem(self, namespace: str, spec: WasiNNTaskSpec) -> str | None:
         """Why a configMapKeyRef module cannot be mounted, if it cannot."""
-        ref = spec.wasm.config_map_key_ref
+        ref = None if spec.wasm is None else spec.wasm.config_map_key_ref
         if ref is None:
             return None
         try:
