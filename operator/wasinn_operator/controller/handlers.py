@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -42,12 +42,20 @@ def _settings() -> OperatorSettings:
     return settings
 
 
+@kopf.on.login()
+def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster credentials, else the kubeconfig that $KUBECONFIG names now."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Tune kopf and start the metrics endpoint."""
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
     metrics.serve(int(os.environ.get("WASINN_METRICS_PORT", "0")))
+    _state.clear()  # a fresh client and settings for every run (tests run several in a process)
+    _locks.clear()
     _kube()
     _state["resync"] = asyncio.create_task(resync_loop())
     log.info("wasinn operator settings: %s", _settings())
@@ -136,12 +144,11 @@ async def _reconcile(namespace: str, name: str, uid: str) -> None:
     before = task.get("status") or {}
     if plan.status != before:
         await kube.patch_status(namespace, name, _merge_patch(before, plan.status))
-    body = kopf.Body(cast(kopf.RawBody, task))
     for kind, reason, message in plan.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
+        await kube.post_event(task, kind, reason, message)
     metrics.observe(uid, before, plan.status, facts.pods)
     if plan.delete_task:
-        kopf.event(body, type="Normal", reason="Expired", message="ttlSecondsAfterFinished passed")
+        await kube.post_event(task, "Normal", "Expired", "ttlSecondsAfterFinished passed")
         await kube.delete_task(namespace, name)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -17,13 +20,18 @@ from kubernetes.client.exceptions import ApiException
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
 from .builders import TASK_UID_LABEL
 
+log = logging.getLogger("wasinn.operator")
+
 
 def load_config() -> None:
     """In-cluster credentials when running in a Pod, else the kubeconfig."""
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        # The client reads $KUBECONFIG once, at import; read it now instead.
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None
+        )
 
 
 class Kube:
@@ -143,6 +151,35 @@ class Kube:
             self.custom.patch_namespaced_custom_object_status,
             GROUP, VERSION, namespace, PLURAL, name, {"status": status},
         )  # fmt: skip
+
+    async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
+        meta = task["metadata"]
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "WasiNNTask",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "wasinn-operator"},
+            "reportingComponent": "wasinn.dev/operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self._call(self.core.create_namespaced_event, meta["namespace"], event)
+        except ApiException as exc:
+            log.warning("cannot post event %s on %s: %s", reason, meta["name"], exc.reason)
 
     async def delete_task(self, namespace: str, name: str) -> None:
         """Delete the task (its TTL ran out)."""
