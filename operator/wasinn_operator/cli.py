@@ -147,6 +147,12 @@ def _wasinn_options(
     return models_dir, cache_dir, precision, fallback, output_limit, argv[i:]
 
 
+def _add_shim_arguments(parser: argparse.ArgumentParser) -> None:
+    from .shim.config import add_arguments  # noqa: PLC0415
+
+    add_arguments(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wasinn` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -166,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .controller.run import add_arguments as operator_arguments  # noqa: PLC0415
 
     operator_arguments(operator)
+    shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
+    _add_shim_arguments(shim)
     if args and args[0] == "run":
         return _run(args[1:])
     parsed = parser.parse_args(args)
@@ -177,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 
         return proplet_main()
+    if parsed.command == "shim":
+        from .shim.main import main as shim_main  # noqa: PLC0415  (FastAPI only when serving)
+
+        return shim_main(parsed)
     parser.print_help()
     return 2
 

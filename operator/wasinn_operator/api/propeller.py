@@ -1,0 +1,312 @@
+"""Propeller's manager JSON (tasks, pages, proplets, MQTT messages) and its mapping to `TaskSpec`.
+
+Shapes follow Propeller v-old (commit 8d800f1) on output and accept v-new on input: `inputs`
+may be uint64 numbers or strings, `state` is numeric, unset times are Go's zero time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
+
+from .task import ENV_NAME, TaskSpec, WasmSource
+
+ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+UINT64_MAX = (1 << 64) - 1
+ARTIFACTS_PATH = "/artifacts"
+# Fields Go's `omitempty` drops when empty; `cli_args` is not among them (it is `null`).
+OMIT_WHEN_EMPTY = ("image_url", "file", "inputs", "env", "proplet_id", "results", "error")
+# Base64 of a module: it starts with "\0asm" ("AGFzb" + one of Q-T), or is empty (no file). The
+# schema says so, so generated clients (and fuzzers) know what the server accepts; the server
+# checks the decoded magic itself as well.
+_B64_TAIL = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+WASM_BASE64 = (
+    r"^(?:|AGFzbQ==|AGFzb[Q-T][A-Za-z0-9+/]=|AGFzb[Q-T][A-Za-z0-9+/]{2}" + _B64_TAIL + ")$"
+)
+
+
+class TaskState(IntEnum):
+    """Propeller's numeric task states (5 and 6 are v-new's)."""
+
+    PENDING = 0
+    SCHEDULED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    SKIPPED = 5
+    INTERRUPTED = 6
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: the task holds a worker (or will)."""
+        return self in (TaskState.SCHEDULED, TaskState.RUNNING)
+
+
+def _env_names(env: dict[str, str] | None) -> dict[str, str] | None:
+    bad = [name for name in env or {} if not ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(
+            f"invalid environment variable name(s) {', '.join(map(repr, bad))}: a name must "
+            "match [-._a-zA-Z][-._a-zA-Z0-9]*"
+        )
+    return env
+
+
+def _base64(value: str | None) -> str | None:
+    if value:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"not valid base64 (standard alphabet, padded): {exc}") from None
+    return value
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 7.0 is the integer 7 (as JSON Schema's "integer" says).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Input = Annotated[
+    Annotated[StrictInt, Field(ge=0, le=UINT64_MAX)] | StrictStr, BeforeValidator(_integral)
+]
+Env = Annotated[
+    dict[str, str],
+    AfterValidator(_env_names),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": ENV_NAME.pattern},
+            "additionalProperties": {"type": "string"},
+        }
+    ),
+]
+File = Annotated[
+    str,
+    AfterValidator(_base64),
+    WithJsonSchema({"type": "string", "pattern": WASM_BASE64, "contentEncoding": "base64"}),
+]
+
+
+class TaskInput(BaseModel):
+    """A Task as clients send it (POST and PUT): every field optional, unknown ones ignored.
+
+    Server-owned fields a client may echo back (`id`, `state`, `results`, times) are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = Field(default=None, min_length=1)
+    image_url: str | None = None
+    file: File | None = None
+    cli_args: list[str] | None = None
+    inputs: list[Input] | None = None
+    env: Env | None = None
+    daemon: StrictBool | None = None
+
+    def wasm_bytes(self) -> bytes | None:
+        """The decoded `file`, or None when absent or empty."""
+        return base64.b64decode(self.file, validate=True) if self.file else None
+
+
+class Task(BaseModel):
+    """A Task as the manager answers it."""
+
+    id: str
+    name: str
+    state: TaskState = TaskState.PENDING
+    image_url: str | None = None
+    file: str | None = Field(default=None, description="base64 of the wasm module")
+    cli_args: list[str] | None = None
+    inputs: list[Input] | None = None
+    env: dict[str, str] | None = None
+    daemon: bool = False
+    proplet_id: str | None = None
+    results: Any = None
+    error: str | None = None
+    start_time: datetime = ZERO_TIME
+    finish_time: datetime = ZERO_TIME
+    created_at: datetime = ZERO_TIME
+    updated_at: datetime = ZERO_TIME
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: Go's omitempty fields dropped when empty, times in RFC 3339."""
+        data = self.model_dump(mode="json")
+        for key in OMIT_WHEN_EMPTY:
+            if data.get(key) in (None, "", [], {}):
+                data.pop(key, None)
+        for key in ("start_time", "finish_time", "created_at", "updated_at"):
+            data[key] = rfc3339(getattr(self, key))
+        return data
+
+
+class CreatedTask(Task):
+    """The create response: the flat Task (Propeller's `.id`) plus `task` (the seed guide's)."""
+
+    task: Task
+
+
+class TaskPage(BaseModel):
+    """One page of tasks, oldest first."""
+
+    offset: int
+    limit: int
+    total: int
+    tasks: list[Task]
+
+
+class Proplet(BaseModel):
+    """A worker; `alive` means a heartbeat within the last 10 s."""
+
+    id: str
+    name: str
+    task_count: int
+    alive: bool
+    alive_history: list[datetime]
+
+
+class PropletPage(BaseModel):
+    """One page of proplets."""
+
+    offset: int
+    limit: int
+    total: int
+    proplets: list[Proplet]
+
+
+class Health(BaseModel):
+    """`GET /health`, in the shape of SuperMQ's health handler."""
+
+    status: str
+    version: str
+    commit: str
+    description: str
+    build_time: str
+    instance_id: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str
+
+
+class Started(BaseModel):
+    """`POST /tasks/{id}/start`."""
+
+    started: bool
+
+
+class Stopped(BaseModel):
+    """`POST /tasks/{id}/stop`."""
+
+    stopped: bool
+
+
+class Results(BaseModel):
+    """`GET /tasks/{id}/results`."""
+
+    results: Any = None
+
+
+class StartMessage(TaskInput):
+    """`control/manager/start`: a Task; v-new adds `proplet_id` and `broadcast`."""
+
+    id: str = Field(min_length=1)
+    proplet_id: str | None = None
+    broadcast: bool | None = None
+
+    def addressed_to(self, proplet_id: str) -> bool:
+        """v-new: broadcast or for this proplet; v-old (neither field): every proplet."""
+        if self.broadcast is None and not self.proplet_id:
+            return True
+        return bool(self.broadcast) or self.proplet_id == proplet_id
+
+
+class StopMessage(BaseModel):
+    """`control/manager/stop`: v-old sends the whole Task, v-new `{id, broadcast, proplet_id}`."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1)
+    proplet_id: str | None = None
+    broadcast: bool | None = None
+
+    def addressed_to(self, proplet_id: str) -> bool:
+        """As for `StartMessage`."""
+        if self.broadcast is None and not self.proplet_id:
+            return True
+        return bool(self.broadcast) or self.proplet_id == proplet_id
+
+
+def rfc3339(moment: datetime | None) -> str:
+    """`2026-01-02T03:04:05.123456Z`; None and naive-zero become Go's zero time."""
+    if moment is None or moment == ZERO_TIME:
+        return "0001-01-01T00:00:00Z"
+    text = moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return text
+
+
+def artifact_path(digest: str) -> str:
+    """Where the shim serves an artifact: `/artifacts/sha256:<hex>`."""
+    return f"{ARTIFACTS_PATH}/{digest}"
+
+
+def wasm_source(
+    digest: str | None,
+    image_url: str | None,
+    *,
+    base_url: str | None = None,
+    local_path: str | None = None,
+) -> WasmSource:
+    """The module of a task: its stored file (by URL for Pods, by path locally) or its image.
+
+    A stored file wins over `image_url`, as in Propeller, where the proplet fetches the image
+    only when `file` is empty.
+    """
+    if digest:
+        if local_path is not None:
+            return WasmSource(path=local_path, digest=digest)
+        if base_url is None:
+            raise ValueError("a stored file needs the shim's base URL or a local path")
+        return WasmSource(url=base_url.rstrip("/") + artifact_path(digest), digest=digest)
+    if image_url:
+        return WasmSource(image=image_url)
+    raise ValueError("the task has no wasm module: give `file`, upload one, or set `image_url`")
+
+
+def to_task_spec(task: Task, wasm: WasmSource) -> TaskSpec:
+    """A Propeller task as a WasiNNTask spec: `cli_args` → cliArgs, `inputs` → args (strings)."""
+    return TaskSpec(
+        id=task.id,
+        name=task.name,
+        wasm=wasm,
+        cliArgs=list(task.cli_args or []),
+        args=[str(value) for value in task.inputs or []],
+        env=dict(task.env or {}),
+        daemon=task.daemon,
+    )
+
+
+def from_task_spec(spec: TaskSpec) -> TaskInput:
+    """The Propeller fields of a WasiNNTask spec (the stored file is the backend's business)."""
+    return TaskInput(
+        name=spec.name or spec.id,
+        image_url=spec.wasm.image,
+        cli_args=list(spec.cli_args),
+        inputs=list(spec.args),
+        env=dict(spec.env),
+        daemon=spec.daemon,
+    )

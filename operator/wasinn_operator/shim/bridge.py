@@ -1,0 +1,249 @@
+"""MQTT: the results outbox, and the shim as a Propeller proplet.
+
+Outbox: a finished run is recorded in the task store as unpublished; this loop publishes it to
+`control/proplet/results` and marks it only after the broker's PUBACK/PUBCOMP, so a result
+produced while the broker is down (or lost in flight) is sent after it returns: at least once.
+
+Proplet mode: `control/proplet/create` once, `control/proplet/alive` every interval with an
+offline last will, tasks from `control/manager/start` (those addressed to this proplet) run as
+tasks whose id is the manager's, `control/manager/stop` ends them; an `image_url` without a
+`file` is fetched with the registry chunk protocol. paho reconnects with backoff (1 s to 30 s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import ValidationError
+
+from ..api.propeller import StartMessage, StopMessage, TaskInput
+from ..mqtt import RESULTS_TOPIC, MQTTSettings, results_payload
+from .errors import ConflictError, NotFoundError, ShimError
+from .registry import CHUNKS_TOPIC, REQUEST_TOPIC, RegistryError, RegistryFetcher
+from .service import TaskService
+
+START_TOPIC = "control/manager/start"
+STOP_TOPIC = "control/manager/stop"
+CREATE_TOPIC = "control/proplet/create"
+ALIVE_TOPIC = "control/proplet/alive"
+REGISTRY_TIMEOUT = 60.0
+log = logging.getLogger("wasinn.shim.mqtt")
+
+
+class Bridge:
+    """One MQTT connection for the outbox and, in proplet mode, the proplet protocol."""
+
+    def __init__(
+        self,
+        settings: MQTTSettings,
+        service: TaskService,
+        *,
+        proplet: bool = True,
+        namespace: str = "",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.proplet = proplet
+        self.namespace = namespace
+        self.id = settings.instance_id
+        self.fetcher = RegistryFetcher(
+            lambda body: self._publish(REQUEST_TOPIC, body), service.artifacts.max_bytes
+        )
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._announced = False
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._published = Counter(
+            "wasinn_shim_results_published", "Results the broker acked", registry=registry
+        )
+        self._up = Gauge(
+            "wasinn_shim_mqtt_connected", "1 while connected to the broker", registry=registry
+        )
+        self.client = self._client()
+        self._threads = [threading.Thread(target=self._outbox, name="wasinn-outbox", daemon=True)]
+        if proplet:
+            self._threads += [
+                threading.Thread(target=self._heartbeat, name="wasinn-alive", daemon=True),
+                threading.Thread(target=self._run_jobs, name="wasinn-manager", daemon=True),
+            ]
+
+    def _client(self) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=True)
+        if self.settings.client_id:
+            client.username_pw_set(self.settings.client_id, self.settings.client_key)
+        if self.proplet:
+            will = {"status": "offline", "proplet_id": self.id}
+            client.will_set(self.settings.topic(ALIVE_TOPIC), json.dumps(will), self.settings.qos)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (retrying until the broker answers) and start the loops."""
+        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30)
+        self.client.loop_start()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Disconnect and stop the loops."""
+        self._stopping.set()
+        self._jobs.put(None)
+        self.client.disconnect()
+        self.client.loop_stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._connected.is_set()
+
+    # paho callbacks (paho's network thread: never block here).
+    def _on_connect(
+        self, client: paho.Client, _u: object, _f: object, code: Any, _p: object
+    ) -> None:
+        if code.is_failure:
+            log.warning("MQTT connection refused: %s", code)
+            return
+        log.info("MQTT connected to %s:%s", self.settings.host, self.settings.port)
+        self._connected.set()
+        self._up.set(1)
+        if self.proplet:
+            for suffix in (START_TOPIC, STOP_TOPIC, CHUNKS_TOPIC):
+                client.subscribe(self.settings.topic(suffix), qos=self.settings.qos)
+            if not self._announced:
+                self._announced = True
+                self._send(CREATE_TOPIC, {"proplet_id": self.id, "namespace": self.namespace})
+            self._send(ALIVE_TOPIC, self._alive())
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, code: Any, _p: object) -> None:
+        self._connected.clear()
+        self._up.set(0)
+        if not self._stopping.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting", code)
+
+    def _on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
+        try:
+            payload = json.loads(message.payload)
+            if not isinstance(payload, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            log.warning("ignoring a malformed message on %s: %s", message.topic, exc)
+            return
+        if message.topic == self.settings.topic(CHUNKS_TOPIC):
+            self.fetcher.on_chunk(payload)
+        elif message.topic == self.settings.topic(START_TOPIC):
+            self._jobs.put(lambda: self._start(payload))
+        elif message.topic == self.settings.topic(STOP_TOPIC):
+            self._jobs.put(lambda: self._stop(payload))
+
+    # Loops.
+    def _outbox(self) -> None:
+        store = self.service.store
+        while not self._stopping.is_set():
+            if self._connected.wait(1.0):
+                for record in store.unpublished():
+                    payload = results_payload(
+                        record.id,
+                        record.proplet_id or self.id,
+                        record.results,
+                        record.error or None,
+                    )
+                    if self._stopping.is_set() or not self._publish(RESULTS_TOPIC, payload):
+                        break
+                    store.mark_published(record.id, record.run)
+                    self._published.inc()
+                store.wait_for_results(1.0)
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self.settings.liveliness_interval):
+            if self._connected.is_set():
+                self._send(ALIVE_TOPIC, self._alive())
+
+    def _run_jobs(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # one bad message must not end the manager loop
+                log.exception("handling a manager message failed")
+
+    # Manager messages.
+    def _start(self, payload: Mapping[str, Any]) -> None:
+        try:
+            message = StartMessage.model_validate(payload)
+        except ValidationError as exc:
+            log.warning("ignoring an invalid start message: %s", exc)
+            return
+        if not message.addressed_to(self.id):
+            return
+        if not message.file and message.image_url:
+            # Waiting for chunks must not hold up stop messages: fetch in a thread of its own.
+            threading.Thread(target=self._fetch_and_run, args=(message,), daemon=True).start()
+            return
+        self._accept(message, message.wasm_bytes())
+
+    def _fetch_and_run(self, message: StartMessage) -> None:
+        assert message.image_url is not None
+        try:
+            wasm = self.fetcher.fetch(message.image_url, REGISTRY_TIMEOUT)
+        except RegistryError as exc:
+            self._accept(message, None, f"fetching image_url through the registry: {exc}")
+            return
+        self._accept(message, wasm)
+
+    def _accept(self, message: StartMessage, wasm: bytes | None, error: str | None = None) -> None:
+        body = TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))
+        try:
+            self.service.accept(message.id, body, wasm, error)
+        except ShimError as exc:
+            self.service.accept(message.id, body, None, str(exc))
+
+    def _stop(self, payload: Mapping[str, Any]) -> None:
+        try:
+            message = StopMessage.model_validate(payload)
+        except ValidationError as exc:
+            log.warning("ignoring an invalid stop message: %s", exc)
+            return
+        if message.addressed_to(self.id):
+            try:
+                self.service.stop(message.id)
+            except (NotFoundError, ConflictError) as exc:
+                log.info("stop %s: %s", message.id, exc)
+
+    # Publishing.
+    def _alive(self) -> dict[str, str]:
+        return {"status": "alive", "proplet_id": self.id, "namespace": self.namespace}
+
+    def _send(self, suffix: str, body: Mapping[str, Any]) -> None:
+        """Fire and forget (announcements; losing one is harmless)."""
+        self.client.publish(self.settings.topic(suffix), json.dumps(body), qos=self.settings.qos)
+
+    def _publish(self, suffix: str, body: Mapping[str, Any]) -> bool:
+        """Publish and wait for the broker's acknowledgement; False if it did not come."""
+        info = self.client.publish(
+            self.settings.topic(suffix), json.dumps(body), qos=self.settings.qos
+        )
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        deadline = time.monotonic() + self.settings.timeout
+        while time.monotonic() < deadline and self._connected.is_set():
+            try:
+                info.wait_for_publish(0.25)
+            except (RuntimeError, ValueError):
+                return False
+            if info.is_published():
+                return True
+        return info.is_published()

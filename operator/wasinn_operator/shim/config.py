@@ -1,0 +1,82 @@
+"""`wasinn shim` settings: options and environment (kept free of heavy imports for the CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 7070
+DEFAULT_MAX_BYTES = 100 << 20
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    """Everything `wasinn shim` is told on its command line and environment."""
+
+    data_dir: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    backend: str = "local"
+    db: Path | None = None
+    artifacts_dir: Path | None = None
+    models_dir: Path | None = None
+    workers: int = 2
+    token: str | None = None
+    max_wasm_bytes: int = DEFAULT_MAX_BYTES
+    public_url: str | None = None
+    proplet: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `wasinn shim` options."""
+    add = parser.add_argument
+    add("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    add("--port", type=int, default=DEFAULT_PORT, help=f"listen port (default {DEFAULT_PORT})")
+    add("--backend", default="local", help="task store: local (default) or kubernetes")
+    add(
+        "--data-dir",
+        type=Path,
+        help="state directory (default $WASINN_SHIM_DATA_DIR, else ~/.local/share/wasinn/shim)",
+    )
+    add("--db", type=Path, help="local backend: SQLite file (default DATA_DIR/tasks.db)")
+    add("--artifacts-dir", type=Path, help="wasm artifacts (default DATA_DIR/artifacts)")
+    add(
+        "--models-dir",
+        type=Path,
+        help="models directory every task sees at /models (default $WASINN_MODELS_DIR)",
+    )
+    add("--workers", type=int, default=os.cpu_count() or 2, help="tasks run at once (local)")
+    add("--token-file", type=Path, help="require this bearer token (or $WASINN_SHIM_TOKEN)")
+    add("--max-wasm-bytes", type=int, default=DEFAULT_MAX_BYTES, help="module size limit")
+    add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
+    add("--no-proplet", action="store_true", help="MQTT: publish results only, no proplet role")
+
+
+def config_from_args(args: argparse.Namespace) -> ShimConfig:
+    """Settings from parsed options and the environment."""
+    token = os.environ.get("WASINN_SHIM_TOKEN") or None
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip() or None
+    data_dir = args.data_dir or Path(
+        os.environ.get("WASINN_SHIM_DATA_DIR")
+        or Path.home() / ".local" / "share" / "wasinn" / "shim"
+    )
+    models = args.models_dir or (
+        Path(os.environ["WASINN_MODELS_DIR"]) if os.environ.get("WASINN_MODELS_DIR") else None
+    )
+    return ShimConfig(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        db=args.db,
+        artifacts_dir=args.artifacts_dir,
+        models_dir=models.resolve() if models else None,
+        workers=max(1, args.workers),
+        token=token,
+        max_wasm_bytes=args.max_wasm_bytes,
+        public_url=args.public_url,
+        proplet=not args.no_proplet,
+    )

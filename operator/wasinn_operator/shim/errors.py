@@ -1,0 +1,31 @@
+"""The shim's typed errors; `app.py` maps each to its HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class ShimError(Exception):
+    """Base of every error a client can cause; the message is what the client reads."""
+
+
+class BadRequestError(ShimError):
+    """Malformed or invalid input (400)."""
+
+
+class UnauthorizedError(ShimError):
+    """Missing or wrong bearer token (401)."""
+
+
+class NotFoundError(ShimError):
+    """No such task, proplet, artifact or route (404)."""
+
+
+class ConflictError(ShimError):
+    """The task's state does not allow the operation (409)."""
+
+
+class TooLargeError(ShimError):
+    """The body or the module exceeds the configured limit (413)."""
+
+
+class UnsupportedMediaError(ShimError):
+    """Wrong Content-Type, or bytes that are not a WebAssembly module (415)."""

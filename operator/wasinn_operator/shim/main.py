@@ -1,0 +1,136 @@
+"""`wasinn shim`: settings, the backend choice, and wiring the service, HTTP and MQTT together.
+
+A backend is one factory in `BACKENDS`: it receives the settings, the artifact store and the
+instance id, and returns a `TaskStore`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..mqtt import MQTTError, MQTTSettings
+from .app import create_app
+from .artifacts import ArtifactStore
+from .bridge import Bridge
+from .config import ShimConfig, config_from_args
+from .local import LocalBackend
+from .service import TaskService
+from .store import TaskState, TaskStore
+
+log = logging.getLogger("wasinn.shim")
+
+
+BackendFactory = Callable[[ShimConfig, ArtifactStore, str], TaskStore]
+
+
+def local_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str) -> TaskStore:
+    """SQLite + worker pool on this machine."""
+    db = config.db or config.data_dir / "tasks.db"
+    return LocalBackend(db, artifacts, config.models_dir, config.workers, instance_id)
+
+
+BACKENDS: dict[str, BackendFactory] = {"local": local_backend}
+
+
+class TaskCollector(Collector):
+    """`wasinn_shim_tasks{state=...}`: task counts, read from the backend at scrape time."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("wasinn_shim_tasks", "Tasks by state", labels=["state"])
+        counts = self.store.counts()
+        for state in TaskState:
+            family.add_metric([state.name.lower()], counts.get(state, 0))
+        yield family
+
+
+def instance_id(data_dir: Path) -> str:
+    """`PROPLET_INSTANCE_ID`, else an id kept in the data directory (stable across restarts)."""
+    if os.environ.get("PROPLET_INSTANCE_ID"):
+        return os.environ["PROPLET_INSTANCE_ID"]
+    path = data_dir / "instance-id"
+    if not path.is_file():
+        path.write_text(f"wasinn-{uuid.uuid4()}\n")
+    return path.read_text().strip()
+
+
+def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskService]:
+    """The application with its backend, service and (when configured) MQTT bridge."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = ArtifactStore(
+        config.artifacts_dir or config.data_dir / "artifacts", config.max_wasm_bytes
+    )
+    ident = instance_id(config.data_dir)
+    store = BACKENDS[config.backend](config, artifacts, ident)
+    service = TaskService(store, artifacts, ident)
+    registry = CollectorRegistry()
+    registry.register(TaskCollector(store))
+    bridge = None
+    if mqtt is not None:
+        settings = dataclasses.replace(mqtt, instance_id=ident)
+        bridge = Bridge(
+            settings,
+            service,
+            proplet=config.proplet,
+            registry=registry,
+            namespace=os.environ.get("PROPLET_NAMESPACE", ""),
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if bridge is not None:
+            bridge.start()
+        try:
+            yield
+        finally:
+            if bridge is not None:
+                bridge.stop()
+            store.close()
+
+    # A base64 body is 4/3 of the module, plus room for the rest of the task.
+    max_body = math.ceil(config.max_wasm_bytes * 4 / 3) + (1 << 20)
+    app = create_app(
+        service, token=config.token, max_body=max_body, registry=registry, lifespan=lifespan
+    )
+    return app, service
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the shim until SIGINT/SIGTERM."""
+    import uvicorn  # noqa: PLC0415  (only the shim needs the server)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.backend not in BACKENDS:
+        sys.stderr.write(
+            f"wasinn shim: unknown backend {args.backend!r} "
+            f"(available: {', '.join(sorted(BACKENDS))})\n"
+        )
+        return 2
+    try:
+        config = config_from_args(args)
+        mqtt = MQTTSettings.from_env(os.environ)
+    except (OSError, MQTTError) as exc:
+        sys.stderr.write(f"wasinn shim: {exc}\n")
+        return 2
+    if config.models_dir is not None and not config.models_dir.is_dir():
+        sys.stderr.write(f"wasinn shim: models directory {config.models_dir} does not exist\n")
+        return 2
+    app, _ = build(config, mqtt)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0

@@ -1,0 +1,138 @@
+"""The backend interface: where tasks live and how they run.
+
+The service talks only to a `TaskStore`. The local backend implements it with SQLite and a
+worker pool; the kubernetes backend implements it on WasiNNTask objects (start = unsuspend,
+stop = suspend, results = status). Both must pass tests/integration/test_shim_*.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ..api.propeller import Task, TaskState
+
+__all__ = ["PropletRecord", "TaskRecord", "TaskState", "TaskStore", "now"]
+
+
+def now() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class TaskRecord:
+    """One task as a backend stores it: Propeller's fields, the module's digest, the outbox."""
+
+    id: str
+    name: str
+    state: TaskState = TaskState.PENDING
+    image_url: str = ""
+    digest: str = ""  # sha256:<hex> of the task's file in the artifact store; "" = none
+    cli_args: list[str] | None = None
+    inputs: list[int | str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    daemon: bool = False
+    proplet_id: str = ""
+    results: Any = None
+    error: str = ""
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    created_at: datetime = field(default_factory=now)
+    updated_at: datetime = field(default_factory=now)
+    run: int = 0  # bumped by every start: a result belongs to one run
+    unpublished: bool = False  # a result awaits its MQTT publication
+
+    def copy(self, **changes: Any) -> TaskRecord:
+        """A copy with `changes` applied."""
+        return replace(self, **changes)
+
+    def to_task(self, file: str | None = None) -> Task:
+        """The Propeller Task; `file` is the module's base64 when the caller wants it."""
+        return Task(
+            id=self.id,
+            name=self.name,
+            state=self.state,
+            image_url=self.image_url or None,
+            file=file,
+            cli_args=self.cli_args,
+            inputs=list(self.inputs) or None,
+            env=dict(self.env) or None,
+            daemon=self.daemon,
+            proplet_id=self.proplet_id or None,
+            results=self.results,
+            error=self.error or None,
+            start_time=self.start_time or Task.model_fields["start_time"].default,
+            finish_time=self.finish_time or Task.model_fields["finish_time"].default,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class PropletRecord:
+    """A worker of the backend (local: this machine's pool; kubernetes: an OpenVINO node)."""
+
+    id: str
+    name: str
+    task_count: int
+    alive: bool
+    alive_history: list[datetime]
+
+
+class TaskStore(Protocol):
+    """Task records, their state transitions, their results and the MQTT outbox.
+
+    Errors: `NotFoundError` for an unknown id, `ConflictError` for a transition the state forbids.
+    Every listing is ordered by `created_at` (ties by insertion), so pages are stable.
+    """
+
+    def add(self, record: TaskRecord) -> None:
+        """Store a new task (Pending). `ConflictError` if the id exists."""
+
+    def get(self, task_id: str) -> TaskRecord:
+        """The task."""
+
+    def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
+        """Tasks `offset`..`offset+limit` in creation order, and the total count."""
+
+    def save(self, record: TaskRecord) -> None:
+        """Write the spec fields (name, image_url, digest, cli_args, inputs, env, daemon,
+        updated_at) of an existing task. `ConflictError` while it is Scheduled or Running."""
+
+    def remove(self, task_id: str) -> TaskRecord:
+        """Delete the task, ending its run if any; returns what was deleted."""
+
+    def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
+        """Pending or finished → Scheduled: a new run (results, error and times cleared), which
+        the backend then executes. `ConflictError` when already Scheduled or Running."""
+
+    def stop(self, task_id: str) -> TaskRecord:
+        """Scheduled or Running → Interrupted, ending the run; no result is published.
+        `ConflictError` when not Scheduled or Running."""
+
+    def fail(self, task_id: str, error: str) -> TaskRecord:
+        """Mark a task that is not running Failed with `error`, as a new run whose result is
+        published (e.g. its module could not be fetched). `ConflictError` while it is active."""
+
+    def unpublished(self) -> list[TaskRecord]:
+        """Finished runs whose result is not yet acknowledged by the MQTT broker."""
+
+    def mark_published(self, task_id: str, run: int) -> None:
+        """The broker acknowledged run `run`'s result (a later run stays unpublished)."""
+
+    def wait_for_results(self, timeout: float) -> None:
+        """Block until a run may have finished, or `timeout` seconds passed."""
+
+    def digests(self) -> set[str]:
+        """Digests of every stored file some task refers to (the artifact store keeps these)."""
+
+    def counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state."""
+
+    def proplets(self) -> list[PropletRecord]:
+        """The backend's workers."""
+
+    def close(self) -> None:
+        """Stop the backend's threads and end its runs (their tasks are recovered on start-up)."""

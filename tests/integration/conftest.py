@@ -1,0 +1,277 @@
+"""Fixtures for the integration tests: the kmock emulator, and the shim under test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as paho
+import pytest
+import wasmtime
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ..conftest import ROOT, Broker, free_port
+from .kube import Cluster, running_cluster
+
+# ==== kmock Kubernetes emulator over HTTP on 127.0.0.1 (logic in tests/integration/kube.py) ====
+
+
+@pytest.fixture
+def kmock_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """An emulated Kubernetes API (kmock) on a free 127.0.0.1 port, stopped after the test.
+
+    Sets KUBECONFIG (a no-auth kubeconfig for http://127.0.0.1:PORT) and keeps every client
+    off proxies. Fails the test if the emulator raised anything but the API errors it answers.
+    """
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(
+            var, ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(var)]))
+        )
+    with running_cluster(tmp_path) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        yield cluster
+    if cluster.unexpected:
+        pytest.fail(f"the kmock emulator raised: {cluster.unexpected!r}")
+
+
+# ==== end of the kmock section ====
+
+
+# ==== wasinn shim: a real `wasinn shim` process per backend, a real mosquitto ====
+# Every shim test (test_shim_*.py) is written once against the `backend` fixture. A backend is a
+# `ShimBackend` in SHIM_BACKENDS saying how to start the shim on it: the kubernetes backend adds
+# an entry (and the cluster it needs) without touching the tests.
+
+CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
+TOPIC_PREFIX = "m/dom/c/chan/"
+SHIM_ID = "shim-proplet-1"
+FINISHED = (3, 4, 6)
+
+
+@dataclass
+class ShimBackend:
+    """How to run the shim on one backend: its extra options and environment."""
+
+    name: str
+    args: Callable[[Path], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _local_args(workdir: Path) -> list[str]:
+    return ["--backend", "local", "--db", str(workdir / "tasks.db"), "--workers", "2"]
+
+
+SHIM_BACKENDS = {"local": ShimBackend("local", _local_args)}
+
+
+@pytest.fixture(params=sorted(SHIM_BACKENDS))
+def backend(request: pytest.FixtureRequest) -> ShimBackend:
+    return SHIM_BACKENDS[str(request.param)]
+
+
+@pytest.fixture(scope="session")
+def task_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compiled-module and model cache for every shim of the session."""
+    return tmp_path_factory.mktemp("shim-cache")
+
+
+def mqtt_env(broker: Broker) -> dict[str, str]:
+    """PROPLET_* settings pointing the shim at the test broker."""
+    return {
+        "PROPLET_MQTT_ADDRESS": f"tcp://127.0.0.1:{broker.port}",
+        "PROPLET_DOMAIN_ID": "dom",
+        "PROPLET_CHANNEL_ID": "chan",
+        "PROPLET_INSTANCE_ID": SHIM_ID,
+        "PROPLET_LIVELINESS_INTERVAL": "1s",
+        "PROPLET_MQTT_TIMEOUT": "5s",
+    }
+
+
+class Shim:
+    """A `wasinn shim` process on a free port; restartable on the same state."""
+
+    def __init__(
+        self,
+        backend: ShimBackend,
+        workdir: Path,
+        models_dir: Path,
+        cache: Path,
+        extra: list[str],
+        env: dict[str, str],
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "shim.log"
+        self.command = [
+            sys.executable, "-m", "wasinn_operator.cli", "shim", "--host", "127.0.0.1",
+            "--port", str(self.port), "--data-dir", str(workdir / "data"),
+            "--models-dir", str(models_dir), *backend.args(workdir), *extra,
+        ]  # fmt: skip
+        self.env = {**os.environ, "WASINN_CACHE_DIR": str(cache), **backend.env, **env}
+        for name in [k for k in self.env if k.startswith("PROPLET_") and k not in env]:
+            del self.env[name]  # only the test's broker, never one from the environment
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the shim exited:\n{self.log.read_text()}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the shim did not answer /health:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_state(
+        self, task_id: str, states: tuple[int, ...] = FINISHED, timeout: float = 180
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.task(task_id)
+            if task["state"] in states:
+                return task
+            time.sleep(0.2)
+        raise AssertionError(
+            f"task {task_id} never reached {states}: {self.task(task_id)}\n"
+            f"{self.log.read_text()[-3000:]}"
+        )
+
+    def create(self, name: str, **fields: Any) -> str:
+        response = self.http.post("/tasks", json={"name": name, **fields})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def tasks(self) -> list[dict[str, Any]]:
+        page = self.http.get("/tasks", params={"limit": 1000}).json()
+        return list(page["tasks"])
+
+
+@pytest.fixture
+def make_shim(
+    backend: ShimBackend, models_dir: Path, task_cache: Path, tmp_path: Path
+) -> Iterator[Callable[..., Shim]]:
+    """Start a shim: `make_shim(*extra_args, **env)`; killed at teardown."""
+    shims: list[Shim] = []
+
+    def make(*extra: str, **env: str) -> Shim:
+        workdir = tmp_path / f"shim{len(shims)}"
+        workdir.mkdir()
+        shim = Shim(backend, workdir, models_dir, task_cache, list(extra), env)
+        shims.append(shim)
+        shim.start()
+        return shim
+
+    yield make
+    for shim in shims:
+        shim.stop(signal.SIGKILL)
+        shim.http.close()
+
+
+@pytest.fixture
+def classify_b64(guest_path: Callable[[str], Path]) -> str:
+    return base64.b64encode(guest_path("classify-c").read_bytes()).decode()
+
+
+@pytest.fixture(scope="session")
+def spin_wasm() -> bytes:
+    """A guest that never ends (only stop, or a timeout, ends it)."""
+    return wasmtime.wat2wasm((ROOT / "tests" / "runtime" / "guests" / "spin.wat").read_text())
+
+
+class PersistentBroker(Broker):
+    """A mosquitto that keeps sessions and queued messages across its own restarts."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        store = workdir / "mosquitto-db"
+        store.mkdir()
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {store}/\n"
+        )
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[PersistentBroker]:
+    b = PersistentBroker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class DurableSubscriber:
+    """A QoS 2 subscriber with a persistent session: misses nothing while it is offline."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"durable-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )  # fmt: skip
+        ready = threading.Event()
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=2)
+        self._client.on_subscribe = lambda *_: ready.set()
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("subscription not acknowledged")
+
+    def _on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(json.loads(message.payload))
+
+    def payloads(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_until(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 120
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.payloads()):
+                return self.payloads()
+            time.sleep(0.1)
+        raise AssertionError(f"condition not met; messages: {self.payloads()}")
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+# ==== end of the wasinn shim section ====
