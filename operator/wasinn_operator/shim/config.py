@@ -27,6 +27,8 @@ class ShimConfig:
     max_wasm_bytes: int = DEFAULT_MAX_BYTES
     public_url: str | None = None
     proplet: bool = True
+    namespace: str = "default"
+    openvino_label: str = "wasinn.dev/openvino=true"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-wasm-bytes", type=int, default=DEFAULT_MAX_BYTES, help="module size limit")
     add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
     add("--no-proplet", action="store_true", help="MQTT: publish results only, no proplet role")
+    add(
+        "--namespace",
+        help="kubernetes: the tasks' namespace (default: the Pod's own, or "
+        "$WASINN_NAMESPACE, else default)",
+    )
+    add(
+        "--openvino-label",
+        help="kubernetes: label of the nodes listed as proplets "
+        "(default $WASINN_OPENVINO_LABEL, else wasinn.dev/openvino=true)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ShimConfig:
@@ -77,6 +89,18 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         workers=max(1, args.workers),
         token=token,
         max_wasm_bytes=args.max_wasm_bytes,
-        public_url=args.public_url,
+        public_url=args.public_url or os.environ.get("WASINN_PUBLIC_URL") or None,
         proplet=not args.no_proplet,
+        namespace=args.namespace or _own_namespace(),
+        openvino_label=args.openvino_label
+        or os.environ.get("WASINN_OPENVINO_LABEL")
+        or "wasinn.dev/openvino=true",
     )
+
+
+def _own_namespace() -> str:
+    """$WASINN_NAMESPACE, else the namespace of the Pod the shim runs in, else default."""
+    if os.environ.get("WASINN_NAMESPACE"):
+        return os.environ["WASINN_NAMESPACE"]
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.is_file() else "default"

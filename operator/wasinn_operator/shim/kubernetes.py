@@ -200,7 +200,7 @@ class KubernetesStore:
         if not self._active(obj):
             raise ConflictError(f"task {task_id} is not scheduled or running")
         self._patch(task_id, {"spec": {"suspend": True}})
-        self._patch_status(task_id, {"phase": "Interrupted", "state": 6})
+        self._patch_status(task_id, {"phase": "Interrupted", "state": 6, "error": "stopped"})
         return self.get(task_id)
 
     def fail(self, task_id: str, error: str) -> TaskRecord:

@@ -43,7 +43,19 @@ def local_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str
     return LocalBackend(db, artifacts, config.models_dir, config.workers, instance_id)
 
 
-BACKENDS: dict[str, BackendFactory] = {"local": local_backend}
+def kubernetes_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str) -> TaskStore:
+    """WasiNNTask objects in one namespace; the operator runs them."""
+    from .kubernetes import KubernetesStore  # noqa: PLC0415  (the local mode needs no client)
+
+    if not config.public_url:
+        raise ValueError(
+            "--public-url (or WASINN_PUBLIC_URL) is required with --backend kubernetes: "
+            "Pods fetch modules from <public-url>/artifacts/sha256:..."
+        )
+    return KubernetesStore(config.namespace, config.public_url, config.openvino_label)
+
+
+BACKENDS: dict[str, BackendFactory] = {"local": local_backend, "kubernetes": kubernetes_backend}
 
 
 class TaskCollector(Collector):
@@ -131,6 +143,10 @@ def main(args: argparse.Namespace) -> int:
     if config.models_dir is not None and not config.models_dir.is_dir():
         sys.stderr.write(f"wasinn shim: models directory {config.models_dir} does not exist\n")
         return 2
-    app, _ = build(config, mqtt)
+    try:
+        app, _ = build(config, mqtt)
+    except ValueError as exc:
+        sys.stderr.write(f"wasinn shim: {exc}\n")
+        return 2
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
     return 0
