@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -42,10 +43,26 @@ def _settings() -> OperatorSettings:
     return settings
 
 
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
 @kopf.on.login()
 def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster credentials, else the kubeconfig that $KUBECONFIG names now."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """In a Pod, the ServiceAccount at the API server's service address; else the kubeconfig
+    that $KUBECONFIG names now. (kopf's own in-cluster login assumes cluster DNS for
+    kubernetes.default.svc, which not every cluster runs.)"""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if host and (SERVICE_ACCOUNT / "token").is_file():
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        namespace = SERVICE_ACCOUNT / "namespace"
+        return kopf.ConnectionInfo(
+            server=server,
+            ca_path=str(SERVICE_ACCOUNT / "ca.crt"),
+            token=(SERVICE_ACCOUNT / "token").read_text().strip(),
+            default_namespace=namespace.read_text().strip() if namespace.is_file() else None,
+        )
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

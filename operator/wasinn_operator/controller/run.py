@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--namespace",
         "-n",
         action="append",
-        default=[],
-        help="watch this namespace (repeatable; default: all namespaces)",
+        default=None,
+        help="watch this namespace (repeatable; default: $WASINN_NAMESPACES, comma-separated, "
+        "else all namespaces)",
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true")
     parser.add_argument(
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Export the settings for the handlers and run kopf until stopped."""
+    if args.namespace is None and not args.all_namespaces:
+        args.namespace = [n for n in os.environ.get("WASINN_NAMESPACES", "").split(",") if n]
+    args.namespace = args.namespace or []
     values = {
         "WASINN_OPENVINO_LABEL": args.openvino_label,
         "WASINN_PROPLET_IMAGE": args.proplet_image,
