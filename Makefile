@@ -17,9 +17,15 @@ PYTEST_ARGS ?=
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
 # the venv, and the MQTT broker the integration tests start.
 APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
-                rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients
+                rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients \
+                buildah podman runc skopeo debootstrap docker-registry
 
-.PHONY: help apt venv guests demo lint test clean
+# Suites, cheapest first. Fixtures build what the slower ones need, cached under
+# ~/.cache/wasinn: the local Kubernetes (hack/cluster up), the images (hack/build-images.sh)
+# and the wasmtime CLI (hack/build-wasmtime-cli.sh).
+SUITES := tests/unit tests/runtime tests/integration tests/container tests/cluster
+
+.PHONY: help apt venv guests tools demo lint test clean
 
 help:
 	@echo "make demo   classify the example images with a wasi-nn guest (no cluster)"
@@ -56,8 +62,12 @@ lint: venv
 	$(VENV)/bin/mypy
 	shellcheck hack/*.sh .ci/run
 
-test: venv guests lint
-	WASINN_MODELS_DIR="$(MODELS_DIR)" WASINN_GUEST_DIR="$(GUEST_DIR)" $(PY) -m pytest $(PYTEST_ARGS)
+tools: venv
+	hack/tools.sh >/dev/null
+
+test: venv guests lint tools
+	WASINN_MODELS_DIR="$(MODELS_DIR)" WASINN_GUEST_DIR="$(GUEST_DIR)" \
+	  $(PY) -m pytest $(if $(PYTEST_ARGS),$(PYTEST_ARGS),$(SUITES))
 
 clean:
 	rm -rf build
