@@ -60,7 +60,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
 	$(VENV)/bin/mypy
-	shellcheck hack/*.sh .ci/run
+	shellcheck hack/*.sh hack/cluster .ci/run
 
 tools: venv
 	hack/tools.sh >/dev/null
