@@ -263,3 +263,47 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
         yield name
     finally:
         kubectl.delete("namespace", name, timeout=120)
+
+
+def models_claim(
+    kubectl: Kubectl, namespace: str, models_dir: Path, name: str = "models", label: str = "test"
+) -> str:
+    """A Bound ReadOnlyMany claim `name` in `namespace` on the models directory (through a
+    PersistentVolume of its own, labelled wasinn.dev/test=<label>); returns the volume's name."""
+    volume = f"wasinn-models-{namespace}-{name}"
+    kubectl.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume, "labels": {"wasinn.dev/test": label}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": volume,
+                    "claimRef": {"namespace": namespace, "name": name},
+                    "hostPath": {"path": str(models_dir.resolve()), "type": "Directory"},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": volume,
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        ]
+    )
+    wait_until(
+        f"the claim {name} to be Bound",
+        lambda: (
+            (kubectl.get("pvc", name, namespace) or {}).get("status", {}).get("phase") == "Bound"
+        ),
+        timeout=60,
+    )
+    return volume

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, Kubectl, _hack_cluster, wait_until
+from .conftest import models_claim as models_claim_on
 
 PROPLET_IMAGE = os.environ.get("WASINN_PROPLET_IMAGE", "localhost/wasinn-proplet:dev")
 RULES = REPO / "charts" / "wasinn-operator" / "files"
@@ -48,35 +49,7 @@ def proplet_image(kubectl: Kubectl) -> str:
 
 def models_claim(kubectl: Kubectl, namespace: str, name: str = "models") -> None:
     """A read-only claim on the shared models directory, in `namespace`."""
-    volume = f"wasinn-models-{namespace}-{name}"
-    kubectl.apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": volume, "labels": {"wasinn.dev/test": "operator"}},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadOnlyMany"],
-                    "persistentVolumeReclaimPolicy": "Delete",
-                    "storageClassName": "wasinn-test",
-                    "claimRef": {"namespace": namespace, "name": name},
-                    "hostPath": {"path": str(MODELS_DIR.resolve()), "type": "Directory"},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {
-                    "accessModes": ["ReadOnlyMany"],
-                    "storageClassName": "wasinn-test",
-                    "volumeName": volume,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        ]
-    )
+    models_claim_on(kubectl, namespace, MODELS_DIR, name, label="operator")
 
 
 def operator_kubeconfig(kubectl: Kubectl, namespace: str, directory: Path) -> Path:

@@ -29,6 +29,7 @@ import yaml
 
 from ..conftest import missing
 from .conftest import Kubectl, wait_until
+from .conftest import models_claim as models_claim_on
 
 pytestmark = pytest.mark.cluster
 
@@ -182,43 +183,7 @@ def images(kubeconfig: str) -> None:
 @pytest.fixture(scope="module")
 def models_claim(kubectl: Kubectl, chart_namespace: str, models_dir: Path) -> Iterator[str]:
     """`models` in the test namespace on ../shared/models (as hack/cluster makes default/models)."""
-    pv = f"wasinn-models-{chart_namespace}"
-    kubectl.apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": pv, "labels": {"wasinn.dev/test": "chart"}},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadOnlyMany"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": pv,
-                    "claimRef": {"namespace": chart_namespace, "name": "models"},
-                    "hostPath": {"path": str(models_dir), "type": "Directory"},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "models", "namespace": chart_namespace},
-                "spec": {
-                    "accessModes": ["ReadOnlyMany"],
-                    "storageClassName": pv,
-                    "volumeName": pv,
-                    "resources": {"requests": {"storage": "10Gi"}},
-                },
-            },
-        ]
-    )
-    wait_until(
-        "the models claim to be Bound",
-        lambda: (
-            (kubectl.get("pvc", "models", chart_namespace) or {}).get("status", {}).get("phase")
-            == "Bound"
-        ),
-        timeout=60,
-    )
+    pv = models_claim_on(kubectl, chart_namespace, models_dir, label="chart")
     try:
         yield "models"
     finally:
