@@ -157,15 +157,22 @@ class Shim:
     def wait_state(
         self, task_id: str, states: tuple[int, ...] = FINISHED, timeout: float = 180
     ) -> dict[str, Any]:
+        # A task started over MQTT appears only once the shim has the message: 404 = not yet.
         deadline = time.monotonic() + timeout
+        last: Any = None
         while time.monotonic() < deadline:
-            task = self.task(task_id)
-            if task["state"] in states:
-                return task
+            response = self.http.get(f"/tasks/{task_id}")
+            if response.status_code == 200:
+                last = response.json()
+                if last["state"] in states:
+                    return dict(last)
+            elif response.status_code != 404:
+                raise AssertionError(
+                    f"GET /tasks/{task_id}: {response.status_code} {response.text}"
+                )
             time.sleep(0.2)
         raise AssertionError(
-            f"task {task_id} never reached {states}: {self.task(task_id)}\n"
-            f"{self.log.read_text()[-3000:]}"
+            f"task {task_id} never reached {states}: {last}\n{self.log.read_text()[-3000:]}"
         )
 
     def create(self, name: str, **fields: Any) -> str:
