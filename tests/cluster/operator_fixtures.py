@@ -47,9 +47,11 @@ def proplet_image(kubectl: Kubectl) -> str:
     return PROPLET_IMAGE
 
 
-def models_claim(kubectl: Kubectl, namespace: str, name: str = "models") -> None:
+def models_claim(
+    kubectl: Kubectl, namespace: str, name: str = "models", label: str = "operator"
+) -> None:
     """A read-only claim on the shared models directory, in `namespace`."""
-    models_claim_on(kubectl, namespace, MODELS_DIR, name, label="operator")
+    models_claim_on(kubectl, namespace, MODELS_DIR, name, label=label)
 
 
 def operator_kubeconfig(kubectl: Kubectl, namespace: str, directory: Path) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -349,3 +350,136 @@ def test_service_reaches_pod(kubectl: Kubectl, smoke_image: str, namespace: str)
     logs = kubectl("logs", "client", "-n", namespace)
     assert phase == "Succeeded", logs
     assert "smoke-service-ok" in logs
+
+
+OPERATOR_IMAGE = "localhost/wasinn-operator:dev"
+# The operator image's interpreter, with the `kubernetes` client installed.
+OPERATOR_PYTHON = "/opt/wasinn/bin/python"
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_BUILD_TIMEOUT = int(os.environ.get("WASINN_IMAGE_BUILD_TIMEOUT", "3600"))
+
+
+@pytest.fixture(scope="module")
+def operator_image(kubeconfig: str) -> str:
+    """The operator image (it has python3 and the kubernetes client), built and loaded."""
+    for cmd, timeout in (
+        ([str(REPO / "hack" / "build-images.sh"), "operator"], IMAGE_BUILD_TIMEOUT),
+        ([str(REPO / "hack" / "cluster"), "load-image", OPERATOR_IMAGE], 600),
+    ):
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    return OPERATOR_IMAGE
+
+
+# Runs in the Pod: the in-cluster configuration (KUBERNETES_SERVICE_HOST/PORT, the mounted token
+# and CA), then its own Pod through the API; a Secret must be forbidden. Retries are bounded.
+IN_CLUSTER_SCRIPT = """
+import os, sys, time
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+kubernetes.config.load_incluster_config()
+api = kubernetes.client.CoreV1Api()
+name, namespace = os.environ["POD_NAME"], os.environ["POD_NAMESPACE"]
+print("api", os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+for attempt in range(30):
+    try:
+        pod = api.read_namespaced_pod(name, namespace, _request_timeout=5)
+        break
+    except ApiException:
+        raise
+    except Exception as exc:
+        print("retry", attempt, type(exc).__name__, exc, file=sys.stderr)
+        time.sleep(1)
+else:
+    sys.exit("the API server stayed unreachable")
+print("own-pod", pod.metadata.name, pod.metadata.namespace, pod.spec.service_account_name)
+try:
+    api.read_namespaced_secret("anything", namespace, _request_timeout=5)
+    print("secret-allowed")
+except ApiException as exc:
+    print("secret-status", exc.status)
+"""
+
+
+def test_pod_reads_its_own_pod_through_the_api(
+    kubectl: Kubectl, operator_image: str, namespace: str, node_name: str
+) -> None:
+    node = kubectl.get("node", node_name)
+    assert node is not None
+    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    endpoints = kubectl.get("endpoints", "kubernetes", "default")
+    assert endpoints is not None
+    addresses = [
+        (a["ip"], p["port"])
+        for s in endpoints.get("subsets") or []
+        for a in s.get("addresses") or []
+        for p in s.get("ports") or []
+    ]
+    # The apiserver's endpoint reconciler publishes its --advertise-address (the node IP).
+    assert [ip for ip, _ in addresses] == [node_ip], f"kubernetes Service endpoints: {addresses}"
+    service = kubectl.get("service", "kubernetes", "default")
+    assert service is not None
+    name = "api-client"
+    kubectl.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "self-reader", "namespace": namespace},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "get-pods", "namespace": namespace},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "self-reader-gets-pods", "namespace": namespace},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "get-pods",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "self-reader", "namespace": namespace}
+                ],
+            },
+        ]
+    )
+    pod = busybox_pod(
+        name,
+        namespace,
+        operator_image,
+        "",
+        serviceAccountName="self-reader",
+        automountServiceAccountToken=True,
+    )
+    container = pod["spec"]["containers"][0]
+    container["command"] = [OPERATOR_PYTHON, "-c", IN_CLUSTER_SCRIPT]
+    container["env"] = [
+        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for var, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"))
+    ]
+    kubectl.apply(pod)
+    phase = kubectl.wait_until(
+        f"pod {name} to finish",
+        lambda: (p := kubectl.pod_phase(name, namespace)) in ("Succeeded", "Failed") and p,
+        timeout=120,
+    )
+    logs = kubectl("logs", name, "-n", namespace)
+    assert phase == "Succeeded", logs
+    lines = logs.splitlines()
+    # The kubelet points Pods at the Service's ClusterIP, which kube-proxy DNATs to the node.
+    assert f"api {service['spec']['clusterIP']} 443" in lines, logs
+    assert f"own-pod {name} {namespace} self-reader" in lines, logs
+    assert "secret-status 403" in lines, logs
