@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -217,3 +218,50 @@ def test_sigterm_interrupts_promptly(models_dir: Path, tmp_path: Path) -> None:
     assert summary["state"] == "Failed"
     assert summary["exitCode"] == 143
     assert "interrupted" in summary["error"]
+
+
+def test_exits_when_the_parent_that_started_it_dies(models_dir: Path, tmp_path: Path) -> None:
+    """A shim that dies without ending its tasks (SIGKILL) must not leave guests running."""
+    task = {"wasm": {"inline": base64.b64encode(wat("print_spin")).decode()}}
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    # A parent shell starts the proplet, reports its PID, and is then killed.
+    script = (
+        f"WASINN_PARENT_PID=$$ WASINN_TASK_FILE={tmp_path / 'task.json'} "
+        f"WASINN_MODELS_DIR={models_dir} WASINN_TERMINATION_LOG={tmp_path / 'term'} "
+        f"{sys.executable} -m wasinn_operator.cli proplet run > {tmp_path / 'out'} & "
+        "echo $!; wait"
+    )
+    (tmp_path / "out").write_bytes(b"")
+    parent = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 60
+        while b"started" not in (tmp_path / "out").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"started" in (tmp_path / "out").read_bytes()
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(child), "the proplet outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

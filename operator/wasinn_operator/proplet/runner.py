@@ -195,11 +195,16 @@ def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunS
         _log(summary.error or "interrupted")
         os._exit(128 + signum)
 
+    parent = int(os.environ.get("WASINN_PARENT_PID") or 0)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         worker.start()
         while worker.is_alive():
             worker.join(0.2)
+            if parent and os.getppid() != parent:
+                # The process that started the task is gone: nobody will read the result.
+                _log("the process that started this task is gone; stopping")
+                os._exit(137)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return done[0]

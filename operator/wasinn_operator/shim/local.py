@@ -189,7 +189,12 @@ class LocalBackend:
             task_file, summary_file = Path(tmp) / "task.json", Path(tmp) / "summary.json"
             task_file.write_text(spec.model_dump_json(by_alias=True))
             env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
-            env |= {"WASINN_TASK_FILE": str(task_file), "WASINN_TERMINATION_LOG": str(summary_file)}
+            env |= {
+                "WASINN_TASK_FILE": str(task_file),
+                "WASINN_TERMINATION_LOG": str(summary_file),
+                # A task must not outlive a shim that dies without ending it (SIGKILL, crash).
+                "WASINN_PARENT_PID": str(os.getpid()),
+            }
             if self.models_dir is not None:
                 env["WASINN_MODELS_DIR"] = str(self.models_dir)
             command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"]
