@@ -96,7 +96,7 @@ class GuestMemory:
     """Bounds-checked access to one call's view of the guest's linear memory."""
 
     def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store | wasmtime.Caller) -> None:
-        self._memory = memory
+        self.memory = memory
         self._store = store
         self.size = memory.data_len(store)
 
@@ -125,12 +125,12 @@ class GuestMemory:
         ptr, length = self.check(ptr, length, what)
         if length == 0:
             return np.empty(0, dtype=np.uint8)
-        buf = self._memory.get_buffer_ptr(self._store, length, ptr)
+        buf = self.memory.get_buffer_ptr(self._store, length, ptr)
         return np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
 
     def address(self, ptr: int) -> int:
         """The host address of guest offset `ptr` (already checked), for alignment decisions."""
-        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        base = ctypes.addressof(self.memory.data_ptr(self._store).contents)
         return base + (ptr & U32_MASK)
 
     def read(self, ptr: int, length: int, what: str) -> bytes:

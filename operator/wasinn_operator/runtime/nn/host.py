@@ -73,6 +73,7 @@ class NNHost:
         self._named_target = named_target
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
+        self._memory: wasmtime.Memory | None = None
 
     def define(self, linker: wasmtime.Linker) -> None:
         """Define every function of the module in `linker`."""
@@ -93,7 +94,7 @@ class NNHost:
     def _guarded(self, name: str, fn: HostFn) -> Callable[..., int]:
         def call(caller: wasmtime.Caller, *args: int) -> int:
             try:
-                fn(GuestMemory.from_caller(caller), *args)
+                fn(self._guest_memory(caller), *args)
             except NNError as exc:
                 self._log(f"wasi-nn: {name}: {exc} ({exc.errno.name.lower()})")
                 return int(exc.errno)
@@ -103,6 +104,13 @@ class NNHost:
             return int(NNErrno.SUCCESS)
 
         return call
+
+    def _guest_memory(self, caller: wasmtime.Caller) -> GuestMemory:
+        # The export is looked up once per run: a lookup through the Caller costs more than
+        # the rest of a set_input, and an instance's memory never changes.
+        if self._memory is None:
+            self._memory = GuestMemory.from_caller(caller).memory
+        return GuestMemory(self._memory, caller)
 
     # -- loading -----------------------------------------------------------------------------
 
