@@ -222,8 +222,8 @@ class Results(BaseModel):
     results: Any = None
 
 
-class StartMessage(TaskInput):
-    """`control/manager/start`: a Task; v-new adds `proplet_id` and `broadcast`."""
+class _Addressed(BaseModel):
+    """A manager message's addressing: v-new has `proplet_id` and `broadcast`, v-old neither."""
 
     id: str = Field(min_length=1)
     proplet_id: str | None = None
@@ -236,19 +236,14 @@ class StartMessage(TaskInput):
         return bool(self.broadcast) or self.proplet_id == proplet_id
 
 
-class StopMessage(BaseModel):
+class StartMessage(TaskInput, _Addressed):
+    """`control/manager/start`: a Task, addressed."""
+
+
+class StopMessage(_Addressed):
     """`control/manager/stop`: v-old sends the whole Task, v-new `{id, broadcast, proplet_id}`."""
 
     model_config = ConfigDict(extra="ignore")
-    id: str = Field(min_length=1)
-    proplet_id: str | None = None
-    broadcast: bool | None = None
-
-    def addressed_to(self, proplet_id: str) -> bool:
-        """As for `StartMessage`."""
-        if self.broadcast is None and not self.proplet_id:
-            return True
-        return bool(self.broadcast) or self.proplet_id == proplet_id
 
 
 def rfc3339(moment: datetime | None) -> str:
