@@ -284,3 +284,40 @@ def test_a_suspended_task_may_wait_for_its_module() -> None:
     assert run(body).status["error"] == (
         "invalid spec: spec.wasm is required unless the task is suspended"
     )
+
+
+def test_operator_defaults_fill_unset_fields_only() -> None:
+    settings = OperatorSettings(
+        proplet_resources={"limits": {"memory": "2Gi"}},
+        proplet_timeout_seconds=600,
+        proplet_engine="wasmtime-cli",
+    )
+    plan = reconcile(task(), Facts(now=NOW, pods=[]), settings)
+    assert plan.create_pod is not None
+    pod_spec = plan.create_pod["spec"]
+    container = pod_spec["containers"][0]
+    sent = json.loads(next(e["value"] for e in container["env"] if e["name"] == "WASINN_TASK"))
+    assert container["resources"] == {"limits": {"memory": "2Gi"}}
+    assert pod_spec["activeDeadlineSeconds"] == 600
+    assert (sent["timeoutSeconds"], sent["engine"]) == (600, "wasmtime-cli")
+    own = task({"resources": {"limits": {"cpu": "1"}}, "timeoutSeconds": 5, "engine": "embedded"})
+    plan = reconcile(own, Facts(now=NOW, pods=[]), settings)
+    assert plan.create_pod is not None
+    container = plan.create_pod["spec"]["containers"][0]
+    sent = json.loads(next(e["value"] for e in container["env"] if e["name"] == "WASINN_TASK"))
+    assert container["resources"] == {"limits": {"cpu": "1"}}
+    assert (sent["timeoutSeconds"], sent["engine"]) == (5, "embedded")
+
+
+def test_operator_default_settings_from_env() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "WASINN_PROPLET_RESOURCES": '{"requests": {"cpu": "500m"}}',
+            "WASINN_PROPLET_TIMEOUT_SECONDS": "120",
+            "WASINN_PROPLET_ENGINE": "wasmtime-cli",
+        }
+    )
+    assert settings.proplet_resources == {"requests": {"cpu": "500m"}}
+    assert (settings.proplet_timeout_seconds, settings.proplet_engine) == (120, "wasmtime-cli")
+    with pytest.raises(ValueError, match="is not embedded or wasmtime-cli"):
+        OperatorSettings.from_env({"WASINN_PROPLET_ENGINE": "wamr"})

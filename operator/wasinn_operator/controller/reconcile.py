@@ -74,13 +74,25 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
     except ValidationError as exc:
         _fail(plan, Reason.INVALID_WASM, f"invalid spec: {_describe(exc)}", facts.now)
     else:
-        _step(task, spec, facts, settings, plan, before)
+        _step(task, with_defaults(spec, settings), facts, settings, plan, before)
     after = TaskPhase(plan.status["phase"])
     plan.status["state"] = after.state
     if after != before or "phase" not in (task.get("status") or {}):
         kind = "Warning" if after in (TaskPhase.FAILED, TaskPhase.INTERRUPTED) else "Normal"
         plan.events.append((kind, after.value, _phase_message(plan.status)))
     return plan
+
+
+def with_defaults(spec: WasiNNTaskSpec, settings: OperatorSettings) -> WasiNNTaskSpec:
+    """The spec with the operator's proplet defaults for the fields the task leaves unset."""
+    changes: dict[str, Any] = {}
+    if not spec.resources and settings.proplet_resources:
+        changes["resources"] = settings.proplet_resources
+    if spec.timeout_seconds is None and settings.proplet_timeout_seconds is not None:
+        changes["timeout_seconds"] = settings.proplet_timeout_seconds
+    if "engine" not in spec.model_fields_set:
+        changes["engine"] = settings.proplet_engine
+    return spec.model_copy(update=changes) if changes else spec
 
 
 def _step(

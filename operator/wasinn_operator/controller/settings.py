@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
 
@@ -23,6 +25,10 @@ class OperatorSettings:
     backoff_max_seconds: float = 300.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     service_account: str | None = None
+    # Defaults for tasks that leave these unset (the chart's proplet.* values).
+    proplet_resources: dict[str, Any] = field(default_factory=dict)
+    proplet_timeout_seconds: int | None = None
+    proplet_engine: str = "embedded"
 
     @property
     def label(self) -> tuple[str, str]:
@@ -49,4 +55,22 @@ class OperatorSettings:
             backoff_max_seconds=float(get("BACKOFF_MAX_SECONDS", str(cls.backoff_max_seconds))),
             namespaces=namespaces,
             service_account=environ.get("WASINN_PROPLET_SERVICE_ACCOUNT") or None,
+            proplet_resources=_json_object(environ.get("WASINN_PROPLET_RESOURCES") or "{}"),
+            proplet_timeout_seconds=int(environ["WASINN_PROPLET_TIMEOUT_SECONDS"])
+            if environ.get("WASINN_PROPLET_TIMEOUT_SECONDS")
+            else None,
+            proplet_engine=_engine(environ.get("WASINN_PROPLET_ENGINE") or "embedded"),
         )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"WASINN_PROPLET_RESOURCES must be a JSON object, got {text!r}")
+    return value
+
+
+def _engine(name: str) -> str:
+    if name not in ("embedded", "wasmtime-cli"):
+        raise ValueError(f"WASINN_PROPLET_ENGINE {name!r} is not embedded or wasmtime-cli")
+    return name
