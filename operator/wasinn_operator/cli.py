@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
@@ -17,6 +17,7 @@ from .runtime import (
     Runtime,
     RuntimeConfig,
     default_cache_dir,
+    fd_sink,
     parse_size,
     parse_wasm_args,
 )
@@ -87,15 +88,8 @@ def _run(argv: list[str]) -> int:
     runtime = Runtime(
         RuntimeConfig(cache_dir=cache_dir, inference_precision=precision, target_fallback=fallback)
     )
-    result = runtime.run(spec, stdout=_writer(1), stderr=_writer(2))
+    result = runtime.run(spec, stdout=fd_sink(1), stderr=fd_sink(2))
     return result.exit_code if result.error is None or result.exit_code else EXIT_HOST_ERROR
-
-
-def _writer(fd: int) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        os.write(fd, data)
-
-    return write
 
 
 def _wasinn_options(

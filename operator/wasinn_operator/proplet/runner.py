@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ..api import RunSummary, TaskSpec
 from ..mqtt import RESULTS_TOPIC, MQTTError, MQTTSettings, publish_once, results_payload
-from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir
+from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir, fd_sink
 from .engines import Outputs, TaskError, run_embedded, run_external
 from .fetch import MAX_WASM_BYTES, FetchError, fetch_wasm, sha256_digest
 
@@ -163,13 +163,6 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def _write_fd(fd: int) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        os.write(fd, data)
-
-    return write
-
-
 def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:
     """Run the task in a worker thread so the main thread can act on SIGTERM at once.
 
@@ -223,7 +216,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     except TaskError as exc:
         summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, error=str(exc))
     else:
-        outputs = Outputs(stdout=_write_fd(1), stderr=_write_fd(2))
+        outputs = Outputs(stdout=fd_sink(1), stderr=fd_sink(2))
         summary = _supervised(task, config, outputs)
     if summary.error:
         _log(f"task {summary.task_id or '?'} failed: {summary.error}")

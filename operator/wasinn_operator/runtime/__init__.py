@@ -5,7 +5,7 @@ for wasmtime-style command lines.
 """
 
 from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args
-from .engine import Runtime, RuntimeConfig, Session, default_cache_dir
+from .engine import Runtime, RuntimeConfig, Session, default_cache_dir, fd_sink
 from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
     EXIT_HOST_ERROR,
@@ -37,6 +37,7 @@ __all__ = [
     "Session",
     "WasmArgs",
     "default_cache_dir",
+    "fd_sink",
     "parse_duration",
     "parse_size",
     "parse_wasm_args",

@@ -40,6 +40,15 @@ NO_DEADLINE = 1 << 62
 Sink = Callable[[bytes], None]
 
 
+def fd_sink(fd: int) -> Sink:
+    """A sink that writes straight to a file descriptor (unbuffered, as the guest writes)."""
+
+    def write(data: bytes) -> None:
+        os.write(fd, data)
+
+    return write
+
+
 def default_cache_dir() -> Path:
     """`$WASINN_CACHE_DIR`, else `$XDG_CACHE_HOME/wasinn`, else `~/.cache/wasinn`."""
     explicit = os.environ.get("WASINN_CACHE_DIR")

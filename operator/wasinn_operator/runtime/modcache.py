@@ -83,10 +83,14 @@ class ModuleCache:
 
     @staticmethod
     def _store(path: Path, data: bytes) -> None:
+        # A full or read-only cache only costs the next start its compile time.
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError:
+            return
+        try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError:
-            pass  # a full or read-only cache only costs the next start its compile time
+            Path(tmp).unlink(missing_ok=True)
