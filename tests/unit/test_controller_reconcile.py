@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile
+from wasinn_operator.controller.reconcile import attempt_in_progress
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -321,3 +322,12 @@ def test_operator_default_settings_from_env() -> None:
     assert (settings.proplet_timeout_seconds, settings.proplet_engine) == (120, "wasmtime-cli")
     with pytest.raises(ValueError, match="is not embedded or wasmtime-cli"):
         OperatorSettings.from_env({"WASINN_PROPLET_ENGINE": "wamr"})
+
+
+def test_attempt_in_progress_only_while_its_pod_runs() -> None:
+    status = {"phase": "Running", "attempts": 2}
+    assert attempt_in_progress(task(status=status), [pod(2, "Running")])
+    assert attempt_in_progress(task(status=status), [pod(2, "Pending")])
+    assert not attempt_in_progress(task(status=status), [pod(2, "Failed")])
+    assert not attempt_in_progress(task(status=status), [pod(1, "Running")])
+    assert not attempt_in_progress(task(status=status), [])

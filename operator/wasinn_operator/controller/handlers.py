@@ -21,7 +21,7 @@ from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
 from . import metrics
 from .builders import TASK_UID_LABEL
 from .kube import Kube
-from .reconcile import Facts, reconcile
+from .reconcile import Facts, attempt_in_progress, reconcile
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
@@ -174,8 +174,8 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
     now = datetime.now(UTC)
     pods = await kube.pods(meta["namespace"], meta["uid"])
     phase = (task.get("status") or {}).get("phase")
-    if phase in ("Completed", "Failed"):
-        return Facts(now=now, pods=pods)
+    if phase in ("Completed", "Failed") or attempt_in_progress(task, pods):
+        return Facts(now=now, pods=pods)  # only a start decision reads the other facts
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError:

@@ -388,6 +388,13 @@ def _summary(pod: dict[str, Any]) -> tuple[RunSummary | None, int | None]:
     return None, None
 
 
+def attempt_in_progress(task: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """The current attempt's Pod exists and has not ended: no start decision is due, so the
+    claim, node and ConfigMap facts are not needed."""
+    pod = _current_pod(pods, int((task.get("status") or {}).get("attempts", 0)))
+    return pod is not None and not _ended(pod)
+
+
 def _current_pod(pods: list[dict[str, Any]], attempts: int) -> dict[str, Any] | None:
     """The Pod of the latest attempt, unless it is being deleted."""
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
