@@ -282,7 +282,7 @@ def test_deleting_owner_deletes_dependents(kubectl: Kubectl, namespace: str) -> 
     )
 
 
-def test_service_reaches_pod(kubectl: Kubectl, smoke_image: str, namespace: str) -> None:
+def test_service_reaches_pod_by_ip_and_by_name(kubectl: Kubectl, smoke_image: str, namespace: str) -> None:
     server = busybox_pod(
         "web",
         namespace,
@@ -338,8 +338,10 @@ def test_service_reaches_pod(kubectl: Kubectl, smoke_image: str, namespace: str)
         "client",
         namespace,
         smoke_image,
-        f"for i in $(seq 1 30); do {request} | nc -w 2 {cluster_ip} 80 > /tmp/out"
-        " && grep -q ' 200 ' /tmp/out && cat /tmp/out && exit 0; sleep 1; done; exit 1",
+        f"get() {{ for i in $(seq 1 30); do {request} | nc -w 2 $1 80 > /tmp/out"
+        " && grep -q ' 200 ' /tmp/out && cat /tmp/out && return 0; sleep 1; done; return 1; }; "
+        # By the cluster IP, then by name through the cluster DNS (CoreDNS, resolv.conf search).
+        f"get {cluster_ip} && echo BY-NAME && get web && get web.{namespace}.svc.cluster.local",
     )
     kubectl.apply(client)
     phase = kubectl.wait_until(
@@ -349,7 +351,7 @@ def test_service_reaches_pod(kubectl: Kubectl, smoke_image: str, namespace: str)
     )
     logs = kubectl("logs", "client", "-n", namespace)
     assert phase == "Succeeded", logs
-    assert "smoke-service-ok" in logs
+    assert logs.count("smoke-service-ok") == 3, logs
 
 
 OPERATOR_IMAGE = "localhost/wasinn-operator:dev"
