@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
 # the venv, and the MQTT broker the integration tests start.
 APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
-                rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients \
+                rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients curl jq \
                 buildah podman runc skopeo debootstrap docker-registry
 
 # Suites, cheapest first. Fixtures build what the slower ones need, cached under

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # hack/build-images.sh: build the container images of wasinn-operator.
 #
-#   hack/build-images.sh [proplet|operator|all]   build the images (default: all)
+#   hack/build-images.sh [NAME...]                build the images: proplet, operator,
+#                                                 mosquitto (the chart's quick-start broker),
+#                                                 all (= proplet operator; the default)
 #   hack/build-images.sh wheels                   only the wheels (build/images/wheels)
 #   hack/build-images.sh base                     only the local debian:bookworm base (buildah)
 #   hack/build-images.sh save IMAGE FILE          write IMAGE to FILE as a docker archive (an
@@ -23,6 +25,7 @@
 # Environment (all optional):
 #   WASINN_PROPLET_IMAGE   proplet tag, default localhost/wasinn-proplet:dev
 #   WASINN_OPERATOR_IMAGE  operator tag, default localhost/wasinn-operator:dev
+#   WASINN_MOSQUITTO_IMAGE mosquitto tag, default localhost/wasinn-mosquitto:dev
 #   WASMTIME_CLI           a wasmtime CLI binary built with wasi-nn, put into the proplet image
 #                          as /usr/local/bin/wasmtime (give the image its own tag then)
 #   WASINN_BASE_IMAGE      the FROM image, default debian:bookworm
@@ -40,6 +43,7 @@ BUILD="$REPO_ROOT/build/images"
 WHEELS="$BUILD/wheels"
 PROPLET_IMAGE="${WASINN_PROPLET_IMAGE:-localhost/wasinn-proplet:dev}"
 OPERATOR_IMAGE="${WASINN_OPERATOR_IMAGE:-localhost/wasinn-operator:dev}"
+MOSQUITTO_IMAGE="${WASINN_MOSQUITTO_IMAGE:-localhost/wasinn-mosquitto:dev}"
 BASE_IMAGE="${WASINN_BASE_IMAGE:-debian:bookworm}"
 ROOTFS_TAR="$CACHE/images/bookworm-rootfs.tar"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -205,6 +209,8 @@ make_context() {
   local name="$1" cli="${2:-}" ctx="$BUILD/context/$1" sub
   rm -rf "$ctx"
   mkdir -p "$ctx/wasmtime-cli"
+  # The broker's image needs no Python.
+  [[ "$name" == mosquitto ]] && printf '%s' "$ctx" && return 0
   for sub in pip:pip deps:wheels project:project; do
     cp -al "$WHEELS/${sub%%:*}" "$ctx/${sub#*:}" 2>/dev/null || cp -a "$WHEELS/${sub%%:*}" "$ctx/${sub#*:}"
   done
@@ -279,7 +285,7 @@ save_image() {
 }
 
 main() {
-  local what="${1:-all}"
+  local what="${1:-all}" name names=()
   case "$what" in
     -h | --help | help)
       usage
@@ -302,18 +308,28 @@ main() {
       [[ "$BUILDER" == buildah ]] && ensure_base
       return 0
       ;;
-    proplet | operator | all) ;;
-    *) die "unknown command '$what' (proplet, operator, all, wheels, base, save IMAGE FILE)" ;;
   esac
+  for name in "${@:-all}"; do
+    case "$name" in
+      all) names+=(proplet operator) ;;
+      proplet | operator | mosquitto) names+=("$name") ;;
+      *) die "unknown command '$name' (proplet, operator, mosquitto, all, wheels, base, save IMAGE FILE)" ;;
+    esac
+  done
   pick_builder
   # One build at a time per checkout: the wheels and contexts under build/images are shared.
   mkdir -p "$BUILD"
   exec 9>"$BUILD/.lock"
   flock 9
-  build_wheels
+  [[ " ${names[*]} " == *" proplet "* || " ${names[*]} " == *" operator "* ]] && build_wheels
   if [[ "$BUILDER" == buildah ]]; then ensure_base; fi
-  if [[ "$what" == proplet || "$what" == all ]]; then build_image proplet "$PROPLET_IMAGE"; fi
-  if [[ "$what" == operator || "$what" == all ]]; then build_image operator "$OPERATOR_IMAGE"; fi
+  for name in "${names[@]}"; do
+    case "$name" in
+      proplet) build_image proplet "$PROPLET_IMAGE" ;;
+      operator) build_image operator "$OPERATOR_IMAGE" ;;
+      mosquitto) build_image mosquitto "$MOSQUITTO_IMAGE" ;;
+    esac
+  done
 }
 
 main "$@"

@@ -22,6 +22,25 @@ from .conftest import models_claim as models_claim_on
 
 PROPLET_IMAGE = os.environ.get("WASINN_PROPLET_IMAGE", "localhost/wasinn-proplet:dev")
 RULES = REPO / "charts" / "wasinn-operator" / "files"
+# Specs the API server must refuse (the CRD's schema and CEL rules), with its message.
+INVALID_TASKS: list[tuple[dict[str, Any], str]] = [
+    (
+        {"wasm": {"url": "http://a/x.wasm", "path": "/x.wasm"}},
+        "exactly one of url, configMapKeyRef, path, inline, image must be set",
+    ),
+    (
+        {"wasm": {"path": "/x.wasm", "digest": "sha256:1234"}},
+        "spec.wasm.digest in body should match '^sha256:[0-9a-f]{64}$'",
+    ),
+    (
+        {"wasm": {"path": "/x.wasm"}, "env": {"1 BAD": "x"}},
+        "env names must match [-._a-zA-Z][-._a-zA-Z0-9]*",
+    ),
+    (
+        {"wasm": {"path": "/x.wasm"}, "timeoutSeconds": -5},
+        "spec.timeoutSeconds in body should be greater than or equal to 1",
+    ),
+]
 MODELS_DIR = Path(os.environ.get("WASINN_MODELS_DIR") or REPO.parent / "shared" / "models")
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,54 +25,28 @@ from typing import Any
 import pytest
 import yaml
 
-from ..conftest import missing
+from .chart_fixtures import (
+    CHART,
+    EXTRA_SET,
+    OPERATOR_IMAGE,
+    PROPLET_IMAGE,
+    REPO,
+    Helm,
+    available,
+    build_and_load,
+    helm,
+    leftovers,
+)
+from .chart_fixtures import (
+    describe as describe_pods,
+)
 from .conftest import Kubectl, wait_until
 from .conftest import models_claim as models_claim_on
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "wasinn-operator"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-OPERATOR_IMAGE = "localhost/wasinn-operator:dev"
-PROPLET_IMAGE = "localhost/wasinn-proplet:dev"
-BUILD_TIMEOUT = int(os.environ.get("WASINN_IMAGE_BUILD_TIMEOUT", "3600"))
-# Extra `--set` values for the install (comma-separated, e.g. image.repository=...,image.tag=...).
-EXTRA_SET = [v for v in os.environ.get("WASINN_CHART_SET", "").split(",") if v]
-# Objects a release owns, looked up by its instance label after `helm uninstall`.
-NAMESPACED_KINDS = "deployments,services,serviceaccounts,secrets,configmaps,roles,rolebindings,pods"
-CLUSTER_KINDS = "clusterroles,clusterrolebindings"
-
-
-class Helm:
-    """helm against the test cluster's kubeconfig."""
-
-    def __init__(self, binary: str, kubeconfig: str) -> None:
-        self.binary, self.kubeconfig = binary, kubeconfig
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [self.binary, "--kubeconfig", self.kubeconfig, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if check:
-            assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-
-@pytest.fixture(scope="module")
-def helm(kubeconfig: str) -> Helm:
-    bindir = subprocess.run(
-        [str(REPO / "hack" / "tools.sh"), "bindir"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
-    binary = Path(bindir) / "helm"
-    if not binary.is_file():
-        missing(f"helm is not installed in {bindir}: run hack/tools.sh (make test does)")
-    return Helm(str(binary), kubeconfig)
+__all__ = ["helm"]  # a fixture, used by name
 
 
 def fresh_namespace(kubectl: Kubectl, prefix: str) -> str:
@@ -140,7 +112,8 @@ def test_api_server_accepts_the_examples_and_enforces_the_crd(
     docs = [d for p in examples for d in yaml.safe_load_all(p.read_text()) if d]
     out = dry_run(kubectl, docs, chart_namespace)
     assert out.count("created (server dry run)") == len(docs), out
-    bad = json.loads(json.dumps(docs[0]))
+    first_task = next(d for d in docs if d["kind"] == "WasiNNTask")
+    bad = json.loads(json.dumps(first_task))
     bad["spec"]["wasm"]["path"] = "/models/app.wasm"  # two sources: the CEL rule says no
     proc = kubectl.run(
         "apply", "--dry-run=server", "-n", chart_namespace, "-f", "-",
@@ -151,28 +124,6 @@ def test_api_server_accepts_the_examples_and_enforces_the_crd(
 
 
 # ----------------------------------------------------------------------------- a real install
-
-
-def build_and_load(*images: str) -> None:
-    build = subprocess.run(
-        [str(REPO / "hack" / "build-images.sh"), "operator", "proplet"],
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert build.returncode == 0, f"hack/build-images.sh failed:\n{build.stderr[-4000:]}"
-    for image in images:
-        load = subprocess.run(
-            [str(REPO / "hack" / "cluster"), "load-image", image],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        assert load.returncode == 0, f"load-image {image} failed:\n{load.stderr[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -201,21 +152,8 @@ class Release:
         return f"app.kubernetes.io/instance={self.name}"
 
 
-def available(kubectl: Kubectl, name: str, namespace: str) -> bool:
-    deployment = kubectl.get("deployment", name, namespace) or {}
-    conditions = {
-        c["type"]: c["status"] for c in deployment.get("status", {}).get("conditions", [])
-    }
-    return conditions.get("Available") == "True" and deployment["status"].get("readyReplicas") == 1
-
-
 def describe(kubectl: Kubectl, release: Release) -> str:
-    pods = kubectl.run("get", "pods", "-n", release.namespace, "-o", "wide", check=False).stdout
-    logs = kubectl.run(
-        "logs", "-n", release.namespace, "-l", release.selector, "--all-containers",
-        "--tail=40", "--prefix", check=False,
-    )  # fmt: skip
-    return f"{pods}\n{logs.stdout}{logs.stderr}"
+    return describe_pods(kubectl, release.namespace, release.selector)
 
 
 @pytest.fixture(scope="module")
@@ -450,20 +388,13 @@ def test_upgrade_keeps_the_generated_token(helm: Helm, kubectl: Kubectl, release
         )
 
 
-def leftovers(kubectl: Kubectl, release: Release) -> list[str]:
-    found = []
-    for kinds, scope in ((NAMESPACED_KINDS, ["-n", release.namespace]), (CLUSTER_KINDS, [])):
-        out = kubectl("get", kinds, *scope, "-l", release.selector, "-o", "name")
-        found += out.split()
-    return found
-
-
 def test_uninstall_removes_everything(helm: Helm, kubectl: Kubectl, release: Release) -> None:
-    assert leftovers(kubectl, release)  # the selector does find the release's objects
+    # The selector does find the release's objects.
+    assert leftovers(kubectl, release.namespace, release.selector)
     helm("uninstall", release.name, "--namespace", release.namespace, "--wait", "--timeout", "120s")
     wait_until(
         f"every object of {release.name} to be gone",
-        lambda: not leftovers(kubectl, release),
+        lambda: not leftovers(kubectl, release.namespace, release.selector),
         timeout=120,
         interval=2,
     )

@@ -12,6 +12,7 @@ import pytest
 
 from .conftest import NODE_LABEL_KEY, Kubectl, wait_until
 from .operator_fixtures import (
+    INVALID_TASKS,
     Operator,
     crd,
     models_claim,
@@ -58,24 +59,7 @@ def pods(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("crd")
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [
-        (
-            {"wasm": {"url": "http://a/x.wasm", "path": "/x.wasm"}},
-            "exactly one of url, configMapKeyRef, path, inline, image must be set",
-        ),
-        (
-            {"wasm": {"path": "/x.wasm", "digest": "sha256:1234"}},
-            "spec.wasm.digest in body should match '^sha256:[0-9a-f]{64}$'",
-        ),
-        (
-            {"wasm": {"path": "/x.wasm"}, "env": {"1 BAD": "x"}},
-            "env names must match [-._a-zA-Z][-._a-zA-Z0-9]*",
-        ),
-        (
-            {"wasm": {"path": "/x.wasm"}, "timeoutSeconds": -5},
-            "spec.timeoutSeconds in body should be greater than or equal to 1",
-        ),
-    ],
+    INVALID_TASKS,
 )
 def test_api_server_rejects_invalid_tasks(
     kubectl: Kubectl, spec: dict[str, Any], message: str

@@ -282,7 +282,9 @@ def test_deleting_owner_deletes_dependents(kubectl: Kubectl, namespace: str) -> 
     )
 
 
-def test_service_reaches_pod_by_ip_and_by_name(kubectl: Kubectl, smoke_image: str, namespace: str) -> None:
+def test_service_reaches_pod_by_ip_and_by_name(
+    kubectl: Kubectl, smoke_image: str, namespace: str
+) -> None:
     server = busybox_pod(
         "web",
         namespace,
