@@ -23,7 +23,7 @@ APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 # Suites, cheapest first. Fixtures build what the slower ones need, cached under
 # ~/.cache/wasinn: the local Kubernetes (hack/cluster up), the images (hack/build-images.sh)
 # and the wasmtime CLI (hack/build-wasmtime-cli.sh).
-SUITES := tests/unit tests/runtime tests/integration tests/container tests/cluster
+SUITES := tests/unit tests/runtime tests/integration tests/container tests/cluster tests/kind
 
 .PHONY: help apt venv guests tools demo lint test clean
 
