@@ -12,6 +12,7 @@ from wasinn_operator.api import RunSummary, TaskSpec
 from wasinn_operator.mqtt import MQTTError, MQTTSettings
 from wasinn_operator.proplet import external_command, load_task
 from wasinn_operator.proplet.engines import TaskError
+from wasinn_operator.runtime import ArgsError
 
 pytestmark = pytest.mark.unit
 DIGEST = "sha256:" + "a" * 64
@@ -119,3 +120,17 @@ def test_mqtt_settings_errors(env: dict[str, str], message: str) -> None:
 def test_pydantic_is_strict_about_unknown_wasm_fields() -> None:
     with pytest.raises(ValidationError):
         TaskSpec.model_validate({"wasm": {"path": "/a", "sha": "x"}})
+
+
+def test_external_command_gives_wasmtime_sizes_in_bytes(tmp_path: Path) -> None:
+    spec = TaskSpec.model_validate(
+        {"wasm": {"path": "/a"},
+         "cliArgs": ["-W", "max-memory-size=512MiB,timeout=30s", "-Wmax-wasm-stack=1M"]}
+    )  # fmt: skip
+    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", None)
+    assert cmd[2:5] == ["-W", "max-memory-size=536870912,timeout=30s", "-Wmax-wasm-stack=1048576"]
+    bad = TaskSpec.model_validate(
+        {"wasm": {"path": "/a"}, "cliArgs": ["-W", "max-memory-size=lots"]}
+    )
+    with pytest.raises(ArgsError, match="-W max-memory-size: 'lots' is not a size"):
+        external_command("wasmtime", (48, 0, 8), bad, tmp_path / "t.wasm", None)

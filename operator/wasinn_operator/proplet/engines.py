@@ -28,6 +28,7 @@ from ..runtime import (
     Outcome,
     RunResult,
     Runtime,
+    parse_size,
     parse_wasm_args,
     scan_models_dir,
 )
@@ -35,6 +36,16 @@ from ..runtime.nn import GraphEncoding
 
 Sink = Callable[[bytes], None]
 LEGACY_NN_FLAGS = ("--wasi-modules=experimental-wasi-nn", "--wasi-modules")
+# wasmtime -W options whose value is a size in bytes.
+SIZE_OPTIONS = frozenset(
+    {
+        "max-memory-size",
+        "memory-reservation",
+        "memory-guard-size",
+        "memory-reservation-for-growth",
+        "max-wasm-stack",
+    }
+)
 DEVICE_TARGETS = {
     "CPU": ExecutionTarget.CPU,
     "GPU": ExecutionTarget.GPU,
@@ -99,8 +110,10 @@ def external_command(
     """The command line Propeller's host runtime would build, adapted to this wasmtime.
 
     `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`: for
-    wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn` becomes `-S nn`, and task
-    env goes to the guest with `--env` rather than to the runtime's process.
+    wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn` becomes `-S nn`, task env
+    goes to the guest with `--env` rather than to the runtime's process, and sizes in `-W`
+    options become bytes (`max-memory-size=512MiB` is fine here, wasmtime wants 536870912).
+    Raises ArgsError for a size that is not one.
     """
     modern = version[0] >= 14
     flags: list[str] = []
@@ -112,6 +125,13 @@ def external_command(
             if token == "--wasi-modules":
                 next(tokens, None)
             flags += ["-S", "nn"]
+        elif token in ("-W", "--wasm"):
+            flags += [token, _bytes_in_options(next(tokens, ""), token)]
+        elif token.startswith(("-W", "--wasm=")):
+            name, value = (
+                ("--wasm=", token[7:]) if token.startswith("--wasm=") else ("-W", token[2:])
+            )
+            flags.append(name + _bytes_in_options(value, name))
         else:
             flags.append(token)
     if modern and "nn" not in _s_options(flags):
@@ -123,6 +143,16 @@ def external_command(
     for key, value in task.env.items():
         flags += ["--env", f"{key}={value}"]
     return [binary, *(["run"] if modern else []), *flags, str(wasm_path), *task.args]
+
+
+def _bytes_in_options(value: str, flag: str) -> str:
+    """`-W` options with size values in plain bytes, the only form wasmtime's parser takes."""
+    options = []
+    for option in value.split(","):
+        key, eq, size = option.partition("=")
+        is_size = eq and key.strip() in SIZE_OPTIONS
+        options.append(f"{key}={parse_size(size, f'{flag} {key}')}" if is_size else option)
+    return ",".join(options)
 
 
 def _s_options(flags: list[str]) -> set[str]:
@@ -191,7 +221,10 @@ def run_external(
     with tempfile.TemporaryDirectory(prefix="wasinn-") as tmp:
         wasm_path = Path(tmp) / f"{task.id or 'task'}.wasm"
         wasm_path.write_bytes(wasm)
-        command = external_command(binary, version, task, wasm_path, models_dir)
+        try:
+            command = external_command(binary, version, task, wasm_path, models_dir)
+        except ArgsError as exc:
+            raise TaskError(f"cliArgs: {exc}") from None
         env = {**os.environ, **openvino_library_env(cache_dir)}
         started = time.monotonic()
         process = subprocess.Popen(
