@@ -17,6 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..conftest import free_port
+
+__all__ = ["Readme", "commands", "free_port"]
+
 REPO = Path(__file__).resolve().parents[2]
 SECTION = "## Install on Kubernetes"
 
@@ -58,12 +62,6 @@ def _strip_comment(command: str) -> str:
         elif ch == "#" and not (in_single or in_double) and (i == 0 or command[i - 1] in " \t"):
             return command[:i].rstrip()
     return command
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Readme:
@@ -157,15 +155,9 @@ class Readme:
             time.sleep(2)
         raise AssertionError(f"{prefixes[-1]} never gave what was awaited; last:\n{out}")
 
-    def stop(self, proc: subprocess.Popen[str]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
     def stop_background(self) -> None:
+        """Stop what `start` started (port-forwards follow one Pod: restart them after a
+        rollout)."""
         for proc in self.background:
             if proc.poll() is None:
                 proc.terminate()

@@ -90,6 +90,17 @@ class E2E:
                 f"{describe(self.kubectl, self.namespace, SELECTOR)}"
             ) from None
 
+    def wait_reason(self, name: str, reason: str) -> None:
+        """Wait for the task's Scheduled condition to give `reason`."""
+        wait_until(
+            f"{name}: Scheduled {reason}",
+            lambda: any(
+                c["type"] == "Scheduled" and c.get("reason") == reason
+                for c in (self.task(name).get("status") or {}).get("conditions", [])
+            ),
+            timeout=90,
+        )
+
     def create(self, name: str, spec: dict[str, Any]) -> None:
         body = {"apiVersion": "wasinn.dev/v1alpha1", "kind": "WasiNNTask"}
         body["metadata"] = {"name": name, "namespace": self.namespace}
@@ -336,28 +347,14 @@ def test_a_plain_mqtt_subscriber_receives_the_result(e2e: E2E) -> None:
 
 def test_a_late_claim_and_a_late_label_let_tasks_run(e2e: E2E, models_dir: Path) -> None:
     e2e.create("late-claim", {"wasm": GUEST, "args": CHELSEA, "models": {"claimName": "late"}})
-    wait_until(
-        "ModelClaimNotFound",
-        lambda: any(
-            c["type"] == "Scheduled" and c.get("reason") == "ModelClaimNotFound"
-            for c in (e2e.task("late-claim").get("status") or {}).get("conditions", [])
-        ),
-        timeout=90,
-    )
+    e2e.wait_reason("late-claim", "ModelClaimNotFound")
     e2e.volumes.append(models_claim_on(e2e.kubectl, e2e.namespace, models_dir, "late", "e2e"))
     assert "tiger cat" in e2e.wait_phase("late-claim", "Completed", "Failed")["results"]
 
     e2e.kubectl("label", "node", e2e.node, f"{NODE_LABEL_KEY}-")
     try:
         e2e.create("late-label", {"wasm": GUEST, "args": CHELSEA})
-        wait_until(
-            "Unschedulable",
-            lambda: any(
-                c["type"] == "Scheduled" and c.get("reason") == "Unschedulable"
-                for c in (e2e.task("late-label").get("status") or {}).get("conditions", [])
-            ),
-            timeout=90,
-        )
+        e2e.wait_reason("late-label", "Unschedulable")
         assert not task_pods(e2e.kubectl, e2e.namespace, "late-label")
     finally:
         e2e.readme.script("kubectl label node NODE")

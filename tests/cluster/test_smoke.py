@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .chart_fixtures import build_and_load
 
 pytestmark = pytest.mark.cluster
 
@@ -359,26 +360,12 @@ def test_service_reaches_pod_by_ip_and_by_name(
 OPERATOR_IMAGE = "localhost/wasinn-operator:dev"
 # The operator image's interpreter, with the `kubernetes` client installed.
 OPERATOR_PYTHON = "/opt/wasinn/bin/python"
-REPO = Path(__file__).resolve().parents[2]
-IMAGE_BUILD_TIMEOUT = int(os.environ.get("WASINN_IMAGE_BUILD_TIMEOUT", "3600"))
 
 
 @pytest.fixture(scope="module")
 def operator_image(kubeconfig: str) -> str:
     """The operator image (it has python3 and the kubernetes client), built and loaded."""
-    for cmd, timeout in (
-        ([str(REPO / "hack" / "build-images.sh"), "operator"], IMAGE_BUILD_TIMEOUT),
-        ([str(REPO / "hack" / "cluster"), "load-image", OPERATOR_IMAGE], 600),
-    ):
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    build_and_load(OPERATOR_IMAGE)
     return OPERATOR_IMAGE
 
 
