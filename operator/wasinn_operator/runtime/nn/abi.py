@@ -1,8 +1,8 @@
 """The preview1 `wasi_ephemeral_nn` ABI: numeric codes, errors and guest-memory access.
 
 Every pointer and length a guest hands the host goes through `GuestMemory`, which masks it to
-u32 (the Python binding passes i32 parameters as signed ints) and bounds-checks it against the
-current memory size, so a bad pointer becomes `invalid_argument` instead of a host exception.
+u32 (host functions get i32 parameters as signed ints) and bounds-checks it against the current
+memory size before any raw copy, so a bad pointer becomes `invalid_argument`, never a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
-import wasmtime
 
 U32_MASK = 0xFFFFFFFF
 TENSOR_RECORD_SIZE = 20
@@ -93,20 +92,18 @@ class NNError(Exception):
 
 
 class GuestMemory:
-    """Bounds-checked access to one call's view of the guest's linear memory."""
+    """Bounds-checked access to the guest's linear memory as one host call sees it.
 
-    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store | wasmtime.Caller) -> None:
-        self.memory = memory
-        self._store = store
-        self.size = memory.data_len(store)
+    `base` is the host address of guest offset 0 and `size` the memory's current length. Every
+    access is checked against `size` first, so the raw copies below never touch host memory
+    outside the guest's.
+    """
 
-    @classmethod
-    def from_caller(cls, caller: wasmtime.Caller) -> GuestMemory:
-        """The caller's exported `memory`, or `missing_memory`."""
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise NNError(NNErrno.MISSING_MEMORY, "the module exports no linear memory 'memory'")
-        return cls(memory, caller)
+    __slots__ = ("base", "size")
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base = base
+        self.size = size
 
     def check(self, ptr: int, length: int, what: str) -> tuple[int, int]:
         """Masked `(ptr, length)` if the range lies inside memory, else `invalid_argument`."""
@@ -125,17 +122,17 @@ class GuestMemory:
         ptr, length = self.check(ptr, length, what)
         if length == 0:
             return np.empty(0, dtype=np.uint8)
-        buf = self.memory.get_buffer_ptr(self._store, length, ptr)
-        return np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+        buffer = memoryview((ctypes.c_uint8 * length).from_address(self.base + ptr)).cast("B")
+        return np.frombuffer(buffer, np.uint8)
 
     def address(self, ptr: int) -> int:
-        """The host address of guest offset `ptr` (already checked), for alignment decisions."""
-        base = ctypes.addressof(self.memory.data_ptr(self._store).contents)
-        return base + (ptr & U32_MASK)
+        """The host address of guest offset `ptr` (check the range first)."""
+        return self.base + (ptr & U32_MASK)
 
     def read(self, ptr: int, length: int, what: str) -> bytes:
         """A copy of `length` bytes at `ptr`."""
-        return self.view(ptr, length, what).tobytes()
+        ptr, length = self.check(ptr, length, what)
+        return ctypes.string_at(self.base + ptr, length)
 
     def read_u32s(self, ptr: int, count: int, what: str) -> tuple[int, ...]:
         """`count` little-endian u32 values at `ptr`."""
@@ -144,10 +141,15 @@ class GuestMemory:
             raise NNError(NNErrno.INVALID_ARGUMENT, f"{what}: count {count} is impossibly large")
         return struct.unpack(f"<{count}I", self.read(ptr, count * 4, what))
 
-    def write(self, ptr: int, data: bytes | npt.NDArray[np.uint8], what: str) -> None:
+    def write(self, ptr: int, data: bytes, what: str) -> None:
         """Copy `data` into guest memory at `ptr`."""
-        view = self.view(ptr, len(data), what)
-        view[:] = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+        ptr, length = self.check(ptr, len(data), what)
+        ctypes.memmove(self.base + ptr, data, length)
+
+    def copy_in(self, ptr: int, source: int, length: int, what: str) -> None:
+        """Copy `length` bytes from host address `source` (a live buffer) to guest `ptr`."""
+        ptr, length = self.check(ptr, length, what)
+        ctypes.memmove(self.base + ptr, source, length)
 
     def write_u32(self, ptr: int, value: int, what: str) -> None:
         """Store a little-endian u32 (a result out-pointer)."""

@@ -1,8 +1,8 @@
-"""The OpenVINO backend: graphs, compiled variants and execution contexts.
+"""The OpenVINO backend: loads graphs for the wasi-nn host.
 
-Graphs are compiled once per process (keyed by content or by named-model files) and, through
-OpenVINO's `CACHE_DIR`, once per machine. A graph keeps its uncompiled model so that inputs of
-another shape (a batch of 8) or element type get a compiled variant of their own.
+Graphs are compiled once per process (keyed by content or by named-model files) and once per
+machine: named models through the blob cache (`blobs`), model bytes and variants through
+OpenVINO's `CACHE_DIR`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import openvino as ov
 
-from .abi import ExecutionTarget, GraphEncoding, NNErrno, NNError, TensorType
+from .abi import ExecutionTarget, GraphEncoding, NNErrno, NNError
+from .blobs import BlobCache
+from .graph import Graph, compile_model
 from .models import NamedModel
 
 DEVICE_FOR_TARGET: dict[ExecutionTarget, str] = {
@@ -32,19 +33,10 @@ DEVICE_FOR_TARGET: dict[ExecutionTarget, str] = {
     ExecutionTarget.AUTO: "AUTO",
 }
 
-OV_TYPES: dict[TensorType, ov.Type] = {
-    TensorType.F16: ov.Type.f16,
-    TensorType.F32: ov.Type.f32,
-    TensorType.F64: ov.Type.f64,
-    TensorType.U8: ov.Type.u8,
-    TensorType.I32: ov.Type.i32,
-    TensorType.I64: ov.Type.i64,
-}
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 TFLITE_MAGIC = b"TFL3"
 
 Log = Callable[[str], None]
-Signature = tuple[tuple[tuple[int, ...], TensorType], ...]
 
 
 @dataclass(frozen=True)
@@ -64,164 +56,21 @@ class BackendConfig:
             )
 
 
-@dataclass
-class InputTensor:
-    """A guest tensor recorded by `set_input`; its data is read when `compute` runs."""
-
-    shape: tuple[int, ...]
-    ttype: TensorType
-    data: npt.NDArray[Any]
-
-
-class Graph:
-    """A loaded model on one device, with compiled variants per input signature."""
-
-    def __init__(self, model: ov.Model, core: ov.Core, device: str, props: dict[str, Any]) -> None:
-        self._model = model
-        self._core = core
-        self.device = device
-        self._props = props
-        self._lock = threading.Lock()
-        self._variants: dict[Signature | None, ov.CompiledModel] = {}
-        self.input_count = len(model.inputs)
-        self.output_count = len(model.outputs)
-        self._ranks = [
-            p.get_partial_shape().rank.get_length()
-            if p.get_partial_shape().rank.is_static
-            else None
-            for p in model.inputs
-        ]
-        self._default = self._compile(model)
-        self._variants[None] = self._default
-
-    def _compile(self, model: ov.Model) -> ov.CompiledModel:
-        try:
-            return self._core.compile_model(model, self.device, self._props)
-        except RuntimeError as exc:
-            raise NNError(NNErrno.RUNTIME_ERROR, f"OpenVINO could not compile: {exc}") from exc
-
-    def check_input(self, index: int, shape: tuple[int, ...], ttype: TensorType) -> None:
-        """Reject an input the model can never take (index, rank)."""
-        if index >= self.input_count:
-            raise NNError(
-                NNErrno.INVALID_ARGUMENT,
-                f"input index {index} is out of range: the model has {self.input_count} input(s)",
-            )
-        rank = self._ranks[index]
-        if rank is not None and rank != len(shape):
-            raise NNError(
-                NNErrno.INVALID_ARGUMENT,
-                f"input {index} has {len(shape)} dimensions {list(shape)}; the model expects "
-                f"{rank} ({self._model.inputs[index].get_partial_shape()})",
-            )
-
-    def compiled_for(self, signature: Signature) -> ov.CompiledModel:
-        """The compiled model that accepts exactly these input shapes and types."""
-        if self._fits_default(signature):
-            return self._default
-        with self._lock:
-            compiled = self._variants.get(signature)
-            if compiled is None:
-                compiled = self._compile(self._variant_model(signature))
-                self._variants[signature] = compiled
-            return compiled
-
-    def _fits_default(self, signature: Signature) -> bool:
-        for port, (shape, ttype) in zip(self._model.inputs, signature, strict=True):
-            if port.get_element_type() != OV_TYPES[ttype]:
-                return False
-            if not port.get_partial_shape().compatible(ov.PartialShape(list(shape))):
-                return False
-        return True
-
-    def _variant_model(self, signature: Signature) -> ov.Model:
-        model = self._model.clone()
-        try:
-            shapes = {
-                i: ov.PartialShape(list(shape))
-                for i, (port, (shape, _)) in enumerate(zip(model.inputs, signature, strict=True))
-                if not port.get_partial_shape().compatible(ov.PartialShape(list(shape)))
-            }
-            if shapes:
-                model.reshape(shapes)
-            ppp = ov.preprocess.PrePostProcessor(model)
-            for i, (port, (_, ttype)) in enumerate(zip(model.inputs, signature, strict=True)):
-                if port.get_element_type() != OV_TYPES[ttype]:
-                    ppp.input(i).tensor().set_element_type(OV_TYPES[ttype])
-            return ppp.build()
-        except RuntimeError as exc:
-            wanted = ", ".join(f"{list(s)} {t.name.lower()}" for s, t in signature)
-            raise NNError(
-                NNErrno.INVALID_ARGUMENT, f"the model cannot take inputs {wanted}: {exc}"
-            ) from exc
-
-
-@dataclass
-class ExecutionContext:
-    """One guest execution context: inputs set so far and the outputs of the last compute."""
-
-    graph: Graph
-    inputs: dict[int, InputTensor] = field(default_factory=dict)
-    outputs: list[npt.NDArray[np.uint8]] | None = None
-    # One infer request per input signature seen: a guest alternating batch sizes keeps both.
-    _requests: dict[Signature, ov.InferRequest] = field(default_factory=dict)
-
-    def set_input(self, index: int, tensor: InputTensor) -> None:
-        """Record an input (validated against the model) for the next compute."""
-        self.graph.check_input(index, tensor.shape, tensor.ttype)
-        self.inputs[index] = tensor
-        self.outputs = None
-
-    def compute(self) -> None:
-        """Run inference on the recorded inputs."""
-        missing = [i for i in range(self.graph.input_count) if i not in self.inputs]
-        if missing:
-            raise NNError(
-                NNErrno.INVALID_ARGUMENT,
-                f"compute before set_input: input(s) {missing} not set",
-            )
-        signature = tuple((self.inputs[i].shape, self.inputs[i].ttype) for i in sorted(self.inputs))
-        request = self._requests.get(signature)
-        if request is None:
-            request = self.graph.compiled_for(signature).create_infer_request()
-            self._requests[signature] = request
-        try:
-            for i, tensor in self.inputs.items():
-                request.set_input_tensor(i, ov.Tensor(tensor.data, shared_memory=True))
-            request.infer()
-        except RuntimeError as exc:
-            raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
-        self.outputs = [
-            request.get_output_tensor(i).data.reshape(-1).view(np.uint8)
-            for i in range(self.graph.output_count)
-        ]
-
-    def output(self, index: int) -> npt.NDArray[np.uint8]:
-        """The raw bytes of output `index` of the last compute."""
-        if self.outputs is None:
-            raise NNError(NNErrno.INVALID_ARGUMENT, "get_output before compute")
-        if index >= len(self.outputs):
-            raise NNError(
-                NNErrno.INVALID_ARGUMENT,
-                f"output index {index} is out of range: "
-                f"the model has {len(self.outputs)} output(s)",
-            )
-        return self.outputs[index]
-
-
 class OpenVINOBackend:
     """Loads and compiles graphs; one per runtime, shared by all its runs (thread-safe)."""
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
         self.core = ov.Core()
-        if self.config.cache_dir is not None:
+        cache = self.config.cache_dir
+        if cache is not None:
             try:
-                self.config.cache_dir.mkdir(parents=True, exist_ok=True)
-                self.core.set_property({"CACHE_DIR": str(self.config.cache_dir)})
+                cache.mkdir(parents=True, exist_ok=True)
+                self.core.set_property({"CACHE_DIR": str(cache)})
             except OSError:
                 pass  # an unwritable cache costs compile time, never correctness
-        self.devices: list[str] = list(self.core.available_devices)
+        self.blobs = BlobCache(None if cache is None else cache / "named")
+        self._devices: list[str] | None = None
         self._lock = threading.Lock()
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
 
@@ -232,10 +81,18 @@ class OpenVINOBackend:
             props["INFERENCE_PRECISION_HINT"] = PRECISIONS[self.config.inference_precision]
         return props
 
+    @property
+    def devices(self) -> list[str]:
+        """OpenVINO's available devices (listed on first use: it probes every plugin)."""
+        if self._devices is None:
+            self._devices = list(self.core.available_devices)
+        return self._devices
+
     def device_for(self, target: ExecutionTarget, log: Log) -> str:
         """The OpenVINO device for a target; never a silent fallback."""
         device = DEVICE_FOR_TARGET[target]
-        if device == "AUTO" or any(d.split(".")[0] == device for d in self.devices):
+        # Every OpenVINO build has the CPU plugin: the common case needs no probing of GPUs.
+        if device in ("AUTO", "CPU") or any(d.split(".")[0] == device for d in self.devices):
             return device
         present = ", ".join(self.devices) or "none"
         fallback = self.config.target_fallback
@@ -267,10 +124,12 @@ class OpenVINOBackend:
         for b in builders:
             digest.update(len(b).to_bytes(8, "little"))
             digest.update(b)
-        return self._cached(
-            "bytes:" + digest.hexdigest(),
-            lambda: Graph(_read_model(self.core, builders, encoding), self.core, device, props),
-        )
+
+        def build() -> Graph:
+            model = _read_model(self.core, builders, encoding)
+            return Graph.compile(model, self.core, device, props)
+
+        return self._cached("bytes:" + digest.hexdigest(), build)
 
     def load_named(
         self,
@@ -286,14 +145,28 @@ class OpenVINOBackend:
         stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         key = json.dumps(["named", stamp, device, props], sort_keys=True)
 
-        def build() -> Graph:
+        def read() -> ov.Model:
             try:
-                read = self.core.read_model(str(files[0]))
+                return self.core.read_model(str(files[0]))
             except RuntimeError as exc:
                 raise NNError(
                     NNErrno.RUNTIME_ERROR, f"OpenVINO could not read model {model.name!r}: {exc}"
                 ) from exc
-            return Graph(read, self.core, device, props)
+
+        def build() -> Graph:
+            if not self.blobs.enabled:
+                return Graph.compile(read(), self.core, device, props)
+            blob = self.blobs.key(self.core, files, device, props)
+            imported = self.blobs.load(self.core, blob, device, props)
+            if imported is not None:
+                compiled, mapping = imported
+                return Graph(compiled, read, self.core, device, props, keep=mapping)
+            # This cache stands in for CACHE_DIR here: a second copy of the blob would only
+            # cost disk. Variants still go through CACHE_DIR (they have no file identity).
+            uncompiled = read()
+            compiled = compile_model(self.core, uncompiled, device, {**props, "CACHE_DIR": ""})
+            self.blobs.store(blob, compiled)
+            return Graph(compiled, lambda: uncompiled, self.core, device, props)
 
         return self._cached(key, build)
 

@@ -1,0 +1,224 @@
+"""Graphs (compiled models and their variants) and execution contexts.
+
+A graph keeps a way to read its uncompiled model, so that inputs of another shape (a batch of
+8) or element type get a compiled variant of their own; a graph imported from the blob cache
+reads the model only then.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+import openvino as ov
+
+from .abi import NNErrno, NNError, TensorType
+
+OV_TYPES: dict[TensorType, ov.Type] = {
+    TensorType.F16: ov.Type.f16,
+    TensorType.F32: ov.Type.f32,
+    TensorType.F64: ov.Type.f64,
+    TensorType.U8: ov.Type.u8,
+    TensorType.I32: ov.Type.i32,
+    TensorType.I64: ov.Type.i64,
+}
+
+Signature = tuple[tuple[tuple[int, ...], TensorType], ...]
+
+
+def compile_model(
+    core: ov.Core, model: ov.Model, device: str, props: dict[str, Any]
+) -> ov.CompiledModel:
+    """`core.compile_model`, failing with `runtime_error`."""
+    try:
+        return core.compile_model(model, device, props)
+    except RuntimeError as exc:
+        raise NNError(NNErrno.RUNTIME_ERROR, f"OpenVINO could not compile: {exc}") from exc
+
+
+@dataclass
+class InputTensor:
+    """A guest tensor recorded by `set_input`; its data is read when `compute` runs.
+
+    `key` identifies guest memory a view aliases (address, length, shape, type), so a request
+    already bound to that memory is not rebound; None for a private copy, always rebound.
+    """
+
+    shape: tuple[int, ...]
+    ttype: TensorType
+    data: npt.NDArray[Any]
+    key: tuple[int, int, tuple[int, ...], TensorType] | None = None
+
+
+class Graph:
+    """A loaded model on one device, with compiled variants per input signature."""
+
+    def __init__(
+        self,
+        compiled: ov.CompiledModel,
+        model: Callable[[], ov.Model],
+        core: ov.Core,
+        device: str,
+        props: dict[str, Any],
+        keep: object = None,
+    ) -> None:
+        self._default = compiled
+        self._read_model = model
+        self._model: ov.Model | None = None
+        self._core = core
+        self.device = device
+        self._props = props
+        self._keep = keep  # memory the compiled model was imported from, if any
+        self._lock = threading.Lock()
+        self._variants: dict[Signature, ov.CompiledModel] = {}
+        self._inputs = list(compiled.inputs)
+        self.input_count = len(self._inputs)
+        self.output_count = len(compiled.outputs)
+        self._ranks = [
+            p.get_partial_shape().rank.get_length()
+            if p.get_partial_shape().rank.is_static
+            else None
+            for p in self._inputs
+        ]
+
+    @classmethod
+    def compile(cls, model: ov.Model, core: ov.Core, device: str, props: dict[str, Any]) -> Graph:
+        """Compile `model` (through OpenVINO's own cache, if the core has one)."""
+        return cls(compile_model(core, model, device, props), lambda: model, core, device, props)
+
+    def model(self) -> ov.Model:
+        """The uncompiled model (read on first use: only variants need it)."""
+        if self._model is None:
+            self._model = self._read_model()
+        return self._model
+
+    def check_input(self, index: int, shape: tuple[int, ...], ttype: TensorType) -> None:
+        """Reject an input the model can never take (index, rank)."""
+        if index >= self.input_count:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"input index {index} is out of range: the model has {self.input_count} input(s)",
+            )
+        rank = self._ranks[index]
+        if rank is not None and rank != len(shape):
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"input {index} has {len(shape)} dimensions {list(shape)}; the model expects "
+                f"{rank} ({self._inputs[index].get_partial_shape()})",
+            )
+
+    def compiled_for(self, signature: Signature) -> ov.CompiledModel:
+        """The compiled model that accepts exactly these input shapes and types."""
+        if self._fits_default(signature):
+            return self._default
+        with self._lock:
+            compiled = self._variants.get(signature)
+            if compiled is None:
+                model = self._variant_model(signature)
+                compiled = compile_model(self._core, model, self.device, self._props)
+                self._variants[signature] = compiled
+            return compiled
+
+    def _fits_default(self, signature: Signature) -> bool:
+        for port, (shape, ttype) in zip(self._inputs, signature, strict=True):
+            if port.get_element_type() != OV_TYPES[ttype]:
+                return False
+            if not port.get_partial_shape().compatible(ov.PartialShape(list(shape))):
+                return False
+        return True
+
+    def _variant_model(self, signature: Signature) -> ov.Model:
+        model = self.model().clone()
+        try:
+            shapes = {
+                i: ov.PartialShape(list(shape))
+                for i, (port, (shape, _)) in enumerate(zip(model.inputs, signature, strict=True))
+                if not port.get_partial_shape().compatible(ov.PartialShape(list(shape)))
+            }
+            if shapes:
+                model.reshape(shapes)
+            ppp = ov.preprocess.PrePostProcessor(model)
+            for i, (port, (_, ttype)) in enumerate(zip(model.inputs, signature, strict=True)):
+                if port.get_element_type() != OV_TYPES[ttype]:
+                    ppp.input(i).tensor().set_element_type(OV_TYPES[ttype])
+            return ppp.build()
+        except RuntimeError as exc:
+            wanted = ", ".join(f"{list(s)} {t.name.lower()}" for s, t in signature)
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT, f"the model cannot take inputs {wanted}: {exc}"
+            ) from exc
+
+
+class _Request:
+    """An infer request and the guest memory its inputs are bound to."""
+
+    def __init__(self, request: ov.InferRequest) -> None:
+        self.request = request
+        self.bound: dict[int, tuple[int, int, tuple[int, ...], TensorType]] = {}
+
+    def bind(self, index: int, tensor: InputTensor) -> None:
+        # Rebinding costs an ov.Tensor and a set_input_tensor per inference; a guest that
+        # reuses its buffer (the usual loop) keeps the binding, which reads the buffer afresh
+        # at every infer.
+        if tensor.key is None or self.bound.get(index) != tensor.key:
+            self.request.set_input_tensor(index, ov.Tensor(tensor.data, shared_memory=True))
+            if tensor.key is None:
+                self.bound.pop(index, None)
+            else:
+                self.bound[index] = tensor.key
+
+
+class ExecutionContext:
+    """One guest execution context: inputs set so far and the outputs of the last compute."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.inputs: dict[int, InputTensor] = {}
+        self._done: ov.InferRequest | None = None
+        # One infer request per input signature seen: a guest alternating batch sizes keeps both.
+        self._requests: dict[Signature, _Request] = {}
+
+    def set_input(self, index: int, tensor: InputTensor) -> None:
+        """Record an input (validated against the model) for the next compute."""
+        self.graph.check_input(index, tensor.shape, tensor.ttype)
+        self.inputs[index] = tensor
+        self._done = None
+
+    def compute(self) -> None:
+        """Run inference on the recorded inputs."""
+        if len(self.inputs) < self.graph.input_count:
+            missing = [i for i in range(self.graph.input_count) if i not in self.inputs]
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"compute before set_input: input(s) {missing} not set",
+            )
+        signature = tuple((self.inputs[i].shape, self.inputs[i].ttype) for i in sorted(self.inputs))
+        request = self._requests.get(signature)
+        if request is None:
+            request = _Request(self.graph.compiled_for(signature).create_infer_request())
+            self._requests[signature] = request
+        self._done = None
+        try:
+            for i, tensor in self.inputs.items():
+                request.bind(i, tensor)
+            request.request.infer()
+        except RuntimeError as exc:
+            request.bound.clear()
+            raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
+        self._done = request.request
+
+    def output(self, index: int) -> npt.NDArray[Any]:
+        """Output `index` of the last compute (OpenVINO's own buffer: copy it before the next)."""
+        if self._done is None:
+            raise NNError(NNErrno.INVALID_ARGUMENT, "get_output before compute")
+        if index >= self.graph.output_count:
+            raise NNError(
+                NNErrno.INVALID_ARGUMENT,
+                f"output index {index} is out of range: "
+                f"the model has {self.graph.output_count} output(s)",
+            )
+        data: npt.NDArray[Any] = self._done.get_output_tensor(index).data
+        return data

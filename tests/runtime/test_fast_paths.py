@@ -1,0 +1,157 @@
+"""The shortcuts of the wasi-nn host stay exact: input bindings reused across computes, memory
+read fresh after growth, named models imported from the blob cache by a new engine."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wasinn_operator.runtime import NNErrno, RunSpec, Runtime, RuntimeConfig, Session
+
+from .conftest import native_outputs, wat
+from .test_nn_abi import DATA, MODEL, OUT_BYTES, OUTPUT, TENSOR, WRITTEN, put_tensor, u32
+
+pytestmark = pytest.mark.runtime
+
+NAME, GRAPH_OUT, CTX_OUT = 0x100, 0x200, 0x204
+
+
+@pytest.fixture(scope="module")
+def images(models_dir: Path) -> list[bytes]:
+    tensors = sorted((models_dir / MODEL / "tensors").glob("*.f32"))[:2]
+    assert len(tensors) == 2, "needs two example tensors"
+    return [t.read_bytes() for t in tensors]
+
+
+def native(models_dir: Path, data: bytes) -> np.ndarray:
+    array = np.frombuffer(data, dtype=np.float32).reshape(1, 3, 224, 224)
+    return native_outputs(models_dir / MODEL / "model.xml", array, "f32")[0].reshape(-1)
+
+
+def context(s: Session) -> int:
+    s.write(NAME, MODEL.encode())
+    assert s.call("nn_load_by_name", NAME, len(MODEL), GRAPH_OUT) == NNErrno.SUCCESS
+    assert s.call("nn_init_execution_context", u32(s, GRAPH_OUT), CTX_OUT) == NNErrno.SUCCESS
+    return u32(s, CTX_OUT)
+
+
+def run(s: Session, ctx: int, out: int = OUTPUT) -> np.ndarray:
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    assert s.call("nn_get_output", ctx, 0, out, OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
+    assert u32(s, WRITTEN) == OUT_BYTES
+    return np.frombuffer(s.read(out, OUT_BYTES), dtype=np.float32)
+
+
+def session(runtime: Runtime, models_dir: Path) -> Session:
+    return runtime.session(RunSpec(wasm=wat("nn_shim"), models_dir=models_dir))
+
+
+def test_same_buffer_is_read_afresh_at_each_compute(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    first = run(s, ctx)
+    s.write(DATA, images[1])  # same record, same buffer, new contents
+    second = run(s, ctx)
+    np.testing.assert_array_equal(first, native(models_dir, images[0]))
+    np.testing.assert_array_equal(second, native(models_dir, images[1]))
+
+
+def test_another_buffer_rebinds(runtime: Runtime, models_dir: Path, images: list[bytes]) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    run(s, ctx)
+    other = DATA + 0x100000
+    s.write(other, images[1])
+    s.write(TENSOR + 12, struct.pack("<I", other))  # data_ptr of the tensor record
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[1]))
+    put_tensor(s, images[0])
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
+
+
+def test_unaligned_input_is_a_private_copy(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0], data_ptr=DATA + 0x40001)
+    s.write(DATA + 0x40001, images[0])
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+    s.write(DATA + 0x40001, images[1])  # after set_input: the copy was taken already
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    assert s.call("nn_get_output", ctx, 0, OUTPUT, OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
+    got = np.frombuffer(s.read(OUTPUT, OUT_BYTES), dtype=np.float32)
+    np.testing.assert_array_equal(got, native(models_dir, images[0]))
+
+
+def test_memory_grown_between_calls(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    size = s.memory.data_len(s.store)
+    assert s.call("nn_get_output", ctx, 0, size, OUT_BYTES, WRITTEN) == NNErrno.INVALID_ARGUMENT
+    s.memory.grow(s.store, 1)  # the output pointer below is valid only after the growth
+    np.testing.assert_array_equal(run(s, ctx, out=size), native(models_dir, images[0]))
+
+
+def test_new_engine_imports_the_named_blob(
+    models_dir: Path, tmp_path: Path, images: list[bytes]
+) -> None:
+    results = []
+    for _ in range(2):  # compile and export, then a new engine imports
+        engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+        s = session(engine, models_dir)
+        ctx = context(s)
+        put_tensor(s, images[0])
+        results.append(run(s, ctx))
+    blobs = list((tmp_path / "openvino" / "named").glob("*.blob"))
+    assert len(blobs) == 1
+    for got in results:
+        np.testing.assert_array_equal(got, native(models_dir, images[0]))
+    # A graph imported from a blob still reads its model for a batch variant.
+    engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+    s = session(engine, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0] * 8, dims=(8, 3, 224, 224))
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    assert s.call("nn_get_output", ctx, 0, OUTPUT, 8 * OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
+    batch = np.frombuffer(s.read(OUTPUT, 8 * OUT_BYTES), dtype=np.float32).reshape(8, 1000)
+    assert [int(row.argmax()) for row in batch] == [int(results[0].argmax())] * 8
+
+
+def test_damaged_blob_is_recompiled(models_dir: Path, tmp_path: Path, images: list[bytes]) -> None:
+    engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+    context(session(engine, models_dir))
+    (blob,) = (tmp_path / "openvino" / "named").glob("*.blob")
+    blob.write_bytes(b"not a compiled model")
+    engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+    s = session(engine, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
+    assert blob.stat().st_size > 1000  # rewritten by the recompile
+
+
+def test_blob_key_follows_the_model_files(models_dir: Path, tmp_path: Path) -> None:
+    engine = Runtime(RuntimeConfig(cache_dir=tmp_path))
+    files = []
+    for name in ("model.xml", "model.bin"):
+        copy = tmp_path / name
+        copy.write_bytes((models_dir / MODEL / name).read_bytes())
+        files.append(copy)
+    blobs, core = engine.backend.blobs, engine.backend.core
+    key = blobs.key(core, files, "CPU", {})
+    assert blobs.key(core, files, "CPU", {}) == key
+    assert blobs.key(core, files, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) != key
+    files[1].write_bytes(files[1].read_bytes() + b"\0")  # new weights: size and mtime change
+    assert blobs.key(core, files, "CPU", {}) != key
