@@ -100,8 +100,8 @@ def test_exit_codes(guest_file: Callable[[str], str], tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--bogus", "x.wasm"], "wasinn run: unknown flag '--bogus'"),
-        (["-S", "nn-graph=openvino::/nonexistent", "x.wasm"], "does not exist"),
-        (["/nonexistent.wasm"], "cannot read the module"),
+        (["-S", "nn-graph=openvino::/proc/nonexistent", "x.wasm"], "does not exist"),
+        (["/proc/nonexistent.wasm"], "cannot read the module"),
         (["--precision", "f8", "x.wasm"], "--precision: 'f8' is not f32, bf16 or f16"),
         (["--models-dir"], "--models-dir needs a value"),
     ],

@@ -141,7 +141,7 @@ def test_models_dir_is_read_only_for_the_guest(
         (lambda url, wasm: {"url": url.replace("g.wasm", "missing.wasm")}, "HTTP 404"),
         (lambda url, wasm: {"inline": base64.b64encode(b"MZ not wasm").decode()},
          "not a WebAssembly binary"),
-        (lambda url, wasm: {"path": "/nonexistent/x.wasm"}, "cannot read /nonexistent/x.wasm"),
+        (lambda url, wasm: {"path": "/proc/none/x.wasm"}, "cannot read /proc/none/x.wasm"),
     ],
 )  # fmt: skip
 def test_fetch_failures(
