@@ -8,11 +8,12 @@ properties and one reused infer request; the native input is a shared tensor set
 application reusing its buffer does). Native and wasm rounds alternate so that drift on a
 shared machine affects both alike.
 
-Start: the wall time of a whole classification task as the product runs one, in a fresh
-process (`wasinn proplet run` is a child process per task, a Pod on Kubernetes): cold with
-empty caches, warm with the on-disk caches populated. Interpreter start and imports are shown
-apart. "hot" is the same engine's next task, for reference: no product path reuses an engine
-across tasks today.
+Start: the wall time of a whole classification task as the product runs one. The local shim
+runs tasks on warm workers (`wasinn proplet serve`, one engine kept across tasks), driven here
+through the same pipe protocol: cold is the first task on a new worker with empty caches, warm
+the worker's next task on the same module and model. "fresh" is a task in a new process with
+the on-disk caches populated, as `wasinn shim --fresh-process` and a Pod per task run one. The
+start of a process (interpreter, imports, engine) is shown apart.
 
 usage: hack/bench_runtime.py [--models-dir DIR] [--guest build/guests/classify-c.wasm]
                              [--iterations 25] [--rounds 8] [--starts 3] [--precision f32]
@@ -22,6 +23,8 @@ usage: hack/bench_runtime.py [--models-dir DIR] [--guest build/guests/classify-c
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import numpy as np
 import openvino as ov
 
 from wasinn_operator.runtime import DirMount, RunSpec, Runtime, RuntimeConfig
+from wasinn_operator.shim.workers import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet-lite0"
@@ -146,27 +150,57 @@ def latency_table(args: argparse.Namespace, models_dir: Path) -> None:
             print(f"{batch:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {w / n:>12.3f}")
 
 
+def worker_times(
+    models_dir: Path, guest: Path, precision: str | None, cache: Path
+) -> tuple[float, float, float]:
+    """(seconds until a new worker is ready, its first task, its next task on the same module
+    and model), each task from sending it to reading its result."""
+    env = {**os.environ, "WASINN_MODELS_DIR": str(models_dir), "WASINN_CACHE_DIR": str(cache)}
+    env.pop("WASINN_INFERENCE_PRECISION", None)
+    if precision:
+        env["WASINN_INFERENCE_PRECISION"] = precision
+    args = ["--model", MODEL, f"/models/{MODEL}/tensors/{TENSOR}"]
+    task = json.dumps({"wasm": {"path": str(guest.resolve())}, "engine": "embedded", "args": args})
+    began = time.perf_counter()
+    worker = Worker(env, str(cache))
+    try:
+        worker.ready()
+        times = [time.perf_counter() - began]
+        for _ in range(2):
+            began = time.perf_counter()
+            summary = worker.run(task)
+            times.append(time.perf_counter() - began)
+            if summary["state"] != "Completed":
+                sys.exit(f"guest failed: {summary['error']}")
+    finally:
+        worker.close()
+    return times[0], times[1], times[2]
+
+
 def start_table(args: argparse.Namespace, models_dir: Path) -> None:
-    # cold: a new process, empty caches (the first task on a new node); warm: a new process,
-    # on-disk caches populated (every later task: a child process or Pod per task); hot: the
-    # same engine's next task (in-memory caches; no product path does this today).
-    cold, warm, hot, imports = [], [], [], []
+    # cold: a new worker, empty caches (the first task on a new machine); warm: that worker's
+    # next task (the product's every later task); fresh: a new process, on-disk caches populated
+    # (--fresh-process, or a Pod per task).
+    cold, warm, fresh, starts, imports = [], [], [], [], []
     for _ in range(args.starts):
         with tempfile.TemporaryDirectory() as tmp:
-            for times in (cold, warm):
-                overhead, task = child_times(models_dir, args.guest, args.precision, Path(tmp))
-                times.append(task)
-                imports.append(overhead)
-            engine = Runtime(RuntimeConfig(cache_dir=Path(tmp), inference_precision=args.precision))
-            start_seconds(models_dir, args.guest, args.precision, Path(tmp), engine)
-            hot.append(start_seconds(models_dir, args.guest, args.precision, Path(tmp), engine))
-    c, w, h, i = (statistics.median(v) for v in (cold, warm, hot, imports))
+            start, first, second = worker_times(models_dir, args.guest, args.precision, Path(tmp))
+            starts.append(start)
+            cold.append(first)
+            warm.append(second)
+            overhead, task = child_times(models_dir, args.guest, args.precision, Path(tmp))
+            fresh.append(task)
+            imports.append(overhead)
+    c, w, f, s, i = (statistics.median(v) for v in (cold, warm, fresh, starts, imports))
     print(f"start of one classification task (median of {args.starts}):")
-    print(f"  cold {c * 1e3:7.1f} ms  new process, empty caches")
-    print(f"  warm {w * 1e3:7.1f} ms  new process, on-disk caches   cold/warm {c / w:5.1f}x")
-    print(f"  hot  {h * 1e3:7.1f} ms  same engine's next task      cold/hot  {c / h:5.1f}x"
-          "  (reference: tasks do not share an engine today)")  # fmt: skip
-    print(f"  (each new process also spends {i * 1e3:.0f} ms starting Python, importing, exiting)")
+    print(f"  cold  {c * 1e3:7.1f} ms  new worker, empty caches")
+    print(f"  warm  {w * 1e3:7.1f} ms  warm worker's next task, same module and model"
+          f"   cold/warm  {c / w:5.1f}x")  # fmt: skip
+    print(f"  fresh {f * 1e3:7.1f} ms  new process per task, on-disk caches (--fresh-process)"
+          f"   cold/fresh {c / f:5.1f}x")  # fmt: skip
+    print(f"  (not in the times above: a new worker's start, {s * 1e3:.0f} ms: Python, imports,"
+          " engine;")  # fmt: skip
+    print(f"   a fresh process's start and exit, {i * 1e3:.0f} ms: Python, imports)")
 
 
 def main() -> None:

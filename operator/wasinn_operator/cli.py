@@ -59,6 +59,12 @@ Runs one task and reports it. Settings (environment):
 Exit code: 0 on success, else the guest's non-zero code or 1.
 """
 
+SERVE_HELP = """\
+Runs tasks one after another on one engine, keeping compiled modules and models in memory.
+Tasks come in and results go out as JSON lines on the pipe fds in WASINN_WORKER_FDS=IN,OUT
+(see wasinn_operator/proplet/worker.py); the other settings are those of `proplet run`.
+"""
+
 
 def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
@@ -162,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=PROPLET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    proplet_sub.add_parser(
+        "serve",
+        help="run tasks one after another on one warm engine (the local shim's workers)",
+        description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     operator = sub.add_parser("operator", help="run the kopf operator (WasiNNTask -> Pods)")
     from .controller.run import add_arguments as operator_arguments  # noqa: PLC0415
 
@@ -175,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .controller.run import main as operator_main  # noqa: PLC0415
 
         return operator_main(parsed)
+    if parsed.command == "proplet" and parsed.proplet_command == "serve":
+        from .proplet.worker import serve  # noqa: PLC0415
+
+        return serve()
     if parsed.command == "proplet":
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 

@@ -91,8 +91,18 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def run_task(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:
-    """Fetch, verify and run one task; every failure becomes a Failed summary."""
+def new_runtime(config: PropletConfig) -> Runtime:
+    """The embedded engine with the proplet's cache and precision."""
+    return Runtime(RuntimeConfig(cache_dir=config.cache_dir, inference_precision=config.precision))
+
+
+def run_task(
+    task: TaskSpec, config: PropletConfig, outputs: Outputs, runtime: Runtime | None = None
+) -> RunSummary:
+    """Fetch, verify and run one task; every failure becomes a Failed summary.
+
+    `runtime` is the embedded engine to reuse (a long-lived worker's); without one, a new one.
+    """
     engine = _engine(task, config)
     summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, engine=engine, taskId=task.id)
     started = time.monotonic()
@@ -104,7 +114,7 @@ def run_task(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSumm
     summary.digest = sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
-        result = _run(engine, task, wasm, config, outputs)
+        result = _run(engine, task, wasm, config, outputs, runtime)
     except TaskError as exc:
         summary.error = str(exc)
         return summary
@@ -127,12 +137,15 @@ def _engine(task: TaskSpec, config: PropletConfig) -> str:
 
 
 def _run(
-    engine: str, task: TaskSpec, wasm: bytes, config: PropletConfig, outputs: Outputs
+    engine: str,
+    task: TaskSpec,
+    wasm: bytes,
+    config: PropletConfig,
+    outputs: Outputs,
+    runtime: Runtime | None,
 ) -> RunResult:
     if engine == "embedded":
-        runtime = Runtime(
-            RuntimeConfig(cache_dir=config.cache_dir, inference_precision=config.precision)
-        )
+        runtime = runtime or new_runtime(config)
         return run_embedded(runtime, task, wasm, config.models_dir, outputs)
     binary = config.external_runtime or shutil.which("wasmtime")
     if binary is None:
@@ -188,19 +201,23 @@ def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunS
         _log(summary.error or "interrupted")
         os._exit(128 + signum)
 
-    parent = int(os.environ.get("WASINN_PARENT_PID") or 0)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
-            if parent and os.getppid() != parent:
-                # The process that started the task is gone: nobody will read the result.
-                _log("the process that started this task is gone; stopping")
-                os._exit(137)
+        join_watching_parent(worker, int(os.environ.get("WASINN_PARENT_PID") or 0))
     finally:
         signal.signal(signal.SIGTERM, previous)
     return done[0]
+
+
+def join_watching_parent(thread: threading.Thread, parent: int) -> None:
+    """Wait for `thread`, exiting at once (137) if `parent` (the starter's pid, 0: none) is gone."""
+    while thread.is_alive():
+        thread.join(0.2)
+        if parent and os.getppid() != parent:
+            # The process that started the task is gone: nobody will read the result.
+            _log("the process that started this task is gone; stopping")
+            os._exit(137)
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:

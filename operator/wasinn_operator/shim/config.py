@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_PORT = 7070
 DEFAULT_MAX_BYTES = 100 << 20
+DEFAULT_WORKER_MAX_TASKS = 100
+DEFAULT_WORKER_MAX_RSS_MIB = 2048
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class ShimConfig:
     artifacts_dir: Path | None = None
     models_dir: Path | None = None
     workers: int = 2
+    fresh_process: bool = False
+    worker_max_tasks: int = DEFAULT_WORKER_MAX_TASKS
+    worker_max_rss_mib: int = DEFAULT_WORKER_MAX_RSS_MIB
     token: str | None = None
     max_wasm_bytes: int = DEFAULT_MAX_BYTES
     public_url: str | None = None
@@ -50,6 +55,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="models directory every task sees at /models (default $WASINN_MODELS_DIR)",
     )
     add("--workers", type=int, default=os.cpu_count() or 2, help="tasks run at once (local)")
+    add(
+        "--fresh-process",
+        action="store_true",
+        help="local: run every task in a new process (as a Pod does) instead of on a warm "
+        "worker, for the most isolation (or $WASINN_SHIM_FRESH_PROCESS=1)",
+    )
+    add(
+        "--worker-max-tasks",
+        type=int,
+        default=DEFAULT_WORKER_MAX_TASKS,
+        help=f"local: replace a worker after this many tasks (default {DEFAULT_WORKER_MAX_TASKS})",
+    )
+    add(
+        "--worker-max-rss",
+        type=int,
+        default=DEFAULT_WORKER_MAX_RSS_MIB,
+        metavar="MIB",
+        help="local: replace a worker whose resident memory exceeds this after a task "
+        f"(default {DEFAULT_WORKER_MAX_RSS_MIB})",
+    )
     add("--token-file", type=Path, help="require this bearer token (or $WASINN_SHIM_TOKEN)")
     add("--max-wasm-bytes", type=int, default=DEFAULT_MAX_BYTES, help="module size limit")
     add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
@@ -87,6 +112,10 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         artifacts_dir=args.artifacts_dir,
         models_dir=models.resolve() if models else None,
         workers=max(1, args.workers),
+        fresh_process=args.fresh_process
+        or os.environ.get("WASINN_SHIM_FRESH_PROCESS", "").lower() in ("1", "true", "yes"),
+        worker_max_tasks=max(1, args.worker_max_tasks),
+        worker_max_rss_mib=max(1, args.worker_max_rss),
         token=token,
         max_wasm_bytes=args.max_wasm_bytes,
         public_url=args.public_url or os.environ.get("WASINN_PUBLIC_URL") or None,

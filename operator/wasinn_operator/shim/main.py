@@ -40,7 +40,16 @@ BackendFactory = Callable[[ShimConfig, ArtifactStore, str], TaskStore]
 def local_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str) -> TaskStore:
     """SQLite + worker pool on this machine."""
     db = config.db or config.data_dir / "tasks.db"
-    return LocalBackend(db, artifacts, config.models_dir, config.workers, instance_id)
+    return LocalBackend(
+        db,
+        artifacts,
+        config.models_dir,
+        config.workers,
+        instance_id,
+        fresh_process=config.fresh_process,
+        worker_max_tasks=config.worker_max_tasks,
+        worker_max_rss=config.worker_max_rss_mib << 20,
+    )
 
 
 def kubernetes_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str) -> TaskStore:

@@ -1,0 +1,130 @@
+"""The local shim's warm workers: one `wasinn proplet serve` per pool slot, reused by the next
+task; stopped, killed and recycled workers, and task env kept per task."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import CHELSEA, SHIM_BACKENDS, Shim, ShimBackend
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> ShimBackend:
+    """Only the local backend has workers."""
+    return SHIM_BACKENDS["local"](request)
+
+
+@pytest.fixture
+def shim(make_shim: Callable[..., Shim]) -> Shim:
+    return make_shim("--workers", "1")
+
+
+def workers(shim: Shim) -> list[int]:
+    """Pids of the shim's live `proplet serve` children."""
+    assert shim.process is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == shim.process.pid and stat[0] != "Z" and b"proplet\0serve" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_workers(shim: Shim, predicate: Callable[[list[int]], bool]) -> list[int]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if predicate(pids := workers(shim)):
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"workers never matched: {workers(shim)}")
+
+
+def run(shim: Shim, file: str, state: int = 3, **fields: object) -> dict[str, object]:
+    task_id = shim.create("t", file=file, **fields)
+    assert shim.http.post(f"/tasks/{task_id}/start").status_code == 200
+    final = shim.wait_state(task_id)
+    assert final["state"] == state, final
+    return final
+
+
+def started(shim: Shim, wasm: bytes) -> tuple[str, int]:
+    """A never-ending task, running on a worker: (task id, worker pid)."""
+    task_id = shim.create("spin", file=base64.b64encode(wasm).decode())
+    assert shim.http.post(f"/tasks/{task_id}/start").status_code == 200
+    shim.wait_state(task_id, (2,))
+    return task_id, wait_workers(shim, lambda pids: len(pids) == 1)[0]
+
+
+def test_consecutive_tasks_share_a_worker(shim: Shim, classify_b64: str) -> None:
+    assert workers(shim) == []  # started for the first task that needs one
+    first = run(shim, classify_b64, inputs=CHELSEA)
+    assert "1. tiger cat (282)" in str(first["results"])
+    pid = workers(shim)
+    assert len(pid) == 1
+    second = run(shim, classify_b64, inputs=CHELSEA)
+    assert second["results"] == first["results"]
+    assert workers(shim) == pid
+
+
+def test_task_env_does_not_reach_the_next_task(shim: Shim, classify_b64: str) -> None:
+    # MODEL_NAME names a model that does not exist: the guest fails to load it.
+    tensor = CHELSEA[-1:]  # no --model: the guest's model comes from its env, else its default
+    failed = run(shim, classify_b64, 4, inputs=tensor, env={"MODEL_NAME": "no-such-model"})
+    assert failed["error"] == "exited with code 1"
+    pid = workers(shim)
+    # Same worker, no env: the guest's default model, as if the first task had never run.
+    final = run(shim, classify_b64, inputs=tensor)
+    assert "1. tiger cat (282)" in str(final["results"])
+    assert workers(shim) == pid
+
+
+def test_stop_kills_the_worker(shim: Shim, spin_wasm: bytes, classify_b64: str) -> None:
+    task_id, pid = started(shim, spin_wasm)
+    assert shim.http.post(f"/tasks/{task_id}/stop").json() == {"stopped": True}
+    assert shim.wait_state(task_id, (6,))["error"] == "stopped"
+    wait_workers(shim, lambda pids: pid not in pids)
+    run(shim, classify_b64, inputs=CHELSEA)
+    replacement = workers(shim)
+    assert len(replacement) == 1 and replacement != [pid]
+    assert shim.task(task_id)["state"] == 6  # the stop stands
+
+
+def test_killed_worker_fails_its_task(shim: Shim, spin_wasm: bytes, classify_b64: str) -> None:
+    task_id, pid = started(shim, spin_wasm)
+    os.kill(pid, signal.SIGKILL)
+    failed = shim.wait_state(task_id)
+    assert failed["state"] == 4
+    assert str(failed["error"]).startswith("the proplet worker died (signal 9, SIGKILL)")
+    run(shim, classify_b64, inputs=CHELSEA)
+    assert pid not in workers(shim)
+
+
+def test_worker_is_recycled_after_max_tasks(
+    make_shim: Callable[..., Shim], classify_b64: str
+) -> None:
+    shim = make_shim("--workers", "1", "--worker-max-tasks", "1")
+    run(shim, classify_b64, inputs=CHELSEA)
+    wait_workers(shim, lambda pids: pids == [])  # retired after its one task
+    run(shim, classify_b64, inputs=CHELSEA)
+
+
+def test_fresh_process_runs_no_worker(make_shim: Callable[..., Shim], classify_b64: str) -> None:
+    shim = make_shim("--workers", "1", "--fresh-process")
+    final = run(shim, classify_b64, inputs=CHELSEA)
+    assert "1. tiger cat (282)" in str(final["results"])
+    assert workers(shim) == []
