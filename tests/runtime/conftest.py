@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import openvino as ov
 import pytest
 import wasmtime
 
 from wasinn_operator.runtime import Runtime, RuntimeConfig
+from wasinn_operator.runtime.nn.openvino import shared_core
 
 GUESTS = Path(__file__).parent / "guests"
 Native = Callable[[Path, npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]]
@@ -40,7 +40,7 @@ def native_outputs(
 ) -> list[npt.NDArray[np.float32]]:
     """Every output of native OpenVINO on CPU for one input, at the given precision."""
     props = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
-    compiled = ov.Core().compile_model(str(model_file), "CPU", props)
+    compiled = shared_core().compile_model(str(model_file), "CPU", props)
     request = compiled.create_infer_request()
     request.infer({0: data})
     return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]

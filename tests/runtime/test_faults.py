@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from wasinn_operator.runtime import (
@@ -108,3 +111,35 @@ def test_output_is_capped_and_flagged(runtime: Runtime) -> None:
     assert result.stdout == b"hello"
     assert result.stdout_truncated
     assert b"".join(streamed) == b"hello from wasm\n"
+
+
+# Cores destroyed out of order used to leave the thread on the signal stack a CPU plugin had
+# freed: the next trap killed the process (see runtime/nn/altstack.py). In a child process, so
+# that a regression fails this test rather than the whole session.
+CORES_THEN_TRAP = """
+import gc, sys, tempfile
+from pathlib import Path
+import wasmtime
+from wasinn_operator.runtime import Runtime, RuntimeConfig, RunSpec
+trap = wasmtime.wat2wasm('(module (func (export "_start") unreachable))')
+tmp = Path(tempfile.mkdtemp())
+runner = Runtime(RuntimeConfig(cache_dir=tmp / "r"))
+print(runner.run(RunSpec(wasm=trap)).outcome.value)
+a = Runtime(RuntimeConfig(cache_dir=tmp / "a")); a.backend.devices
+b = Runtime(RuntimeConfig(cache_dir=tmp / "b")); b.backend.devices
+del a; gc.collect()
+del b; gc.collect()
+print(runner.run(RunSpec(wasm=trap)).outcome.value)
+"""
+
+
+def test_a_trap_after_engines_come_and_go_is_still_a_trap() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CORES_THEN_TRAP],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"the process died ({proc.returncode}): {proc.stderr[-2000:]}"
+    assert proc.stdout.split() == ["trapped", "trapped"], proc.stdout

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from . import altstack
+
 
 class BlobCache:
     """Exported compiled models by named-model identity; every failure is a cache miss."""
@@ -63,7 +65,8 @@ class BlobCache:
             return None  # absent or empty
         data = np.frombuffer(mapped, dtype=np.uint8)
         try:
-            compiled = core.import_model(ov.Tensor(data, shared_memory=True), device, props)
+            with altstack.kept():  # may be the device plugin's first use
+                compiled = core.import_model(ov.Tensor(data, shared_memory=True), device, props)
         except RuntimeError:
             path.unlink(missing_ok=True)  # incompatible or damaged: compile afresh
             return None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy.typing as npt
 import openvino as ov
 
+from . import altstack
 from .abi import NNErrno, NNError, TensorType
 
 OV_TYPES: dict[TensorType, ov.Type] = {
@@ -34,7 +35,8 @@ def compile_model(
 ) -> ov.CompiledModel:
     """`core.compile_model`, failing with `runtime_error`."""
     try:
-        return core.compile_model(model, device, props)
+        with altstack.kept():  # a device's first compile may load its plugin
+            return core.compile_model(model, device, props)
     except RuntimeError as exc:
         raise NNError(NNErrno.RUNTIME_ERROR, f"OpenVINO could not compile: {exc}") from exc
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from . import altstack
 from .abi import ExecutionTarget, GraphEncoding, NNErrno, NNError
 from .blobs import BlobCache
 from .graph import Graph, compile_model
@@ -56,19 +57,41 @@ class BackendConfig:
             )
 
 
+_CORES: dict[str, ov.Core] = {}
+_CORES_LOCK = threading.Lock()
+
+
+def shared_core(cache_dir: Path | None = None) -> ov.Core:
+    """The process's Core for one cache directory, created once and never destroyed.
+
+    Never destroyed, and its CPU plugin loaded under `altstack.kept()`: see `altstack` (a Core
+    destroyed out of order leaves a freed signal stack behind, and the next wasm trap kills the
+    process).
+    """
+    key = "" if cache_dir is None else str(cache_dir)
+    with _CORES_LOCK:
+        core = _CORES.get(key)
+        if core is None:
+            with altstack.kept():
+                core = ov.Core()
+                if cache_dir is not None:
+                    try:
+                        cache_dir.mkdir(parents=True, exist_ok=True)
+                        core.set_property({"CACHE_DIR": str(cache_dir)})
+                    except OSError:
+                        pass  # an unwritable cache costs compile time, never correctness
+                core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+            _CORES[key] = core
+        return core
+
+
 class OpenVINOBackend:
     """Loads and compiles graphs; one per runtime, shared by all its runs (thread-safe)."""
 
     def __init__(self, config: BackendConfig | None = None) -> None:
         self.config = config or BackendConfig()
-        self.core = ov.Core()
         cache = self.config.cache_dir
-        if cache is not None:
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-                self.core.set_property({"CACHE_DIR": str(cache)})
-            except OSError:
-                pass  # an unwritable cache costs compile time, never correctness
+        self.core = shared_core(cache)
         self.blobs = BlobCache(None if cache is None else cache / "named")
         self._devices: list[str] | None = None
         self._lock = threading.Lock()
@@ -85,7 +108,8 @@ class OpenVINOBackend:
     def devices(self) -> list[str]:
         """OpenVINO's available devices (listed on first use: it probes every plugin)."""
         if self._devices is None:
-            self._devices = list(self.core.available_devices)
+            with altstack.kept():  # probing loads every plugin
+                self._devices = list(self.core.available_devices)
         return self._devices
 
     def device_for(self, target: ExecutionTarget, log: Log) -> str:
