@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ..conftest import ROOT, Broker, free_port
 from .kube import Cluster, running_cluster
+from .kubelet import Kubelet
 
 # ==== kmock Kubernetes emulator over HTTP on 127.0.0.1 (logic in tests/integration/kube.py) ====
 
@@ -51,34 +52,128 @@ def kmock_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clust
 
 # ==== wasinn shim: a real `wasinn shim` process per backend, a real mosquitto ====
 # Every shim test (test_shim_*.py) is written once against the `backend` fixture. A backend is a
-# `ShimBackend` in SHIM_BACKENDS saying how to start the shim on it: the kubernetes backend adds
-# an entry (and the cluster it needs) without touching the tests.
+# `ShimBackend` made by a factory in SHIM_BACKENDS, saying how to start the shim on it and
+# bringing up what it needs (for kubernetes: the kmock API, the operator, a kubelet stand-in).
+# Where the backends promise different things (what a shim restart does to a running task),
+# the test says so and checks each promise.
 
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
 TOPIC_PREFIX = "m/dom/c/chan/"
 SHIM_ID = "shim-proplet-1"
 FINISHED = (3, 4, 6)
+NODE = "openvino-node-1"
+OPENVINO_LABELS = {"wasinn.dev/openvino": "true"}
 
 
 @dataclass
 class ShimBackend:
-    """How to run the shim on one backend: its extra options and environment."""
+    """How to run the shim on one backend: its extra options (given the shim's workdir and
+    URL) and environment."""
 
     name: str
-    args: Callable[[Path], list[str]]
+    args: Callable[[Path, str], list[str]]
     env: dict[str, str] = field(default_factory=dict)
 
 
-def _local_args(workdir: Path) -> list[str]:
-    return ["--backend", "local", "--db", str(workdir / "tasks.db"), "--workers", "2"]
+def _local_backend(request: pytest.FixtureRequest) -> ShimBackend:
+    def args(workdir: Path, _url: str) -> list[str]:
+        return ["--backend", "local", "--db", str(workdir / "tasks.db"), "--workers", "2"]
+
+    return ShimBackend("local", args)
 
 
-SHIM_BACKENDS = {"local": ShimBackend("local", _local_args)}
+def _kubernetes_backend(request: pytest.FixtureRequest) -> ShimBackend:
+    """WasiNNTasks on the kmock API, run by the real operator and the kubelet stand-in; Pods
+    fetch modules from the shim's /artifacts at its own URL (--public-url)."""
+    world: KubeWorld = request.getfixturevalue("kube_world")
+
+    def args(_workdir: Path, url: str) -> list[str]:
+        return ["--backend", "kubernetes", "--namespace", "default", "--public-url", url]
+
+    return ShimBackend("kubernetes", args, {"KUBECONFIG": str(world.cluster.kubeconfig)})
+
+
+SHIM_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], ShimBackend]] = {
+    "local": _local_backend,
+    "kubernetes": _kubernetes_backend,
+}
 
 
 @pytest.fixture(params=sorted(SHIM_BACKENDS))
 def backend(request: pytest.FixtureRequest) -> ShimBackend:
-    return SHIM_BACKENDS[str(request.param)]
+    return SHIM_BACKENDS[str(request.param)](request)
+
+
+class OperatorProcess:
+    """`wasinn operator` as a process of its own on the kmock API (namespace default)."""
+
+    def __init__(self, workdir: Path, kubeconfig: Path) -> None:
+        self.health_port = free_port()
+        self.log = workdir / "operator.log"
+        self.command = [
+            sys.executable, "-m", "wasinn_operator.cli", "operator", "--namespace", "default",
+            "--health-port", str(self.health_port), "--metrics-port", "0",
+        ]  # fmt: skip
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "WASINN_PROPLET_IMAGE": "localhost/wasinn-proplet:dev",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the operator exited:\n{self.log.read_text()}"
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the operator did not answer {url}:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@dataclass
+class KubeWorld:
+    """The kubernetes backend's surroundings: API, operator, and one OpenVINO node."""
+
+    cluster: Cluster
+    operator: OperatorProcess
+    kubelet: Kubelet
+
+
+@pytest.fixture
+def kube_world(kmock_api: Cluster, models_dir: Path, tmp_path: Path) -> Iterator[KubeWorld]:
+    """A Ready Node labelled OpenVINO-capable, the `models` claim (the host's models directory
+    behind it), the real operator, and the kubelet stand-in running the Node's Pods."""
+    kmock_api.add_node(NODE, OPENVINO_LABELS)
+    kmock_api.add_pvc("default", "models")
+    pods = tmp_path / "kubelet"
+    pods.mkdir()
+    kubelet = Kubelet(kmock_api, NODE, {"models": models_dir}, pods)
+    operator = OperatorProcess(tmp_path, kmock_api.kubeconfig)
+    kubelet.start()
+    try:
+        operator.start()
+        yield KubeWorld(kmock_api, operator, kubelet)
+    finally:
+        operator.stop()
+        kubelet.stop()
+    assert not kubelet.errors, f"the kubelet stand-in failed: {kubelet.errors!r}"
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +212,7 @@ class Shim:
         self.command = [
             sys.executable, "-m", "wasinn_operator.cli", "shim", "--host", "127.0.0.1",
             "--port", str(self.port), "--data-dir", str(workdir / "data"),
-            "--models-dir", str(models_dir), *backend.args(workdir), *extra,
+            "--models-dir", str(models_dir), *backend.args(workdir, self.url), *extra,
         ]  # fmt: skip
         self.env = {**os.environ, "WASINN_CACHE_DIR": str(cache), **backend.env, **env}
         for name in [k for k in self.env if k.startswith("PROPLET_") and k not in env]:

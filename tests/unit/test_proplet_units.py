@@ -134,3 +134,50 @@ def test_external_command_gives_wasmtime_sizes_in_bytes(tmp_path: Path) -> None:
     )
     with pytest.raises(ArgsError, match="-W max-memory-size: 'lots' is not a size"):
         external_command("wasmtime", (48, 0, 8), bad, tmp_path / "t.wasm", None)
+
+
+class _Response:
+    """Just enough of a streamed `requests` response."""
+
+    def __init__(self, status: int, body: bytes = b"") -> None:
+        self.status_code, self.reason, self.body = status, "Reason", body
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def iter_content(self, _size: int) -> list[bytes]:
+        return [self.body]
+
+
+def test_http_fetch_retries_a_server_that_is_briefly_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection refused and 503 (a shim restarting) are retried; a 404 is not."""
+    import requests  # noqa: PLC0415
+
+    from wasinn_operator.proplet import fetch  # noqa: PLC0415
+
+    wasm = b"\0asm\1\0\0\0"
+    answers: list[object] = [requests.ConnectionError("Connection refused"), _Response(503)]
+    answers.append(_Response(200, wasm))
+    calls: list[str] = []
+
+    def get(url: str, **_: object) -> object:
+        calls.append(url)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(fetch, "HTTP_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(fetch.requests, "get", get)
+    assert fetch._http_get("http://shim/a.wasm", 100) == wasm
+    assert len(calls) == 3
+    answers[:] = [_Response(404), _Response(200, wasm)]
+    with pytest.raises(fetch.FetchError, match="HTTP 404"):
+        fetch._http_get("http://shim/a.wasm", 100)
+    answers[:] = [requests.ConnectionError("Connection refused")] * 4
+    with pytest.raises(fetch.FetchError, match="Connection refused"):
+        fetch._http_get("http://shim/a.wasm", 100)
+    assert not answers

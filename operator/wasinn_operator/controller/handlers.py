@@ -174,8 +174,11 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
     now = datetime.now(UTC)
     pods = await kube.pods(meta["namespace"], meta["uid"])
     phase = (task.get("status") or {}).get("phase")
-    if phase in ("Completed", "Failed") or attempt_in_progress(task, pods):
-        return Facts(now=now, pods=pods)  # only a start decision reads the other facts
+    # Only a start decision reads the other facts; a suspended task (the shim creates every
+    # task suspended) makes none.
+    suspended = bool((task.get("spec") or {}).get("suspend"))
+    if phase in ("Completed", "Failed") or suspended or attempt_in_progress(task, pods):
+        return Facts(now=now, pods=pods)
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError:

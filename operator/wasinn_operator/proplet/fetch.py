@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..api import WasmSource
 
 MAX_WASM_BYTES = 100 << 20
 HTTP_TIMEOUT = (10, 60)
+HTTP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between attempts
 WASM_MEDIA_TYPES = ("application/wasm", "application/vnd.wasm.content.layer.v1+wasm")
 LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -71,8 +73,27 @@ def _read_file(path: Path, limit: int) -> bytes:
 
 
 def _http_get(url: str, limit: int) -> bytes:
+    """GET the module; a server that is down for a moment (the shim restarting: connection
+    refused, 502/503/504) is retried with backoff for about 15 s."""
+    for delay in (*HTTP_RETRY_DELAYS, None):
+        try:
+            return _http_get_once(url, limit)
+        except _TransientError as exc:
+            if delay is None:
+                raise FetchError(str(exc)) from None
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class _TransientError(FetchError):
+    """A failure worth retrying: the server may be back in a moment."""
+
+
+def _http_get_once(url: str, limit: int) -> bytes:
     try:
         with requests.get(url, stream=True, timeout=HTTP_TIMEOUT) as response:
+            if response.status_code in (502, 503, 504):
+                raise _TransientError(f"GET {url}: HTTP {response.status_code} {response.reason}")
             if response.status_code != 200:
                 raise FetchError(f"GET {url}: HTTP {response.status_code} {response.reason}")
             chunks, size = [], 0
@@ -82,6 +103,10 @@ def _http_get(url: str, limit: int) -> bytes:
                     raise FetchError(f"GET {url}: the body exceeds the {limit}-byte limit")
                 chunks.append(chunk)
             return b"".join(chunks)
+    except requests.Timeout as exc:  # already waited long: not retried
+        raise FetchError(f"cannot fetch {url}: {_reason(exc)}") from None
+    except requests.ConnectionError as exc:
+        raise _TransientError(f"cannot fetch {url}: {_reason(exc)}") from None
     except requests.RequestException as exc:
         raise FetchError(f"cannot fetch {url}: {_reason(exc)}") from None
 

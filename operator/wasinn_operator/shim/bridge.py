@@ -156,9 +156,12 @@ class Bridge:
         while not self._stopping.is_set():
             if self._connected.wait(1.0):
                 for record in store.unpublished():
+                    # On MQTT the shim is the proplet (it announced itself and heartbeats); the
+                    # backend's worker that REST names in `proplet_id` (a node, in kubernetes
+                    # mode) is unknown to a Propeller manager.
                     payload = results_payload(
                         record.id,
-                        record.proplet_id or self.id,
+                        self.id,
                         record.results,
                         record.error or None,
                     )

@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
+from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION, WasmSource
 from ..controller.kube import load_config
 from .errors import BadRequestError, ConflictError, NotFoundError
 from .store import PropletRecord, TaskRecord, TaskState, now
@@ -37,6 +37,7 @@ PHASES = {
     "Interrupted": TaskState.INTERRUPTED,
 }
 FINISHED = (TaskState.COMPLETED, TaskState.FAILED)
+WASM_KEYS = tuple(f.alias or n for n, f in WasmSource.model_fields.items())
 # Status fields a new run starts without ("attempts" stays: Pod names go on counting).
 RUN_FIELDS = (
     "results",
@@ -162,9 +163,16 @@ class KubernetesStore:
         if self._active(obj):
             raise ConflictError(f"task {record.id} is running: stop it before changing it")
         spec = self._spec(record)
+        # A merge patch merges objects: keys left out would stay, so null them (an `image` and
+        # a new `url` would both be set, and a replaced `env` would keep the old variables).
+        wasm = spec.get("wasm")
+        if wasm is not None:
+            wasm = {**dict.fromkeys(WASM_KEYS), **wasm}
+        old_env = (obj.get("spec") or {}).get("env") or {}
+        env = {**dict.fromkeys(old_env), **spec["env"]}
         patch: dict[str, Any] = {
             "metadata": {"annotations": {**self._annotations(record), UPDATED: _iso(now())}},
-            "spec": {**spec, "wasm": spec.get("wasm")},
+            "spec": {**spec, "wasm": wasm, "env": env},
         }
         self._patch(record.id, patch)
 
