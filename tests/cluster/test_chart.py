@@ -42,11 +42,12 @@ from .chart_fixtures import (
 )
 from .conftest import Kubectl, wait_until
 from .conftest import models_claim as models_claim_on
+from .operator_fixtures import crd
 
 pytestmark = pytest.mark.cluster
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-__all__ = ["helm"]  # a fixture, used by name
+__all__ = ["crd", "helm"]  # fixtures, used by name
 
 
 def fresh_namespace(kubectl: Kubectl, prefix: str) -> str:
@@ -105,6 +106,7 @@ def test_api_server_accepts_every_value_set(
     assert out.count("(server dry run)") == len(checked), out
 
 
+@pytest.mark.usefixtures("crd")  # on a fresh cluster nothing else has installed it yet
 def test_api_server_accepts_the_examples_and_enforces_the_crd(
     kubectl: Kubectl, chart_namespace: str
 ) -> None:
