@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .runtime import (
@@ -153,6 +156,21 @@ def _add_shim_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
+def _exit_now(code: int) -> NoReturn:
+    """End a process that ran wasm without the interpreter's finalization.
+
+    wasmtime's WASI runtime threads (tokio) may still be winding down; tearing the interpreter
+    down under them sometimes aborts the process (a Rust panic in a thread that cannot unwind:
+    exit status 134 after a run that succeeded, a few runs in a hundred on a busy machine).
+    Everything the commands write is flushed first; they hold no other exit-time work.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wasinn` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -181,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
     _add_shim_arguments(shim)
     if args and args[0] == "run":
-        return _run(args[1:])
+        _exit_now(_run(args[1:]))
     parsed = parser.parse_args(args)
     if parsed.command == "operator":
         from .controller.run import main as operator_main  # noqa: PLC0415
@@ -190,11 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parsed.command == "proplet" and parsed.proplet_command == "serve":
         from .proplet.worker import serve  # noqa: PLC0415
 
-        return serve()
+        _exit_now(serve())
     if parsed.command == "proplet":
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 
-        return proplet_main()
+        _exit_now(proplet_main())
     if parsed.command == "shim":
         from .shim.main import main as shim_main  # noqa: PLC0415  (FastAPI only when serving)
 
