@@ -217,7 +217,9 @@ def main() -> None:
     models_dir = args.models_dir.resolve()
     if args.child_start is not None:
         print(f"{start_seconds(models_dir, args.guest, args.precision, args.child_start):.6f}")
-        return
+        # As `wasinn run` does (cli._exit_now): no interpreter teardown under wasmtime's threads.
+        sys.stdout.flush()
+        os._exit(0)
     if args.only != "start":
         latency_table(args, models_dir)
     if args.only != "latency":
