@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import platform
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import wasmtime
+
+from .cachefile import write_atomically
 
 WASM_MAGIC = b"\0asm"
 
@@ -78,19 +78,5 @@ class ModuleCache:
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"invalid WebAssembly module: {exc}") from exc
         if path is not None:
-            self._store(path, bytes(module.serialize()))
+            write_atomically(path, bytes(module.serialize()))
         return module, False
-
-    @staticmethod
-    def _store(path: Path, data: bytes) -> None:
-        # A full or read-only cache only costs the next start its compile time.
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
+from ..cachefile import write_atomically
 from . import altstack
 
 
@@ -77,12 +76,7 @@ class BlobCache:
         if self._dir is None:
             return
         try:
-            fd, tmp = tempfile.mkstemp(dir=self._dir, suffix=".tmp")
-        except OSError:
+            data = compiled.export_model().getbuffer()
+        except RuntimeError:
             return
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(compiled.export_model().getbuffer())
-            os.replace(tmp, self._dir / f"{key}.blob")
-        except (OSError, RuntimeError):
-            Path(tmp).unlink(missing_ok=True)
+        write_atomically(self._dir / f"{key}.blob", data)
