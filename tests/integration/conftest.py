@@ -104,6 +104,33 @@ def backend(request: pytest.FixtureRequest) -> ShimBackend:
     return SHIM_BACKENDS[str(request.param)](request)
 
 
+def _wait_healthy(
+    process: subprocess.Popen[bytes], url: str, log: Path, what: str, timeout: float
+) -> None:
+    """Wait until `url` answers 200; fail with the log if the process exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{what} exited:\n{log.read_text()}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not answer {url}:\n{log.read_text()}")
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Send `sig`, then kill after 30 s."""
+    if process is not None and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class OperatorProcess:
     """`wasinn operator` as a process of its own on the kmock API (namespace default)."""
 
@@ -124,26 +151,11 @@ class OperatorProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
         url = f"http://127.0.0.1:{self.health_port}/healthz"
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the operator exited:\n{self.log.read_text()}"
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the operator did not answer {url}:\n{self.log.read_text()}")
+        _wait_healthy(self.process, url, self.log, "the operator", timeout=60)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        _stop_process(self.process, signal.SIGTERM)
         self.process = None
 
 
@@ -223,25 +235,10 @@ class Shim:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the shim exited:\n{self.log.read_text()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the shim did not answer /health:\n{self.log.read_text()}")
+        _wait_healthy(self.process, f"{self.url}/health", self.log, "the shim", timeout=90)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        _stop_process(self.process, sig)
         self.process = None
 
     def task(self, task_id: str) -> dict[str, Any]:

@@ -26,13 +26,6 @@ class _Stack(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def current() -> tuple[int, int, int]:
-    """`(address, flags, size)` of this thread's alternate signal stack."""
-    stack = _Stack()
-    _libc.sigaltstack(None, ctypes.byref(stack))
-    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
-
-
 @contextlib.contextmanager
 def kept() -> Iterator[None]:
     """Run the body, then put this thread's alternate signal stack back as it was."""

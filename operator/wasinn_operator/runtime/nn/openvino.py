@@ -7,6 +7,7 @@ OpenVINO's `CACHE_DIR`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,11 +76,10 @@ def shared_core(cache_dir: Path | None = None) -> ov.Core:
             with altstack.kept():
                 core = ov.Core()
                 if cache_dir is not None:
-                    try:
+                    # An unwritable cache costs compile time, never correctness.
+                    with contextlib.suppress(OSError):
                         cache_dir.mkdir(parents=True, exist_ok=True)
                         core.set_property({"CACHE_DIR": str(cache_dir)})
-                    except OSError:
-                        pass  # an unwritable cache costs compile time, never correctness
                 core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
             _CORES[key] = core
         return core
