@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import os
 import signal
@@ -314,12 +315,19 @@ class PersistentBroker(Broker):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        store = workdir / "mosquitto-db"
-        store.mkdir()
+        self.store = workdir / "mosquitto-db"
+        self.store.mkdir()
+        # Run as root, mosquitto drops to user `mosquitto` unless told to stay, and then cannot
+        # save its database under pytest's 0700 directories: sessions would silently vanish.
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {store}/\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            f"persistence true\npersistence_location {self.store}/\n"
         )
+
+    def stop(self) -> None:
+        super().stop()
+        if not (self.store / "mosquitto.db").is_file():
+            raise RuntimeError(f"mosquitto saved no database in {self.store} on SIGTERM")
 
 
 @pytest.fixture
