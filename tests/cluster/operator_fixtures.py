@@ -73,39 +73,40 @@ def models_claim(
     models_claim_on(kubectl, namespace, MODELS_DIR, name, label=label)
 
 
-def operator_kubeconfig(kubectl: Kubectl, namespace: str, directory: Path) -> Path:
-    """A kubeconfig for a ServiceAccount bound to exactly the documented rules."""
-    rules = yaml.safe_load((RULES / "operator-rules.yaml").read_text())
-    cluster_rules = yaml.safe_load((RULES / "operator-cluster-rules.yaml").read_text())
-    cluster_role = f"wasinn-operator-test-{namespace}"
-    subject = {"kind": "ServiceAccount", "name": "wasinn-operator", "namespace": namespace}
+def account_kubeconfig(
+    kubectl: Kubectl, namespace: str, directory: Path, account: str = "operator"
+) -> Path:
+    """A kubeconfig for ServiceAccount `wasinn-<account>` bound to exactly the rules the chart
+    documents for it (files/<account>-rules.yaml and files/<account>-cluster-rules.yaml)."""
+    rules = yaml.safe_load((RULES / f"{account}-rules.yaml").read_text())
+    cluster_rules = yaml.safe_load((RULES / f"{account}-cluster-rules.yaml").read_text())
+    name = f"wasinn-{account}"
+    cluster_role = f"{name}-test-{namespace}"
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
     kubectl.apply(
         [
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": {"name": "wasinn-operator", "namespace": namespace},
+                "metadata": {"name": name, "namespace": namespace},
             },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
-                "metadata": {"name": "wasinn-operator", "namespace": namespace},
+                "metadata": {"name": name, "namespace": namespace},
                 "rules": rules,
             },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "RoleBinding",
-                "metadata": {"name": "wasinn-operator", "namespace": namespace},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "wasinn-operator",
-                },
+                "metadata": {"name": name, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                 "subjects": [subject],
             },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRole",
+                # The operator_ns teardown deletes what carries this label.
                 "metadata": {"name": cluster_role, "labels": {"wasinn.dev/test": "operator"}},
                 "rules": cluster_rules,
             },
@@ -122,21 +123,21 @@ def operator_kubeconfig(kubectl: Kubectl, namespace: str, directory: Path) -> Pa
             },
         ]
     )
-    token = kubectl("create", "token", "wasinn-operator", "-n", namespace, "--duration=2h").strip()
+    token = kubectl("create", "token", name, "-n", namespace, "--duration=2h").strip()
     admin = yaml.safe_load(Path(kubectl.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
-    path = directory / "operator.kubeconfig"
+    path = directory / f"{account}.kubeconfig"
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "c", "cluster": cluster}],
-                "users": [{"name": "operator", "user": {"token": token}}],
+                "users": [{"name": account, "user": {"token": token}}],
                 "contexts": [
                     {
                         "name": "c",
-                        "context": {"cluster": "c", "user": "operator", "namespace": namespace},
+                        "context": {"cluster": "c", "user": account, "namespace": namespace},
                     }
                 ],
                 "current-context": "c",
@@ -222,7 +223,7 @@ def operator_ns(
         f"--from-file=classify-c.wasm={guest}",
     )
     operator = Operator(
-        operator_kubeconfig(kubectl, namespace, tmp_path),
+        account_kubeconfig(kubectl, namespace, tmp_path),
         namespace,
         proplet_image,
         tmp_path / "operator.log",

@@ -56,7 +56,8 @@ def kmock_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clust
 # `ShimBackend` made by a factory in SHIM_BACKENDS, saying how to start the shim on it and
 # bringing up what it needs (for kubernetes: the kmock API, the operator, a kubelet stand-in).
 # Where the backends promise different things (what a shim restart does to a running task),
-# the test says so and checks each promise.
+# the test says so and checks each promise. tests/cluster/test_shim_suite.py runs these same
+# tests with the kubernetes backend on the real local cluster.
 
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
 TOPIC_PREFIX = "m/dom/c/chan/"
@@ -69,11 +70,13 @@ OPENVINO_LABELS = {"wasinn.dev/openvino": "true"}
 @dataclass
 class ShimBackend:
     """How to run the shim on one backend: its extra options (given the shim's workdir and
-    URL) and environment."""
+    URL) and environment; `node` is the proplet REST names for a task's run (the OpenVINO
+    node, on kubernetes; the shim itself, locally)."""
 
     name: str
     args: Callable[[Path, str], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    node: str = SHIM_ID
 
 
 def _local_backend(request: pytest.FixtureRequest) -> ShimBackend:
@@ -91,7 +94,7 @@ def _kubernetes_backend(request: pytest.FixtureRequest) -> ShimBackend:
     def args(_workdir: Path, url: str) -> list[str]:
         return ["--backend", "kubernetes", "--namespace", "default", "--public-url", url]
 
-    return ShimBackend("kubernetes", args, {"KUBECONFIG": str(world.cluster.kubeconfig)})
+    return ShimBackend("kubernetes", args, {"KUBECONFIG": str(world.cluster.kubeconfig)}, node=NODE)
 
 
 SHIM_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], ShimBackend]] = {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ..conftest import Broker, Subscriber
-from .conftest import CHELSEA, NODE, SHIM_ID, TOPIC_PREFIX, Shim, ShimBackend, mqtt_env
+from .conftest import CHELSEA, SHIM_ID, TOPIC_PREFIX, Shim, ShimBackend, mqtt_env
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_seed_walkthrough(
         assert final["state"] == 3, final
         assert "1. tiger cat (282)" in final["results"]
         # REST names the worker that ran it: the shim's pool (local) or the node (kubernetes).
-        assert final["proplet_id"] == (NODE if backend.name == "kubernetes" else SHIM_ID)
+        assert final["proplet_id"] == backend.node
         assert final["start_time"] != "0001-01-01T00:00:00Z"
         assert final["finish_time"] >= final["start_time"]
         assert shim.http.get(f"/tasks/{task_id}/results").json() == {"results": final["results"]}
@@ -146,7 +146,7 @@ def test_pages_are_ordered_and_complete(
     assert set(proplet) == {"id", "name", "task_count", "alive", "alive_history"}
     assert proplet["alive"] is True
     if backend.name == "kubernetes":  # the OpenVINO-labelled, Ready node
-        assert (proplet["id"], proplet["name"]) == (NODE, NODE)
+        assert (proplet["id"], proplet["name"]) == (backend.node, backend.node)
     assert shim.http.get(f"/proplets/{proplet['id']}").json()["id"] == proplet["id"]
     health = shim.http.get("/health").json()
     assert health["status"] == "pass"
