@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile
-from wasinn_operator.controller.reconcile import attempt_in_progress
+from wasinn_operator.controller.pods import attempt_in_progress
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -224,6 +224,10 @@ def test_suspend_interrupts_and_resume_restarts() -> None:
     assert (plan.status["phase"], plan.status["state"]) == ("Interrupted", 6)
     assert condition(plan, "Suspended")["status"] == "True"
     assert plan.events[-1][:2] == ("Warning", "Interrupted")
+    assert (plan.status["error"], plan.status["completionTime"]) == (
+        "stopped",
+        "2026-11-25T12:00:00Z",
+    )
     # The Pod is gone; the task stays Interrupted while suspended.
     still = run(task({"suspend": True}, plan.status))
     assert still.status["phase"] == "Interrupted"
@@ -233,6 +237,37 @@ def test_suspend_interrupts_and_resume_restarts() -> None:
     assert resumed.create_pod["metadata"]["name"] == "cat-2"
     assert condition(resumed, "Suspended")["status"] == "False"
     assert resumed.status.get("failedAttempts", 0) == 0
+    assert "error" not in resumed.status and "completionTime" not in resumed.status
+
+
+def test_suspend_while_the_pod_is_already_going() -> None:
+    """Decided again after a lost status write: the Pod it deleted is terminating."""
+    going = pod(1, "Running", node="n1")
+    going["metadata"]["deletionTimestamp"] = "2026-11-25T11:59:59Z"
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task({"suspend": True}, status), pods=[going])
+    assert plan.delete_pods == []
+    assert (plan.status["phase"], plan.status["error"]) == ("Interrupted", "stopped")
+
+
+def test_a_pod_whose_status_write_was_lost_is_adopted() -> None:
+    """Pod cat-2 was created, then the status write recording it failed: no third Pod."""
+    status = {"phase": "Pending", "attempts": 1, "failedAttempts": 1, "retryAfter": "x"}
+    plan = run(task(status=status), pods=[pod(1, "Failed"), pod(2, "Running", node="n1")])
+    assert plan.create_pod is None
+    assert (plan.status["attempts"], plan.status["podName"]) == (2, "cat-2")
+    assert plan.status["phase"] == "Running"
+    assert "retryAfter" not in plan.status
+    # Its attempt's end is recorded like any other (not skipped as an old failure).
+    status = {"phase": "Pending", "attempts": 1, "failedAttempts": 1}
+    done = pod(2, "Succeeded", node="n1", **terminated(0, {"stdout": "tiger cat"}))
+    plan = run(task(status=status), pods=[pod(1, "Failed"), done])
+    assert (plan.status["phase"], plan.status["attempts"]) == ("Completed", 2)
+    # Suspended meanwhile: the adopted Pod is the one stopped.
+    status = {"phase": "Pending", "attempts": 0}
+    plan = run(task({"suspend": True}, status), pods=[pod(1, "Running", node="n1")])
+    assert plan.delete_pods == ["cat-1"]
+    assert plan.status["phase"] == "Interrupted"
 
 
 def test_suspended_before_start() -> None:

@@ -20,12 +20,14 @@ from pydantic import ValidationError
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
 from . import metrics
 from .builders import TASK_UID_LABEL
-from .kube import Kube
-from .reconcile import Facts, attempt_in_progress, reconcile
+from .kube import Kube, StaleTaskError
+from .pods import attempt_in_progress
+from .reconcile import Facts, reconcile
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
 _locks: dict[str, asyncio.Lock] = {}
+STALE_RETRIES = 5
 _state: dict[str, Any] = {}  # the Kube client and settings, made on first use
 
 
@@ -133,11 +135,19 @@ async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 
 
 async def reconcile_task(namespace: str, name: str, uid: str) -> None:
-    """Reconcile one task from fresh state and apply the plan."""
+    """Reconcile one task from fresh state and apply the plan; when the task changed between
+    the read and the status write (the shim starts and stops runs), decide again."""
     lock = _locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
-            await _reconcile(namespace, name, uid)
+            for attempt in range(1, STALE_RETRIES + 1):
+                try:
+                    await _reconcile(namespace, name, uid)
+                    return
+                except StaleTaskError:
+                    if attempt == STALE_RETRIES:
+                        raise
+                    log.info("%s/%s changed during a reconcile; again", namespace, name)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
             raise
@@ -160,7 +170,8 @@ async def _reconcile(namespace: str, name: str, uid: str) -> None:
         await kube.delete_pod(namespace, pod)
     before = task.get("status") or {}
     if plan.status != before:
-        await kube.patch_status(namespace, name, _merge_patch(before, plan.status))
+        version = task["metadata"].get("resourceVersion")
+        await kube.patch_status(namespace, name, _merge_patch(before, plan.status), version)
     for kind, reason, message in plan.events:
         await kube.post_event(task, kind, reason, message)
     metrics.observe(uid, before, plan.status, facts.pods)

@@ -34,6 +34,10 @@ def load_config() -> None:
         )
 
 
+class StaleTaskError(Exception):
+    """A write's resourceVersion precondition failed: decide again on a fresh read."""
+
+
 class Kube:
     """Reads and writes of tasks, Pods and the facts a reconcile needs."""
 
@@ -145,12 +149,23 @@ class Kube:
             for item in found.get("items") or []:
                 await self._ignore_404(deleter, item["metadata"]["name"], namespace)
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource."""
-        await self._ignore_404(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-        )  # fmt: skip
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
+    ) -> None:
+        """Merge-patch the status subresource of the task as read at `resource_version`;
+        `StaleTaskError` when it changed since (the shim writes status too)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            await self._ignore_404(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, PLURAL, name, body,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 409:
+                raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
+            raise
 
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""

@@ -14,7 +14,6 @@ restarts mid-task picks up the existing Pod instead of making a second one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,8 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
-from .builders import ATTEMPT_LABEL, CONTAINER, TaskTooLargeError, build_pod, build_wasm_configmap
+from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .phases import ConditionType, Reason, TaskPhase, set_condition, timestamp
+from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
 from .settings import OperatorSettings
 
 EXIT_TIMEOUT = 124
@@ -108,8 +108,15 @@ def _step(
     if phase.finished:
         _expire(spec, facts, plan)
         return
-    pod = _current_pod(facts.pods, status.get("attempts", 0))
-    if pod is not None and _ended(pod) and status.get("phase") == TaskPhase.PENDING:
+    attempts = int(status.get("attempts", 0))
+    pod = current_pod(facts.pods, attempts)
+    if pod is not None and attempt_of(pod) > attempts:
+        # Created by a reconcile whose status write never landed (a conflict with the shim, or
+        # the operator stopped in between): adopt it rather than start another attempt.
+        status.update(attempts=attempt_of(pod), podName=pod["metadata"]["name"])
+        status.pop("retryAfter", None)
+        _set(plan, TaskPhase.SCHEDULED)
+    elif pod is not None and ended(pod) and status.get("phase") == TaskPhase.PENDING:
         pod = None  # its failure was recorded already; the retry is due or waiting
     if pod is not None and _absorb_pod(pod, spec, facts, settings, plan):
         return  # the attempt ended: Completed, Failed, or a retry scheduled
@@ -118,6 +125,8 @@ def _step(
         return
     if status.get("phase") == TaskPhase.INTERRUPTED:
         _set(plan, TaskPhase.PENDING)
+        status.pop("error", None)
+        status.pop("completionTime", None)
         _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     elif _has_condition(status, ConditionType.SUSPENDED, True):
         _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
@@ -212,7 +221,7 @@ def _absorb_pod(
     if node:
         status["nodeName"] = node
     if phase == "Pending":
-        scheduled = _pod_condition(pod, "PodScheduled")
+        scheduled = pod_condition(pod, "PodScheduled")
         if scheduled and scheduled.get("status") == "False":
             _set(plan, TaskPhase.PENDING)
             _condition(
@@ -249,7 +258,7 @@ def _absorb_pod(
     if phase not in ("Succeeded", "Failed"):
         return False
     status.setdefault("startTime", pod_status.get("startTime") or timestamp(facts.now))
-    summary, exit_code = _summary(pod)
+    summary, exit_code = run_summary(pod)
     _record_results(status, summary, exit_code, settings)
     if phase == "Succeeded":
         _set(plan, TaskPhase.COMPLETED)
@@ -314,11 +323,18 @@ def _attempt_failed(
 
 
 def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
+    status = plan.status
     running = pod is not None and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
     if running and pod is not None:
         plan.delete_pods.append(pod["metadata"]["name"])
+    # A run under way ends Interrupted, also when its Pod is already going (deleted by a
+    # reconcile whose status write lost a race and is now decided again).
+    if running or status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
         _set(plan, TaskPhase.INTERRUPTED)
-    elif plan.status.get("phase") != TaskPhase.INTERRUPTED:
+        status["error"] = "stopped"
+        status["completionTime"] = timestamp(facts.now)
+        status.pop("retryAfter", None)
+    elif status.get("phase") != TaskPhase.INTERRUPTED:
         _set(plan, TaskPhase.PENDING)
     _condition(
         plan, ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true", facts.now
@@ -366,53 +382,6 @@ def _record_results(
         status.pop("error", None)
     if summary.digest:
         status["digest"] = summary.digest
-
-
-def _summary(pod: dict[str, Any]) -> tuple[RunSummary | None, int | None]:
-    """The proplet's termination message and exit code, if the container terminated."""
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") != CONTAINER:
-            continue
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        exit_code = terminated.get("exitCode")
-        message = terminated.get("message") or ""
-        try:
-            return RunSummary.model_validate(json.loads(message)), exit_code
-        except (ValueError, ValidationError):
-            # FallbackToLogsOnError: the message is the log tail when the proplet wrote none.
-            error = message.strip()[-1000:] or terminated.get("reason") or None
-            return (
-                RunSummary(state="Failed", exitCode=exit_code or 1, error=error),
-                exit_code,
-            )
-    return None, None
-
-
-def attempt_in_progress(task: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
-    """The current attempt's Pod exists and has not ended: no start decision is due, so the
-    claim, node and ConfigMap facts are not needed."""
-    pod = _current_pod(pods, int((task.get("status") or {}).get("attempts", 0)))
-    return pod is not None and not _ended(pod)
-
-
-def _current_pod(pods: list[dict[str, Any]], attempts: int) -> dict[str, Any] | None:
-    """The Pod of the latest attempt, unless it is being deleted."""
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    for pod in live:
-        if (pod["metadata"].get("labels") or {}).get(ATTEMPT_LABEL) == str(attempts):
-            return pod
-    return None
-
-
-def _ended(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
-def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind:
-            return dict(condition)
-    return None
 
 
 def _has_condition(status: dict[str, Any], kind: ConditionType, value: bool) -> bool:

@@ -1,11 +1,15 @@
 """The kubernetes backend: each Propeller task is a WasiNNTask; the objects are the truth.
 
 The shim keeps no task state: a task is the object named after its Propeller id, labelled
-`wasinn.dev/propeller-id`. Fields with no place in the spec (the Propeller name, inputs as given,
-times, the run counter and the MQTT outbox mark) are annotations. A task is created suspended
+`wasinn.dev/propeller-id` (the mapping is in `kubemap`). A task is created suspended
 (Propeller's Pending), `start` resets its status and unsuspends it, `stop` suspends it
 (Interrupted); the operator runs it and writes phase, results and errors to `status`. Modules
 live in the shim's artifact store and reach Pods by URL, with their digest checked.
+
+The operator writes the same objects, so every read-decide-write here carries the
+resourceVersion it decided on and is decided again on a fresh read when the API server refuses
+it (409): no write of either side is lost, and a stop that loses the race to a finishing run
+says so (409 to the REST client) instead of overwriting its result.
 """
 
 from __future__ import annotations
@@ -13,46 +17,38 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION, WasmSource
+from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
 from ..controller.kube import load_config
 from .errors import BadRequestError, ConflictError, NotFoundError
+from .kubemap import (
+    CREATED,
+    PROPLET,
+    PUBLISHED,
+    RUN,
+    RUN_FIELDS,
+    UPDATED,
+    WASM_KEYS,
+    active,
+    annotations_of,
+    iso,
+    parse_time,
+    task_annotations,
+    task_spec,
+    to_record,
+)
 from .store import PropletRecord, TaskRecord, TaskState, now
 
-PREFIX = "wasinn.dev/"
-NAME, CREATED, UPDATED = PREFIX + "propeller-name", PREFIX + "created-at", PREFIX + "updated-at"
-INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "image-url"
-RUN, PUBLISHED, PROPLET = PREFIX + "run", PREFIX + "published-run", PREFIX + "proplet-id"
-PHASES = {
-    "Pending": TaskState.PENDING,
-    "Scheduled": TaskState.SCHEDULED,
-    "Running": TaskState.RUNNING,
-    "Completed": TaskState.COMPLETED,
-    "Failed": TaskState.FAILED,
-    "Interrupted": TaskState.INTERRUPTED,
-}
-FINISHED = (TaskState.COMPLETED, TaskState.FAILED)
-WASM_KEYS = tuple(f.alias or n for n, f in WasmSource.model_fields.items())
-# Status fields a new run starts without ("attempts" stays: Pod names go on counting).
-RUN_FIELDS = (
-    "results",
-    "resultsTruncated",
-    "error",
-    "exitCode",
-    "startTime",
-    "completionTime",
-    "retryAfter",
-    "podName",
-    "nodeName",
-    "failedAttempts",
-    "conditions",
-    "digest",
-)
+STALE_RETRIES = 5
+
+
+class _StaleError(Exception):
+    """A write's resourceVersion precondition failed (409): the object changed since read."""
 
 
 class KubernetesStore:
@@ -73,7 +69,7 @@ class KubernetesStore:
 
     def get(self, task_id: str) -> TaskRecord:
         """The task."""
-        return self._record(self._object(task_id))
+        return to_record(self._object(task_id))
 
     def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
         """A page in creation order."""
@@ -114,7 +110,7 @@ class KubernetesStore:
                 ),
                 {},
             )
-            beat = _time(ready.get("lastHeartbeatTime"))
+            beat = parse_time(ready.get("lastHeartbeatTime"))
             found.append(
                 PropletRecord(
                     id=name,
@@ -137,13 +133,13 @@ class KubernetesStore:
                 "name": record.id,
                 "labels": {PROPELLER_ID_LABEL: record.id},
                 "annotations": {
-                    **self._annotations(record),
-                    CREATED: _iso(record.created_at),
+                    **task_annotations(record),
+                    CREATED: iso(record.created_at),
                     RUN: str(record.run),
                     PUBLISHED: str(record.run),
                 },
             },
-            "spec": {**self._spec(record), "suspend": True},
+            "spec": {**task_spec(record, self._artifacts_url), "suspend": True},
         }
         try:
             self._call(
@@ -159,22 +155,26 @@ class KubernetesStore:
 
     def save(self, record: TaskRecord) -> None:
         """Write the spec fields of a task that is not running."""
-        obj = self._object(record.id)
-        if self._active(obj):
-            raise ConflictError(f"task {record.id} is running: stop it before changing it")
-        spec = self._spec(record)
-        # A merge patch merges objects: keys left out would stay, so null them (an `image` and
-        # a new `url` would both be set, and a replaced `env` would keep the old variables).
-        wasm = spec.get("wasm")
-        if wasm is not None:
-            wasm = {**dict.fromkeys(WASM_KEYS), **wasm}
-        old_env = (obj.get("spec") or {}).get("env") or {}
-        env = {**dict.fromkeys(old_env), **spec["env"]}
-        patch: dict[str, Any] = {
-            "metadata": {"annotations": {**self._annotations(record), UPDATED: _iso(now())}},
-            "spec": {**spec, "wasm": wasm, "env": env},
-        }
-        self._patch(record.id, patch)
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            if active(obj):
+                raise ConflictError(f"task {record.id} is running: stop it before changing it")
+            spec = task_spec(record, self._artifacts_url)
+            # A merge patch merges objects: keys left out would stay, so null them (an `image`
+            # and a new `url` would both be set, and a replaced `env` would keep old variables).
+            wasm = spec.get("wasm")
+            if wasm is not None:
+                wasm = {**dict.fromkeys(WASM_KEYS), **wasm}
+            old_env = (obj.get("spec") or {}).get("env") or {}
+            env = {**dict.fromkeys(old_env), **spec["env"]}
+            notes = {**task_annotations(record), UPDATED: iso(now())}
+            patch = {
+                "metadata": {"annotations": notes},
+                "spec": {**spec, "wasm": wasm, "env": env},
+            }
+            return self._patch(record.id, patch, obj)
+
+        self._decide(record.id, change)
 
     def remove(self, task_id: str) -> TaskRecord:
         """Delete the task (the operator's owner references take its Pods along)."""
@@ -191,44 +191,58 @@ class KubernetesStore:
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
         """A new run: reset the status and unsuspend (the operator takes it from there)."""
-        obj = self._object(task_id)
-        if self._active(obj):
-            raise ConflictError(f"task {task_id} is already scheduled or running")
-        if not (obj.get("spec") or {}).get("wasm"):
-            raise BadRequestError(f"task {task_id} has no wasm module")
-        run = int(_annotations(obj).get(RUN, "0")) + 1
-        self._patch_status(task_id, {**dict.fromkeys(RUN_FIELDS), "phase": "Pending", "state": 0})
-        annotations = {RUN: str(run), UPDATED: _iso(now()), PROPLET: proplet_id or None}
-        self._patch(task_id, {"metadata": {"annotations": annotations}, "spec": {"suspend": False}})
-        return self.get(task_id)
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            if active(obj):
+                raise ConflictError(f"task {task_id} is already scheduled or running")
+            if not (obj.get("spec") or {}).get("wasm"):
+                raise BadRequestError(f"task {task_id} has no wasm module")
+            run = int(annotations_of(obj).get(RUN, "0")) + 1
+            reset = {**dict.fromkeys(RUN_FIELDS), "phase": "Pending", "state": 0}
+            obj = self._patch_status(task_id, reset, obj)
+            notes = {RUN: str(run), UPDATED: iso(now()), PROPLET: proplet_id or None}
+            patch = {"metadata": {"annotations": notes}, "spec": {"suspend": False}}
+            return self._patch(task_id, patch, obj)
+
+        return to_record(self._decide(task_id, change))
 
     def stop(self, task_id: str) -> TaskRecord:
         """Suspend a started task: the operator deletes its Pod; the state is Interrupted."""
-        obj = self._object(task_id)
-        if not self._active(obj):
-            raise ConflictError(f"task {task_id} is not scheduled or running")
-        self._patch(task_id, {"spec": {"suspend": True}})
-        self._patch_status(task_id, {"phase": "Interrupted", "state": 6, "error": "stopped"})
-        return self.get(task_id)
+
+        def suspend(obj: dict[str, Any]) -> dict[str, Any]:
+            if not active(obj):
+                raise ConflictError(f"task {task_id} is not scheduled or running")
+            return self._patch(task_id, {"spec": {"suspend": True}}, obj)
+
+        def interrupt(obj: dict[str, Any]) -> dict[str, Any]:
+            # Suspended now, so no new attempt starts; an end the operator recorded first (the
+            # run finished meanwhile, or it interrupted the run itself) stands.
+            if (obj.get("status") or {}).get("phase") in ("Completed", "Failed", "Interrupted"):
+                return obj
+            ended = {"phase": "Interrupted", "state": 6, "error": "stopped"}
+            return self._patch_status(task_id, {**ended, "completionTime": iso(now())}, obj)
+
+        self._decide(task_id, suspend)
+        return to_record(self._decide(task_id, interrupt))
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
         """Record a run that could not start as Failed (its result is then published)."""
-        obj = self._object(task_id)
-        if self._active(obj):
-            raise ConflictError(f"task {task_id} is scheduled or running")
-        run = int(_annotations(obj).get(RUN, "0")) + 1
-        self._patch(task_id, {"metadata": {"annotations": {RUN: str(run)}}})
-        self._patch_status(
-            task_id,
-            {
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            if active(obj):
+                raise ConflictError(f"task {task_id} is scheduled or running")
+            run = int(annotations_of(obj).get(RUN, "0")) + 1
+            obj = self._patch(task_id, {"metadata": {"annotations": {RUN: str(run)}}}, obj)
+            failed = {
                 **dict.fromkeys(RUN_FIELDS),
                 "phase": "Failed",
                 "state": 4,
                 "error": error,
-                "completionTime": _iso(now()),
-            },
-        )
-        return self.get(task_id)
+                "completionTime": iso(now()),
+            }
+            return self._patch_status(task_id, failed, obj)
+
+        return to_record(self._decide(task_id, change))
 
     def mark_published(self, task_id: str, run: int) -> None:
         """Mark run `run`'s result acknowledged by the broker (an annotation on the task)."""
@@ -242,70 +256,10 @@ class KubernetesStore:
     def close(self) -> None:
         """Nothing to stop: the objects carry on without the shim."""
 
-    # -- mapping -----------------------------------------------------------------------------
-
-    def _spec(self, record: TaskRecord) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "cliArgs": list(record.cli_args or []),
-            "args": [str(i) for i in record.inputs],
-            "env": dict(record.env),
-            "daemon": record.daemon,
-        }
-        if record.digest:
-            url = f"{self._artifacts_url}/artifacts/{record.digest}"
-            spec["wasm"] = {"url": url, "digest": record.digest}
-        elif record.image_url:
-            spec["wasm"] = {"image": record.image_url}
-        return spec
-
-    @staticmethod
-    def _annotations(record: TaskRecord) -> dict[str, str | None]:
-        return {
-            NAME: record.name,
-            INPUTS: json.dumps(record.inputs),
-            CLI_ARGS: json.dumps(record.cli_args),
-            IMAGE: record.image_url or None,
-        }
-
-    def _record(self, obj: dict[str, Any]) -> TaskRecord:
-        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        notes = _annotations(obj)
-        wasm = spec.get("wasm") or {}
-        state = PHASES.get(status.get("phase") or "Pending", TaskState.PENDING)
-        run = int(notes.get(RUN, "0"))
-        created = _time(notes.get(CREATED)) or _time(meta.get("creationTimestamp")) or now()
-        return TaskRecord(
-            id=meta["name"],
-            name=notes.get(NAME, meta["name"]),
-            state=state,
-            image_url=notes.get(IMAGE) or "",
-            digest=wasm.get("digest", "") if "url" in wasm else "",
-            cli_args=json.loads(notes[CLI_ARGS]) if CLI_ARGS in notes else spec.get("cliArgs"),
-            inputs=json.loads(notes[INPUTS]) if INPUTS in notes else list(spec.get("args") or []),
-            env=dict(spec.get("env") or {}),
-            daemon=bool(spec.get("daemon")),
-            proplet_id=notes.get(PROPLET) or status.get("nodeName") or "",
-            results=status.get("results"),
-            error=status.get("error") or "",
-            start_time=_time(status.get("startTime")),
-            finish_time=_time(status.get("completionTime")),
-            created_at=created,
-            updated_at=_time(notes.get(UPDATED)) or created,
-            run=run,
-            unpublished=state in FINISHED and notes.get(PUBLISHED) != str(run),
-        )
-
-    @staticmethod
-    def _active(obj: dict[str, Any]) -> bool:
-        """Started and not finished: the operator owns the task until it ends."""
-        phase = (obj.get("status") or {}).get("phase") or "Pending"
-        suspended = bool((obj.get("spec") or {}).get("suspend"))
-        return not suspended and phase not in ("Completed", "Failed", "Interrupted")
-
     # -- API ---------------------------------------------------------------------------------
 
     def _records(self) -> list[TaskRecord]:
-        records = [self._record(o) for o in self._objects()]
+        records = [to_record(o) for o in self._objects()]
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
     def _objects(self) -> list[dict[str, Any]]:
@@ -335,27 +289,49 @@ class KubernetesStore:
             raise NotFoundError(f"task {task_id} not found")
         return obj
 
-    def _patch(self, task_id: str, patch: dict[str, Any]) -> None:
-        self._call(
-            self._custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            self._namespace,
-            PLURAL,
-            task_id,
-            patch,
+    def _decide(
+        self, task_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Read the task and apply `change` to it, again on a fresh read while the object moved
+        on under it: the operator writes the same objects, so every decision is made on the
+        version it is written against (resourceVersion preconditions) and none is lost."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return change(self._object(task_id))
+            except _StaleError:
+                continue
+        raise ConflictError(f"task {task_id} kept changing while being updated; try again")
+
+    def _patch(
+        self, task_id: str, patch: dict[str, Any], read: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch the task (as `read`, when given); the object as written."""
+        return self._write(self._custom.patch_namespaced_custom_object, task_id, patch, read)
+
+    def _patch_status(
+        self, task_id: str, status: dict[str, Any], read: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status of the task as `read`; the object as written."""
+        return self._write(
+            self._custom.patch_namespaced_custom_object_status, task_id, {"status": status}, read
         )
 
-    def _patch_status(self, task_id: str, status: dict[str, Any]) -> None:
-        self._call(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            self._namespace,
-            PLURAL,
-            task_id,
-            {"status": status},
-        )
+    def _write(
+        self, fn: Any, task_id: str, patch: dict[str, Any], read: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if read is not None:
+            version = read["metadata"]["resourceVersion"]
+            meta = {**patch.get("metadata", {}), "resourceVersion": version}
+            patch = {**patch, "metadata": meta}
+        try:
+            written: dict[str, Any] = self._call(
+                fn, GROUP, VERSION, self._namespace, PLURAL, task_id, patch
+            )
+        except ConflictError:
+            if read is None:
+                raise
+            raise _StaleError from None
+        return written
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -375,20 +351,8 @@ class KubernetesStore:
         return json.loads(data) if data else {}
 
 
-def _annotations(obj: dict[str, Any]) -> dict[str, str]:
-    return dict(obj["metadata"].get("annotations") or {})
-
-
 def _api_message(exc: ApiException) -> str:
     try:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except ValueError:
         return str(exc.reason)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
