@@ -5,8 +5,9 @@ Latency: the median of one inference (input, infer, output copied out) natively 
 the wasm classify guest (which times its set_input, compute and get_output calls with the WASI
 monotonic clock), at batch 1 and 8, in one process. Both use the engine's Core and compile
 properties and one reused infer request; the native input is a shared tensor set once (as an
-application reusing its buffer does). Native and wasm rounds alternate so that drift on a
-shared machine affects both alike.
+application reusing its buffer does). Native and wasm run in short alternating rounds; the ratio
+is the median of the rounds' ratios, so drift and a busy neighbour on a shared machine affect
+both sides alike (its quartiles over the rounds are shown too).
 
 Start: the wall time of a whole classification task as the product runs one. The local shim
 runs tasks on warm workers (`wasinn proplet serve`, one engine kept across tasks), driven here
@@ -16,7 +17,7 @@ the on-disk caches populated, as `wasinn shim --fresh-process` and a Pod per tas
 start of a process (interpreter, imports, engine) is shown apart.
 
 usage: hack/bench_runtime.py [--models-dir DIR] [--guest build/guests/classify-c.wasm]
-                             [--iterations 25] [--rounds 8] [--starts 3] [--precision f32]
+                             [--iterations 10] [--rounds 40] [--starts 3] [--precision f32]
                              [--only latency|start]
 """
 
@@ -138,16 +139,31 @@ def latency_table(args: argparse.Namespace, models_dir: Path) -> None:
         runtime = Runtime(RuntimeConfig(cache_dir=Path(tmp), inference_precision=args.precision))
         print(f"model {MODEL}, guest {args.guest.name}, precision {args.precision or 'default'}, "
               f"{args.rounds} rounds x {args.iterations} iterations")  # fmt: skip
-        print(f"{'batch':>5} {'native ms':>10} {'wasm ms':>10} {'wasm/native':>12}")
+        print(f"{'batch':>5} {'native ms':>10} {'wasm ms':>10} {'wasm/native':>12} "
+              f"{'(rounds q1-q3)':>15}")  # fmt: skip
         for batch in (1, 8):
             baseline = Native(runtime, models_dir, batch)
             native: list[float] = []
             wasm: list[float] = []
-            for _ in range(args.rounds):
-                native += baseline.latencies(args.iterations)
-                wasm += wasm_latencies(runtime, models_dir, args.guest, batch, args.iterations)
+            ratios: list[float] = []
+            iterations = args.iterations
+            for round_ in range(args.rounds):
+                # Short rounds, alternating which side goes first: the ratio of each round's
+                # medians compares the two under the same load, and their median discards the
+                # rounds a neighbour on this shared machine disturbed.
+                if round_ % 2:
+                    w_round = wasm_latencies(runtime, models_dir, args.guest, batch, iterations)
+                    n_round = baseline.latencies(iterations)
+                else:
+                    n_round = baseline.latencies(iterations)
+                    w_round = wasm_latencies(runtime, models_dir, args.guest, batch, iterations)
+                native += n_round
+                wasm += w_round
+                ratios.append(statistics.median(w_round) / statistics.median(n_round))
             n, w = statistics.median(native), statistics.median(wasm)
-            print(f"{batch:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {w / n:>12.3f}")
+            q1, ratio, q3 = statistics.quantiles(ratios, n=4)
+            print(f"{batch:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {ratio:>12.3f} "
+                  f"{f'{q1:.3f}-{q3:.3f}':>15}")  # fmt: skip
 
 
 def worker_times(
@@ -207,8 +223,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=ROOT.parent / "shared" / "models")
     parser.add_argument("--guest", type=Path, default=ROOT / "build/guests/classify-c.wasm")
-    parser.add_argument("--iterations", type=int, default=25)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--precision", default=None, help="f32, bf16 or f16 (default: device's)")
     parser.add_argument("--only", choices=["latency", "start"], help="run one table")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Callable
 from enum import IntEnum
 
 import numpy as np
@@ -99,16 +100,19 @@ class GuestMemory:
     outside the guest's.
     """
 
-    __slots__ = ("base", "size")
+    __slots__ = ("_grown", "base", "size")
 
-    def __init__(self, base: int, size: int) -> None:
+    def __init__(self, base: int, size: int, grown: Callable[[], int] | None = None) -> None:
         self.base = base
-        self.size = size
+        self.size = size  # a lower bound when `grown` is given: memory only grows
+        self._grown = grown
 
     def check(self, ptr: int, length: int, what: str) -> tuple[int, int]:
         """Masked `(ptr, length)` if the range lies inside memory, else `invalid_argument`."""
         ptr &= U32_MASK
         length &= U32_MASK
+        if ptr + length > self.size and self._grown is not None:
+            self.size = self._grown()
         if ptr + length > self.size:
             raise NNError(
                 NNErrno.INVALID_ARGUMENT,
@@ -137,6 +141,8 @@ class GuestMemory:
     def read_u32s(self, ptr: int, count: int, what: str) -> tuple[int, ...]:
         """`count` little-endian u32 values at `ptr`."""
         count &= U32_MASK
+        if count > self.size // 4 and self._grown is not None:
+            self.size = self._grown()
         if count > self.size // 4:
             raise NNError(NNErrno.INVALID_ARGUMENT, f"{what}: count {count} is impossibly large")
         return struct.unpack(f"<{count}I", self.read(ptr, count * 4, what))
@@ -153,4 +159,6 @@ class GuestMemory:
 
     def write_u32(self, ptr: int, value: int, what: str) -> None:
         """Store a little-endian u32 (a result out-pointer)."""
-        self.write(ptr, struct.pack("<I", value & U32_MASK), what)
+        ptr, _ = self.check(ptr, 4, what)
+        # One ctypes store; wasm32 is little-endian, as is every host OpenVINO runs on.
+        ctypes.c_uint32.from_address(self.base + ptr).value = value & U32_MASK

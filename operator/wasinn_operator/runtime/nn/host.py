@@ -16,6 +16,7 @@ wasmtime-py's generic trampoline, which cost more than the rest of an inference'
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import struct
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import wasmtime
 
 from . import hostcall
@@ -79,6 +81,11 @@ class NNHost:
         self._named_target = named_target
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
+        # The last validated set_input per (context, index) and get_output per context: a
+        # guest's inference loop repeats the same call, which then skips decoding and checks
+        # (the host's work right after an inference runs slow, beside OpenVINO's threads).
+        self._inputs_seen: dict[tuple[int, int], tuple[tuple[Any, ...], InputTensor]] = {}
+        self._outputs_seen: dict[int, tuple[int, int, int, int, int]] = {}
 
     def define(self, linker: wasmtime.Linker) -> None:
         """Define every function of the module in `linker`."""
@@ -96,13 +103,13 @@ class NNHost:
             hostcall.define(linker, MODULE, name, arity, self._guarded(name, fn), memory)
 
     def _guarded(self, name: str, fn: HostFn) -> Callable[..., int]:
-        def call(memory: tuple[int, int] | None, *args: int) -> int:
+        def call(memory: hostcall.RawMemory | None, *args: int) -> int:
             try:
                 if memory is None:
                     raise NNError(
                         NNErrno.MISSING_MEMORY, "the module exports no linear memory 'memory'"
                     )
-                fn(GuestMemory(*memory), *args)
+                fn(GuestMemory(memory.base, memory.size, memory.grown), *args)
             except NNError as exc:
                 self._log(f"wasi-nn: {name}: {exc} ({exc.errno.name.lower()})")
                 return int(exc.errno)
@@ -199,6 +206,15 @@ class NNHost:
         context = self._context(ctx)
         record = mem.read(tensor_ptr, TENSOR_RECORD_SIZE, "tensor record")
         dims_ptr, dims_len, type_code, data_ptr, data_len = struct.unpack("<IIB3xII", record)
+        # The same record and dimensions at the same memory base as last time: every check
+        # passed then and still holds (linear memory only grows).
+        fits = 1 <= dims_len <= MAX_RANK
+        dims_raw = mem.read(dims_ptr, 4 * dims_len, "tensor dimensions") if fits else b""
+        seen_key = (record, dims_raw, mem.base)
+        seen = self._inputs_seen.get((ctx, index))
+        if seen is not None and seen[0] == seen_key:
+            context.set_input(index & 0xFFFFFFFF, seen[1])
+            return
         ttype = _enum(TensorType, type_code, NNErrno.INVALID_ARGUMENT, "tensor type")
         if not 1 <= dims_len <= MAX_RANK:
             raise NNError(
@@ -221,7 +237,10 @@ class NNHost:
         if address % dtype.itemsize:
             raw, key = raw.copy(), None  # OpenVINO needs aligned elements: an unaligned guest pays
         data = raw.view(dtype).reshape(dims)
-        context.set_input(index & 0xFFFFFFFF, InputTensor(dims, ttype, data, key))
+        tensor = InputTensor(dims, ttype, data, key)
+        context.set_input(index & 0xFFFFFFFF, tensor)
+        if key is not None:  # a private copy must be taken afresh every time
+            self._inputs_seen[(ctx, index)] = (seen_key, tensor)
 
     def compute(self, mem: GuestMemory, ctx: int) -> None:
         """`compute`: run inference."""
@@ -231,8 +250,15 @@ class NNHost:
         self, mem: GuestMemory, ctx: int, index: int, out_ptr: int, out_max: int, written: int
     ) -> None:
         """`get_output`: copy output `index` into the guest's buffer."""
-        mem.check(written, 4, "bytes-written out-pointer")
         data = self._context(ctx).output(index & 0xFFFFFFFF)
+        if self._outputs_seen.get(ctx) == (index, out_ptr, out_max, written, data.nbytes) and (
+            data.flags.c_contiguous
+        ):
+            # Same call, same output size as last time: the ranges were checked then.
+            ctypes.memmove(mem.base + (out_ptr & 0xFFFFFFFF), _address(data), data.nbytes)
+            mem.write_u32(written, data.nbytes, "bytes-written out-pointer")
+            return
+        mem.check(written, 4, "bytes-written out-pointer")
         capacity = out_max & 0xFFFFFFFF
         if data.nbytes > capacity:
             raise NNError(
@@ -241,8 +267,14 @@ class NNHost:
             )
         if not data.flags.c_contiguous:
             data = np.ascontiguousarray(data)
-        mem.copy_in(out_ptr, data.ctypes.data, data.nbytes, "output buffer")
+        mem.copy_in(out_ptr, _address(data), data.nbytes, "output buffer")
         mem.write_u32(written, data.nbytes, "bytes-written out-pointer")
+        self._outputs_seen[ctx] = (index, out_ptr, out_max, written, data.nbytes)
+
+
+def _address(array: npt.NDArray[Any]) -> int:
+    """The array's data address (`ndarray.ctypes` costs ~40 us per use; this ~1 us)."""
+    return int(array.__array_interface__["data"][0])
 
 
 def _parse_config(raw: bytes, target: ExecutionTarget) -> tuple[ExecutionTarget, dict[str, Any]]:

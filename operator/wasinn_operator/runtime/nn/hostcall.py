@@ -26,14 +26,22 @@ RawHostFn = Callable[..., int]
 
 
 class RawMemory:
-    """The caller's exported linear memory: looked up once per store, read on every call."""
+    """The caller's exported linear memory: looked up once per store.
+
+    The engine never moves linear memory (`memory_may_move = False`), so its base address holds
+    for the store's life; its length only grows, so the length read at lookup is a safe bound
+    and `grown()` re-reads it when a range falls outside (two FFI calls saved per host call).
+    """
 
     def __init__(self) -> None:
         self._context: int | None = None
+        self._raw_context: Any = None
         self._item: Any = None
+        self.base = 0
+        self.size = 0
 
-    def bind(self, caller: Any) -> tuple[int, int] | None:
-        """`(host base address, byte length)` of the caller's memory, or None if it has none."""
+    def bind(self, caller: Any) -> RawMemory | None:
+        """This memory as of the caller's store, or None if the caller exports none."""
         context = ffi.wasmtime_caller_context(caller)
         address = ctypes.cast(context, ctypes.c_void_p).value
         if address != self._context:  # a memory handle is only valid in its own store
@@ -43,14 +51,17 @@ class RawMemory:
             )
             is_memory = found and int(item.kind) == ffi.WASMTIME_EXTERN_MEMORY.value
             self._item = ctypes.byref(item.of.memory) if is_memory else None
-            self._context = address
-        if self._item is None:
-            return None
-        # Both are read on every call: memory.grow changes the length, and the base could
-        # change too if the engine let memory move.
-        base = ffi.wasmtime_memory_data(context, self._item)
-        size = ffi.wasmtime_memory_data_size(context, self._item)
-        return ctypes.cast(base, ctypes.c_void_p).value or 0, int(size)
+            self._context, self._raw_context = address, context
+            if self._item is not None:
+                base = ffi.wasmtime_memory_data(context, self._item)
+                self.base = ctypes.cast(base, ctypes.c_void_p).value or 0
+                self.grown()
+        return None if self._item is None else self
+
+    def grown(self) -> int:
+        """The memory's current byte length (after a `memory.grow`, larger than `size`)."""
+        self.size = int(ffi.wasmtime_memory_data_size(self._raw_context, self._item))
+        return self.size
 
 
 _FUNCS: dict[int, tuple[RawHostFn, int, RawMemory]] = {}
@@ -81,9 +92,9 @@ def define(
 ) -> None:
     """Define `module.name`, taking `arity` i32s and returning one i32, in `linker`.
 
-    `fn(memory, *args)` gets `(base, length)` of the caller's `memory` export (None if there is
-    none; functions of one instance may share a `RawMemory`) and must bounds-check every pointer
-    itself. It should not raise: an exception becomes
+    `fn(memory, *args)` gets the bound `RawMemory` of the caller's `memory` export (None if
+    there is none; functions of one instance may share a `RawMemory`) and must bounds-check every
+    pointer itself. It should not raise: an exception becomes
     a trap. The entry lives until wasmtime drops the function (linker and stores gone).
     """
     ty = wasmtime.FuncType([wasmtime.ValType.i32()] * arity, [wasmtime.ValType.i32()])
