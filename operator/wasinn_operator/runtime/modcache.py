@@ -17,7 +17,7 @@ from pathlib import Path
 
 import wasmtime
 
-from .cachefile import write_atomically
+from ..atomicfile import write_atomically
 
 WASM_MAGIC = b"\0asm"
 

@@ -7,11 +7,10 @@ drift from the tasks): `collect(keep)` removes every file whose digest no task r
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from ..atomicfile import replace_file
 from .errors import BadRequestError, NotFoundError, TooLargeError, UnsupportedMediaError
 
 WASM_MAGIC = b"\0asm"
@@ -45,15 +44,7 @@ class ArtifactStore:
         hexdigest = hashlib.sha256(data).hexdigest()
         target = self._dir / hexdigest
         if not target.exists():
-            # Write then rename: a reader never sees a partial file under the final name.
-            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".upload-")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            replace_file(target, data)  # a reader never sees a partial file under the name
         return f"sha256:{hexdigest}"
 
     def path(self, digest: str) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ..cachefile import write_atomically
+from ...atomicfile import write_atomically
 from . import altstack
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wasinn_operator.runtime.cachefile import write_atomically
+from wasinn_operator.atomicfile import write_atomically
 
 pytestmark = pytest.mark.unit
 
