@@ -6,6 +6,7 @@ Every source is size-capped and, when the task names a digest, verified before a
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -75,14 +76,11 @@ def _read_file(path: Path, limit: int) -> bytes:
 def _http_get(url: str, limit: int) -> bytes:
     """GET the module; a server that is down for a moment (the shim restarting: connection
     refused, 502/503/504) is retried with backoff for about 15 s."""
-    for delay in (*HTTP_RETRY_DELAYS, None):
-        try:
+    for delay in HTTP_RETRY_DELAYS:
+        with contextlib.suppress(_TransientError):
             return _http_get_once(url, limit)
-        except _TransientError as exc:
-            if delay is None:
-                raise FetchError(str(exc)) from None
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+        time.sleep(delay)
+    return _http_get_once(url, limit)  # its failure is the FetchError reported
 
 
 class _TransientError(FetchError):
