@@ -232,7 +232,6 @@ class KubernetesStore:
             if active(obj):
                 raise ConflictError(f"task {task_id} is scheduled or running")
             run = int(annotations_of(obj).get(RUN, "0")) + 1
-            obj = self._patch(task_id, {"metadata": {"annotations": {RUN: str(run)}}}, obj)
             failed = {
                 **dict.fromkeys(RUN_FIELDS),
                 "phase": "Failed",
@@ -240,7 +239,11 @@ class KubernetesStore:
                 "error": error,
                 "completionTime": iso(now()),
             }
-            return self._patch_status(task_id, failed, obj)
+            # Status first, as in start: the run counter moves last, so a retry after a stale
+            # write counts the run once, and the outbox never sees the new run number on the
+            # previous run's result.
+            obj = self._patch_status(task_id, failed, obj)
+            return self._patch(task_id, {"metadata": {"annotations": {RUN: str(run)}}}, obj)
 
         return to_record(self._decide(task_id, change))
 
