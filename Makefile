@@ -67,7 +67,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
 	$(VENV)/bin/mypy
-	shellcheck hack/*.sh hack/cluster .ci/run
+	shellcheck hack/*.sh hack/cluster hack/cluster.d/*.sh .ci/run
 
 tools: venv
 	hack/tools.sh >/dev/null

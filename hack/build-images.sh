@@ -37,8 +37,9 @@
 #   DEBIAN_MIRROR          debootstrap's mirror, default http://deb.debian.org/debian
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${WASINN_CACHE:-$HOME/.cache/wasinn}"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 BUILD="$REPO_ROOT/build/images"
 WHEELS="$BUILD/wheels"
 PROPLET_IMAGE="${WASINN_PROPLET_IMAGE:-localhost/wasinn-proplet:dev}"
@@ -50,16 +51,6 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # The images' Python: Debian bookworm's python3.
 PY_VERSION="3.11"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO_ROOT/hack/containers.conf}"
-
-log() { printf '[build-images] %s\n' "$*" >&2; }
-die() {
-  printf '[build-images] error: %s\n' "$*" >&2
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
 
 # ------------------------------------------------------------------------------------ builder
 
@@ -92,12 +83,7 @@ ensure_tools() {
   if ((${#missing[@]})); then
     command -v apt-get >/dev/null 2>&1 ||
       die "no Docker engine and no apt-get to install ${missing[*]}: install them, or use Docker"
-    local sudo=()
-    [[ "$(id -u)" == 0 ]] || sudo=(sudo)
-    log "installing Debian packages: ${missing[*]}"
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
-      install -y -qq --no-install-recommends "${missing[@]}" >&2
+    apt_install "${missing[@]}"
   fi
   [[ "$(id -u)" == 0 ]] || die "the buildah path runs as root (debootstrap, runc); or use Docker"
 }
