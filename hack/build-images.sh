@@ -15,7 +15,9 @@
 # are installed from Debian when missing). Nothing is pulled from a container registry by the
 # buildah path: the debian:bookworm base is made locally with `debootstrap --variant=minbase`
 # (cached as $WASINN_CACHE/images/bookworm-rootfs.tar) and tagged debian:bookworm, so the same
-# Containerfiles build here and on any machine with Docker.
+# Containerfiles build here and on any machine with Docker. The proplet and operator images are
+# the targets `proplet` and `operator` of images/wasinn/Containerfile (`--target`), which share
+# every layer but their last; mosquitto is images/mosquitto/Containerfile.
 #
 # Python packages never come from PyPI inside the build: the project's wheel and every
 # dependency's wheel (CPython 3.11, manylinux) are made on the host into build/images/wheels
@@ -230,23 +232,27 @@ fingerprint() {
 }
 
 build_image() {
-  local name="$1" tag="$2" ctx containerfile args=() start fp current
+  local name="$1" tag="$2" ctx containerfile target args=() start fp current
   ctx="$(make_context "$name" "$([[ "$name" == proplet ]] && printf '%s' "${WASMTIME_CLI:-}")")"
-  containerfile="$REPO_ROOT/images/$name/Containerfile"
+  containerfile="images/$name/Containerfile" target=""
+  if [[ "$name" == proplet || "$name" == operator ]]; then
+    containerfile="images/wasinn/Containerfile" target="$name" # one file, a target each
+  fi
   args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  [[ -z "$target" ]] || args+=(--target "$target")
   if [[ "$name" == proplet && -n "${WASMTIME_CLI:-}" ]]; then
     args+=(--build-arg "WASMTIME_CLI=wasmtime-cli/wasmtime")
   fi
-  fp="$(fingerprint "$containerfile" "$ctx" "${args[@]}")"
+  fp="$(fingerprint "$REPO_ROOT/$containerfile" "$ctx" "${args[@]}")"
   current="$(engine image inspect --format "{{index .Config.Labels \"$FINGERPRINT_LABEL\"}}" \
     "$tag" 2>/dev/null || true)"
   if [[ "$current" == "$fp" && "${WASINN_FORCE_BUILD:-}" != 1 ]]; then
     log "$tag is up to date"
     return 0
   fi
-  args+=(--label "$FINGERPRINT_LABEL=$fp" -f "$containerfile" -t "$tag")
+  args+=(--label "$FINGERPRINT_LABEL=$fp" -f "$REPO_ROOT/$containerfile" -t "$tag")
   start=$SECONDS
-  log "building $tag (images/$name/Containerfile)"
+  log "building $tag ($containerfile${target:+, target $target})"
   if [[ "$BUILDER" == docker ]]; then
     docker build "${args[@]}" "$ctx" >&2
   else
