@@ -119,40 +119,25 @@ class Value:
         return ".".join(self.path)
 
 
-def schema(values: dict[str, Any], docs: dict[tuple[str, ...], Doc]) -> dict[str, Any]:
-    """values.schema.json: every documented value typed, unknown keys refused."""
-    known = set(docs)
-    root = _section((), values, docs, known)
-    # Helm's own key, shared with subcharts: allowed though this chart has none.
-    root["properties"]["global"] = {"type": "object"}
-    if known:
-        raise ValuesError(
-            f"documented keys not in values.yaml: {sorted('.'.join(k) for k in known)}"
-        )
-    return {"$schema": "http://json-schema.org/draft-07/schema#", **root}
+def leaves(values: dict[str, Any], docs: dict[tuple[str, ...], Doc]) -> list[Value]:
+    """Every value below the sections, in the order of values.yaml, each documented."""
+    found = []
 
+    def walk(path: tuple[str, ...], tree: dict[str, Any]) -> None:
+        if not tree:
+            raise ValuesError(f"{'.'.join(path)}: an empty mapping needs `# -- (object) ...`")
+        for name, default in tree.items():
+            sub = (*path, name)
+            doc = docs.get(sub)
+            if isinstance(default, dict) and not (doc and doc.types):
+                walk(sub, default)
+            elif doc is None:
+                raise ValuesError(f"{'.'.join(sub)} has no `# --` comment in values.yaml")
+            else:
+                found.append(leaf(sub, default, doc))
 
-def _section(
-    path: tuple[str, ...], values: dict[str, Any], docs: dict[tuple[str, ...], Doc], known: set[Any]
-) -> dict[str, Any]:
-    node: dict[str, Any] = {"type": "object"}
-    if path in docs:
-        node["description"] = docs[path].text
-        known.discard(path)
-    properties = {}
-    for name, default in values.items():
-        sub = (*path, name)
-        doc = docs.get(sub)
-        if isinstance(default, dict) and not (doc and doc.types):
-            properties[name] = _section(sub, default, docs, known)
-            continue
-        if doc is None:
-            raise ValuesError(f"{'.'.join(sub)} has no `# --` comment in values.yaml")
-        known.discard(sub)
-        properties[name] = _leaf(leaf(sub, default, doc))
-    node["properties"] = properties
-    node["additionalProperties"] = False
-    return node
+    walk((), values)
+    return found
 
 
 def leaf(path: tuple[str, ...], default: Any, doc: Doc) -> Value:
@@ -168,6 +153,32 @@ def leaf(path: tuple[str, ...], default: Any, doc: Doc) -> Value:
     return Value(path, types, default, doc.text)
 
 
+def schema(values: list[Value], docs: dict[tuple[str, ...], Doc]) -> dict[str, Any]:
+    """values.schema.json: every value typed; a section refuses keys it does not list."""
+    root = _section((), docs)
+    for value in values:
+        node = root
+        for depth in range(1, len(value.path)):
+            name = value.path[depth - 1]
+            if name not in node["properties"]:
+                node["properties"][name] = _section(value.path[:depth], docs)
+            node = node["properties"][name]
+        node["properties"][value.path[-1]] = _leaf(value)
+    used = {v.path[:depth] for v in values for depth in range(1, len(v.path) + 1)}
+    if stray := sorted(".".join(k) for k in set(docs) - used):
+        raise ValuesError(f"documented keys not in values.yaml: {stray}")
+    # Helm's own key, shared with subcharts: allowed though this chart has none.
+    root["properties"]["global"] = {"type": "object"}
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **root}
+
+
+def _section(path: tuple[str, ...], docs: dict[tuple[str, ...], Doc]) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "object"}
+    if path in docs:
+        node["description"] = docs[path].text
+    return {**node, "properties": {}, "additionalProperties": False}
+
+
 def _leaf(value: Value) -> dict[str, Any]:
     node: dict[str, Any] = {"type": value.types[0] if len(value.types) == 1 else list(value.types)}
     node["description"] = value.text
@@ -178,24 +189,7 @@ def _leaf(value: Value) -> dict[str, Any]:
     return node
 
 
-def leaves(values: dict[str, Any], docs: dict[tuple[str, ...], Doc]) -> list[Value]:
-    """Every documented value, in the order of values.yaml."""
-    found = []
-
-    def walk(path: tuple[str, ...], tree: dict[str, Any]) -> None:
-        for name, default in tree.items():
-            sub = (*path, name)
-            doc = docs.get(sub)
-            if isinstance(default, dict) and not (doc and doc.types):
-                walk(sub, default)
-            elif doc is not None:
-                found.append(leaf(sub, default, doc))
-
-    walk((), values)
-    return found
-
-
-def readme(chart: dict[str, Any], values: dict[str, Any], docs: dict[tuple[str, ...], Doc]) -> str:
+def readme(chart: dict[str, Any], values: list[Value], docs: dict[tuple[str, ...], Doc]) -> str:
     """The chart's README: what it is, then a table of the values per top-level section."""
     out = [
         "<!-- Generated by hack/gen_chart_docs.py (make generate) from values.yaml and Chart.yaml:",
@@ -211,9 +205,8 @@ def readme(chart: dict[str, Any], values: dict[str, Any], docs: dict[tuple[str, 
         "",
         "## Values",
     ]
-    rows = leaves(values, docs)
     groups: dict[str, list[Value]] = {}
-    for value in rows:
+    for value in values:
         group = value.path[0] if len(value.path) > 1 else ""
         groups.setdefault(group, []).append(value)
     for group, members in groups.items():
@@ -250,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     chart = yaml.safe_load((args.chart / "Chart.yaml").read_text())
     try:
         docs = comments(text)
-        values_schema = schema(values, docs)
-        chart_readme = readme(chart, values, docs)
+        found = leaves(values, docs)
+        values_schema = schema(found, docs)
+        chart_readme = readme(chart, found, docs)
     except ValuesError as exc:
         print(f"{args.chart / 'values.yaml'}: {exc}", file=sys.stderr)
         return 1

@@ -263,6 +263,8 @@ flag: true
         (VALUES + "# -- Unset.\nother: null\n", "a null default needs a type"),
         (VALUES + "# -- (int) A number.\nother: x\n", "is not of type integer"),
         (VALUES + "# -- (integr) A number.\nother: 1\n", "unknown type 'integr'"),
+        (VALUES + "# -- Passed on?\nother: {}\n", "an empty mapping needs"),
+        (VALUES + "# -- (object) On.\nother:\n  # -- Inside.\n  k: v\n", "not in values.yaml"),
     ],
 )
 def test_values_generator_refuses_undocumented_values(
