@@ -25,11 +25,12 @@ APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 # and the wasmtime CLI (hack/build-wasmtime-cli.sh).
 SUITES := tests/unit tests/runtime tests/integration tests/container tests/cluster tests/kind
 
-.PHONY: help apt venv guests tools demo lint test clean
+.PHONY: help apt venv guests tools demo generate lint test clean
 
 help:
 	@echo "make demo   classify the example images with a wasi-nn guest (no cluster)"
 	@echo "make test   run the whole test suite (installs what it needs)"
+	@echo "make generate  rewrite the generated files (CRD, chart values schema and README)"
 	@echo "variables:  MODELS_DIR=$(MODELS_DIR) MODEL=$(MODEL)"
 
 apt:
@@ -56,11 +57,17 @@ guests: apt
 demo: venv guests
 	hack/demo.sh "$(MODELS_DIR)" "$(MODEL)" "$(GUEST_DIR)/classify-c.wasm"
 
+# Files generated from others (tests/unit/test_generated.py fails when one is stale): the CRD
+# from the pydantic models, the chart's values.schema.json and README.md from values.yaml.
+generate: venv
+	$(PY) hack/gen_crd.py
+	$(PY) hack/gen_chart_docs.py
+
 lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
 	$(VENV)/bin/mypy
-	shellcheck hack/*.sh hack/cluster .ci/run
+	shellcheck hack/*.sh hack/cluster hack/cluster.d/*.sh .ci/run
 
 tools: venv
 	hack/tools.sh >/dev/null

@@ -28,6 +28,15 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pinned_version(name: str) -> str:
+    """A version pinned in hack/versions.env (`K8S_VERSION`, `WASMTIME_CLI_VERSION`, ...)."""
+    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == name:
+            return value.strip()
+    raise KeyError(f"{name} is not pinned in hack/versions.env")
+
+
 def models_dir_path() -> Path:
     """`$WASINN_MODELS_DIR`, else `../shared/models` beside the repo."""
     return Path(os.environ.get("WASINN_MODELS_DIR") or ROOT.parent / "shared" / "models").resolve()
