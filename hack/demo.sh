@@ -3,7 +3,11 @@
 # them with a wasi-nn guest running in the embedded engine (wasmtime + OpenVINO).
 # usage: hack/demo.sh MODELS_DIR MODEL GUEST.wasm
 set -euo pipefail
-models_dir=$(cd "${1:?models directory}" && pwd)
+if [ ! -d "${1:?models directory}" ]; then
+  echo "demo: models directory $1 does not exist (\`make models\` fetches the demo models)" >&2
+  exit 2
+fi
+models_dir=$(cd "$1" && pwd)
 model=${2:?model name}
 guest=${3:?guest wasm}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +21,7 @@ if [ -d "$images" ]; then
 elif [ -d "$models_dir/$model/tensors" ]; then
   tensors="$models_dir/$model/tensors"
 else
-  echo "demo: $models_dir/$model has neither images/ nor tensors/ (see README)" >&2
+  echo "demo: $models_dir/$model has neither images/ nor tensors/ (see README: Models)" >&2
   exit 2
 fi
 
