@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from wasinn_operator.runtime import DirMount, Outcome, RunSpec, Runtime, Runtime
 
 from .conftest import wat
 from .test_fast_paths import context, native, put_tensor, run, session
+from .test_nn_abi import OUTPUT, TENSOR, WRITTEN
 
 pytestmark = pytest.mark.runtime
 
@@ -134,3 +136,50 @@ def test_the_model_cache_is_bounded(tmp_path: Path, models_dir: Path) -> None:
     context(session(small, models_dir))  # the default precision: a second blob, one must go
     left = list((tmp_path / "openvino").glob("*.blob"))
     assert len(left) == 1 and left != [blob]
+
+
+def test_variants_and_loaded_bytes_are_cached_sealed(tmp_path: Path, models_dir: Path) -> None:
+    chelsea = (models_dir / "efficientnet-lite0" / "tensors" / "chelsea.rgb.f32").read_bytes()
+    outputs = []
+    for _ in range(2):  # compile and seal, then a new engine imports both blobs
+        engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+        s = session(engine, models_dir)
+        ctx = context(s)
+        put_tensor(s, chelsea * 8, dims=(8, 3, 224, 224))
+        assert s.call("nn_set_input", ctx, 0, TENSOR) == 0
+        assert s.call("nn_compute", ctx) == 0
+        assert s.call("nn_get_output", ctx, 0, OUTPUT, 8 * 4000, WRITTEN) == 0
+        outputs.append(s.read(OUTPUT, 8 * 4000))
+        blobs = {p: p.stat().st_mtime_ns for p in (tmp_path / "openvino").glob("*.blob")}
+        assert len(blobs) == 2  # the model and its batch-8 variant
+        if len(outputs) == 1:
+            written = blobs
+    assert blobs == written  # imported, not rewritten
+    assert outputs[0] == outputs[1]
+
+
+def test_a_graph_loaded_from_bytes_is_imported_and_still_makes_variants(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    model = models_dir / "efficientnet-lite0"
+    xml, weights = (model / "model.xml").read_bytes(), (model / "model.bin").read_bytes()
+    chelsea = (model / "tensors" / "chelsea.rgb.f32").read_bytes()
+    outputs = []
+    for batch in (1, 2):  # the second engine imports the graph, then compiles a variant
+        engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
+        s = engine.session(RunSpec(wasm=wat("nn_shim"), models_dir=models_dir))
+        base = 0x200000
+        s.write(base, xml)
+        s.write(base + len(xml), weights)
+        s.write(0x1000, struct.pack("<4I", base, len(xml), base + len(xml), len(weights)))
+        assert s.call("nn_load", 0x1000, 2, 0, 0, 0x200) == 0
+        assert s.call("nn_init_execution_context", 0, 0x204) == 0
+        put_tensor(s, chelsea * batch, dims=(batch, 3, 224, 224))
+        assert s.call("nn_set_input", 0, 0, TENSOR) == 0
+        assert s.call("nn_compute", 0) == 0
+        assert s.call("nn_get_output", 0, 0, OUTPUT, batch * 4000, WRITTEN) == 0
+        outputs.append(s.read(OUTPUT, 4000))
+    assert len(list((tmp_path / "openvino").glob("*.blob"))) == 2  # the graph, the variant
+    first, second = (np.frombuffer(o, np.float32) for o in outputs)
+    np.testing.assert_array_equal(first, native(models_dir, chelsea))
+    np.testing.assert_allclose(second, first, rtol=1e-4, atol=1e-4)  # batch 2's first image

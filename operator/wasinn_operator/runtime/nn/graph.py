@@ -38,6 +38,7 @@ OV_TYPES: dict[TensorType, ov.Type] = {
 }
 
 Signature = tuple[tuple[tuple[int, ...], TensorType], ...]
+Compiled = tuple[ov.CompiledModel, object]  # and the memory it was imported from, if any
 
 
 def compile_model(
@@ -97,7 +98,7 @@ class Graph:
         self.origin = origin or Origin(None, 0)
         self.cost = 0  # the host memory charged to each run that holds this graph
         self._lock = threading.Lock()
-        self._variants: OrderedDict[Signature, ov.CompiledModel] = OrderedDict()
+        self._variants: OrderedDict[Signature, Compiled] = OrderedDict()
         self._inputs = list(compiled.inputs)
         self.input_count = len(self._inputs)
         self.output_count = len(compiled.outputs)
@@ -139,10 +140,11 @@ class Graph:
                 f"{rank} ({self._inputs[index].get_partial_shape()})",
             )
 
-    def compiled_for(self, signature: Signature, budget: Budget) -> ov.CompiledModel:
-        """The compiled model that accepts exactly these input shapes and types."""
+    def compiled_for(self, signature: Signature, budget: Budget) -> Compiled:
+        """The compiled model that accepts exactly these input shapes and types, with the memory
+        it was imported from (whoever uses the model must keep that alive)."""
         if self._fits_default(signature):
-            return self._default
+            return self._default, self._keep
         cost = VARIANT_MEMORY_FACTOR * self.origin.size
         with self._lock:
             compiled = self._variants.get(signature)
@@ -162,7 +164,7 @@ class Graph:
                 self._variants.popitem(last=False)
             return compiled
 
-    def _compile_variant(self, signature: Signature) -> ov.CompiledModel:
+    def _compile_variant(self, signature: Signature) -> Compiled:
         origin = self.origin
         identity = None
         if origin.blobs is not None and origin.identity is not None:
@@ -170,15 +172,13 @@ class Graph:
             identity = origin.blobs.identity(self._core, self.device, self._props, variant)
             imported = origin.blobs.load(self._core, identity, self.device, self._props)
             if imported is not None:
-                compiled, keep = imported
-                self._keep = (self._keep, keep)
-                return compiled
+                return imported
         compiled = compile_model(
             self._core, self._variant_model(signature), self.device, self._props
         )
         if origin.blobs is not None and identity is not None:
             origin.blobs.store(identity, compiled)
-        return compiled
+        return compiled, None
 
     def _fits_default(self, signature: Signature) -> bool:
         for port, (shape, ttype) in zip(self._inputs, signature, strict=True):
@@ -213,8 +213,9 @@ class Graph:
 class _Request:
     """An infer request and the guest memory its inputs are bound to."""
 
-    def __init__(self, request: ov.InferRequest) -> None:
+    def __init__(self, request: ov.InferRequest, keep: object) -> None:
         self.request = request
+        self._keep = keep  # the memory its compiled model was imported from, if any
         self.bound: dict[int, tuple[int, int, tuple[int, ...], TensorType]] = {}
         # A static output keeps its buffer across inferences: its array is made once (asking
         # OpenVINO for it costs ~20 us, right after an inference).
@@ -285,12 +286,12 @@ class ExecutionContext:
 
     def _new_request(self, signature: Signature) -> _Request:
         """An infer request for `signature`, charged to the run (its intermediate tensors)."""
-        compiled = self.graph.compiled_for(signature, self._budget)
+        compiled, keep = self.graph.compiled_for(signature, self._budget)
         inputs = sum(tensor.data.nbytes for tensor in self.inputs.values())
         key = ("request", id(self), signature)
         self._budget.charge(key, REQUEST_MEMORY_FACTOR * inputs, "an inference request")
         try:
-            request = _Request(compiled.create_infer_request())
+            request = _Request(compiled.create_infer_request(), keep)
         except RuntimeError as exc:
             self._budget.release(key)
             raise NNError(NNErrno.RUNTIME_ERROR, f"cannot create an infer request: {exc}") from exc

@@ -37,7 +37,7 @@ class RawMemory:
 
     def __init__(self) -> None:
         self._context: int | None = None
-        self.raw_context: Any = None
+        self._raw_context: Any = None
         self._item: Any = None
         self.base = 0
         self.size = 0
@@ -53,7 +53,7 @@ class RawMemory:
             )
             is_memory = found and int(item.kind) == ffi.WASMTIME_EXTERN_MEMORY.value
             self._item = ctypes.byref(item.of.memory) if is_memory else None
-            self._context, self.raw_context = address, context
+            self._context, self._raw_context = address, context
             if self._item is not None:
                 base = ffi.wasmtime_memory_data(context, self._item)
                 self.base = ctypes.cast(base, ctypes.c_void_p).value or 0
@@ -62,7 +62,7 @@ class RawMemory:
 
     def grown(self) -> int:
         """The memory's current byte length (after a `memory.grow`, larger than `size`)."""
-        self.size = int(ffi.wasmtime_memory_data_size(self.raw_context, self._item))
+        self.size = int(ffi.wasmtime_memory_data_size(self._raw_context, self._item))
         return self.size
 
 
