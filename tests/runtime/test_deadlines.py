@@ -84,3 +84,20 @@ def test_tenant_defaults_bound_runs_that_ask_for_nothing() -> None:
     assert RuntimeConfig.for_tenants().default_max_memory == 512 << 20
     assert RuntimeConfig().default_timeout is None  # `wasinn run`: unbounded unless asked
     assert RuntimeConfig().default_max_memory is None
+
+
+@pytest.mark.parametrize(
+    ("subs", "events", "count", "errno"),
+    [
+        (0, 64, 0, 28),  # no subscriptions: EINVAL
+        (0xFFFFFFF0, 64, 1, 21),  # subscriptions outside memory: EFAULT
+        (0, 0xFFFFFFF0, 1, 21),  # events outside memory
+        (0, 64, 0x5555556, 21),  # a count whose byte size wraps around 32 bits
+        (0, 64, -1, 21),
+    ],
+)
+def test_bad_poll_arguments_are_errnos(
+    runtime: Runtime, subs: int, events: int, count: int, errno: int
+) -> None:
+    s = runtime.session(RunSpec(wasm=wat("sleep"), timeout=60))
+    assert s.call("poll", subs, events, count, 128) == errno

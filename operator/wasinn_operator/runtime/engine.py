@@ -228,6 +228,8 @@ class Runtime:
             self._execute(spec, module, out, err, result)
         except (ModuleError, OSError, ValueError) as exc:
             result.error = str(exc)
+        except Exception as exc:  # a host bug: end this run, never the process
+            result.error = f"internal error: {exc!r}"
         finally:
             result.run_seconds = time.monotonic() - started - result.compile_seconds
         if result.error and result.outcome is not Outcome.EXITED:

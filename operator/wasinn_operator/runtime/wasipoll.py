@@ -38,6 +38,7 @@ SUBCLOCKFLAGS_ABSTIME = 1
 ERRNO_FAULT = 21
 ERRNO_INVAL = 28
 ERRNO_NOTSUP = 58
+MAX_SUBSCRIPTIONS = 0xFFFFFFFF // SUBSCRIPTION.size
 
 
 def define(linker: wasmtime.Linker, deadline: Deadline) -> None:
@@ -56,6 +57,8 @@ def define(linker: wasmtime.Linker, deadline: Deadline) -> None:
         n = count & 0xFFFFFFFF
         if n == 0:
             return ERRNO_INVAL
+        if n > MAX_SUBSCRIPTIONS:  # more than a wasm32 memory can hold
+            return ERRNO_FAULT
         try:
             raw = mem.read(subs, n * SUBSCRIPTION.size, "subscriptions")
             mem.check(events, n * EVENT.size, "events")

@@ -26,6 +26,8 @@
     (i32.store8 (i32.const 568) (i32.const 1))
     (i32.store (i32.const 576) (i32.const 0))
     (call $poll (i32.const 512) (i32.const 64) (i32.const 2) (i32.const 128)))
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
   (func (export "_start")
     (call $clock_sub (i32.const 0) (i32.const 1) (i64.const 3600000000000) (i32.const 0))
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
