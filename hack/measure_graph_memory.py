@@ -99,9 +99,9 @@ def runs(models_dir: Path, src: Path | None) -> None:
             "import sys; from wasinn_operator.cli import main; sys.exit(main())",
         ]
         print(f"wasinn run -W max-memory-size={CAP} nn_hog.wasm MODE  (code: {src or ROOT})")
-        print(f"{'mode':<14} {'peak RSS':>10}  {'x cap':>6}  calls (errno)")
         for mode, what in SCENARIOS:
             print(f"  {mode}: {what}")
+        print(f"{'mode':<14} {'peak RSS':>10}  {'x cap':>6}  calls (errno)")
         for mode, _ in SCENARIOS:
             flags = ["--models-dir", str(models_dir), "-W", f"max-memory-size={CAP}"]
             argv = [*command, "run", *flags, str(wasm), *mode.split()]
