@@ -11,9 +11,11 @@ import pytest
 from wasinn_operator.api.policy import TaskPolicy
 
 from .conftest import wat
+from .test_external_engine import wasmtime_cli
 from .test_proplet import proplet
 
 pytestmark = pytest.mark.runtime
+__all__ = ["wasmtime_cli"]  # a fixture, used by name
 READ_HOST = {"inline": base64.b64encode(wat("read_host")).decode()}
 NO_DIRS = "host directories are not allowed (allowed: none)"
 
@@ -102,3 +104,30 @@ def test_a_malformed_policy_stops_the_proplet(models_dir: Path, tmp_path: Path) 
     proc, _ = proplet(task, models_dir, tmp_path, WASINN_POLICY='{"allowHostDirs": "/"}')
     assert proc.returncode == 1
     assert "WASINN_POLICY: allowHostDirs must be a list of paths" in proc.stderr
+
+
+def test_the_external_engine_gets_the_same_policy_and_limits(
+    wasmtime_cli: str, secret: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    external = {"PROPLET_EXTERNAL_WASM_RUNTIME": wasmtime_cli}
+    task = {"wasm": READ_HOST, "cliArgs": ["--dir", f"{secret}::/host"]}
+    proc, summary = proplet(task, models_dir, tmp_path, **external)
+    assert (summary["engine"], summary["error"]) == (
+        "wasmtime-cli",
+        f"cliArgs: --dir {secret}::/host: {NO_DIRS}",
+    )
+    assert proc.stdout == ""
+    wide = TaskPolicy(allow_host_dirs=(str(secret),)).to_json()
+    proc, summary = proplet(task, models_dir, tmp_path, WASINN_POLICY=wide, **external)
+    assert (summary["state"], proc.stdout) == ("Completed", "the host's secret\n"), summary
+    # 256 MiB of initial memory: fine under the default limit, refused under a 16 MiB one.
+    big = {"wasm": {"inline": base64.b64encode(wat("big_memory")).decode()}}
+    proc, summary = proplet(big, models_dir, tmp_path, **external)
+    assert summary["state"] == "Completed", summary
+    small = TaskPolicy(default_max_memory=16 << 20).to_json()
+    proc, summary = proplet(big, models_dir, tmp_path, WASINN_POLICY=small, **external)
+    assert summary["state"] == "Failed", summary
+    spin = {"wasm": {"inline": base64.b64encode(wat("spin")).decode()}}
+    quick = TaskPolicy(default_timeout=1).to_json()
+    proc, summary = proplet(spin, models_dir, tmp_path, WASINN_POLICY=quick, **external)
+    assert (proc.returncode, summary["error"]) == (124, "timed out after 1 s")

@@ -221,10 +221,11 @@ class TaskService:
     # Helpers.
     def _admit(self, record: TaskRecord | None, body: TaskInput) -> None:
         """BadRequestError unless the policy allows the task `body` makes of `record`."""
+        stored = record or TaskRecord(id="", name="")
         given = body.model_fields_set
-        cli_args = body.cli_args if "cli_args" in given else record and record.cli_args
-        env = body.env if "env" in given else record and record.env
-        inputs = body.inputs if "inputs" in given else record and record.inputs
+        cli_args = body.cli_args if "cli_args" in given else stored.cli_args
+        env = body.env if "env" in given else stored.env
+        inputs = body.inputs if "inputs" in given else stored.inputs
         try:
             check_task(
                 self.policy,
