@@ -103,10 +103,15 @@ def describe(exc: ValidationError) -> str:
 
 
 def new_runtime(config: PropletConfig) -> Runtime:
-    """The embedded engine with the proplet's cache and precision, and a tenant's default
-    limits (a deadline and a memory cap for tasks that ask for none)."""
+    """The embedded engine with the proplet's cache and precision, and the policy's default
+    limits (every task's run gets its limits from the policy anyway: `run_task`)."""
     return Runtime(
-        RuntimeConfig.for_tenants(cache_dir=config.cache_dir, inference_precision=config.precision)
+        RuntimeConfig.for_tenants(
+            cache_dir=config.cache_dir,
+            inference_precision=config.precision,
+            default_timeout=config.policy.default_timeout,
+            default_max_memory=config.policy.default_max_memory,
+        )
     )
 
 
