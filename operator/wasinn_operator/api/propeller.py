@@ -112,9 +112,17 @@ class TaskInput(BaseModel):
     name: str | None = Field(default=None, min_length=1)
     image_url: str | None = None
     file: File | None = None
-    cli_args: list[str] | None = None
+    cli_args: list[str] | None = Field(
+        default=None,
+        description="wasmtime flags (e.g. -S nn, --env K=V, -W timeout=30s); the service's task "
+        "policy decides which a task may use, and refuses the task (400) otherwise",
+    )
     inputs: list[Input] | None = None
-    env: Env | None = None
+    env: Env | None = Field(
+        default=None,
+        description="the guest's environment; names such as LD_*, PATH, WASINN_* and PROPLET_* "
+        "are reserved",
+    )
     daemon: StrictBool | None = None
 
     def wasm_bytes(self) -> bytes | None:

@@ -192,6 +192,8 @@ class Bridge:
             return
         if not message.addressed_to(self.id):
             return
+        if self.service.refuse_start(message.id, _body(message)):
+            return  # refused by the policy (recorded Failed, published): fetch and run nothing
         if not message.file and message.image_url:
             # Waiting for chunks must not hold up stop messages: fetch in a thread of its own.
             threading.Thread(target=self._fetch_and_run, args=(message,), daemon=True).start()
@@ -208,7 +210,7 @@ class Bridge:
         self._accept(message, wasm)
 
     def _accept(self, message: StartMessage, wasm: bytes | None, error: str | None = None) -> None:
-        body = TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))
+        body = _body(message)
         try:
             self.service.accept(message.id, body, wasm, error)
         except ShimError as exc:
@@ -250,3 +252,8 @@ class Bridge:
             if info.is_published():
                 return True
         return info.is_published()
+
+
+def _body(message: StartMessage) -> TaskInput:
+    """The task fields of a start message (its module travels separately)."""
+    return TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..api.policy import TaskPolicy
+from ..api.policyflags import add_policy_arguments, policy_from_settings
 
 DEFAULT_PORT = 7070
 DEFAULT_MAX_BYTES = 100 << 20
@@ -34,6 +37,7 @@ class ShimConfig:
     proplet: bool = True
     namespace: str = "default"
     openvino_label: str = "wasinn.dev/openvino=true"
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kubernetes: label of the nodes listed as proplets "
         "(default $WASINN_OPENVINO_LABEL, else wasinn.dev/openvino=true)",
     )
+    add_policy_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ShimConfig:
-    """Settings from parsed options and the environment."""
+    """Settings from parsed options and the environment; ValueError for a bad policy setting."""
     token = os.environ.get("WASINN_SHIM_TOKEN") or None
     if args.token_file is not None:
         token = args.token_file.read_text().strip() or None
@@ -124,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         openvino_label=args.openvino_label
         or os.environ.get("WASINN_OPENVINO_LABEL")
         or "wasinn.dev/openvino=true",
+        policy=policy_from_settings(os.environ, args),
     )
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from ..api import RunSummary
+from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
 from .artifacts import ArtifactStore
 from .sqlite import TaskDB
@@ -77,8 +78,10 @@ class LocalBackend:
         fresh_process: bool = False,
         worker_max_tasks: int = WORKER_MAX_TASKS,
         worker_max_rss: int = WORKER_MAX_RSS,
+        policy: TaskPolicy | None = None,
     ) -> None:
         self.db = TaskDB(db_path)
+        self.policy = policy or TaskPolicy()  # the proplets apply it again to every task
         self.fresh_process = fresh_process
         self.worker_max_tasks = max(1, worker_max_tasks)
         self.worker_max_rss = worker_max_rss
@@ -224,6 +227,7 @@ class LocalBackend:
         env["WASINN_PARENT_PID"] = str(os.getpid())
         if self.models_dir is not None:
             env["WASINN_MODELS_DIR"] = str(self.models_dir)
+        env[POLICY_ENV] = self.policy.to_json()
         return env
 
     def _stale(self, record: TaskRecord) -> bool:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..api.policy import lexical
 from ..mqtt import MQTTError, MQTTSettings
 from .app import create_app
 from .artifacts import ArtifactStore
@@ -49,6 +50,7 @@ def local_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str
         fresh_process=config.fresh_process,
         worker_max_tasks=config.worker_max_tasks,
         worker_max_rss=config.worker_max_rss_mib << 20,
+        policy=config.policy,
     )
 
 
@@ -99,7 +101,11 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
     )
     ident = instance_id(config.data_dir)
     store = BACKENDS[config.backend](config, artifacts, ident)
-    service = TaskService(store, artifacts, ident)
+    # Local tasks run on this machine, so their host paths are resolved here (symlinks too);
+    # the kubernetes backend's run in Pods, whose files the shim cannot see.
+    resolve = os.path.realpath if config.backend == "local" else lexical
+    service = TaskService(store, artifacts, ident, config.policy, resolve)
+    log.info("task policy: %s", config.policy.describe())
     registry = CollectorRegistry()
     registry.register(TaskCollector(store))
     bridge = None
@@ -146,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         mqtt = MQTTSettings.from_env(os.environ)
-    except (OSError, MQTTError) as exc:
+    except (OSError, ValueError, MQTTError) as exc:
         sys.stderr.write(f"wasinn shim: {exc}\n")
         return 2
     if config.models_dir is not None and not config.models_dir.is_dir():

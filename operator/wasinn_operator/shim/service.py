@@ -2,7 +2,9 @@
 
 Inputs arrive decoded (`TaskInput`); every failure is a typed `ShimError`. One lock orders the
 operations that touch both the artifact store and the task store, so garbage collection never
-removes a module a task is about to refer to.
+removes a module a task is about to refer to. Every task is checked against the task policy
+(`api/policy.py`) before anything of it is stored or run: on create, update, upload and start,
+and for a manager's MQTT start.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from typing import Any
 
 from .. import __version__
+from ..api.policy import PROPELLER_FIELDS, PolicyError, Resolve, TaskPolicy, check_task
 from ..api.propeller import (
     Health,
     Proplet,
@@ -33,10 +36,21 @@ MAX_PAGE = 1000
 class TaskService:
     """Tasks CRUD, start/stop, results and proplets over a `TaskStore` and an `ArtifactStore`."""
 
-    def __init__(self, store: TaskStore, artifacts: ArtifactStore, instance_id: str) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        artifacts: ArtifactStore,
+        instance_id: str,
+        policy: TaskPolicy | None = None,
+        resolve: Resolve = os.path.realpath,
+    ) -> None:
+        """`policy` (default: the strict one) decides what tasks may hold; `resolve` maps their
+        host paths to what they name (`os.path.realpath` for tasks run on this machine)."""
         self.store = store
         self.artifacts = artifacts
         self.instance_id = instance_id
+        self.policy = policy or TaskPolicy()
+        self._resolve = resolve
         self._lock = threading.RLock()
 
     # Tasks.
@@ -44,6 +58,7 @@ class TaskService:
         """A new Pending task; `name` is required, the id is a fresh UUID unless given."""
         if not body.name:
             raise BadRequestError("name: a task needs a non-empty name")
+        self._admit(None, body)
         with self._lock:
             record = TaskRecord(id=task_id or str(uuid.uuid4()), name=body.name)
             self._apply(record, body)
@@ -67,6 +82,7 @@ class TaskService:
         `name` leaves the name as it is."""
         with self._lock:
             record = self.store.get(task_id)
+            self._admit(record, body)
             self._apply(record, body)
             record.updated_at = now()
             self.store.save(record)
@@ -79,6 +95,7 @@ class TaskService:
             raise BadRequestError(f"file: the file name {filename!r} must end with .wasm")
         with self._lock:
             record = self.store.get(task_id)
+            self._admit(record, TaskInput())
             record.digest = self.artifacts.put(data)
             record.updated_at = now()
             self.store.save(record)
@@ -99,6 +116,7 @@ class TaskService:
                 raise ConflictError(
                     f"task {task_id} has no wasm module: set `file`, upload one, or set `image_url`"
                 )
+            self._admit(record, TaskInput())  # stored under an older, wider policy?
             self.store.start(task_id)
 
     def stop(self, task_id: str) -> None:
@@ -144,12 +162,15 @@ class TaskService:
         self, task_id: str, body: TaskInput, wasm: bytes | None = None, error: str | None = None
     ) -> bool:
         """Create or replace task `task_id` from a manager's start, then run it (or, with
-        `error`, record it Failed so the manager hears why it could not run).
+        `error` or when the policy refuses it, record it Failed so the manager hears why it
+        could not run).
 
         Returns False (and changes nothing) when that task is already scheduled or running:
         a redelivered start message must not run it twice.
         """
         with self._lock:
+            if self.refuse_start(task_id, body):
+                return True
             try:
                 record = self.store.get(task_id)
             except NotFoundError:
@@ -173,11 +194,50 @@ class TaskService:
                 self.store.fail(task_id, error)
             return True
 
+    def refuse_start(self, task_id: str, body: TaskInput) -> bool:
+        """True when the policy refuses a manager's start of `task_id`: it is then recorded
+        Failed with the reason (published to the manager), storing nothing of the message but
+        the name, so no runnable task comes of it. False otherwise, changing nothing."""
+        with self._lock:
+            try:
+                record: TaskRecord | None = self.store.get(task_id)
+            except NotFoundError:
+                record = None
+            if record is not None and record.state.active:
+                return False  # a redelivered start: accept() ignores it
+            try:
+                self._admit(record, body)
+            except BadRequestError as exc:
+                if record is None:
+                    self.store.add(TaskRecord(id=task_id, name=body.name or task_id))
+                self.store.fail(task_id, str(exc))
+                return True
+            return False
+
     def fail(self, task_id: str, error: str) -> None:
         """Fail a task that could not be run (its result is published)."""
         self.store.fail(task_id, error)
 
     # Helpers.
+    def _admit(self, record: TaskRecord | None, body: TaskInput) -> None:
+        """BadRequestError unless the policy allows the task `body` makes of `record`."""
+        stored = record or TaskRecord(id="", name="")
+        given = body.model_fields_set
+        cli_args = body.cli_args if "cli_args" in given else stored.cli_args
+        env = body.env if "env" in given else stored.env
+        inputs = body.inputs if "inputs" in given else stored.inputs
+        try:
+            check_task(
+                self.policy,
+                cli_args or [],
+                env or {},
+                inputs or [],
+                fields=PROPELLER_FIELDS,
+                resolve=self._resolve,
+            )
+        except PolicyError as exc:
+            raise BadRequestError(str(exc)) from None
+
     def _apply(self, record: TaskRecord, body: TaskInput) -> None:
         given = body.model_fields_set
         if body.name:
