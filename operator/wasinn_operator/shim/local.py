@@ -14,8 +14,8 @@ and lets a task that runs past `long_after` seconds give its slot to the next on
 
 Faults: a database that fails (full disk, I/O error) fails no thread. A task the pool cannot
 claim stays Scheduled and is tried again; a run whose result cannot be written is recorded
-Failed with an error saying so, and when even that cannot be written it is kept and written
-once the database works again. `checks()` reports both to /health.
+Failed with an error saying so, and when even that cannot be written its end is kept and
+written once the database works again. `checks()` reports both to /health.
 
 Restart semantics: tasks and results live in the database. On start-up, a task that was
 Running when the shim went away is marked Failed with the error `interrupted: ...` (its result
@@ -242,23 +242,21 @@ class LocalBackend:
         self, task_id: str, run: int, result: Outcome, publish: bool, again: bool = False
     ) -> None:
         """Write a run's end; when the database refuses it, a smaller Failed record saying so;
-        when that fails too, keep it for `_keep` to write later."""
+        when that fails too, keep the end for `_keep` to write later (few are ever kept: a
+        database that refuses this small write refuses the claims of new runs too)."""
         try:
             self.db.finish(task_id, run, result, publish)
         except UnavailableError as exc:
-            failed = result  # already small: nothing to leave out
-            if result.results is not None or result.error != INTERRUPTED:
-                error = f"the result could not be stored: {exc}"
-                if result.error:
-                    error += f" (the run's error: {result.error})"
-                failed = Outcome(TaskState.FAILED, error=error)
+            error = f"the result could not be stored: {exc}"
+            if result.error:
+                error += f" (the run's error: {result.error})"
             try:
-                self.db.finish(task_id, run, failed, publish)
+                self.db.finish(task_id, run, Outcome(TaskState.FAILED, error=error), publish)
             except UnavailableError:
                 if not again:
                     log.warning("task %s: its end waits for the database: %s", task_id, exc)
                 with self._lock:
-                    self._unrecorded[(task_id, run)] = (failed, publish)
+                    self._unrecorded[(task_id, run)] = (result, publish)
         self._notify()
 
     def _child_env(self) -> dict[str, str]:
