@@ -314,3 +314,15 @@ def test_bearer_tokens_with_any_bytes_are_refused_cleanly(service: TaskService) 
     bearer = {"Authorization": "Bearer caf\xe9".encode("latin-1")}
     [answer] = _requests(create_app(service, token="s3cret"), [("GET", "/tasks", bearer)])
     assert answer.status_code == 401
+
+
+def test_a_refused_start_message_is_recorded_failed(service: TaskService) -> None:
+    """As the MQTT bridge does: a start refused by a check is accepted again with its error,
+    so the manager hears why (the refused body is not applied a second time)."""
+    body = TaskInput(name="m", inputs=["a"] * (MAX_ITEMS + 1))
+    with pytest.raises(BadRequestError) as caught:
+        service.accept("mgr-1", body)
+    assert service.accept("mgr-1", body, None, str(caught.value))
+    record = service.store.get("mgr-1")
+    assert (record.state, record.inputs) == (4, [])
+    assert record.error == f"inputs: 1025 entries; at most {MAX_ITEMS} are accepted"

@@ -176,19 +176,22 @@ class TaskService:
         `error`, record it Failed so the manager hears why it could not run).
 
         Returns False (and changes nothing) when that task is already scheduled or running:
-        a redelivered start message must not run it twice.
+        a redelivered start message must not run it twice. With `error`, the body (which may
+        be what was refused) is not applied; only its name is kept, cut to 1024 characters.
         """
         with self._lock:
             try:
                 record = self.store.get(task_id)
             except NotFoundError:
-                record = TaskRecord(id=task_id, name=body.name or task_id)
-                self._apply(record, body)
+                record = TaskRecord(id=task_id, name=(body.name or task_id)[:1024])
+                if error is None:
+                    self._apply(record, body)
                 self.store.add(record)
             else:
                 if record.state.active:
                     return False
-                self._apply(record, body)
+                if error is None:
+                    self._apply(record, body)
                 record.updated_at = now()
             old = record.digest
             if wasm is not None:
