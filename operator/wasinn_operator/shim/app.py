@@ -3,30 +3,27 @@
 Every error, including validation errors of FastAPI itself and unknown routes, is
 `{"error": "..."}`; `STATUS` maps the service's typed errors to HTTP codes in one place.
 
-Bodies are decoded strictly (`jsonbody`): what cannot be stored is a 400, never a 500. A module
-never sits in memory whole: a JSON `file` is decoded and an upload is parsed into the artifact
-store as it arrives (`uploads`), and `GET /tasks/{id}` streams the stored file into its answer,
-the only one that carries `file`.
+Bodies are decoded strictly (`bodies`, `jsonbody`): what cannot be stored is a 400, never a
+500. A module never sits in memory whole: a JSON `file` is decoded and an upload is parsed into
+the artifact store as it arrives (`uploads`), and `GET /tasks/{id}` streams the stored file into
+its answer, the only one that carries `file`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from hmac import compare_digest
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -44,7 +41,7 @@ from ..api.propeller import (
     TaskInput,
     TaskPage,
 )
-from .artifacts import ArtifactStore, ModuleUpload
+from .bodies import JSONAnswer, task_input, with_file
 from .errors import (
     BadRequestError,
     ConflictError,
@@ -56,9 +53,8 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
-from .jsonbody import parse_json
 from .service import MAX_PAGE, TaskService, check_module_name
-from .uploads import module_from_base64, receive_multipart
+from .uploads import receive_multipart
 
 STATUS: dict[type[ShimError], int] = {
     BadRequestError: 400,
@@ -70,7 +66,6 @@ STATUS: dict[type[ShimError], int] = {
     UnavailableError: 503,
 }
 RETRY_AFTER = "5"  # seconds, on 503: a full disk or a failing database may recover
-FILE_CHUNK = 3 << 18  # module bytes encoded at a time (a multiple of 3: no padding inside)
 
 
 def _body(schema: str) -> dict[str, Any]:
@@ -102,72 +97,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in (401, *codes, 503)}
 
 
-def _render(content: Any) -> bytes:
-    # A string that is not valid Unicode (stored by an earlier version) is sent as its \uXXXX
-    # escape, which is valid JSON, instead of failing the answer.
-    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8", "backslashreplace")
-
-
-class JSONAnswer(JSONResponse):
-    """JSON that renders whatever was stored."""
-
-    def render(self, content: Any) -> bytes:
-        return _render(content)
-
-
 def _json(model: BaseModel | dict[str, Any], status: int = 200) -> JSONResponse:
     body = model.to_json() if isinstance(model, Task) else model
     if isinstance(body, BaseModel):
         body = body.model_dump(mode="json")
     return JSONAnswer(body, status_code=status)
-
-
-def _with_file(task: Task, module: BinaryIO) -> Response:
-    """The task with its module's base64 as `file`, streamed from the stored file."""
-    size = os.fstat(module.fileno()).st_size
-    head = _render(task.to_json())
-    prefix, suffix = head[:-1] + b',"file":"', b'"}'
-    length = len(prefix) + 4 * ((size + 2) // 3) + len(suffix)
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            yield prefix
-            while chunk := await run_in_threadpool(module.read, FILE_CHUNK):
-                yield base64.b64encode(chunk)
-            yield suffix
-        finally:
-            module.close()
-
-    headers = {"Content-Length": str(length)}
-    return StreamingResponse(body(), media_type="application/json", headers=headers)
-
-
-async def _task_input(
-    request: Request, artifacts: ArtifactStore
-) -> tuple[TaskInput, ModuleUpload | None]:
-    """The body as a `TaskInput`, its `file` (when set) received into the artifact store."""
-    if "application/json" not in request.headers.get("content-type", ""):
-        raise UnsupportedMediaError("Content-Type must be application/json")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-    return await run_in_threadpool(_decode_task, raw, artifacts)
-
-
-def _decode_task(raw: bytearray, artifacts: ArtifactStore) -> tuple[TaskInput, ModuleUpload | None]:
-    data = parse_json(raw)  # empties `raw`: the body is not kept beside its decoded copy
-    file = data.get("file") if isinstance(data, dict) else None
-    if isinstance(file, str) and file:
-        del data["file"]  # decoded into the store below, not kept as a model field
-    else:
-        file = None
-    try:
-        body = TaskInput.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequestError(describe(exc)) from None
-    del data
-    return body, module_from_base64(file, artifacts) if file is not None else None
 
 
 def create_app(
@@ -208,7 +142,7 @@ def create_app(
         responses={201: {"model": CreatedTask}, **_errors(400, 409, 413, 415)},
     )
     async def create_task(request: Request) -> Response:
-        body, module = await _task_input(request, service.artifacts)
+        body, module = await task_input(request, service.artifacts)
         try:
             task = await call(service.create, body, None, module)
         finally:
@@ -231,7 +165,7 @@ def create_app(
     )
     async def get_task(task_id: str) -> Response:
         task, module = await call(service.get_with_module, task_id)
-        return _json(task) if module is None else _with_file(task, module)
+        return _json(task) if module is None else with_file(task, module)
 
     @app.put(
         "/tasks/{task_id}",
@@ -240,7 +174,7 @@ def create_app(
         responses={200: {"model": Task}, **_errors(400, 404, 409, 413, 415)},
     )
     async def update_task(task_id: str, request: Request) -> Response:
-        body, module = await _task_input(request, service.artifacts)
+        body, module = await task_input(request, service.artifacts)
         try:
             return _json(await call(service.update, task_id, body, module))
         finally:
