@@ -16,11 +16,8 @@
 # Overrides: WASINN_CLANG, WASINN_RUSTC, WASINN_CARGO (defaults: clang, /usr/bin/rustc,
 # /usr/bin/cargo: rustup's toolchains, often earlier on PATH, lack the wasm32-wasi target).
 set -euo pipefail
-
-die() {
-    echo "build-guests: error: $*" >&2
-    exit 1
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 

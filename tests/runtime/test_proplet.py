@@ -176,6 +176,17 @@ def test_timeout(models_dir: Path, tmp_path: Path) -> None:
     assert summary["error"] == "timed out after 1 s"
 
 
+def test_a_failed_task_says_why(
+    models_dir: Path, tmp_path: Path, guest_path: Callable[[str], Path]
+) -> None:
+    task = {"wasm": {"path": str(guest_path("classify-c"))}, "args": ["/models/nope.f32"]}
+    proc, summary = proplet(task, models_dir, tmp_path)
+    assert proc.returncode == 1
+    assert summary["error"] == (
+        "exited with code 1: classify: cannot read /models/nope.f32: No such file or directory"
+    )
+
+
 def test_bad_cli_args(models_dir: Path, tmp_path: Path) -> None:
     task = {"wasm": {"inline": base64.b64encode(wat("hello")).decode()}, "cliArgs": ["--nope"]}
     proc, summary = proplet(task, models_dir, tmp_path)

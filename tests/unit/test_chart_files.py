@@ -31,6 +31,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "wasinn-operator"
+CRD = CHART / "crds" / "wasinntask.yaml"  # generated: tests/unit/test_generated.py
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 NAMESPACE = "wasinn-system"
@@ -67,15 +68,6 @@ def grants(rule_list: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------------- the files alone
-
-
-def test_chart_crd_is_byte_identical_to_crds_dir() -> None:
-    chart_crd = CHART / "crds" / "wasinntask.yaml"
-    assert chart_crd.read_bytes() == (REPO / "crds" / "wasinntask.yaml").read_bytes(), (
-        "charts/wasinn-operator/crds/wasinntask.yaml differs from crds/wasinntask.yaml: "
-        "copy it (cp crds/wasinntask.yaml charts/wasinn-operator/crds/)"
-    )
-    assert [p.name for p in (CHART / "crds").iterdir()] == ["wasinntask.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +150,7 @@ def test_values_security_defaults() -> None:
 
 def crd_validator(version: str = "v1alpha1") -> jsonschema.Validator:
     convert = load_hack("openapi2jsonschema")
-    crd = yaml.safe_load((REPO / "crds" / "wasinntask.yaml").read_text())
+    crd = yaml.safe_load(CRD.read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = convert.crd_node(served["schema"]["openAPIV3Schema"])
     cls = jsonschema.validators.validator_for(schema)
@@ -319,7 +311,7 @@ def kubeconform(manifests: str, *, crd_dir: Path) -> dict[str, Any]:
 def crd_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crd-schemas")
     convert = load_hack("openapi2jsonschema")
-    assert convert.main(["--crd", str(REPO / "crds" / "wasinntask.yaml"), str(out)]) == 0
+    assert convert.main(["--crd", str(CRD), str(out)]) == 0
     return out
 
 

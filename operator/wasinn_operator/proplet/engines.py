@@ -253,8 +253,7 @@ def run_external(
     else:
         result.outcome, result.exit_code = Outcome.EXITED, code
         if code != 0:
-            last = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            result.error = f"exit status {code}" + (f": {last[0][:500]}" if last else "")
+            result.error = f"exited with code {code}"  # the proplet adds the stderr tail
     return result
 
 

@@ -30,6 +30,8 @@ from .fetch import MAX_WASM_BYTES, FetchError, fetch_wasm, sha256_digest
 DEFAULT_MODELS_DIR = Path("/models")
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 EXIT_TASK_ERROR = 1
+STDERR_TAIL_BYTES = 1024
+STDERR_TAIL_LINES = 8
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,11 @@ def describe(exc: ValidationError) -> str:
 
 
 def new_runtime(config: PropletConfig) -> Runtime:
-    """The embedded engine with the proplet's cache and precision."""
-    return Runtime(RuntimeConfig(cache_dir=config.cache_dir, inference_precision=config.precision))
+    """The embedded engine with the proplet's cache and precision, and a tenant's default
+    limits (a deadline and a memory cap for tasks that ask for none)."""
+    return Runtime(
+        RuntimeConfig.for_tenants(cache_dir=config.cache_dir, inference_precision=config.precision)
+    )
 
 
 def run_task(
@@ -120,12 +125,36 @@ def run_task(
         return summary
     summary.state = "Completed" if result.ok else "Failed"
     summary.exit_code = result.exit_code
-    summary.error = result.error
+    summary.error = failure(result) if not result.ok else None
     summary.stdout = result.stdout.decode("utf-8", errors="replace")
     summary.stdout_truncated = result.stdout_truncated
     summary.compile_seconds = result.compile_seconds
     summary.run_seconds = result.run_seconds
     return summary
+
+
+def failure(result: RunResult) -> str:
+    """A failed run's error followed by the tail of its stderr, where the reason usually is:
+    `exited with code 1: classify: cannot open /tensors/x.f32: No such file or directory`."""
+    error = result.error or f"exited with code {result.exit_code}"
+    lines = stderr_tail(result.stderr).splitlines()
+    if lines and lines[-1] == f"wasinn: {error}":  # the engine's own line repeats the error
+        lines.pop()
+    return f"{error}: " + "\n".join(lines) if lines else error
+
+
+def stderr_tail(
+    stderr: bytes, size: int = STDERR_TAIL_BYTES, count: int = STDERR_TAIL_LINES
+) -> str:
+    """The last `count` lines within the last `size` bytes of `stderr`, as clean text: UTF-8,
+    no control characters but newlines (a guest's bytes go into JSON, logs and terminals)."""
+    tail = stderr[-size:]
+    if len(stderr) > size and b"\n" in tail:
+        tail = tail[tail.index(b"\n") + 1 :]  # no partial first line
+    text = tail.decode("utf-8", errors="replace")
+    text = "".join(c if c == "\n" or c.isprintable() else "" for c in text.replace("\t", " "))
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-count:])
 
 
 def _engine(task: TaskSpec, config: PropletConfig) -> str:

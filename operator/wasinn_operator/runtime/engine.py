@@ -8,6 +8,7 @@ that run, with a clear `RunResult.error`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -15,15 +16,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
+from . import wasipoll
+from .deadline import Deadline
 from .modcache import ModuleCache, ModuleError
 from .nn.abi import ExecutionTarget
+from .nn.budget import (
+    DEFAULT_MAX_CONTEXTS,
+    DEFAULT_MAX_GRAPH_BYTES,
+    DEFAULT_MAX_GRAPH_MEMORY,
+    DEFAULT_MAX_GRAPHS,
+    GraphLimits,
+)
 from .nn.host import MODULE as NN_MODULE
 from .nn.host import NNHost
 from .nn.models import NamedModel, scan_models_dir
-from .nn.openvino import BackendConfig, OpenVINOBackend
+from .nn.openvino import DEFAULT_GRAPH_CACHE_BYTES, BackendConfig, OpenVINOBackend
+from .sealed import SealedDir, load_key
 from .spec import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
@@ -37,6 +49,11 @@ from .spec import (
 
 EPOCH_TICK_SECONDS = 0.05
 NO_DEADLINE = 1 << 62
+DEFAULT_MODULE_CACHE_BYTES = 1 << 30
+DEFAULT_MODEL_CACHE_BYTES = 2 << 30
+# What a run on behalf of a tenant gets when nobody asked for a limit (`RuntimeConfig.for_tenants`).
+TENANT_TIMEOUT = 300.0
+TENANT_MAX_MEMORY = 512 << 20
 Sink = Callable[[bytes], None]
 
 
@@ -60,11 +77,48 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Process-wide engine settings."""
+    """Process-wide engine settings, and the limits of runs that set none themselves.
+
+    `default_timeout` / `default_max_memory` apply to a `RunSpec` whose `timeout` /
+    `max_memory` is None (unbounded by default, as `wasinn run` on a person's own machine;
+    `for_tenants` bounds them). The graph limits are defaults of the `RunSpec` fields of the
+    same names (see `nn.budget`). The cache bounds are the disk sizes of the compiled-module
+    and compiled-model caches under `cache_dir`, and the estimated memory of the graphs the
+    process keeps loaded for later runs.
+    """
 
     cache_dir: Path | None = None
     inference_precision: str | None = None
     target_fallback: ExecutionTarget | None = None
+    default_timeout: float | None = None
+    default_max_memory: int | None = None
+    max_graph_bytes: int = DEFAULT_MAX_GRAPH_BYTES
+    max_graph_memory: int = DEFAULT_MAX_GRAPH_MEMORY
+    max_graphs: int = DEFAULT_MAX_GRAPHS
+    max_contexts: int = DEFAULT_MAX_CONTEXTS
+    module_cache_bytes: int = DEFAULT_MODULE_CACHE_BYTES
+    model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
+    graph_cache_bytes: int = DEFAULT_GRAPH_CACHE_BYTES
+
+    @classmethod
+    def for_tenants(cls, **settings: Any) -> RuntimeConfig:
+        """Settings for runs on behalf of a tenant: bounded time and memory unless given."""
+        settings.setdefault("default_timeout", TENANT_TIMEOUT)
+        settings.setdefault("default_max_memory", TENANT_MAX_MEMORY)
+        return cls(**settings)
+
+    def limits(self, spec: RunSpec) -> GraphLimits:
+        """The wasi-nn limits of one run: the spec's, else these defaults."""
+
+        def pick(asked: int | None, default: int) -> int:
+            return default if asked is None else asked
+
+        return GraphLimits(
+            max_graph_bytes=pick(spec.max_graph_bytes, self.max_graph_bytes),
+            max_graph_memory=pick(spec.max_graph_memory, self.max_graph_memory),
+            max_graphs=pick(spec.max_graphs, self.max_graphs),
+            max_contexts=pick(spec.max_contexts, self.max_contexts),
+        )
 
 
 class _Capture:
@@ -129,16 +183,30 @@ class Runtime:
         engine_config.memory_may_move = False
         self.engine = wasmtime.Engine(engine_config)
         cache = self.config.cache_dir
+        key = None if cache is None else load_key(cache)
         self.modules = ModuleCache(
             self.engine,
-            None if cache is None else cache / "modules",
+            None
+            if cache is None
+            else SealedDir.open(
+                cache / "modules", key, "wasmtime module", ".cwasm", self.config.module_cache_bytes
+            ),
             settings="epoch_interruption,memory_may_move=false",
         )
         self.backend = OpenVINOBackend(
             BackendConfig(
-                cache_dir=None if cache is None else cache / "openvino",
+                blobs=None
+                if cache is None
+                else SealedDir.open(
+                    cache / "openvino",
+                    key,
+                    "openvino model",
+                    ".blob",
+                    self.config.model_cache_bytes,
+                ),
                 inference_precision=self.config.inference_precision,
                 target_fallback=self.config.target_fallback,
+                graph_cache_bytes=self.config.graph_cache_bytes,
             )
         )
         self._ticker = _Ticker(self.engine)
@@ -149,6 +217,7 @@ class Runtime:
         self, spec: RunSpec, stdout: Sink | None = None, stderr: Sink | None = None
     ) -> RunResult:
         """Execute `spec`; never raises for anything the module or its arguments do."""
+        spec = self._with_defaults(spec)
         out = _Capture(spec.stdout_limit, stdout)
         err = _Capture(spec.stderr_limit, stderr)
         result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
@@ -159,6 +228,8 @@ class Runtime:
             self._execute(spec, module, out, err, result)
         except (ModuleError, OSError, ValueError) as exc:
             result.error = str(exc)
+        except Exception as exc:  # a host bug: end this run, never the process
+            result.error = f"internal error: {exc!r}"
         finally:
             result.run_seconds = time.monotonic() - started - result.compile_seconds
         if result.error and result.outcome is not Outcome.EXITED:
@@ -166,6 +237,14 @@ class Runtime:
         result.stdout, result.stdout_truncated = out.value(), out.truncated
         result.stderr, result.stderr_truncated = err.value(), err.truncated
         return result
+
+    def _with_defaults(self, spec: RunSpec) -> RunSpec:
+        """`spec` with the configured default timeout and memory limit where it sets none."""
+        timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
+        memory = self.config.default_max_memory if spec.max_memory is None else spec.max_memory
+        if (timeout, memory) == (spec.timeout, spec.max_memory):
+            return spec
+        return dataclasses.replace(spec, timeout=timeout, max_memory=memory)
 
     def _execute(
         self,
@@ -175,7 +254,7 @@ class Runtime:
         err: _Capture,
         result: RunResult,
     ) -> None:
-        store, linker = self._store_and_linker(spec, module, out, err)
+        store, linker, deadline = self._store_and_linker(spec, module, out, err)
         instance: wasmtime.Instance | None = None
         try:
             instance = linker.instantiate(store, module)
@@ -185,38 +264,42 @@ class Runtime:
             result.outcome, result.exit_code = Outcome.EXITED, exc.code
             if exc.code != 0:
                 result.error = f"exited with code {exc.code}"
-        except wasmtime.Trap as exc:
-            if exc.trap_code is wasmtime.TrapCode.INTERRUPT:
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if deadline.hit or getattr(exc, "trap_code", None) is wasmtime.TrapCode.INTERRUPT:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
                 result.error = f"timed out after {spec.timeout:g} s"
-            else:
+                return  # memory is not why
+            if isinstance(exc, wasmtime.Trap):
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = _trap_message(exc)
+            else:
+                result.error = _summarize(str(exc))
+                if instance is None:
+                    result.error = f"cannot instantiate the module: {result.error}"
             result.error += _memory_note(spec, store, instance)
-        except wasmtime.WasmtimeError as exc:
-            message = _summarize(str(exc))
-            if instance is None:
-                message = f"cannot instantiate the module: {message}"
-            result.error = message + _memory_note(spec, store, instance)
 
     def _store_and_linker(
         self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
-    ) -> tuple[wasmtime.Store, wasmtime.Linker]:
+    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline]:
         store = wasmtime.Store(self.engine)
         if spec.max_memory is not None:
             store.set_limits(memory_size=spec.max_memory)
         store.set_wasi(self._wasi(spec, out, err))
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
-        wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
-        if spec.nn if spec.nn is not None else wants_nn:
-            NNHost(self.backend, self._models(spec), err.log, spec.nn_target).define(linker)
+        deadline = Deadline(spec.timeout)
         if spec.timeout is not None:
             self._ticker.ensure_started()
             store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))
+            wasipoll.define(linker, deadline)
         else:
             store.set_epoch_deadline(NO_DEADLINE)
-        return store, linker
+        wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
+        if spec.nn if spec.nn is not None else wants_nn:
+            models = self._models(spec)
+            limits = self.config.limits(spec)
+            NNHost(self.backend, models, err.log, spec.nn_target, limits, deadline).define(linker)
+        return store, linker, deadline
 
     def session(self, spec: RunSpec) -> Session:
         """Instantiate without running `_start`: for embedding, ABI tests and benchmarks.
@@ -224,10 +307,11 @@ class Runtime:
         Raises `ModuleError`, `ValueError` or `wasmtime.WasmtimeError` when the module cannot be
         instantiated; calls on the session raise what the guest's code raises (traps).
         """
+        spec = self._with_defaults(spec)
         module, _ = self.modules.get(spec.wasm)
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
-        store, linker = self._store_and_linker(spec, module, out, err)
+        store, linker, _ = self._store_and_linker(spec, module, out, err)
         return Session(store, linker.instantiate(store, module), out, err)
 
     def _wasi(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.WasiConfig:
@@ -242,8 +326,21 @@ class Runtime:
         for mount in mounts:
             if not mount.host.is_dir():
                 raise ValueError(f"--dir: {str(mount.host)!r} is not a directory")
+            self._refuse_cache(mount.host)
             wasi.preopen_dir(str(mount.host), mount.guest, fs_mutable=not mount.read_only)
         return wasi
+
+    def _refuse_cache(self, host: Path) -> None:
+        """Never preopen the compiled-code caches (or the key that seals them) to a guest."""
+        cache = self.config.cache_dir
+        if cache is None:
+            return
+        mount, root = host.resolve(), cache.resolve()
+        if mount == root or root in mount.parents:
+            raise ValueError(
+                f"--dir: {str(host)!r} is inside the compiled-code cache {str(cache)!r}, which "
+                "guests may never reach"
+            )
 
     def _models(self, spec: RunSpec) -> dict[str, NamedModel]:
         models: dict[str, NamedModel] = {}
