@@ -373,7 +373,9 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
     assert sh["args"][0] == "shim" and "--backend=kubernetes" in sh["args"]
     assert "--token-file=/var/run/secrets/wasinn/token/token" in sh["args"]
     assert [p["containerPort"] for p in sh["ports"]] == [7070]
-    assert sh["readinessProbe"]["httpGet"]["path"] == "/health"
+    # /livez: a dependency down (MQTT, disk) must not take the REST API out of the Service.
+    assert sh["readinessProbe"]["httpGet"]["path"] == "/livez"
+    assert sh["livenessProbe"]["httpGet"]["path"] == "/livez"
     service = find(objects, "Service", f"{RELEASE}-shim")
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [7070, 8080]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}

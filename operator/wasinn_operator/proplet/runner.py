@@ -221,8 +221,11 @@ def report(summary: RunSummary, config: PropletConfig) -> None:
 
 
 def _log(message: str) -> None:
-    sys.stderr.write(f"wasinn proplet: {message}\n")
-    sys.stderr.flush()
+    # stderr may be a pipe to a process that is gone (a killed shim): a log line that cannot
+    # be written must not raise, least of all on the way to exiting because of it.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"wasinn proplet: {message}\n")
+        sys.stderr.flush()
 
 
 def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:

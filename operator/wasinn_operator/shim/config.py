@@ -14,6 +14,11 @@ DEFAULT_PORT = 7070
 DEFAULT_MAX_BYTES = 100 << 20
 DEFAULT_WORKER_MAX_TASKS = 100
 DEFAULT_WORKER_MAX_RSS_MIB = 2048
+# Two tasks per core: a task is not busy all its life (fetch, compile, load), and one or two
+# long guests still leave room for the next task (see pool.py for long ones).
+DEFAULT_WORKERS = 2 * (os.cpu_count() or 1)
+DEFAULT_LONG_AFTER = 5.0
+DEFAULT_MIN_FREE_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class ShimConfig:
     artifacts_dir: Path | None = None
     models_dir: Path | None = None
     workers: int = 2
+    long_workers: int | None = None  # None: as many as `workers`
+    long_after: float = DEFAULT_LONG_AFTER
+    min_free_mib: int = DEFAULT_MIN_FREE_MIB
     fresh_process: bool = False
     worker_max_tasks: int = DEFAULT_WORKER_MAX_TASKS
     worker_max_rss_mib: int = DEFAULT_WORKER_MAX_RSS_MIB
@@ -58,7 +66,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="models directory every task sees at /models (default $WASINN_MODELS_DIR)",
     )
-    add("--workers", type=int, default=os.cpu_count() or 2, help="tasks run at once (local)")
+    add(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"local: tasks run at once (default two per core: {DEFAULT_WORKERS}); a task "
+        "running past --long-task-seconds leaves its place to the next one",
+    )
+    add(
+        "--long-task-seconds",
+        type=float,
+        default=DEFAULT_LONG_AFTER,
+        metavar="SECONDS",
+        help="local: a task running longer gives its place among --workers to the next task "
+        f"and runs on as a long task (default {DEFAULT_LONG_AFTER:g})",
+    )
+    add(
+        "--long-workers",
+        type=int,
+        metavar="N",
+        help="local: long tasks run at most on top of --workers (default: as many as --workers)",
+    )
+    add(
+        "--min-free-mib",
+        type=int,
+        default=DEFAULT_MIN_FREE_MIB,
+        metavar="MIB",
+        help="/health fails while a data directory has less free space "
+        f"(default {DEFAULT_MIN_FREE_MIB})",
+    )
     add(
         "--fresh-process",
         action="store_true",
@@ -117,6 +153,9 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         artifacts_dir=args.artifacts_dir,
         models_dir=models.resolve() if models else None,
         workers=max(1, args.workers),
+        long_workers=None if args.long_workers is None else max(0, args.long_workers),
+        long_after=max(0.0, args.long_task_seconds),
+        min_free_mib=max(0, args.min_free_mib),
         fresh_process=args.fresh_process
         or os.environ.get("WASINN_SHIM_FRESH_PROCESS", "").lower() in ("1", "true", "yes"),
         worker_max_tasks=max(1, args.worker_max_tasks),
