@@ -30,6 +30,8 @@ from .kubelet import Kubelet
 
 # ==== Kubernetes: etcd + kube-apiserver + kube-controller-manager, no nodes (tests/apiserver.py)
 
+APIWARNINGS = Path(__file__).parent / "apiwarnings"
+
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
@@ -48,16 +50,26 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture
-def kube(control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+def kube(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Cluster]:
     """Admin access in a fresh namespace; KUBECONFIG set. Afterwards the test's Nodes, Pods
-    and namespace are deleted."""
+    and namespace are deleted, and the test fails if the API server warned a process the test
+    started about one of its writes (e.g. a field the CRD's schema does not have, which the
+    server drops: see tests/integration/apiwarnings)."""
     cluster = Cluster(control_plane.kubeconfig, f"t-{uuid.uuid4().hex[:10]}")
     cluster.create("namespaces", {"metadata": {"name": cluster.namespace}})
     monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    warnings = tmp_path / "api-warnings.log"
+    monkeypatch.setenv("WASINN_API_WARNINGS", str(warnings))
+    path = [str(APIWARNINGS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     try:
         yield cluster
     finally:
         cluster.cleanup()
+    if warnings.is_file() and warnings.read_text():
+        pytest.fail(f"the API server warned about writes:\n{warnings.read_text()}")
 
 
 # ==== wasinn shim: a real `wasinn shim` process per backend, a real mosquitto ====
