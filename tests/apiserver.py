@@ -18,10 +18,8 @@ import base64
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from .conftest import free_port, pinned_version
+
 REPO = Path(__file__).resolve().parent.parent
 CRDS = (REPO / "crds" / "wasinntask.yaml",)
 ETCD = "/usr/bin/etcd"
@@ -49,19 +49,9 @@ class MissingError(Exception):
     """A binary the control plane needs is absent (the message names it and how to get it)."""
 
 
-def k8s_version() -> str:
-    """The Kubernetes version hack/ pins (hack/versions.env, else hack/cluster)."""
-    for path in (REPO / "hack" / "versions.env", REPO / "hack" / "cluster"):
-        text = path.read_text() if path.is_file() else ""
-        found = re.search(r'^K8S_VERSION="?([0-9.]+)"?', text, re.M)
-        if found:
-            return found[1]
-    raise MissingError("no K8S_VERSION in hack/versions.env or hack/cluster")
-
-
 def k8s_bin_dir() -> Path:
     cache = Path(os.environ.get("WASINN_CACHE") or Path.home() / ".cache" / "wasinn")
-    return cache / "k8s" / f"v{k8s_version()}" / "bin"
+    return cache / "k8s" / f"v{pinned_version('K8S_VERSION')}" / "bin"
 
 
 def find_binaries(build: bool = True) -> dict[str, Path]:
@@ -89,12 +79,6 @@ def find_binaries(build: bool = True) -> dict[str, Path]:
     elif absent:
         raise MissingError(f"{absent[0]} not in {bins} (run `hack/cluster build`)")
     return {"etcd": Path(etcd), **{n: bins / n for n in names}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _dying_with_us(command: list[str]) -> list[str]:

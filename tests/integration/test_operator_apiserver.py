@@ -74,6 +74,10 @@ def wait_gone(cluster: Cluster, plural: str, name: str) -> None:
     )
 
 
+def suspended(st: dict[str, Any]) -> bool:
+    return condition(st, "Suspended").get("status") != "False"
+
+
 def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
 
@@ -116,7 +120,7 @@ def test_retries_then_backoff_limit(kube: Cluster, operator: OperatorProcess) ->
     wait_pod(kube, "flaky-1")
     kube.set_pod_phase("flaky-1", "Failed", node="n1", exit_code=1, termination_message=failed)
     wait_pod(kube, "flaky-2")
-    assert status(kube, "flaky")["failedAttempts"] == 1
+    wait_status(kube, "flaky", "a failed attempt", lambda s: s.get("failedAttempts") == 1)
     kube.set_pod_phase("flaky-2", "Failed", node="n1", exit_code=1, termination_message=failed)
     st = wait_status(kube, "flaky", "Failed", lambda s: s.get("phase") == "Failed")
     assert condition(st, "Failed")["reason"] == "BackoffLimitExceeded"
@@ -154,7 +158,8 @@ def test_suspend_and_resume(kube: Cluster, operator: OperatorProcess) -> None:
     wait_gone(kube, "pods", "long-1")
     kube.patch("wasinntasks", "long", {"spec": {"suspend": False}})
     wait_pod(kube, "long-2")
-    assert condition(status(kube, "long"), "Suspended")["status"] == "False"
+    # (The Pod is created before the status that records it is written.)
+    wait_status(kube, "long", "Suspended False", lambda s: not suspended(s))
 
 
 def test_ttl_after_finished(kube: Cluster, operator: OperatorProcess) -> None:
