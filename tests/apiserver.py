@@ -54,16 +54,16 @@ def k8s_bin_dir() -> Path:
     return cache / "k8s" / f"v{pinned_version('K8S_VERSION')}" / "bin"
 
 
-def find_binaries(build: bool = True) -> dict[str, Path]:
+def find_binaries() -> dict[str, Path]:
     """etcd, kube-apiserver and kube-controller-manager; runs `hack/cluster build` (cached,
-    ~25 min the first time) when the Kubernetes ones are missing and `build` is true."""
+    ~25 min the first time) when the Kubernetes ones are missing."""
     etcd = shutil.which("etcd") or ETCD
     if not Path(etcd).is_file():
         raise MissingError("etcd is not installed (Debian package etcd-server)")
     names = ("kube-apiserver", "kube-controller-manager")
     bins = k8s_bin_dir()
     absent = [n for n in names if not (bins / n).is_file()]
-    if absent and build:
+    if absent:
         print(f"\n[apiserver] {', '.join(absent)} not in {bins}: running hack/cluster build",
               file=sys.stderr, flush=True)  # fmt: skip
         done = subprocess.run(
@@ -76,8 +76,6 @@ def find_binaries(build: bool = True) -> dict[str, Path]:
                 f"{absent[0]} not in {bins}, and `hack/cluster build` failed "
                 f"({done.returncode}): {done.stderr.strip()[-1500:]}"
             )
-    elif absent:
-        raise MissingError(f"{absent[0]} not in {bins} (run `hack/cluster build`)")
     return {"etcd": Path(etcd), **{n: bins / n for n in names}}
 
 

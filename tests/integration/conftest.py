@@ -37,10 +37,9 @@ APIWARNINGS = Path(__file__).parent / "apiwarnings"
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """One control plane for the session (tests isolate themselves in namespaces)."""
     try:
-        binaries = find_binaries()
+        plane = ControlPlane(tmp_path_factory.mktemp("apiserver"), find_binaries())
     except MissingError as e:
         missing(str(e))
-    plane = ControlPlane(tmp_path_factory.mktemp("apiserver"), binaries)
     plane.start()
     print(f"\n[apiserver] control plane up in {plane.started_in:.1f}s at {plane.url}")
     try:
