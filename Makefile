@@ -18,9 +18,11 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
-# the venv, and the MQTT broker the integration tests start.
+# the venv, and the MQTT broker and etcd the integration tests start (with kube-apiserver from
+# `hack/cluster build`, which their fixture runs when the binaries are missing).
 APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
                 rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients curl jq \
+                etcd-server openssl \
                 buildah podman runc skopeo debootstrap docker-registry
 
 # Suites, cheapest first. Fixtures build what the slower ones need, cached under

@@ -1,6 +1,6 @@
 """The shared shim suite (tests/integration/test_shim_*.py) on the real local cluster.
 
-The same test functions the integration suite runs on the local backend and on kmock run here
+The same test functions the integration suite runs on the local backend and without nodes run here
 with the kubernetes backend against a real API server: a `wasinn shim` process on this host
 keeps its tasks as WasiNNTasks in a fresh namespace, the real operator runs them as Pods of the
 proplet image on the labelled node, and those Pods fetch their modules from the shim's

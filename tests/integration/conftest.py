@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests: the kmock emulator, and the shim under test."""
+"""Fixtures for the integration tests: a real Kubernetes control plane, and the shim under test."""
 
 from __future__ import annotations
 
@@ -23,38 +23,59 @@ import pytest
 import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..conftest import ROOT, Broker, free_port
-from .kube import Cluster, running_cluster
+from ..apiserver import ControlPlane, MissingError, find_binaries
+from ..conftest import ROOT, Broker, free_port, missing
+from .kubeapi import Cluster
 from .kubelet import Kubelet
 
-# ==== kmock Kubernetes emulator over HTTP on 127.0.0.1 (logic in tests/integration/kube.py) ====
+# ==== Kubernetes: etcd + kube-apiserver + kube-controller-manager, no nodes (tests/apiserver.py)
+
+APIWARNINGS = Path(__file__).parent / "apiwarnings"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One control plane for the session (tests isolate themselves in namespaces)."""
+    try:
+        plane = ControlPlane(tmp_path_factory.mktemp("apiserver"), find_binaries())
+    except MissingError as e:
+        missing(str(e))
+    plane.start()
+    print(f"\n[apiserver] control plane up in {plane.started_in:.1f}s at {plane.url}")
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture
-def kmock_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    """An emulated Kubernetes API (kmock) on a free 127.0.0.1 port, stopped after the test.
-
-    Sets KUBECONFIG (a no-auth kubeconfig for http://127.0.0.1:PORT) and keeps every client
-    off proxies. Fails the test if the emulator raised anything but the API errors it answers.
-    """
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(
-            var, ",".join(filter(None, ["127.0.0.1,localhost", os.environ.get(var)]))
-        )
-    with running_cluster(tmp_path) as cluster:
-        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+def kube(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Cluster]:
+    """Admin access in a fresh namespace; KUBECONFIG set. Afterwards the test's Nodes, Pods
+    and namespace are deleted, and the test fails if the API server warned a process the test
+    started about one of its writes (e.g. a field the CRD's schema does not have, which the
+    server drops: see tests/integration/apiwarnings)."""
+    cluster = Cluster(control_plane.kubeconfig, f"t-{uuid.uuid4().hex[:10]}")
+    cluster.create("namespaces", {"metadata": {"name": cluster.namespace}})
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    warnings = tmp_path / "api-warnings.log"
+    monkeypatch.setenv("WASINN_API_WARNINGS", str(warnings))
+    path = [str(APIWARNINGS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    try:
         yield cluster
-    if cluster.unexpected:
-        pytest.fail(f"the kmock emulator raised: {cluster.unexpected!r}")
-
-
-# ==== end of the kmock section ====
+    finally:
+        cluster.cleanup()
+    if warnings.is_file() and warnings.read_text():
+        pytest.fail(f"the API server warned about writes:\n{warnings.read_text()}")
 
 
 # ==== wasinn shim: a real `wasinn shim` process per backend, a real mosquitto ====
 # Every shim test (test_shim_*.py) is written once against the `backend` fixture. A backend is a
 # `ShimBackend` made by a factory in SHIM_BACKENDS, saying how to start the shim on it and
-# bringing up what it needs (for kubernetes: the kmock API, the operator, a kubelet stand-in).
+# bringing up what it needs (for kubernetes: a namespace on the control plane, the operator, a
+# kubelet stand-in).
 # Where the backends promise different things (what a shim restart does to a running task),
 # the test says so and checks each promise. tests/cluster/test_shim_suite.py runs these same
 # tests with the kubernetes backend on the real local cluster.
@@ -87,12 +108,13 @@ def _local_backend(request: pytest.FixtureRequest) -> ShimBackend:
 
 
 def _kubernetes_backend(request: pytest.FixtureRequest) -> ShimBackend:
-    """WasiNNTasks on the kmock API, run by the real operator and the kubelet stand-in; Pods
-    fetch modules from the shim's /artifacts at its own URL (--public-url)."""
+    """WasiNNTasks on the real API server, run by the real operator and the kubelet stand-in;
+    Pods fetch modules from the shim's /artifacts at its own URL (--public-url)."""
     world: KubeWorld = request.getfixturevalue("kube_world")
+    namespace = world.cluster.namespace
 
     def args(_workdir: Path, url: str) -> list[str]:
-        return ["--backend", "kubernetes", "--namespace", "default", "--public-url", url]
+        return ["--backend", "kubernetes", "--namespace", namespace, "--public-url", url]
 
     return ShimBackend("kubernetes", args, {"KUBECONFIG": str(world.cluster.kubeconfig)}, node=NODE)
 
@@ -136,30 +158,36 @@ def _stop_process(process: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 
 class OperatorProcess:
-    """`wasinn operator` as a process of its own on the kmock API (namespace default)."""
+    """`wasinn operator` as a process of its own, watching one namespace."""
 
-    def __init__(self, workdir: Path, kubeconfig: Path) -> None:
+    def __init__(
+        self, workdir: Path, kubeconfig: Path, namespace: str, env: dict[str, str] | None = None
+    ) -> None:
         self.health_port = free_port()
         self.log = workdir / "operator.log"
         self.command = [
-            sys.executable, "-m", "wasinn_operator.cli", "operator", "--namespace", "default",
+            sys.executable, "-m", "wasinn_operator.cli", "operator", "--namespace", namespace,
             "--health-port", str(self.health_port), "--metrics-port", "0",
         ]  # fmt: skip
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "WASINN_PROPLET_IMAGE": "localhost/wasinn-proplet:dev",
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.exit_codes: list[int] = []
 
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
         url = f"http://127.0.0.1:{self.health_port}/healthz"
-        _wait_healthy(self.process, url, self.log, "the operator", timeout=60)
+        _wait_healthy(self.process, url, self.log, "the operator", timeout=120)
 
     def stop(self) -> None:
-        _stop_process(self.process, signal.SIGTERM)
+        if self.process is not None:
+            _stop_process(self.process, signal.SIGTERM)
+            self.exit_codes.append(self.process.returncode)
         self.process = None
 
 
@@ -173,19 +201,21 @@ class KubeWorld:
 
 
 @pytest.fixture
-def kube_world(kmock_api: Cluster, models_dir: Path, tmp_path: Path) -> Iterator[KubeWorld]:
-    """A Ready Node labelled OpenVINO-capable, the `models` claim (the host's models directory
-    behind it), the real operator, and the kubelet stand-in running the Node's Pods."""
-    kmock_api.add_node(NODE, OPENVINO_LABELS)
-    kmock_api.add_pvc("default", "models")
+def kube_world(
+    kube: Cluster, control_plane: ControlPlane, models_dir: Path, tmp_path: Path
+) -> Iterator[KubeWorld]:
+    """A Ready Node labelled OpenVINO-capable with the kubelet stand-in running its Pods, the
+    `models` claim (the host's models directory behind it), and the real operator."""
+    kube.add_pvc("models")
     pods = tmp_path / "kubelet"
     pods.mkdir()
-    kubelet = Kubelet(kmock_api, NODE, {"models": models_dir}, pods)
-    operator = OperatorProcess(tmp_path, kmock_api.kubeconfig)
+    kubelet = Kubelet(kube, NODE, OPENVINO_LABELS, {"models": models_dir}, pods,
+                      control_plane.serving)  # fmt: skip
+    operator = OperatorProcess(tmp_path, kube.kubeconfig, kube.namespace)
     kubelet.start()
     try:
         operator.start()
-        yield KubeWorld(kmock_api, operator, kubelet)
+        yield KubeWorld(kube, operator, kubelet)
     finally:
         operator.stop()
         kubelet.stop()

@@ -1,14 +1,18 @@
-"""A kubelet stand-in (a test double) for one Node of the kmock API: it runs task Pods for real.
+"""A kubelet stand-in (a test double) for one Node of the test control plane: it runs task Pods
+for real, as host processes.
 
-The emulated API server has no scheduler and no kubelet, so Pods would stay Pending forever.
-`Kubelet` plays both for one Node: it binds each Pod whose nodeSelector the Node satisfies,
-sets up the Pod's volumes as host directories, runs the container's command (`wasinn proplet
-run`, the proplet image's entry point) as a child process with the Pod's environment, and
-writes back the status a kubelet would: Pending on the node, Running with a running container,
+The control plane has no scheduler and no kubelet, so Pods would stay Pending forever.
+`Kubelet` plays both for one Node, through the API as they do: it registers its Node (Ready,
+with its labels), binds each Pod whose nodeSelector the Node satisfies (`pods/binding`), sets
+up the Pod's volumes as host directories, runs the container's command (`wasinn proplet run`,
+the proplet image's entry point) as a child process with the Pod's environment, and writes the
+status a kubelet would (`pods/status`): Pending on the node, Running with a running container,
 then Succeeded or Failed with `state.terminated.exitCode` and `message` = the termination
 message file (or, with FallbackToLogsOnError and an empty file, the log's tail). A deleted Pod's
-process gets SIGTERM, then SIGKILL after the grace period; `activeDeadlineSeconds` fails the Pod
-with reason DeadlineExceeded. The container log is served at `pods/NAME/log`.
+process gets SIGTERM, then SIGKILL after the grace period, and the deletion is confirmed (a
+delete with grace period 0); `activeDeadlineSeconds` fails the Pod with reason
+DeadlineExceeded. The container log is served over HTTPS at the kubelet's
+`/containerLogs/NS/POD/CONTAINER`, where the API server's `pods/NAME/log` proxies to.
 
 Where a container and a host process differ, paths are translated: a volume's mountPath (and
 the termination-message path) becomes a host path in the Pod's environment and in the task's
@@ -28,18 +32,20 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .kube import Cluster
+from .kubeapi import Cluster
 
 log = logging.getLogger("tests.kubelet")
 LOG_TAIL_BYTES, LOG_TAIL_LINES = 2048, 80  # what the kubelet keeps for FallbackToLogsOnError
@@ -66,19 +72,36 @@ class _Run:
 
 
 class Kubelet:
-    """Scheduler + kubelet stand-in for Node `node` (the Node object must exist)."""
+    """Scheduler + kubelet stand-in for Node `node`, which it registers with `labels`; it serves
+    Pod logs over HTTPS with `serving` (a certificate for 127.0.0.1 and its key)."""
 
-    def __init__(self, cluster: Cluster, node: str, claims: dict[str, Path], workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: str,
+        labels: dict[str, str],
+        claims: dict[str, Path],
+        workdir: Path,
+        serving: tuple[Path, Path],
+    ) -> None:
         self.cluster = cluster
         self.node = node
+        self.labels = labels
         self.claims = claims
         self.workdir = workdir
         self.runs: dict[str, _Run] = {}
+        self.logs: dict[tuple[str, str], Path] = {}  # (namespace, Pod) -> its container's log
         self.errors: list[BaseException] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"kubelet-{node}", daemon=True)
+        self._server = _log_server(self.logs, serving)
+        self._server_thread = threading.Thread(
+            target=self._server.serve_forever, name=f"kubelet-{node}-logs", daemon=True
+        )
 
     def start(self) -> None:
+        self._server_thread.start()
+        self.cluster.add_node(self.node, self.labels, kubelet_port=self._server.server_address[1])
         self._thread.start()
 
     def stop(self) -> None:
@@ -87,6 +110,8 @@ class Kubelet:
         self._thread.join(60)
         for run in self.runs.values():
             self._kill(run, grace=5)
+        self._server.shutdown()
+        self._server.server_close()
 
     # -- the loop --
 
@@ -103,17 +128,26 @@ class Kubelet:
                     return
 
     def _sync(self) -> None:
-        pods = {p["metadata"]["uid"]: p for p in self.cluster.list("pods", None)}
-        for uid, run in list(self.runs.items()):
-            pod = pods.get(uid)
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
-                if not run.done:
-                    self._kill(run, grace=run.grace)  # deleted: nobody reads a status any more
+        pods = {p["metadata"]["uid"]: p for p in self.cluster.list("pods", all_namespaces=True)}
+        for uid, pod in pods.items():
+            meta, node = pod["metadata"], (pod.get("spec") or {}).get("nodeName")
+            if meta.get("deletionTimestamp") and node == self.node:
+                # Deleted gracefully: stop the container, then confirm (the Pod goes for good).
+                run = self.runs.get(uid)
+                if run is not None and not run.done:
+                    self._kill(run, grace=float(meta.get("deletionGracePeriodSeconds") or 0))
                     run.done = True
+                self.cluster.confirm_deletion(meta["name"], uid, meta["namespace"])
+        for uid, run in list(self.runs.items()):
+            current = pods.get(uid)
+            if current is None:
+                if not run.done:  # deleted at once (grace period 0): stop what still runs
+                    self._kill(run, grace=0)
                 del self.runs[uid]
+                self.logs.pop((run.namespace, run.name), None)
                 shutil.rmtree(run.root, ignore_errors=True)
             elif not run.done:
-                self._watch_process(run, pod)
+                self._watch_process(run, current)
         for uid, pod in pods.items():
             if uid in self.runs or pod["metadata"].get("deletionTimestamp"):
                 continue
@@ -142,13 +176,14 @@ class Kubelet:
         root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         run = _Run(namespace, name, meta["uid"], root)
         self.runs[run.uid] = run
+        run.log_file = root / "container.log"
+        self.logs[namespace, name] = run.log_file
         try:
             [container] = spec["containers"]
             command = self._command(container)
             env = self._prepare(run, spec, container)
         except (ValueError, KeyError, OSError, ApiException) as exc:
             log.warning("kubelet stand-in: cannot start %s/%s: %s", namespace, name, exc)
-            run.log_file = root / "container.log"
             run.log_file.write_text(f"kubelet stand-in: {exc}\n")
             self._finish(run, "Failed", 128, None)
             return
@@ -156,7 +191,6 @@ class Kubelet:
         deadline = spec.get("activeDeadlineSeconds")
         run.started = time.monotonic()
         run.deadline = None if deadline is None else run.started + float(deadline)
-        run.log_file = root / "container.log"
         with run.log_file.open("wb") as log_out:
             run.process = subprocess.Popen(
                 command,
@@ -170,11 +204,12 @@ class Kubelet:
         self._report(namespace, name, "Running")
 
     def _report(self, namespace: str, name: str, phase: str, **details: Any) -> bool:
-        """Write the Pod's status; False when the Pod is gone (deleted meanwhile)."""
+        """Bind (first) and write the Pod's status; False when the Pod is gone or going."""
         try:
-            self.cluster.set_pod_phase(namespace, name, phase, node=self.node, **details)
+            self.cluster.set_pod_phase(name, phase, node=self.node, namespace=namespace, **details)
         except ApiException as exc:
-            if exc.status != 404:
+            # 404: deleted meanwhile. 409: bound elsewhere meanwhile, or already deleting.
+            if exc.status not in (404, 409):
                 raise
             return False
         return True
@@ -195,9 +230,6 @@ class Kubelet:
         self, run: _Run, phase: str, code: int, message: str | None, reason: str | None = None
     ) -> None:
         run.done = True
-        if run.log_file is not None and run.log_file.is_file():
-            text = run.log_file.read_bytes().decode("utf-8", errors="replace")
-            self.cluster.set_pod_log(run.namespace, run.name, text)
         self._report(
             run.namespace, run.name, phase, exit_code=code, termination_message=message,
             reason=reason,
@@ -302,3 +334,32 @@ class Kubelet:
         if isinstance(wasm.get("path"), str):
             wasm["path"] = self._host_path(run, wasm["path"])
         return json.dumps(task)
+
+
+def _log_server(
+    logs: dict[tuple[str, str], Path], serving: tuple[Path, Path]
+) -> ThreadingHTTPServer:
+    """The kubelet's log endpoint on a free 127.0.0.1 port, over TLS."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = self.path.split("?")[0].strip("/").split("/")
+            found = logs.get((parts[1], parts[2])) if len(parts) == 4 else None
+            if parts[0] != "containerLogs" or found is None or not found.is_file():
+                self.send_error(404)
+                return
+            body = found.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*map(str, serving))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server

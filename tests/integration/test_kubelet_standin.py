@@ -1,6 +1,6 @@
 """The kubelet stand-in's paths the shim suite does not take, with the real operator: an inline
-module (a ConfigMap volume, the task's `wasm.path` mapped to the host, the Pod's log) and a
-deadline."""
+module (a ConfigMap volume, the task's `wasm.path` mapped to the host, the Pod's log through the
+API server's proxy to the stand-in's log endpoint) and a deadline."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ from typing import Any
 import pytest
 
 from .conftest import CHELSEA, KubeWorld
-from .kube import Cluster
+from .kubeapi import Cluster
 
 pytestmark = pytest.mark.integration
 
 
 def create(cluster: Cluster, name: str, **spec: Any) -> None:
-    body = {"metadata": {"name": name}, "spec": spec}
-    cluster.create(
-        "wasinntasks", {"apiVersion": "wasinn.dev/v1alpha1", "kind": "WasiNNTask", **body}
-    )
+    cluster.create("wasinntasks", {"metadata": {"name": name}, "spec": spec})
 
 
 def finished(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -29,7 +26,7 @@ def finished(cluster: Cluster, name: str) -> dict[str, Any]:
         status = (cluster.find("wasinntasks", name) or {}).get("status") or {}
         return status if status.get("phase") in ("Completed", "Failed") else None
 
-    return dict(cluster.wait_for(check, timeout=180, what=f"task {name} to finish"))
+    return dict(cluster.wait_for(check, timeout=300, what=f"task {name} to finish"))
 
 
 def test_inline_module_runs_from_its_configmap(
@@ -41,7 +38,8 @@ def test_inline_module_runs_from_its_configmap(
     status = finished(cluster, "inline")
     assert (status["phase"], status["exitCode"]) == ("Completed", 0), status
     assert "1. tiger cat (282)" in status["results"]
-    assert "tiger cat" in cluster.core.read_namespaced_pod_log("inline-1", "default")
+    log = cluster.core.read_namespaced_pod_log("inline-1", cluster.namespace)
+    assert "tiger cat" in log
 
 
 def test_deadline_fails_the_pod(kube_world: KubeWorld, spin_wasm: bytes) -> None:

@@ -1,0 +1,233 @@
+"""The operator's whole lifecycle as a process against the real API server, with Pod phases
+driven by the test (playing scheduler and kubelet through the API): success, retries, deadline,
+suspend/resume, TTL, a late node label, a late claim, deletion, and garbage collection by
+Kubernetes' own collector."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import OperatorProcess
+from .kubeapi import Cluster
+
+pytestmark = pytest.mark.integration
+LABELS = {"wasinn.dev/openvino": "true"}
+SUMMARY = {
+    "state": "Completed",
+    "exitCode": 0,
+    "stdout": "  1. tiger cat (282) 0.383438\n",
+    "stdoutTruncated": False,
+    "digest": "sha256:" + "d" * 64,
+}
+WAIT = 120  # seconds: generous, the machine is shared and slow
+
+
+@pytest.fixture
+def operator(kube: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    env = {
+        "WASINN_PROPLET_IMAGE": "reg/proplet:test",
+        "WASINN_RESYNC_SECONDS": "0.5",
+        "WASINN_BACKOFF_BASE_SECONDS": "0.2",
+    }
+    process = OperatorProcess(tmp_path, kube.kubeconfig, kube.namespace, env)
+    process.start()
+    yield process
+    process.stop()
+    log = process.log.read_text()
+    assert process.exit_codes and set(process.exit_codes) == {0}, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def create(cluster: Cluster, name: str, **spec: Any) -> None:
+    cluster.create(
+        "wasinntasks",
+        {"metadata": {"name": name}, "spec": {"wasm": {"url": "http://shim/artifacts/x"}, **spec}},
+    )
+
+
+def status(cluster: Cluster, name: str) -> dict[str, Any]:
+    found = cluster.find("wasinntasks", name)
+    return {} if found is None else dict(found.get("status") or {})
+
+
+def wait_status(cluster: Cluster, name: str, what: str, check: Any) -> dict[str, Any]:
+    return dict(
+        cluster.wait_for(
+            lambda: (s := status(cluster, name)) and check(s) and s, timeout=WAIT, what=what
+        )
+    )
+
+
+def wait_pod(cluster: Cluster, name: str) -> dict[str, Any]:
+    found = cluster.wait_for(lambda: cluster.find("pods", name), timeout=WAIT, what=f"Pod {name}")
+    return dict(found)
+
+
+def wait_gone(cluster: Cluster, plural: str, name: str) -> None:
+    cluster.wait_for(
+        lambda: cluster.find(plural, name) is None, timeout=WAIT, what=f"{plural}/{name} gone"
+    )
+
+
+def suspended(st: dict[str, Any]) -> bool:
+    return condition(st, "Suspended").get("status") != "False"
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_success(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "cat", args=["x"], timeoutSeconds=30)
+    pod = wait_pod(kube, "cat-1")
+    sent = json.loads(
+        next(e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == "WASINN_TASK")
+    )
+    assert sent["args"] == ["x"]
+    assert pod["spec"]["activeDeadlineSeconds"] == 30
+    owner = pod["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == kube.get("wasinntasks", "cat")["metadata"]["uid"]
+    wait_status(kube, "cat", "Scheduled", lambda s: s.get("phase") == "Scheduled")
+    kube.set_pod_phase("cat-1", "Pending", node="n1")
+    wait_status(kube, "cat", "bound", lambda s: s.get("nodeName") == "n1")
+    kube.set_pod_phase("cat-1", "Running")
+    wait_status(kube, "cat", "Running", lambda s: s.get("state") == 2)
+    kube.set_pod_phase("cat-1", "Succeeded", exit_code=0, termination_message=json.dumps(SUMMARY))
+    st = wait_status(kube, "cat", "Completed", lambda s: s.get("phase") == "Completed")
+    assert (st["state"], st["exitCode"], st["attempts"]) == (3, 0, 1)
+    assert "tiger cat" in st["results"]
+    assert st["digest"] == SUMMARY["digest"]
+    assert condition(st, "Complete")["status"] == "True"
+    kube.wait_for(
+        lambda: {"Scheduled", "Running", "Completed"} <= {e["reason"] for e in kube.list("events")},
+        timeout=WAIT,
+        what="an Event for each transition",
+    )
+
+
+def test_retries_then_backoff_limit(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "flaky", backoffLimit=1)
+    failed = json.dumps({"state": "Failed", "exitCode": 1, "error": "exited with code 1"})
+    wait_pod(kube, "flaky-1")
+    kube.set_pod_phase("flaky-1", "Failed", node="n1", exit_code=1, termination_message=failed)
+    wait_pod(kube, "flaky-2")
+    wait_status(kube, "flaky", "a failed attempt", lambda s: s.get("failedAttempts") == 1)
+    kube.set_pod_phase("flaky-2", "Failed", node="n1", exit_code=1, termination_message=failed)
+    st = wait_status(kube, "flaky", "Failed", lambda s: s.get("phase") == "Failed")
+    assert condition(st, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert (st["attempts"], st["error"]) == (2, "exited with code 1")
+
+
+def test_deadline(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "slow", timeoutSeconds=5, backoffLimit=3)
+    wait_pod(kube, "slow-1")
+    kube.set_pod_phase("slow-1", "Failed", node="n1", reason="DeadlineExceeded")
+    st = wait_status(kube, "slow", "Failed", lambda s: s.get("phase") == "Failed")
+    assert condition(st, "Failed")["reason"] == "DeadlineExceeded"
+    assert kube.find("pods", "slow-2") is None
+
+
+def test_suspend_and_resume(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "long")
+    wait_pod(kube, "long-1")
+    kube.set_pod_phase("long-1", "Running", node="n1")
+    wait_status(kube, "long", "Running", lambda s: s.get("phase") == "Running")
+    kube.patch("wasinntasks", "long", {"spec": {"suspend": True}})
+    st = wait_status(kube, "long", "Interrupted", lambda s: s.get("phase") == "Interrupted")
+    assert st["state"] == 6
+    # A running Pod's deletion is graceful: it stays, marked, until its kubelet confirms.
+    pod = kube.wait_for(
+        lambda: (p := kube.find("pods", "long-1")) and p["metadata"].get("deletionTimestamp") and p,
+        timeout=WAIT,
+        what="the operator to delete the Pod",
+    )
+    assert kube.confirm_deletion("long-1", pod["metadata"]["uid"])
+    wait_gone(kube, "pods", "long-1")
+    kube.patch("wasinntasks", "long", {"spec": {"suspend": False}})
+    wait_pod(kube, "long-2")
+    # (The Pod is created before the status that records it is written.)
+    wait_status(kube, "long", "Suspended False", lambda s: not suspended(s))
+
+
+def test_ttl_after_finished(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "brief", ttlSecondsAfterFinished=1)
+    wait_pod(kube, "brief-1")
+    kube.set_pod_phase(
+        "brief-1", "Succeeded", node="n1", exit_code=0, termination_message=json.dumps(SUMMARY)
+    )
+    wait_gone(kube, "wasinntasks", "brief")
+    wait_gone(kube, "pods", "brief-1")
+
+
+def test_unschedulable_until_a_node_is_labelled(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_pvc("models")
+    kube.add_node("plain", {})
+    create(kube, "waiting")
+    st = wait_status(
+        kube,
+        "waiting",
+        "Unschedulable",
+        lambda s: condition(s, "Scheduled").get("reason") == "Unschedulable",
+    )
+    assert "wasinn.dev/openvino=true" in condition(st, "Scheduled")["message"]
+    assert kube.find("pods", "waiting-1") is None
+    kube.add_node("gpu-node", LABELS)
+    wait_pod(kube, "waiting-1")
+
+
+def test_missing_claim_until_created(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    create(kube, "claimless", models={"claimName": "zoo"})
+    st = wait_status(
+        kube,
+        "claimless",
+        "ModelClaimNotFound",
+        lambda s: condition(s, "Scheduled").get("reason") == "ModelClaimNotFound",
+    )
+    assert "'zoo' not found" in condition(st, "Scheduled")["message"]
+    kube.add_pvc("zoo")
+    pod = wait_pod(kube, "claimless-1")
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "zoo"
+
+
+def test_deletion_removes_children(kube: Cluster, operator: OperatorProcess) -> None:
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "gone", wasm={"inline": "AGFzbQEAAAA="})
+    wait_pod(kube, "gone-1")
+    assert kube.find("configmaps", "gone-wasm") is not None
+    kube.delete("wasinntasks", "gone")
+    wait_gone(kube, "pods", "gone-1")
+    wait_gone(kube, "configmaps", "gone-wasm")
+
+
+def test_garbage_collector_removes_children_of_a_task_deleted_while_the_operator_is_down(
+    kube: Cluster, operator: OperatorProcess
+) -> None:
+    """The owner references the operator writes are right: Kubernetes' garbage collector alone
+    deletes a task's Pod and ConfigMap when the task goes while no operator runs."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "orphan", wasm={"inline": "AGFzbQEAAAA="})
+    wait_pod(kube, "orphan-1")
+    kube.wait_for(lambda: kube.find("configmaps", "orphan-wasm"), timeout=WAIT, what="ConfigMap")
+    operator.stop()
+    kube.delete("wasinntasks", "orphan")
+    wait_gone(kube, "pods", "orphan-1")
+    wait_gone(kube, "configmaps", "orphan-wasm")
+    operator.start()  # (the fixture stops it and checks its exit)
