@@ -1,9 +1,11 @@
-"""The embedded engine: wasmtime with WASI preview1 and the wasi-nn host over OpenVINO.
+"""The embedded engine: wasmtime with WASI and the wasi-nn host over OpenVINO.
 
 One `Runtime` per process holds the wasmtime engine, the module cache and the OpenVINO backend;
 each `run` gets its own store, WASI context and wasi-nn handles, so runs may proceed in
-parallel threads. Guest faults (traps, timeouts, memory limits, bad wasi-nn arguments) end only
-that run, with a clear `RunResult.error`.
+parallel threads. A core module gets WASI preview1 and `wasi_ephemeral_nn`; a component (told
+by the header's layer field) gets WASI 0.2 and `wasi:nn@0.2.0-rc-2024-10-28`, with the same
+preopens, environment, output capture and limits. Guest faults (traps, timeouts, memory limits,
+bad wasi-nn arguments) end only that run, with a clear `RunResult.error`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
+from wasmtime import component
 
+from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare
 from .modcache import ModuleCache, ModuleError
 from .nn.abi import ExecutionTarget
 from .nn.host import MODULE as NN_MODULE
@@ -156,7 +160,10 @@ class Runtime:
         try:
             module, result.module_cached = self.modules.get(spec.wasm)
             result.compile_seconds = time.monotonic() - started
-            self._execute(spec, module, out, err, result)
+            if isinstance(module, component.Component):
+                self._execute_component(spec, module, out, err, result)
+            else:
+                self._execute(spec, module, out, err, result)
         except (ModuleError, OSError, ValueError) as exc:
             result.error = str(exc)
         finally:
@@ -199,23 +206,66 @@ class Runtime:
                 message = f"cannot instantiate the module: {message}"
             result.error = message + _memory_note(spec, store, instance)
 
-    def _store_and_linker(
-        self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
-    ) -> tuple[wasmtime.Store, wasmtime.Linker]:
+    def _execute_component(
+        self,
+        spec: RunSpec,
+        compiled: component.Component,
+        out: _Capture,
+        err: _Capture,
+        result: RunResult,
+    ) -> None:
+        wants_nn, run = prepare(compiled, self.engine, spec.nn, spec.invoke)
+        store = self._store(spec, out, err)
+        nn = None
+        if spec.nn or wants_nn:
+            cap = spec.max_memory or DEFAULT_TENSOR_BYTES
+            nn = ComponentNNHost(self.backend, self._models(spec), err.log, spec.nn_target, cap)
+        instance: component.Instance | None = None
+        try:
+            instance = link(self.engine, nn).instantiate(store, compiled)
+            ok = call_run(store, instance, run)
+            result.outcome, result.exit_code = Outcome.EXITED, 0 if ok else 1
+            if not ok:
+                result.error = "the component's wasi:cli/run returned an error"
+        except wasmtime.ExitTrap as exc:
+            result.outcome, result.exit_code = Outcome.EXITED, exc.code
+            if exc.code != 0:
+                result.error = f"exited with code {exc.code}"
+        except wasmtime.WasmtimeError as exc:
+            # A component call reports a trap as an error; its cause tells which.
+            cause = _summarize(str(exc))
+            if instance is None:
+                result.error = f"cannot instantiate the component: {cause}"
+            elif "wasm trap: interrupt" in cause:
+                result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+                result.error = f"timed out after {spec.timeout:g} s"
+            else:
+                result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
+                result.error = cause if cause.startswith("wasm trap") else f"wasm trap: {cause}"
+            result.error += _memory_note(spec, store, None)
+
+    def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:
+        """A store with the run's WASI context, memory limit and deadline."""
         store = wasmtime.Store(self.engine)
         if spec.max_memory is not None:
             store.set_limits(memory_size=spec.max_memory)
         store.set_wasi(self._wasi(spec, out, err))
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
-        wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
-        if spec.nn if spec.nn is not None else wants_nn:
-            NNHost(self.backend, self._models(spec), err.log, spec.nn_target).define(linker)
         if spec.timeout is not None:
             self._ticker.ensure_started()
             store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))
         else:
             store.set_epoch_deadline(NO_DEADLINE)
+        return store
+
+    def _store_and_linker(
+        self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
+    ) -> tuple[wasmtime.Store, wasmtime.Linker]:
+        store = self._store(spec, out, err)
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
+        if spec.nn if spec.nn is not None else wants_nn:
+            NNHost(self.backend, self._models(spec), err.log, spec.nn_target).define(linker)
         return store, linker
 
     def session(self, spec: RunSpec) -> Session:
@@ -225,6 +275,8 @@ class Runtime:
         instantiated; calls on the session raise what the guest's code raises (traps).
         """
         module, _ = self.modules.get(spec.wasm)
+        if not isinstance(module, wasmtime.Module):
+            raise ModuleError("a session drives a core module; this is a component")
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
         store, linker = self._store_and_linker(spec, module, out, err)

@@ -1,0 +1,429 @@
+"""The host side of `wasi:nn@0.2.0-rc-2024-10-28` for components, over the OpenVINO backend.
+
+The same backend, graphs and checks as the preview1 host (`nn/host.py`), in the component
+model's shape: `tensor`, `graph`, `graph-execution-context` and `error` are resources held in
+per-run tables; `compute` takes every model input as a named tensor (a model input's name, or
+its index in decimal) and returns every output, named after the model's output (or its index
+when it has no name). A failure returns an `error` resource (its code and message) and writes
+the same line to the task's stderr as the preview1 host, e.g.
+`wasi-nn: load-by-name: no model named 'resnet' (known: ...) (not-found)`.
+
+A guest fault no `result` can carry (tensors held past the run's cap) traps with a message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from wasmtime import StoreContext
+from wasmtime.component import Linker, LinkerInstance, ResourceType
+
+from ..nn.abi import NUMPY_DTYPES, ExecutionTarget, GraphEncoding, NNErrno, NNError, TensorType
+from ..nn.graph import ExecutionContext, Graph, InputTensor
+from ..nn.models import NamedModel
+from ..nn.openvino import Log, OpenVINOBackend
+from .values import Result, TrapError, Val, add_func, new_resource, resource_rep
+
+VERSION = "0.2.0-rc-2024-10-28"
+PACKAGE = f"wasi:nn@{VERSION}"
+INTERFACES = ("tensor", "graph", "inference", "errors")
+MAX_BUILDERS = 16
+MAX_RANK = 8
+MAX_GRAPHS = 64
+MAX_CONTEXTS = 256
+MAX_TENSORS = 4096
+MAX_ERRORS = 4096
+DEFAULT_TENSOR_BYTES = 4 << 30  # what a wasm32 guest could hold in its own memory
+
+# Host resource type ids (the rep's namespace): one per WIT resource.
+TENSOR, GRAPH, CONTEXT, ERROR = 1, 2, 3, 4
+
+TENSOR_TYPES: dict[str, TensorType] = {
+    "FP16": TensorType.F16,
+    "FP32": TensorType.F32,
+    "FP64": TensorType.F64,
+    "U8": TensorType.U8,
+    "I32": TensorType.I32,
+    "I64": TensorType.I64,
+}
+TYPE_NAMES = {NUMPY_DTYPES[t]: name for name, t in TENSOR_TYPES.items()}
+ENCODINGS: dict[str, GraphEncoding] = {
+    "openvino": GraphEncoding.OPENVINO,
+    "onnx": GraphEncoding.ONNX,
+    "tensorflow": GraphEncoding.TENSORFLOW,
+    "pytorch": GraphEncoding.PYTORCH,
+    "tensorflowlite": GraphEncoding.TENSORFLOWLITE,
+    "autodetect": GraphEncoding.AUTODETECT,
+}
+TARGETS = {"cpu": ExecutionTarget.CPU, "gpu": ExecutionTarget.GPU, "tpu": ExecutionTarget.TPU}
+# The component interface has no missing-memory or busy: both become runtime-error.
+ERROR_CODES: dict[NNErrno, str] = {
+    NNErrno.INVALID_ARGUMENT: "invalid-argument",
+    NNErrno.INVALID_ENCODING: "invalid-encoding",
+    NNErrno.MISSING_MEMORY: "runtime-error",
+    NNErrno.BUSY: "runtime-error",
+    NNErrno.RUNTIME_ERROR: "runtime-error",
+    NNErrno.UNSUPPORTED_OPERATION: "unsupported-operation",
+    NNErrno.TOO_LARGE: "too-large",
+    NNErrno.NOT_FOUND: "not-found",
+}
+
+T = TypeVar("T")
+Writer = Callable[[Result], None]
+
+
+def interface(name: str) -> str:
+    """The versioned name of one of the package's interfaces."""
+    return f"wasi:nn/{name}@{VERSION}"
+
+
+@dataclass
+class HostTensor:
+    """A `tensor` resource: dimensions, the WIT type name and the bytes (a private copy)."""
+
+    dims: list[int]
+    type_name: str
+    data: npt.NDArray[np.uint8]
+
+
+class _Table(Generic[T]):
+    """Live resources of one kind, by rep."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self._limit = limit
+        self._items: dict[int, T] = {}
+        self._reps = itertools.count(1)
+
+    def add(self, item: T) -> int:
+        if len(self._items) >= self._limit:
+            raise NNError(
+                NNErrno.BUSY,
+                f"a run may hold at most {self._limit} {self.what}s at once "
+                "(drop those no longer needed)",
+            )
+        rep = next(self._reps)
+        self._items[rep] = item
+        return rep
+
+    def get(self, rep: int) -> T:
+        try:
+            return self._items[rep]
+        except KeyError:
+            raise TrapError(f"unknown {self.what} handle (rep {rep})") from None
+
+    def pop(self, rep: int) -> T | None:
+        return self._items.pop(rep, None)
+
+
+class ComponentNNHost:
+    """Per-run `wasi:nn` state for one component instance."""
+
+    def __init__(
+        self,
+        backend: OpenVINOBackend,
+        models: dict[str, NamedModel],
+        log: Log,
+        named_target: ExecutionTarget = ExecutionTarget.CPU,
+        max_tensor_bytes: int = DEFAULT_TENSOR_BYTES,
+    ) -> None:
+        self._backend = backend
+        self._models = models
+        self._log = log
+        self._named_target = named_target
+        self._max_tensor_bytes = max_tensor_bytes
+        self._tensor_bytes = 0
+        self._tensors: _Table[HostTensor] = _Table("tensor", MAX_TENSORS)
+        self._graphs: _Table[Graph] = _Table("graph", MAX_GRAPHS)
+        self._contexts: _Table[ExecutionContext] = _Table("execution context", MAX_CONTEXTS)
+        self._errors: _Table[tuple[str, str]] = _Table("error", MAX_ERRORS)
+
+    def define(self, linker: Linker) -> None:
+        """Define the four interfaces in `linker` (no other linker instance may be open)."""
+        with linker.root() as root:
+            with root.add_instance(interface("tensor")) as inst:
+                self._resource(inst, "tensor", TENSOR, self._tensors, self._drop_tensor)
+                self._func(inst, "[constructor]tensor", self._tensor_new)
+                self._func(inst, "[method]tensor.dimensions", self._tensor_dimensions)
+                self._func(inst, "[method]tensor.ty", self._tensor_ty)
+                self._func(inst, "[method]tensor.data", self._tensor_data)
+            with root.add_instance(interface("graph")) as inst:
+                self._resource(inst, "graph", GRAPH, self._graphs, None)
+                self._func(inst, "load", self._load)
+                self._func(inst, "load-by-name", self._load_by_name)
+                self._func(inst, "[method]graph.init-execution-context", self._init_context)
+            with root.add_instance(interface("inference")) as inst:
+                self._resource(inst, "graph-execution-context", CONTEXT, self._contexts, None)
+                self._func(inst, "[method]graph-execution-context.compute", self._compute)
+            with root.add_instance(interface("errors")) as inst:
+                self._resource(inst, "error", ERROR, self._errors, None)
+                self._func(inst, "[method]error.code", self._error_code)
+                self._func(inst, "[method]error.data", self._error_data)
+
+    @staticmethod
+    def _resource(
+        inst: LinkerInstance,
+        name: str,
+        type_id: int,
+        table: _Table[Any],
+        on_drop: Callable[[int], None] | None,
+    ) -> None:
+        def drop(_store: StoreContext, rep: int) -> None:
+            if on_drop is not None:
+                on_drop(rep)
+            else:
+                table.pop(rep)
+
+        inst.add_resource(name, ResourceType.host(type_id), drop)
+
+    @staticmethod
+    def _func(inst: LinkerInstance, name: str, fn: Callable[[Any, list[Val], Any], None]) -> None:
+        add_func(inst, name, f"wasi-nn: {name}", fn)
+
+    # -- tensors (infallible in the interface: a fault traps) ---------------------------------
+
+    def _tensor_new(self, ctx: Any, args: list[Val], out: Result) -> None:
+        dims = args[0].u32_list("dimensions")
+        type_name = args[1].enum("ty")
+        data = args[2].byte_list("data")
+        self._hold(HostTensor(dims, type_name, data), out, ctx)
+
+    def _hold(self, tensor: HostTensor, out: Result, ctx: Any) -> None:
+        size = int(tensor.data.nbytes)
+        if self._tensor_bytes + size > self._max_tensor_bytes:
+            message = (
+                f"tensors held by the host would reach {self._tensor_bytes + size} bytes; "
+                f"a run may hold at most {self._max_tensor_bytes} (drop tensors no longer needed)"
+            )
+            self._log(f"wasi-nn: tensor: {message}")
+            raise TrapError(message)
+        try:
+            rep = self._tensors.add(tensor)
+        except NNError as exc:
+            self._log(f"wasi-nn: tensor: {exc}")
+            raise TrapError(str(exc)) from None
+        self._tensor_bytes += size
+        out.resource(new_resource(ctx, rep, TENSOR))
+
+    def _drop_tensor(self, rep: int) -> None:
+        tensor = self._tensors.pop(rep)
+        if tensor is not None:
+            self._tensor_bytes -= int(tensor.data.nbytes)
+
+    def _tensor(self, ctx: Any, arg: Val) -> HostTensor:
+        return self._tensors.get(resource_rep(ctx, arg.resource("self"), TENSOR, "tensor"))
+
+    def _tensor_dimensions(self, ctx: Any, args: list[Val], out: Result) -> None:
+        out.u32_list(self._tensor(ctx, args[0]).dims)
+
+    def _tensor_ty(self, ctx: Any, args: list[Val], out: Result) -> None:
+        out.enum(self._tensor(ctx, args[0]).type_name)
+
+    def _tensor_data(self, ctx: Any, args: list[Val], out: Result) -> None:
+        out.byte_list(self._tensor(ctx, args[0]).data)
+
+    # -- fallible functions: result<T, error> ---------------------------------------------------
+
+    def _fallible(self, name: str, ctx: Any, out: Result, body: Callable[[], Writer]) -> None:
+        try:
+            write = body()
+        except NNError as exc:
+            self._fail(name, ctx, out, ERROR_CODES[exc.errno], str(exc))
+            return
+        except TrapError:
+            raise
+        except Exception as exc:  # a guest must never crash the host: a runtime-error
+            self._fail(name, ctx, out, "runtime-error", f"internal error: {exc!r}")
+            return
+        out.result(True, write)
+
+    def _fail(self, name: str, ctx: Any, out: Result, code: str, message: str) -> None:
+        self._log(f"wasi-nn: {name}: {message} ({code})")
+        try:
+            rep = self._errors.add((code, message))
+        except NNError as exc:
+            raise TrapError(str(exc)) from None
+        out.result(False, lambda r: r.resource(new_resource(ctx, rep, ERROR)))
+
+    def _resource_writer(self, ctx: Any, table: _Table[T], item: T, type_id: int) -> Writer:
+        rep = table.add(item)
+        return lambda r: r.resource(new_resource(ctx, rep, type_id))
+
+    def _load(self, ctx: Any, args: list[Val], out: Result) -> None:
+        builders = args[0].items("builder")
+        encoding_name = args[1].enum("encoding")
+        target_name = args[2].enum("target")
+
+        def body() -> Writer:
+            if not 1 <= len(builders) <= MAX_BUILDERS:
+                raise NNError(
+                    NNErrno.INVALID_ARGUMENT,
+                    f"{len(builders)} graph builders (expected 1 to {MAX_BUILDERS})",
+                )
+            encoding = ENCODINGS.get(encoding_name)
+            if encoding is None:
+                raise NNError(
+                    NNErrno.INVALID_ENCODING,
+                    f"graph encoding {encoding_name} is not supported by the OpenVINO backend "
+                    "(use openvino, onnx, tensorflowlite or autodetect)",
+                )
+            data = [b.byte_list(f"graph builder {i}").tobytes() for i, b in enumerate(builders)]
+            graph = self._backend.load(data, encoding, TARGETS[target_name], self._log)
+            return self._resource_writer(ctx, self._graphs, graph, GRAPH)
+
+        self._fallible("load", ctx, out, body)
+
+    def _load_by_name(self, ctx: Any, args: list[Val], out: Result) -> None:
+        name = args[0].string("name")
+
+        def body() -> Writer:
+            model = self._models.get(name)
+            if model is None:
+                known = ", ".join(sorted(self._models)) or "none"
+                raise NNError(NNErrno.NOT_FOUND, f"no model named {name!r} (known: {known})")
+            graph = self._backend.load_named(model, self._named_target, self._log)
+            return self._resource_writer(ctx, self._graphs, graph, GRAPH)
+
+        self._fallible("load-by-name", ctx, out, body)
+
+    def _init_context(self, ctx: Any, args: list[Val], out: Result) -> None:
+        graph = self._graphs.get(resource_rep(ctx, args[0].resource("self"), GRAPH, "graph"))
+
+        def body() -> Writer:
+            return self._resource_writer(ctx, self._contexts, ExecutionContext(graph), CONTEXT)
+
+        self._fallible("init-execution-context", ctx, out, body)
+
+    def _compute(self, ctx: Any, args: list[Val], out: Result) -> None:
+        rep = resource_rep(ctx, args[0].resource("self"), CONTEXT, "graph-execution-context")
+        context = self._contexts.get(rep)
+        # The input tensors move to the host with the call, whatever happens next.
+        inputs: list[tuple[str, HostTensor]] = []
+        for item in args[1].items("inputs"):
+            name, handle = item.items("named-tensor")
+            tensor_rep = resource_rep(ctx, handle.resource("tensor"), TENSOR, "tensor")
+            tensor = self._tensors.get(tensor_rep)
+            self._drop_tensor(tensor_rep)
+            inputs.append((name.string("name"), tensor))
+
+        def body() -> Writer:
+            _run(context, inputs)
+            outputs = [
+                (context.graph.output_names[i], _output_tensor(context, i))
+                for i in range(context.graph.output_count)
+            ]
+            held = sum(int(t.data.nbytes) for _, t in outputs)
+            if self._tensor_bytes + held > self._max_tensor_bytes:
+                raise NNError(
+                    NNErrno.TOO_LARGE,
+                    f"the outputs ({held} bytes) would take the tensors held by the host past "
+                    f"the run's {self._max_tensor_bytes} bytes (drop tensors no longer needed)",
+                )
+            reps = [(name, self._tensors.add(tensor)) for name, tensor in outputs]
+            self._tensor_bytes += held
+
+            def write(result: Result) -> None:
+                for slot, (name, tensor_rep) in zip(result.list_of(len(reps)), reps, strict=True):
+                    name_slot, tensor_slot = slot.tuple_of(2)
+                    name_slot.string(name)
+                    tensor_slot.resource(new_resource(ctx, tensor_rep, TENSOR))
+
+            return write
+
+        self._fallible("compute", ctx, out, body)
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _error(self, ctx: Any, arg: Val) -> tuple[str, str]:
+        return self._errors.get(resource_rep(ctx, arg.resource("self"), ERROR, "error"))
+
+    def _error_code(self, ctx: Any, args: list[Val], out: Result) -> None:
+        out.enum(self._error(ctx, args[0])[0])
+
+    def _error_data(self, ctx: Any, args: list[Val], out: Result) -> None:
+        out.string(self._error(ctx, args[0])[1])
+
+
+def _input_index(graph: Graph, name: str) -> int:
+    for index, names in enumerate(graph.input_names):
+        if name in names:
+            return index
+    if name.isdigit() and int(name) < graph.input_count:
+        return int(name)
+    described = ", ".join(
+        f"{i} ({'/'.join(sorted(names)) or 'unnamed'})" for i, names in enumerate(graph.input_names)
+    )
+    raise NNError(
+        NNErrno.INVALID_ARGUMENT,
+        f"the model has no input named {name!r} (its inputs, by index: {described})",
+    )
+
+
+def _input_tensor(index: int, tensor: HostTensor) -> InputTensor:
+    ttype = TENSOR_TYPES.get(tensor.type_name)
+    if ttype is None:
+        raise NNError(
+            NNErrno.UNSUPPORTED_OPERATION,
+            f"input {index}: tensor type {tensor.type_name} is not supported "
+            f"(use {', '.join(TENSOR_TYPES)})",
+        )
+    dims = tuple(tensor.dims)
+    if not 1 <= len(dims) <= MAX_RANK:
+        raise NNError(
+            NNErrno.INVALID_ARGUMENT,
+            f"input {index}: tensor has {len(dims)} dimensions (1 to {MAX_RANK})",
+        )
+    if 0 in dims:
+        raise NNError(
+            NNErrno.INVALID_ARGUMENT, f"input {index}: tensor dimensions {list(dims)} contain 0"
+        )
+    dtype = NUMPY_DTYPES[ttype]
+    expected = math.prod(dims) * dtype.itemsize
+    if expected != tensor.data.nbytes:
+        raise NNError(
+            NNErrno.INVALID_ARGUMENT,
+            f"input {index}: tensor data is {tensor.data.nbytes} bytes; dimensions {list(dims)} "
+            f"of {tensor.type_name} need {expected}",
+        )
+    return InputTensor(dims, ttype, tensor.data.view(dtype).reshape(dims))
+
+
+def _run(context: ExecutionContext, inputs: list[tuple[str, HostTensor]]) -> None:
+    """Bind every input by name or index, then infer."""
+    graph = context.graph
+    chosen: dict[int, InputTensor] = {}
+    for name, tensor in inputs:
+        index = _input_index(graph, name)
+        if index in chosen:
+            raise NNError(NNErrno.INVALID_ARGUMENT, f"input {index} ({name!r}) is given twice")
+        chosen[index] = _input_tensor(index, tensor)
+    missing = [i for i in range(graph.input_count) if i not in chosen]
+    if missing:
+        raise NNError(
+            NNErrno.INVALID_ARGUMENT,
+            f"input(s) {missing} not given (compute takes every input of the model: "
+            f"{graph.input_count})",
+        )
+    context.inputs.clear()  # each compute stands alone: no input of an earlier call remains
+    for index, input_tensor in chosen.items():
+        context.set_input(index, input_tensor)
+    context.compute()
+
+
+def _output_tensor(context: ExecutionContext, index: int) -> HostTensor:
+    data = context.output(index)  # OpenVINO's buffer, reused by the next compute: copied
+    type_name = TYPE_NAMES.get(data.dtype)
+    if type_name is None:
+        raise NNError(
+            NNErrno.UNSUPPORTED_OPERATION,
+            f"output {index} has element type {data.dtype}, which no wasi:nn tensor-type "
+            f"carries ({', '.join(TENSOR_TYPES)})",
+        )
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy()
+    return HostTensor([int(d) for d in data.shape], type_name, raw)
