@@ -21,8 +21,8 @@ from pathlib import Path
 import wasmtime
 from wasmtime import component
 
-from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare
-from .modcache import ModuleCache, ModuleError
+from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare, wrap
+from .modcache import ModuleCache, ModuleError, is_component
 from .nn.abi import ExecutionTarget
 from .nn.host import MODULE as NN_MODULE
 from .nn.host import NNHost
@@ -158,7 +158,9 @@ class Runtime:
         result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
         started = time.monotonic()
         try:
-            module, result.module_cached = self.modules.get(spec.wasm)
+            # A component using wasi:nn runs behind the bridge that lets it pass large data.
+            wasm = (wrap(spec.wasm) or spec.wasm) if is_component(spec.wasm) else spec.wasm
+            module, result.module_cached = self.modules.get(wasm)
             result.compile_seconds = time.monotonic() - started
             if isinstance(module, component.Component):
                 self._execute_component(spec, module, out, err, result)

@@ -28,6 +28,7 @@ from ..nn.abi import NUMPY_DTYPES, ExecutionTarget, GraphEncoding, NNErrno, NNEr
 from ..nn.graph import ExecutionContext, Graph, InputTensor
 from ..nn.models import NamedModel
 from ..nn.openvino import Log, OpenVINOBackend
+from .staging import STAGING, Staging
 from .values import Result, TrapError, Val, add_func, new_resource, resource_rep
 
 VERSION = "0.2.0-rc-2024-10-28"
@@ -143,6 +144,7 @@ class ComponentNNHost:
         self._graphs: _Table[Graph] = _Table("graph", MAX_GRAPHS)
         self._contexts: _Table[ExecutionContext] = _Table("execution context", MAX_CONTEXTS)
         self._errors: _Table[tuple[str, str]] = _Table("error", MAX_ERRORS)
+        self._staging = Staging(max_tensor_bytes)
 
     def define(self, linker: Linker) -> None:
         """Define the four interfaces in `linker` (no other linker instance may be open)."""
@@ -165,6 +167,8 @@ class ComponentNNHost:
                 self._resource(inst, "error", ERROR, self._errors, None)
                 self._func(inst, "[method]error.code", self._error_code)
                 self._func(inst, "[method]error.data", self._error_data)
+            with root.add_instance(STAGING) as inst:  # for the bridge (bridge.py)
+                add_func(inst, "push", "wasi-nn: staging", self._push)
 
     @staticmethod
     def _resource(
@@ -191,8 +195,20 @@ class ComponentNNHost:
     def _tensor_new(self, ctx: Any, args: list[Val], out: Result) -> None:
         dims = args[0].u32_list("dimensions")
         type_name = args[1].enum("ty")
-        data = args[2].byte_list("data")
+        try:
+            data = self._staging.take([args[2].byte_list("data")])[0]
+        except NNError as exc:
+            self._log(f"wasi-nn: tensor: {exc}")
+            raise TrapError(str(exc)) from None
         self._hold(HostTensor(dims, type_name, data), out, ctx)
+
+    def _push(self, _ctx: Any, args: list[Val], _out: Result | None) -> None:
+        index = args[0].u32("index")
+        try:
+            self._staging.push(index, args[1].byte_list("chunk"))
+        except NNError as exc:
+            self._log(f"wasi-nn: {exc}")
+            raise TrapError(str(exc)) from None
 
     def _hold(self, tensor: HostTensor, out: Result, ctx: Any) -> None:
         size = int(tensor.data.nbytes)
@@ -256,11 +272,12 @@ class ComponentNNHost:
         return lambda r: r.resource(new_resource(ctx, rep, type_id))
 
     def _load(self, ctx: Any, args: list[Val], out: Result) -> None:
-        builders = args[0].items("builder")
+        given = [b.byte_list(f"graph builder {i}") for i, b in enumerate(args[0].items("builder"))]
         encoding_name = args[1].enum("encoding")
         target_name = args[2].enum("target")
 
         def body() -> Writer:
+            builders = self._staging.take(given)
             if not 1 <= len(builders) <= MAX_BUILDERS:
                 raise NNError(
                     NNErrno.INVALID_ARGUMENT,
@@ -273,7 +290,7 @@ class ComponentNNHost:
                     f"graph encoding {encoding_name} is not supported by the OpenVINO backend "
                     "(use openvino, onnx, tensorflowlite or autodetect)",
                 )
-            data = [b.byte_list(f"graph builder {i}").tobytes() for i, b in enumerate(builders)]
+            data = [b.tobytes() for b in builders]
             graph = self._backend.load(data, encoding, TARGETS[target_name], self._log)
             return self._resource_writer(ctx, self._graphs, graph, GRAPH)
 

@@ -12,6 +12,7 @@ import wasmtime
 from wasmtime.component import Component, ExportIndex, Instance, Linker
 
 from .nn import INTERFACES, PACKAGE, VERSION, ComponentNNHost
+from .staging import STAGING
 
 WASI_PACKAGES = ("wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:io", "wasi:random")
 WASI_PACKAGES_ALL = (*WASI_PACKAGES, "wasi:sockets")
@@ -62,6 +63,8 @@ def check_world(component: Component, engine: wasmtime.Engine, nn: bool | None) 
     wants_nn = False
     for name in component.type.imports(engine):
         package, iface, version = _split(name)
+        if name == STAGING:  # the bridge's (bridge.py)
+            continue
         if package == "wasi:nn":
             if version != VERSION or iface not in INTERFACES:
                 unsupported.append(name)
