@@ -19,9 +19,9 @@ def array(data: bytes) -> np.ndarray:
 
 def test_staged_buffers_replace_the_marker_once() -> None:
     staging = Staging(limit=100)
-    staging.push(0, array(b"ab"))
-    staging.push(1, array(b"xyz"))
-    staging.push(0, array(b"cd"))
+    staging.push(0, b"ab")
+    staging.push(1, b"xyz")
+    staging.push(0, b"cd")
     got = staging.take([array(MARKER)])
     assert [g.tobytes() for g in got] == [b"abcd", b"xyz"]
     assert got[0].flags.writeable
@@ -31,18 +31,18 @@ def test_staged_buffers_replace_the_marker_once() -> None:
 
 def test_other_data_passes_and_empties_the_staging() -> None:
     staging = Staging(limit=100)
-    staging.push(0, array(b"ab"))
+    staging.push(0, b"ab")
     assert staging.take([array(b"data")])[0].tobytes() == b"data"
     assert staging.take([array(MARKER)])[0].tobytes() == MARKER
 
 
 def test_limits_and_numbering() -> None:
     staging = Staging(limit=4)
-    staging.push(0, array(b"abc"))
+    staging.push(0, b"abc")
     with pytest.raises(NNError) as too_large:
-        staging.push(0, array(b"de"))
+        staging.push(0, b"de")
     assert too_large.value.errno is NNErrno.TOO_LARGE
-    staging.push(1, array(b"x"))
+    staging.push(1, b"x")
     with pytest.raises(NNError, match="numbered 0 to n-1"):
         staging.take([array(MARKER)])
 

@@ -8,10 +8,12 @@ own component example loads a 5 MB ONNX model). wasmtime-py has no way to raise 
 So a component that imports wasi:nn is run inside an outer component that puts a bridge
 (bridge.wat) between it and the host's `wasi:nn/graph` and `wasi:nn/tensor`: the bridge
 receives `load`'s builders and the tensor constructor's data in its own memory (a
-component-to-component copy), passes them to the host in 1 MiB pieces through
+component-to-component copy), passes them to the host in 8 MiB pieces through
 `wasinn:host/staging#push`, then calls the host's real function with a marker in place of
-the bytes, which the host swaps for what was staged (`Staging`). Small data goes straight
-through. Everything else of wasi:nn and all of WASI goes from the host to the guest unchanged.
+the bytes, which the host swaps for what was staged (`Staging`). A piece crosses as a hex
+string, which wasmtime hands over as one value: tens of times faster than a list<u8>. Data up
+to 4 KiB goes straight through. Everything else of wasi:nn and all of WASI goes from the
+host to the guest unchanged.
 
 The outer component copies the guest's leading type, import and alias sections byte for byte
 (so its imports keep their types and indices), adds the staging import, nests the bridge and
@@ -213,11 +215,10 @@ def _instance_alias(instance: int, name: str) -> bytes:
 
 
 def _staging_type() -> bytes:
-    """`(instance (export "push" (func (param "index" u32) (param "chunk" (list u8)))))`."""
-    list_u8 = b"\x01\x70\x7d"
-    func = b"\x01\x40\x02" + _name("index") + b"\x79" + _name("chunk") + b"\x00" + b"\x01\x00"
-    export = b"\x04\x00" + _name("push") + b"\x01" + _u32(1)
-    return b"\x42\x03" + list_u8 + func + export
+    """`(instance (export "push" (func (param "index" u32) (param "chunk" string))))`."""
+    func = b"\x01\x40\x02" + _name("index") + b"\x79" + _name("chunk") + b"\x73" + b"\x01\x00"
+    export = b"\x04\x00" + _name("push") + b"\x01" + _u32(0)
+    return b"\x42\x02" + func + export
 
 
 def _imported_functions(data: bytes, layout: _Layout, name: str, kind: str) -> set[str]:

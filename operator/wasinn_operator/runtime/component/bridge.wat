@@ -1,6 +1,8 @@
 ;; The wasi:nn bridge (see bridge.py): it stands between a component and the host's
 ;; wasi:nn/graph and wasi:nn/tensor, and passes load's builders and a tensor constructor's data
-;; to the host in pieces (wasinn:host/staging#push) when they are large.
+;; to the host in pieces (wasinn:host/staging#push). A piece travels as a string, in hex: the
+;; host receives a string as one value (a list<u8> arrives as one value per byte, tens of times
+;; slower) and decodes it (hex decodes fastest there).
 ;;
 ;; A template: a line starting with `;;+NAME` (or `;;+NAME|NAME...`) is kept, without the
 ;; prefix, only when the guest imports the function NAME (one of them): tensor.new,
@@ -47,7 +49,7 @@
     ))
   (alias export $graph "graph" (type $graph-resource))
   (import "wasinn:host/staging" (instance $staging
-    (export "push" (func (param "index" u32) (param "chunk" (list u8))))))
+    (export "push" (func (param "index" u32) (param "chunk" string)))))
 
   ;; The bridge's memory: a bump allocator, emptied after each call (post-return).
   (core module $alloc
@@ -80,13 +82,14 @@
   (alias core export $a "reset" (core func $reset))
 
   (alias export $staging "push" (func $push))
-  (core func $push' (canon lower (func $push) (memory $memory)))
+  (core func $push' (canon lower (func $push) (memory $memory) string-encoding=utf8))
 ;;+graph.load  (alias export $graph "load" (func $host-load))
 ;;+graph.load  (core func $load' (canon lower (func $host-load) (memory $memory)))
 ;;+tensor.new  (alias export $tensor "[constructor]tensor" (func $host-tensor))
 ;;+tensor.new  (core func $tensor' (canon lower (func $host-tensor) (memory $memory)))
   (core instance $host
     (export "memory" (memory $memory))
+    (export "realloc" (func $realloc))
 ;;+graph.load    (export "load" (func $load'))
 ;;+tensor.new    (export "tensor" (func $tensor'))
     (export "push" (func $push')))
@@ -94,20 +97,47 @@
   (core module $bridge
     (import "host" "memory" (memory 1))
     (import "host" "push" (func $push (param i32 i32 i32)))
+    (import "host" "realloc" (func $realloc (param i32 i32 i32 i32) (result i32)))
 ;;+graph.load    (import "host" "load" (func $load (param i32 i32 i32 i32 i32)))
 ;;+tensor.new    (import "host" "tensor" (func $tensor (param i32 i32 i32 i32 i32) (result i32)))
     ;; [0, 18): the marker (staging.py); [64, 72): a one-entry builder list; [128, 136): load's
-    ;; return area. Up to $direct bytes go to the host as they are.
+    ;; return area; [256, 272): the hex digits. Up to $direct bytes go to the host as they are;
+    ;; larger data is staged in pieces of $chunk bytes.
     (data (i32.const 0) "\00wasinn:nn-staged\00")
-    (global $direct i32 (i32.const 1048576))
-    (global $chunk i32 (i32.const 1048576))
+    (global $direct i32 (i32.const 4096))
+    (global $chunk i32 (i32.const 8388608))
+
+    ;; Bytes [src, src+len) in hex at dst; returns the encoded length.
+    (data (i32.const 256) "0123456789abcdef")
+    (func $encode (param $src i32) (param $len i32) (param $dst i32) (result i32)
+      (local $end i32) (local $out i32) (local $b i32)
+      (local.set $end (i32.add (local.get $src) (local.get $len)))
+      (local.set $out (local.get $dst))
+      (block $done
+        (loop $next
+          (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+          (local.set $b (i32.load8_u (local.get $src)))
+          (i32.store16 (local.get $out)
+            (i32.or (i32.load8_u offset=256 (i32.shr_u (local.get $b) (i32.const 4)))
+                    (i32.shl (i32.load8_u offset=256 (i32.and (local.get $b) (i32.const 15)))
+                             (i32.const 8))))
+          (local.set $src (i32.add (local.get $src) (i32.const 1)))
+          (local.set $out (i32.add (local.get $out) (i32.const 2)))
+          (br $next)))
+      (i32.sub (local.get $out) (local.get $dst)))
 
     (func $stage (param $index i32) (param $ptr i32) (param $len i32)
-      (local $n i32)
+      (local $n i32) (local $buffer i32)
+      ;; Room for one encoded piece: twice the piece (this memory counts against the limit).
+      (local.set $buffer (call $realloc (i32.const 0) (i32.const 0) (i32.const 1)
+        (i32.shl (select (global.get $chunk) (local.get $len)
+                         (i32.gt_u (local.get $len) (global.get $chunk)))
+                 (i32.const 1))))
       (loop $more
         (local.set $n (select (global.get $chunk) (local.get $len)
                               (i32.gt_u (local.get $len) (global.get $chunk))))
-        (call $push (local.get $index) (local.get $ptr) (local.get $n))
+        (call $push (local.get $index) (local.get $buffer)
+                    (call $encode (local.get $ptr) (local.get $n) (local.get $buffer)))
         (local.set $ptr (i32.add (local.get $ptr) (local.get $n)))
         (local.set $len (i32.sub (local.get $len) (local.get $n)))
         (br_if $more (local.get $len))))

@@ -205,7 +205,7 @@ class ComponentNNHost:
     def _push(self, _ctx: Any, args: list[Val], _out: Result | None) -> None:
         index = args[0].u32("index")
         try:
-            self._staging.push(index, args[1].byte_list("chunk"))
+            self._staging.push(index, args[1].hex("chunk"))
         except NNError as exc:
             self._log(f"wasi-nn: {exc}")
             raise TrapError(str(exc)) from None

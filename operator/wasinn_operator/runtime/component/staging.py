@@ -20,9 +20,9 @@ class Staging:
         self._pieces: dict[int, list[bytes]] = {}
         self._size = 0
 
-    def push(self, index: int, chunk: npt.NDArray[np.uint8]) -> None:
+    def push(self, index: int, chunk: bytes) -> None:
         """Append a piece to staged buffer `index`; past the limit, `too_large`."""
-        if self._size + chunk.nbytes > self._limit:
+        if self._size + len(chunk) > self._limit:
             self._pieces.clear()
             self._size = 0
             raise NNError(
@@ -30,8 +30,8 @@ class Staging:
                 f"staged data would exceed {self._limit} bytes (the run's limit on data the "
                 "host holds for it)",
             )
-        self._pieces.setdefault(index, []).append(chunk.tobytes())
-        self._size += chunk.nbytes
+        self._pieces.setdefault(index, []).append(chunk)
+        self._size += len(chunk)
 
     def take(self, given: list[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.uint8]]:
         """What `given` stands for: the staged buffers if it is the marker, else itself.

@@ -16,6 +16,7 @@ the same interface name) raises `ABIError`, which becomes a trap naming the func
 
 from __future__ import annotations
 
+import binascii
 import ctypes
 import itertools
 from collections.abc import Callable
@@ -94,6 +95,19 @@ class Val:
         _expect(self._val, KIND_STRING, what)
         # The canonical ABI has already checked the encoding.
         return _name(self._val.of.string).decode("utf-8")
+
+    def hex(self, what: str) -> bytes:
+        """The bytes a hex string (the bridge's encoding of data) stands for."""
+        _expect(self._val, KIND_STRING, what)
+        vec = self._val.of.string
+        address = ctypes.cast(vec.data, ctypes.c_void_p).value
+        if not vec.size or not address:
+            return b""
+        text = (ctypes.c_char * vec.size).from_address(address)  # decoded in place: no copy
+        try:
+            return binascii.unhexlify(memoryview(text))
+        except binascii.Error as exc:
+            raise ABIError(f"{what}: not hex ({exc})") from None
 
     def byte_list(self, what: str) -> npt.NDArray[np.uint8]:
         """A `list<u8>` as a fresh (aligned, writable) numpy array."""
