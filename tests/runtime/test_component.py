@@ -323,3 +323,39 @@ def test_every_bridge_variant_links(runtime: Runtime, switches: set[str]) -> Non
     assert wrap(guest) is not None
     result = runtime.run(RunSpec(wasm=guest))
     assert result.ok, result.error
+
+
+def test_large_data_without_the_bridge_is_explained(runtime: Runtime) -> None:
+    # Importing only wasi:nn/tensor, this guest is not bridged: its 4 MiB tensor is past what
+    # one host call may receive, and the trap says so.
+    guest = wasmtime.wat2wasm("""
+        (component
+          (import "wasi:nn/tensor@0.2.0-rc-2024-10-28" (instance $t
+            (export "tensor" (type (sub resource)))
+            (type $ty' (enum "FP16" "FP32" "FP64" "BF16" "U8" "I32" "I64"))
+            (export "tensor-type" (type $ty (eq $ty')))
+            (export "[constructor]tensor" (func (param "dimensions" (list u32)) (param "ty" $ty)
+              (param "data" (list u8)) (result (own 0))))))
+          (core module $memory (memory (export "memory") 80))
+          (core instance $mi (instantiate $memory))
+          (alias core export $mi "memory" (core memory $m))
+          (alias export $t "[constructor]tensor" (func $new))
+          (core func $new' (canon lower (func $new) (memory $m)))
+          (core instance $host (export "new" (func $new')))
+          (core module $main
+            (import "" "new" (func $new (param i32 i32 i32 i32 i32) (result i32)))
+            (func (export "run") (result i32)
+              (drop (call $new (i32.const 0) (i32.const 0) (i32.const 4) (i32.const 0)
+                               (i32.const 4194304)))
+              (i32.const 0)))
+          (core instance $i (instantiate $main (with "" (instance $host))))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $r (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $r)))
+    """)
+    assert wrap(guest) is None
+    result = runtime.run(RunSpec(wasm=guest))
+    assert (result.outcome, result.exit_code) == (Outcome.TRAPPED, EXIT_TRAP)
+    assert result.error is not None
+    assert "fuel allocated for hostcalls has been exhausted" in result.error
+    assert "at most about 2.7 MB to a host function in one call" in result.error

@@ -40,6 +40,11 @@ from .spec import (
 )
 
 EPOCH_TICK_SECONDS = 0.05
+HOSTCALL_LIMIT = (
+    "a component may pass at most about 2.7 MB to a host function in one call here; wasi:nn's "
+    "load and tensors go through a bridge without that limit when the component imports all "
+    "four wasi:nn interfaces"
+)
 NO_DEADLINE = 1 << 62
 Sink = Callable[[bytes], None]
 
@@ -244,6 +249,8 @@ class Runtime:
             else:
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = cause if cause.startswith("wasm trap") else f"wasm trap: {cause}"
+                if "fuel allocated for hostcalls" in cause:
+                    result.error += f" ({HOSTCALL_LIMIT})"
             result.error += _memory_note(spec, store, None)
 
     def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:

@@ -2,7 +2,7 @@
 
 wasmtime lets a guest pass at most 128 MiB of host memory into one call of a host function,
 and wasmtime-py's host functions receive a `list<u8>` as one 48-byte value per byte: a
-component could not `load` a model or build a tensor larger than about 2.6 MiB (wasmtime's
+component could not `load` a model or build a tensor larger than about 2.7 MB (wasmtime's
 own component example loads a 5 MB ONNX model). wasmtime-py has no way to raise that limit.
 
 So a component that imports wasi:nn is run inside an outer component that puts a bridge
@@ -88,8 +88,8 @@ class _Reader:
         return self.data[start : self.pos].decode("utf-8")
 
     def plain_name(self) -> str:
-        """An import or export name: 0x00 then the name (other forms are not handled)."""
-        if self.byte() != 0x00:
+        """An import or export name: 0x00 (0x01 in older binaries) then the name."""
+        if self.byte() not in (0x00, 0x01):
             raise ValueError("unsupported name form")
         return self.name()
 
