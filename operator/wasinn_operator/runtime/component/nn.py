@@ -14,28 +14,24 @@ A guest fault no `result` can carry (tensors held past the run's cap) traps with
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
 from wasmtime import StoreContext
 from wasmtime.component import Linker, LinkerInstance, ResourceType
 
-from ..nn.abi import NUMPY_DTYPES, ExecutionTarget, GraphEncoding, NNErrno, NNError, TensorType
-from ..nn.graph import ExecutionContext, Graph, InputTensor
+from ..nn.abi import ExecutionTarget, GraphEncoding, NNErrno, NNError
+from ..nn.graph import ExecutionContext, Graph
 from ..nn.models import NamedModel
 from ..nn.openvino import Log, OpenVINOBackend
 from .staging import STAGING, Staging
+from .tensors import HostTensor, compute, output_tensor
 from .values import Result, TrapError, Val, add_func, new_resource, resource_rep
 
 VERSION = "0.2.0-rc-2024-10-28"
 PACKAGE = f"wasi:nn@{VERSION}"
 INTERFACES = ("tensor", "graph", "inference", "errors")
 MAX_BUILDERS = 16
-MAX_RANK = 8
 MAX_GRAPHS = 64
 MAX_CONTEXTS = 256
 MAX_TENSORS = 4096
@@ -45,15 +41,6 @@ DEFAULT_TENSOR_BYTES = 4 << 30  # what a wasm32 guest could hold in its own memo
 # Host resource type ids (the rep's namespace): one per WIT resource.
 TENSOR, GRAPH, CONTEXT, ERROR = 1, 2, 3, 4
 
-TENSOR_TYPES: dict[str, TensorType] = {
-    "FP16": TensorType.F16,
-    "FP32": TensorType.F32,
-    "FP64": TensorType.F64,
-    "U8": TensorType.U8,
-    "I32": TensorType.I32,
-    "I64": TensorType.I64,
-}
-TYPE_NAMES = {NUMPY_DTYPES[t]: name for name, t in TENSOR_TYPES.items()}
 ENCODINGS: dict[str, GraphEncoding] = {
     "openvino": GraphEncoding.OPENVINO,
     "onnx": GraphEncoding.ONNX,
@@ -82,15 +69,6 @@ Writer = Callable[[Result], None]
 def interface(name: str) -> str:
     """The versioned name of one of the package's interfaces."""
     return f"wasi:nn/{name}@{VERSION}"
-
-
-@dataclass
-class HostTensor:
-    """A `tensor` resource: dimensions, the WIT type name and the bytes (a private copy)."""
-
-    dims: list[int]
-    type_name: str
-    data: npt.NDArray[np.uint8]
 
 
 class _Table(Generic[T]):
@@ -330,9 +308,9 @@ class ComponentNNHost:
             inputs.append((name.string("name"), tensor))
 
         def body() -> Writer:
-            _run(context, inputs)
+            compute(context, inputs)
             outputs = [
-                (context.graph.output_names[i], _output_tensor(context, i))
+                (context.graph.output_names[i], output_tensor(context, i))
                 for i in range(context.graph.output_count)
             ]
             held = sum(int(t.data.nbytes) for _, t in outputs)
@@ -365,82 +343,3 @@ class ComponentNNHost:
 
     def _error_data(self, ctx: Any, args: list[Val], out: Result) -> None:
         out.string(self._error(ctx, args[0])[1])
-
-
-def _input_index(graph: Graph, name: str) -> int:
-    for index, names in enumerate(graph.input_names):
-        if name in names:
-            return index
-    if name.isdigit() and int(name) < graph.input_count:
-        return int(name)
-    described = ", ".join(
-        f"{i} ({'/'.join(sorted(names)) or 'unnamed'})" for i, names in enumerate(graph.input_names)
-    )
-    raise NNError(
-        NNErrno.INVALID_ARGUMENT,
-        f"the model has no input named {name!r} (its inputs, by index: {described})",
-    )
-
-
-def _input_tensor(index: int, tensor: HostTensor) -> InputTensor:
-    ttype = TENSOR_TYPES.get(tensor.type_name)
-    if ttype is None:
-        raise NNError(
-            NNErrno.UNSUPPORTED_OPERATION,
-            f"input {index}: tensor type {tensor.type_name} is not supported "
-            f"(use {', '.join(TENSOR_TYPES)})",
-        )
-    dims = tuple(tensor.dims)
-    if not 1 <= len(dims) <= MAX_RANK:
-        raise NNError(
-            NNErrno.INVALID_ARGUMENT,
-            f"input {index}: tensor has {len(dims)} dimensions (1 to {MAX_RANK})",
-        )
-    if 0 in dims:
-        raise NNError(
-            NNErrno.INVALID_ARGUMENT, f"input {index}: tensor dimensions {list(dims)} contain 0"
-        )
-    dtype = NUMPY_DTYPES[ttype]
-    expected = math.prod(dims) * dtype.itemsize
-    if expected != tensor.data.nbytes:
-        raise NNError(
-            NNErrno.INVALID_ARGUMENT,
-            f"input {index}: tensor data is {tensor.data.nbytes} bytes; dimensions {list(dims)} "
-            f"of {tensor.type_name} need {expected}",
-        )
-    return InputTensor(dims, ttype, tensor.data.view(dtype).reshape(dims))
-
-
-def _run(context: ExecutionContext, inputs: list[tuple[str, HostTensor]]) -> None:
-    """Bind every input by name or index, then infer."""
-    graph = context.graph
-    chosen: dict[int, InputTensor] = {}
-    for name, tensor in inputs:
-        index = _input_index(graph, name)
-        if index in chosen:
-            raise NNError(NNErrno.INVALID_ARGUMENT, f"input {index} ({name!r}) is given twice")
-        chosen[index] = _input_tensor(index, tensor)
-    missing = [i for i in range(graph.input_count) if i not in chosen]
-    if missing:
-        raise NNError(
-            NNErrno.INVALID_ARGUMENT,
-            f"input(s) {missing} not given (compute takes every input of the model: "
-            f"{graph.input_count})",
-        )
-    context.inputs.clear()  # each compute stands alone: no input of an earlier call remains
-    for index, input_tensor in chosen.items():
-        context.set_input(index, input_tensor)
-    context.compute()
-
-
-def _output_tensor(context: ExecutionContext, index: int) -> HostTensor:
-    data = context.output(index)  # OpenVINO's buffer, reused by the next compute: copied
-    type_name = TYPE_NAMES.get(data.dtype)
-    if type_name is None:
-        raise NNError(
-            NNErrno.UNSUPPORTED_OPERATION,
-            f"output {index} has element type {data.dtype}, which no wasi:nn tensor-type "
-            f"carries ({', '.join(TENSOR_TYPES)})",
-        )
-    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy()
-    return HostTensor([int(d) for d in data.shape], type_name, raw)
