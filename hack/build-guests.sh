@@ -22,23 +22,16 @@
 # /usr/bin/cargo: rustup's toolchains, often earlier on PATH, lack the wasm32-wasi target).
 #
 # The component guest also needs, pinned and cached under $WASINN_CACHE/tools:
-#   wasm-tools $WASM_TOOLS_VERSION, built once with `cargo install` by a cargo >= 1.88 (rustup's;
+#   wasm-tools (hack/versions.env), built once with `cargo install` by a cargo >= 1.88 (rustup's;
 #     WASINN_HOST_CARGO names one) or given as WASINN_WASM_TOOLS; its wasmparser is the one
 #     wasmtime 50 (the engine's wasmtime-py) uses;
-#   the WASI preview1 adapter (wasi_snapshot_preview1.command.wasm) of wasmtime $ADAPTER_VERSION,
+#   the WASI preview1 adapter (wasi_snapshot_preview1.command.wasm) of that wasmtime,
 #     from the crates registry's wasi-preview1-component-adapter-provider, checked by sha256.
 # Without wasm-tools the component guest is skipped with a message naming it.
 set -euo pipefail
-
-WASM_TOOLS_VERSION=1.261.0
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WASM_TOOLS_FEATURES=component,validate,print,parse,metadata,strip
-ADAPTER_VERSION=50.0.1
-ADAPTER_SHA256=0b4fe490390ecc9c2222f969f65b179e658a3327e005efd4ddc959766132a3c4
-
-die() {
-    echo "build-guests: error: $*" >&2
-    exit 1
-}
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 
@@ -228,25 +221,25 @@ wasm_tools() {
     echo "$root/bin/wasm-tools"
 }
 
-# wasi_adapter: print the WASI preview1 command adapter of wasmtime $ADAPTER_VERSION, taken once
+# wasi_adapter: print the WASI preview1 command adapter of wasmtime $WASI_ADAPTER_VERSION, taken once
 # from the crates registry (wasi-preview1-component-adapter-provider) and checked by sha256.
 wasi_adapter() {
-    local file="$cache/tools/wasi_snapshot_preview1.command-$ADAPTER_VERSION.wasm"
+    local file="$cache/tools/wasi_snapshot_preview1.command-$WASI_ADAPTER_VERSION.wasm"
     if [[ ! -f $file ]]; then
-        local fetch="$cache/tools/adapter-$ADAPTER_VERSION" vendor="$cache/cargo/vendor-adapter-$ADAPTER_VERSION"
+        local fetch="$cache/tools/adapter-$WASI_ADAPTER_VERSION" vendor="$cache/cargo/vendor-adapter-$WASI_ADAPTER_VERSION"
         mkdir -p "$fetch/src"
         : >"$fetch/src/lib.rs"
         printf '%s\n' '[package]' 'name = "wasinn-adapter-fetch"' 'version = "0.0.0"' \
             'edition = "2021"' '' '[dependencies]' \
-            "wasi-preview1-component-adapter-provider = \"=$ADAPTER_VERSION\"" '' '[workspace]' \
+            "wasi-preview1-component-adapter-provider = \"=$WASI_ADAPTER_VERSION\"" '' '[workspace]' \
             >"$fetch/Cargo.toml"
         vendor_crates "$fetch" "$vendor" classify-component "$fetch/Cargo.toml" >&2
         cp -f "$vendor/wasi-preview1-component-adapter-provider/artefacts/wasi_snapshot_preview1.command.wasm" "$file.tmp"
         mv -f "$file.tmp" "$file"
     fi
-    if [[ $(sha256sum "$file" | cut -d' ' -f1) != "$ADAPTER_SHA256" ]]; then
+    if [[ $(sha256sum "$file" | cut -d' ' -f1) != "$WASI_ADAPTER_SHA256" ]]; then
         rm -f "$file"
-        die "the WASI adapter of wasi-preview1-component-adapter-provider $ADAPTER_VERSION does not have the pinned sha256"
+        die "the WASI adapter of wasi-preview1-component-adapter-provider $WASI_ADAPTER_VERSION does not have the pinned sha256"
     fi
     echo "$file"
 }

@@ -15,7 +15,9 @@
 # are installed from Debian when missing). Nothing is pulled from a container registry by the
 # buildah path: the debian:bookworm base is made locally with `debootstrap --variant=minbase`
 # (cached as $WASINN_CACHE/images/bookworm-rootfs.tar) and tagged debian:bookworm, so the same
-# Containerfiles build here and on any machine with Docker.
+# Containerfiles build here and on any machine with Docker. The proplet and operator images are
+# the targets `proplet` and `operator` of images/wasinn/Containerfile (`--target`), which share
+# every layer but their last; mosquitto is images/mosquitto/Containerfile.
 #
 # Python packages never come from PyPI inside the build: the project's wheel and every
 # dependency's wheel (CPython 3.11, manylinux) are made on the host into build/images/wheels
@@ -37,8 +39,9 @@
 #   DEBIAN_MIRROR          debootstrap's mirror, default http://deb.debian.org/debian
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${WASINN_CACHE:-$HOME/.cache/wasinn}"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 BUILD="$REPO_ROOT/build/images"
 WHEELS="$BUILD/wheels"
 PROPLET_IMAGE="${WASINN_PROPLET_IMAGE:-localhost/wasinn-proplet:dev}"
@@ -50,16 +53,6 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # The images' Python: Debian bookworm's python3.
 PY_VERSION="3.11"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO_ROOT/hack/containers.conf}"
-
-log() { printf '[build-images] %s\n' "$*" >&2; }
-die() {
-  printf '[build-images] error: %s\n' "$*" >&2
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
 
 # ------------------------------------------------------------------------------------ builder
 
@@ -92,12 +85,7 @@ ensure_tools() {
   if ((${#missing[@]})); then
     command -v apt-get >/dev/null 2>&1 ||
       die "no Docker engine and no apt-get to install ${missing[*]}: install them, or use Docker"
-    local sudo=()
-    [[ "$(id -u)" == 0 ]] || sudo=(sudo)
-    log "installing Debian packages: ${missing[*]}"
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 \
-      install -y -qq --no-install-recommends "${missing[@]}" >&2
+    apt_install "${missing[@]}"
   fi
   [[ "$(id -u)" == 0 ]] || die "the buildah path runs as root (debootstrap, runc); or use Docker"
 }
@@ -244,23 +232,27 @@ fingerprint() {
 }
 
 build_image() {
-  local name="$1" tag="$2" ctx containerfile args=() start fp current
+  local name="$1" tag="$2" ctx containerfile target args=() start fp current
   ctx="$(make_context "$name" "$([[ "$name" == proplet ]] && printf '%s' "${WASMTIME_CLI:-}")")"
-  containerfile="$REPO_ROOT/images/$name/Containerfile"
+  containerfile="images/$name/Containerfile" target=""
+  if [[ "$name" == proplet || "$name" == operator ]]; then
+    containerfile="images/wasinn/Containerfile" target="$name" # one file, a target each
+  fi
   args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  [[ -z "$target" ]] || args+=(--target "$target")
   if [[ "$name" == proplet && -n "${WASMTIME_CLI:-}" ]]; then
     args+=(--build-arg "WASMTIME_CLI=wasmtime-cli/wasmtime")
   fi
-  fp="$(fingerprint "$containerfile" "$ctx" "${args[@]}")"
+  fp="$(fingerprint "$REPO_ROOT/$containerfile" "$ctx" "${args[@]}")"
   current="$(engine image inspect --format "{{index .Config.Labels \"$FINGERPRINT_LABEL\"}}" \
     "$tag" 2>/dev/null || true)"
   if [[ "$current" == "$fp" && "${WASINN_FORCE_BUILD:-}" != 1 ]]; then
     log "$tag is up to date"
     return 0
   fi
-  args+=(--label "$FINGERPRINT_LABEL=$fp" -f "$containerfile" -t "$tag")
+  args+=(--label "$FINGERPRINT_LABEL=$fp" -f "$REPO_ROOT/$containerfile" -t "$tag")
   start=$SECONDS
-  log "building $tag (images/$name/Containerfile)"
+  log "building $tag ($containerfile${target:+, target $target})"
   if [[ "$BUILDER" == docker ]]; then
     docker build "${args[@]}" "$ctx" >&2
   else

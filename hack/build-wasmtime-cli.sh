@@ -3,7 +3,8 @@
 # Its OpenVINO backend loads libopenvino_c at run time; the proplet points it at the PyPI
 # wheel's copy. Prints the binary's path.
 #   usage: hack/build-wasmtime-cli.sh        (WASINN_CACHE overrides ~/.cache/wasinn; CARGO
-#                                            names a cargo >= 1.91)
+#                                            names a cargo >= 1.91; the version is pinned in
+#                                            hack/versions.env)
 # Slim features (the defaults add serve, wast, wizer, winch, pulley, gc, debug, ... and build far
 # longer): `run` (core modules and components, --dir/--env/--invoke/-W/-O/-S), `wasi-nn` (its
 # default features include OpenVINO), and `component-model`, needed even for core modules:
@@ -12,10 +13,11 @@
 # -W threads/gc/component-model-async, -D coredump. A cached binary is reused if cargo's install
 # record shows these features or the defaults (a superset); anything else is rebuilt.
 set -euo pipefail
-version=48.0.8 # the newest release whose MSRV the toolchain here (rustc 1.95) meets
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+version=$WASMTIME_CLI_VERSION
 features=run,component-model,wasi-nn,cranelift,wat,parallel-compilation,pooling-allocator,cache,logging,backtrace,demangle,clap/default,clap/wrap_help
-cache=${WASINN_CACHE:-$HOME/.cache/wasinn}
-root="$cache/wasmtime-cli/$version"
+root="$CACHE/wasmtime-cli/$version"
 binary="$root/bin/wasmtime"
 reusable() { # cargo install writes its features, sorted, to $root/.crates2.json
   local record="$root/.crates2.json" sorted
@@ -39,17 +41,14 @@ for candidate in "${CARGO:-}" "$HOME/.cargo/bin/cargo" "$(command -v cargo || tr
     break
   fi
 done
-if [ -z "$cargo" ]; then
-  echo "build-wasmtime-cli: cargo >= 1.91 (rustup's) is needed to build wasmtime-cli $version" >&2
-  exit 1
-fi
+[ -n "$cargo" ] || die "cargo >= 1.91 (rustup's) is needed to build wasmtime-cli $version"
 mkdir -p "$root"
-log="$cache/wasmtime-cli/build-$version.log"
-echo "building wasmtime-cli $version with wasi-nn (slow on 2 cores; log: $log)" >&2
-CARGO_TARGET_DIR="$cache/wasmtime-cli/target" nice -n 10 "$cargo" install "wasmtime-cli@$version" \
-  --locked --force --no-default-features --features "$features" --root "$root" >"$log" 2>&1 || {
-  tail -20 "$log" >&2
+build_log="$CACHE/wasmtime-cli/build-$version.log"
+log "building wasmtime-cli $version with wasi-nn (slow on 2 cores; log: $build_log)"
+CARGO_TARGET_DIR="$CACHE/wasmtime-cli/target" nice -n 10 "$cargo" install "wasmtime-cli@$version" \
+  --locked --force --no-default-features --features "$features" --root "$root" >"$build_log" 2>&1 || {
+  tail -20 "$build_log" >&2
   exit 1
 }
-rm -rf "$cache/wasmtime-cli/target"
+rm -rf "$CACHE/wasmtime-cli/target"
 echo "$binary"

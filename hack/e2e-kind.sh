@@ -19,15 +19,10 @@
 # ../shared/models), KIND_NODE_IMAGE (a kindest/node image for `kind create cluster --image`).
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 NAME="${WASINN_KIND_CLUSTER:-wasinn-e2e}"
 IMAGES=(localhost/wasinn-operator:dev localhost/wasinn-proplet:dev localhost/wasinn-mosquitto:dev)
-
-log() { printf '[e2e-kind] %s\n' "$*" >&2; }
-die() {
-  printf '[e2e-kind] error: %s\n' "$*" >&2
-  exit 1
-}
 
 missing=()
 command -v docker >/dev/null 2>&1 || missing+=(docker)
@@ -77,7 +72,8 @@ YAML
 fi
 kind get kubeconfig --name "$NAME" >"$KUBECONFIG_FILE"
 export KUBECONFIG="$KUBECONFIG_FILE"
-"$REPO_ROOT/.venv/bin/kubectl" label node "$NAME-worker" wasinn.dev/openvino=true --overwrite
+find_kubectl
+"$KUBECTL" label node "$NAME-worker" wasinn.dev/openvino=true --overwrite
 
 log "building the images with docker"
 WASINN_IMAGE_BUILDER=docker "$REPO_ROOT/hack/build-images.sh" proplet operator mosquitto

@@ -7,55 +7,38 @@
 #   hack/tools.sh schemadir   print the directory holding the Kubernetes JSON schemas
 #
 # Binaries go to $WASINN_TOOLS_BIN (default ~/.cache/wasinn/tools/bin), outside the repository;
-# a stamp per tool and version makes a second run a no-op. Go: `go` on PATH, else
-# /usr/local/go/bin/go.
+# a stamp per tool and version makes a second run a no-op. Versions: hack/versions.env. Go: GO,
+# else `go` on PATH, else /usr/local/go/bin/go.
 #
 # kubeconform downloads its schemas from GitHub by default, which offline machines cannot. The
 # schemas are made here instead from the OpenAPI document (api/openapi-spec/swagger.json) of the
-# k8s.io/kubernetes Go module of $KUBERNETES_VERSION, fetched through the Go module proxy like
+# k8s.io/kubernetes Go module of $K8S_VERSION (the one hack/cluster runs), fetched through the Go module proxy like
 # the binaries, by hack/openapi2jsonschema.py ($PYTHON, default .venv/bin/python, needs PyYAML).
 set -euo pipefail
 
-HELM_VERSION="v3.22.0"
-KUBECONFORM_VERSION="v0.8.0"
-# The API the chart is validated against: the version hack/cluster runs.
-KUBERNETES_VERSION="v1.32.9"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TOOLS="${WASINN_CACHE:-$HOME/.cache/wasinn}/tools"
+# The API the chart is validated against: the version hack/cluster runs.
+KUBERNETES_VERSION="v$K8S_VERSION"
+TOOLS="$CACHE/tools"
 BIN="${WASINN_TOOLS_BIN:-$TOOLS/bin}"
 SCHEMAS="$TOOLS/schemas/${KUBERNETES_VERSION#v}-standalone-strict"
 PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
 
-log() { printf '[tools] %s\n' "$*" >&2; }
-die() {
-  printf '[tools] error: %s\n' "$*" >&2
-  exit 1
-}
-
-go_binary() {
-  if command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "Go is needed to build helm and kubeconform (https://go.dev/dl, or Debian golang-go)"
-  fi
-}
-
 # install NAME PACKAGE VERSION [LDFLAGS]: the stamp records the version and flags it was built with
 install_tool() {
-  local name="$1" package="$2" version="$3" ldflags="${4:-}" stamp go start
+  local name="$1" package="$2" version="$3" ldflags="${4:-}" stamp start
   stamp="$BIN/.$name.stamp"
   if [[ -x "$BIN/$name" && -f "$stamp" && "$(cat "$stamp")" == "$version $ldflags" ]]; then
     return 0
   fi
-  go="$(go_binary)"
+  find_go
   mkdir -p "$BIN"
-  log "building $name $version with $("$go" env GOVERSION) (one-time; minutes on a small machine)"
+  log "building $name $version with $("$GO" env GOVERSION) (one-time; minutes on a small machine)"
   start=$SECONDS
   GOBIN="$BIN" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-    "$go" install -trimpath -ldflags "-s -w $ldflags" "$package@$version"
+    "$GO" install -trimpath -ldflags "-s -w $ldflags" "$package@$version"
   echo "$version $ldflags" >"$stamp"
   log "$name $version built in $((SECONDS - start))s: $BIN/$name"
 }
@@ -64,9 +47,9 @@ install_tool() {
 # default for `helm template` / `helm lint` (.Capabilities.KubeVersion); `go install` alone
 # leaves v1.20. Read it from Helm's go.mod, as its Makefile does.
 helm_ldflags() {
-  local go gomod minor
-  go="$(go_binary)"
-  gomod="$(cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod "$go" mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+  local gomod minor
+  find_go
+  gomod="$(cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod "$GO" mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
     sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
   minor="$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$gomod" | head -n1)"
   [[ -n "$minor" ]] || die "cannot read client-go's version from $gomod"
@@ -78,12 +61,12 @@ helm_ldflags() {
 }
 
 install_schemas() {
-  local go dir start
+  local dir start
   [[ -f "$SCHEMAS/.complete" ]] && return 0
-  go="$(go_binary)"
+  find_go
   start=$SECONDS
   log "fetching k8s.io/kubernetes@$KUBERNETES_VERSION from the Go module proxy for its OpenAPI document"
-  dir="$(cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod "$go" mod download -json \
+  dir="$(cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod "$GO" mod download -json \
     "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
   [[ -f "$dir/api/openapi-spec/swagger.json" ]] || die "no swagger.json in k8s.io/kubernetes@$KUBERNETES_VERSION ($dir)"
   rm -rf "$SCHEMAS"
@@ -104,6 +87,6 @@ case "${1:-install}" in
     ;;
   bindir) echo "$BIN" ;;
   schemadir) echo "$SCHEMAS" ;;
-  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' ;;
+  -h | --help) usage ;;
   *) die "unknown command ${1} (install | bindir | schemadir)" ;;
 esac

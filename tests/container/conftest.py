@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import free_port, missing
+from ..conftest import free_port, missing, pinned_version
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_IMAGES = REPO / "hack" / "build-images.sh"
@@ -44,8 +44,10 @@ PROPLET_CLI_IMAGE = os.environ.get(
     "WASINN_PROPLET_CLI_IMAGE", "localhost/wasinn-proplet:dev-wasmtime-cli"
 )
 OPERATOR_IMAGE = os.environ.get("WASINN_OPERATOR_IMAGE", "localhost/wasinn-operator:dev")
+WASMTIME_CLI_VERSION = pinned_version("WASMTIME_CLI_VERSION")
 WASMTIME_CLI = Path(
-    os.environ.get("WASINN_WASMTIME_CLI") or CACHE / "wasmtime-cli" / "48.0.8" / "bin" / "wasmtime"
+    os.environ.get("WASINN_WASMTIME_CLI")
+    or CACHE / "wasmtime-cli" / WASMTIME_CLI_VERSION / "bin" / "wasmtime"
 )
 # A cold build bootstraps Debian and installs python3 (a few minutes); a warm one takes seconds.
 BUILD_TIMEOUT = float(os.environ.get("WASINN_IMAGE_BUILD_TIMEOUT", "1800"))
@@ -125,7 +127,7 @@ def proplet_cli_image(proplet_image: str, tmp_path_factory: pytest.TempPathFacto
     if not (WASMTIME_CLI.is_file() and os.access(WASMTIME_CLI, os.X_OK)):
         pytest.skip(
             f"{WASMTIME_CLI} is missing: the wasmtime CLI with wasi-nn is not built "
-            "(cargo install wasmtime-cli@48.0.8 --features wasi-nn --root ...)"
+            f"(cargo install wasmtime-cli@{WASMTIME_CLI_VERSION} --features wasi-nn --root ...)"
         )
     log = tmp_path_factory.mktemp("build") / "proplet-cli.log"
     build(

@@ -1,7 +1,10 @@
-"""Runtime fixtures: engines per precision, the WAT shim guest, native OpenVINO baselines."""
+"""Runtime fixtures: engines per precision, test guests (WAT, and C built with clang), native
+OpenVINO baselines."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import wasmtime
 from wasinn_operator.runtime import Runtime, RuntimeConfig
 from wasinn_operator.runtime.nn.openvino import shared_core
 
+from ..conftest import missing
+
 GUESTS = Path(__file__).parent / "guests"
 Native = Callable[[Path, npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]]
 
@@ -20,6 +25,30 @@ Native = Callable[[Path, npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]
 def wat(name: str) -> bytes:
     """A test guest from tests/runtime/guests, compiled from WAT."""
     return wasmtime.wat2wasm((GUESTS / f"{name}.wat").read_text())
+
+
+@pytest.fixture(scope="session")
+def c_guest(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], bytes]:
+    """A test guest from tests/runtime/guests/NAME.c, built with clang for wasm32-wasi."""
+    out = tmp_path_factory.mktemp("c-guests")
+
+    def build(name: str) -> bytes:
+        wasm = out / f"{name}.wasm"
+        if not wasm.is_file():
+            clang = shutil.which("clang")
+            if clang is None:
+                missing("clang is not installed (clang lld wasi-libc libclang-rt-14-dev-wasm32)")
+            source = GUESTS / f"{name}.c"
+            proc = subprocess.run(
+                [str(clang), "--target=wasm32-wasi", "-O2", "-Wall", "-Wextra", "-o", str(wasm),
+                 str(source)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                missing(f"clang cannot build {source} for wasm32-wasi: {proc.stderr[-500:]}")
+        return wasm.read_bytes()
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -120,9 +120,25 @@ def test_second_run_uses_the_caches(
             str(guest_path("classify-c")), "/tensors/chelsea.rgb.f32")  # fmt: skip
     assert wasinn(*args, cache=tmp_path).returncode == 0
     modules = list((tmp_path / "modules").glob("*.cwasm"))
-    compiled_models = [p for p in (tmp_path / "openvino").rglob("*") if p.is_file()]
+    compiled_models = list((tmp_path / "openvino").glob("*.blob"))
     assert len(modules) == 1
     assert compiled_models, "OpenVINO wrote no compiled model to its cache"
     stamps = {p: p.stat().st_mtime_ns for p in [*modules, *compiled_models]}
     assert wasinn(*args, cache=tmp_path).returncode == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # reused, not rewritten
+
+
+def test_graph_limits_flags(
+    c_guest: Callable[[str], bytes], models_dir: Path, tmp_path: Path
+) -> None:
+    hog = tmp_path / "nn_hog.wasm"
+    hog.write_bytes(c_guest("nn_hog"))
+    common = ("--models-dir", str(models_dir))
+    proc = wasinn(*common, "--max-graph-bytes", "1MiB", str(hog), "garbage", "2", cache=tmp_path)
+    assert proc.stdout == "load 0 7\ndone\n", proc.stderr
+    assert "a load may pass at most 1.0 MiB (max_graph_bytes)" in proc.stderr
+    proc = wasinn(*common, "--max-graph-memory=40MiB", str(hog), "distinct", "1", cache=tmp_path)
+    assert proc.stdout == "load 0 7\ndone\n", proc.stderr
+    assert "of the 40.0 MiB limit (max_graph_memory)" in proc.stderr
+    proc = wasinn(*common, "--max-graph-memory=60MiB", str(hog), "distinct", "1", cache=tmp_path)
+    assert proc.stdout == "load 0 0\ndone\n", proc.stderr

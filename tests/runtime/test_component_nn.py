@@ -117,8 +117,8 @@ def error_case(result: RunResult, function: str, code: str, message: str) -> Non
          "invalid-argument", "input 0: tensor has 9 dimensions (1 to 8)"),
         (["compute", MODEL, f"inputs=FP32:1,150528:{CHELSEA}"], "compute", "invalid-argument",
          "input 0 has 2 dimensions [1, 150528]; the model expects 4"),
-        (["contexts", MODEL, "300"], "init-execution-context", "runtime-error",
-         "a run may hold at most 256 execution contexts at once"),
+        (["contexts", MODEL, "100"], "init-execution-context", "runtime-error",
+         "a run may hold at most 64 execution contexts at once (max_contexts;"),
     ],
 )  # fmt: skip
 def test_errors_carry_code_and_message(

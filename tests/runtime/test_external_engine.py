@@ -117,4 +117,5 @@ def test_named_model_and_failure(
     assert bad.returncode == 1
     summary = json.loads((tmp_path / "t2").read_text())
     assert summary["state"] == "Failed"
-    assert str(summary["error"]).startswith("exit status 1")
+    assert str(summary["error"]).startswith("exited with code 1: ")
+    assert "nope" in str(summary["error"])  # the tail of the guest's stderr says why

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wasinn_operator.runtime import NNErrno, RunSpec, Runtime, RuntimeConfig, Session
+from wasinn_operator.runtime.nn.blobs import file_identity
 
 from .conftest import native_outputs, wat
 from .test_nn_abi import DATA, MODEL, OUT_BYTES, OUTPUT, TENSOR, WRITTEN, put_tensor, u32
@@ -113,7 +114,7 @@ def test_new_engine_imports_the_named_blob(
         ctx = context(s)
         put_tensor(s, images[0])
         results.append(run(s, ctx))
-    blobs = list((tmp_path / "openvino" / "named").glob("*.blob"))
+    blobs = list((tmp_path / "openvino").glob("*.blob"))
     assert len(blobs) == 1
     for got in results:
         np.testing.assert_array_equal(got, native(models_dir, images[0]))
@@ -132,7 +133,7 @@ def test_new_engine_imports_the_named_blob(
 def test_damaged_blob_is_recompiled(models_dir: Path, tmp_path: Path, images: list[bytes]) -> None:
     engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
     context(session(engine, models_dir))
-    (blob,) = (tmp_path / "openvino" / "named").glob("*.blob")
+    (blob,) = (tmp_path / "openvino").glob("*.blob")
     blob.write_bytes(b"not a compiled model")
     engine = Runtime(RuntimeConfig(cache_dir=tmp_path, inference_precision="f32"))
     s = session(engine, models_dir)
@@ -150,8 +151,12 @@ def test_blob_key_follows_the_model_files(models_dir: Path, tmp_path: Path) -> N
         copy.write_bytes((models_dir / MODEL / name).read_bytes())
         files.append(copy)
     blobs, core = engine.backend.blobs, engine.backend.core
-    key = blobs.key(core, files, "CPU", {})
-    assert blobs.key(core, files, "CPU", {}) == key
-    assert blobs.key(core, files, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) != key
+
+    def key(props: dict[str, str]) -> bytes:
+        return blobs.identity(core, "CPU", props, file_identity(files))
+
+    assert key({}) == key({})
+    assert key({"INFERENCE_PRECISION_HINT": "f32"}) != key({})
+    before = key({})
     files[1].write_bytes(files[1].read_bytes() + b"\0")  # new weights: size and mtime change
-    assert blobs.key(core, files, "CPU", {}) != key
+    assert key({}) != before

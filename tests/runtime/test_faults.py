@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +13,11 @@ from wasinn_operator.runtime import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
     EXIT_TRAP,
+    NNErrno,
     Outcome,
     RunSpec,
     Runtime,
+    RuntimeConfig,
 )
 
 from .conftest import wat
@@ -143,3 +147,59 @@ def test_a_trap_after_engines_come_and_go_is_still_a_trap() -> None:
     )
     assert proc.returncode == 0, f"the process died ({proc.returncode}): {proc.stderr[-2000:]}"
     assert proc.stdout.split() == ["trapped", "trapped"], proc.stdout
+
+
+def test_bad_pointers_to_every_nn_function(runtime: Runtime, models_dir: Path) -> None:
+    result = runtime.run(RunSpec(wasm=wat("nn_bad_pointers"), models_dir=models_dir))
+    assert result.ok, (result.error, result.stderr[-2000:])
+    for call in ("load", "load_by_name", "load_by_name_with_config", "init_execution_context",
+                 "set_input", "compute", "get_output"):  # fmt: skip
+        assert f"wasi-nn: {call}: ".encode() in result.stderr
+    assert result.stderr.count(b"is outside guest memory") >= 8
+    assert_next_run_is_fine(runtime)
+
+
+def test_memory_grown_to_the_limit_then_load(runtime: Runtime, models_dir: Path) -> None:
+    spec = RunSpec(wasm=wat("grow_then_load"), models_dir=models_dir, max_memory=64 << 20)
+    result = runtime.run(spec)
+    assert (result.outcome, result.exit_code) == (Outcome.EXITED, 0), result.stderr[-2000:]
+    assert b"could not be read" in result.stderr  # the last 4096 bytes: zeros, not onnx
+    assert b"graph builder 0: range [0x3fff000, 0x4000001) is outside guest memory" in (
+        result.stderr
+    )
+    assert_next_run_is_fine(runtime)
+
+
+def test_a_trap_inside_a_host_call(runtime: Runtime) -> None:
+    # The deadline passes while the guest sleeps in poll_oneoff: the host call traps.
+    result = runtime.run(RunSpec(wasm=wat("sleep"), timeout=0.2))
+    assert result.outcome is Outcome.TIMED_OUT
+    assert_next_run_is_fine(runtime)
+
+
+def test_a_host_failure_is_an_errno(
+    runtime: Runtime, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise MemoryError("simulated")
+
+    engine = Runtime(RuntimeConfig())
+    monkeypatch.setattr(engine.backend, "load_named", broken)
+    result = engine.run(RunSpec(wasm=wat("nn_bad_pointers"), models_dir=models_dir))
+    assert result.outcome is Outcome.TRAPPED  # the guest traps on the unexpected errno
+    assert b"wasi-nn: load_by_name: internal error: MemoryError('simulated') (runtime_error)" in (
+        result.stderr
+    )
+    assert_next_run_is_fine(engine)
+
+
+def test_a_thousand_loads_in_a_loop(
+    runtime: Runtime, c_guest: Callable[[str], bytes], models_dir: Path
+) -> None:
+    for mode in ("same", "named"):
+        spec = RunSpec(wasm=c_guest("nn_hog"), args=[mode, "1000"], models_dir=models_dir)
+        result = runtime.run(spec)
+        assert result.ok, result.error
+        errnos = [int(line.split()[2]) for line in result.stdout.decode().splitlines()[:-1]]
+        assert errnos == [0] * 16 + [NNErrno.BUSY] * 984  # max_graphs: 16 by default
+    assert_next_run_is_fine(runtime)

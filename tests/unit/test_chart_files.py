@@ -25,12 +25,17 @@ import jsonschema
 import pytest
 import yaml
 
+from wasinn_operator.api.policy import TaskPolicy
+from wasinn_operator.api.policyflags import policy_from_settings
+
 from ..conftest import missing
+from .test_pod_security import restricted_violations
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "wasinn-operator"
+CRD = CHART / "crds" / "wasinntask.yaml"  # generated: tests/unit/test_generated.py
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 NAMESPACE = "wasinn-system"
@@ -67,15 +72,6 @@ def grants(rule_list: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------------- the files alone
-
-
-def test_chart_crd_is_byte_identical_to_crds_dir() -> None:
-    chart_crd = CHART / "crds" / "wasinntask.yaml"
-    assert chart_crd.read_bytes() == (REPO / "crds" / "wasinntask.yaml").read_bytes(), (
-        "charts/wasinn-operator/crds/wasinntask.yaml differs from crds/wasinntask.yaml: "
-        "copy it (cp crds/wasinntask.yaml charts/wasinn-operator/crds/)"
-    )
-    assert [p.name for p in (CHART / "crds").iterdir()] == ["wasinntask.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +154,7 @@ def test_values_security_defaults() -> None:
 
 def crd_validator(version: str = "v1alpha1") -> jsonschema.Validator:
     convert = load_hack("openapi2jsonschema")
-    crd = yaml.safe_load((REPO / "crds" / "wasinntask.yaml").read_text())
+    crd = yaml.safe_load(CRD.read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = convert.crd_node(served["schema"]["openAPIV3Schema"])
     cls = jsonschema.validators.validator_for(schema)
@@ -319,7 +315,7 @@ def kubeconform(manifests: str, *, crd_dir: Path) -> dict[str, Any]:
 def crd_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crd-schemas")
     convert = load_hack("openapi2jsonschema")
-    assert convert.main(["--crd", str(REPO / "crds" / "wasinntask.yaml"), str(out)]) == 0
+    assert convert.main(["--crd", str(CRD), str(out)]) == 0
     return out
 
 
@@ -377,7 +373,9 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
     assert sh["args"][0] == "shim" and "--backend=kubernetes" in sh["args"]
     assert "--token-file=/var/run/secrets/wasinn/token/token" in sh["args"]
     assert [p["containerPort"] for p in sh["ports"]] == [7070]
-    assert sh["readinessProbe"]["httpGet"]["path"] == "/health"
+    # /livez: a dependency down (MQTT, disk) must not take the REST API out of the Service.
+    assert sh["readinessProbe"]["httpGet"]["path"] == "/livez"
+    assert sh["livenessProbe"]["httpGet"]["path"] == "/livez"
     service = find(objects, "Service", f"{RELEASE}-shim")
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [7070, 8080]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
@@ -407,6 +405,14 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
         + ["Service"] * 2
         + ["ServiceAccount"] * 2
     )
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=lambda v: v.name if v else "defaults")
+def test_every_chart_pod_meets_the_restricted_profile(values: Path | None) -> None:
+    """So the release namespace can enforce `restricted` too (docs/security.md)."""
+    for deployment in [o for o in render(values) if o["kind"] == "Deployment"]:
+        pod = {"spec": deployment["spec"]["template"]["spec"]}
+        assert restricted_violations(pod) == [], deployment["metadata"]["name"]
 
 
 def rbac_rules(objects: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, str]]:
@@ -560,6 +566,17 @@ def test_full_values_reach_the_pods() -> None:
     assert operator_env["WASINN_PROPLET_TIMEOUT_SECONDS"] == "600"
     assert operator_env["WASINN_PROPLET_ENGINE"] == "wasmtime-cli"
     shim = find(objects, "Deployment", f"{RELEASE}-shim")
+    policy = TaskPolicy(
+        allow_host_dirs=("/data/shared", "/scratch"),
+        default_timeout=120,
+        max_timeout=7200,
+        default_max_memory=256 << 20,
+        max_memory=2 << 30,
+        max_field_bytes=16384,
+    )
+    # The operator and the shim read the same task policy.
+    assert policy_from_settings(operator_env) == policy
+    assert policy_from_settings(env(shim)) == policy
     assert "--public-url=https://wasinn.example.com" in container(shim)["args"]
     assert "--max-wasm-bytes=52428800" in container(shim)["args"]
     service = find(objects, "Service", f"{RELEASE}-shim")
@@ -582,10 +599,12 @@ def test_full_values_reach_the_pods() -> None:
 
 
 def operator_env_names() -> set[str]:
-    """WASINN_* names the operator's code reads (controller/run.py and settings.py)."""
+    """WASINN_* names the operator's code reads (controller/run.py and settings.py, and the
+    task policy's settings)."""
     found = set()
-    for name in ("run.py", "settings.py", "handlers.py"):
-        text = (REPO / "operator" / "wasinn_operator" / "controller" / name).read_text()
+    for name in ("controller/run.py", "controller/settings.py", "controller/handlers.py",
+                 "api/policyflags.py"):  # fmt: skip
+        text = (REPO / "operator" / "wasinn_operator" / name).read_text()
         found |= set(re.findall(r"WASINN_[A-Z_]+", text))
         found |= {f"WASINN_{n}" for n in re.findall(r'get\("([A-Z_]+)"', text)}
     return found

@@ -1,38 +1,89 @@
-"""The task a proplet runs: the WasiNNTask spec fields it needs, in the CRD's camelCase."""
+"""The task a proplet runs: the WasiNNTask spec fields it needs, in the CRD's camelCase.
+
+The CRD's schema is generated from these models (api/crdgen.py): descriptions are what
+`kubectl explain` shows. `json_schema_extra` holds what only the API server enforces (size
+limits, CEL rules beside the validators that check the same here).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 # Kubernetes' rule for environment variable names (a C identifier plus '-' and '.').
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 DIGEST = r"^sha256:[0-9a-f]{64}$"
 WASM_SOURCES = ("url", "path", "inline", "image", "configMapKeyRef")
+# Lengths the API server enforces on the strings of a task.
+NAME_MAX = 253
+PATH_MAX = 4096
+ARG_MAX = 4096
+
+Arg = Annotated[str, WithJsonSchema({"type": "string", "maxLength": ARG_MAX})]
+EnvValue = Annotated[str, WithJsonSchema({"type": "string", "maxLength": 32768})]
 
 
 class ConfigMapKeyRef(BaseModel):
-    """A wasm module stored under a key of a ConfigMap (binaryData)."""
+    """A key of a ConfigMap in the task's namespace holding the module (binaryData)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    name: str = Field(min_length=1, json_schema_extra={"maxLength": NAME_MAX})
+    key: str = Field(min_length=1, json_schema_extra={"maxLength": NAME_MAX})
 
 
 class WasmSource(BaseModel):
-    """Where the module comes from: exactly one source, and optionally its digest."""
+    """The WebAssembly module: exactly one of url, configMapKeyRef, path, inline, image;
+    optionally its digest, verified before anything runs."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    url: str | None = Field(default=None, pattern=r"^https?://")
-    path: str | None = Field(default=None, pattern=r"^/")
-    inline: str | None = None
-    image: str | None = Field(default=None, min_length=1)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.url), has(self.configMapKeyRef), has(self.path),"
+                    " has(self.inline), has(self.image)].filter(x, x).size() == 1",
+                    "message": "exactly one of url, configMapKeyRef, path, inline, image must be"
+                    " set",
+                }
+            ]
+        },
+    )
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="An http(s) URL of the module (for example the shim's /artifacts/sha256:...).",
+        json_schema_extra={"maxLength": 2048},
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="An absolute path inside the proplet container, e.g. a file on the models"
+        " volume.",
+        json_schema_extra={"maxLength": PATH_MAX},
+    )
+    inline: str | None = Field(
+        default=None,
+        description="The module as base64 (at most 768 KiB of wasm); the operator hands it to the"
+        " Pod through a ConfigMap it owns.",
+        json_schema_extra={"maxLength": 1048576},
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="An OCI reference of a wasm artifact (registry/repository:tag or @sha256:...).",
+        json_schema_extra={"maxLength": 1024},
+    )
     config_map_key_ref: ConfigMapKeyRef | None = Field(default=None, alias="configMapKeyRef")
-    digest: str | None = Field(default=None, pattern=DIGEST)
+    digest: str | None = Field(
+        default=None,
+        pattern=DIGEST,
+        description="sha256 digest of the module; a mismatch fails the task (InvalidWasm).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> WasmSource:
@@ -71,13 +122,48 @@ class TaskSpec(BaseModel):
     id: str = ""
     name: str = ""
     wasm: WasmSource
-    cli_args: list[str] = Field(default_factory=list, alias="cliArgs")
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    daemon: bool = False
-    timeout_seconds: int | None = Field(default=None, alias="timeoutSeconds", gt=0)
+    cli_args: list[Arg] = Field(
+        default_factory=list,
+        alias="cliArgs",
+        description='wasmtime-style runtime flags, e.g. ["-S", "nn"] or the legacy'
+        ' ["--wasi-modules=experimental-wasi-nn"], "--env K=V", "--dir HOST::GUEST".',
+        json_schema_extra={"maxItems": 256},
+    )
+    args: list[Arg] = Field(
+        default_factory=list,
+        description="Program arguments (Propeller's inputs), passed after the module.",
+        json_schema_extra={"maxItems": 1024},
+    )
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict,
+        description="Environment of the guest only (never of the proplet process).",
+        json_schema_extra={
+            "maxProperties": 256,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, k.matches('{ENV_NAME.pattern}'))",
+                    "message": "env names must match [-._a-zA-Z][-._a-zA-Z0-9]*",
+                }
+            ],
+        },
+    )
+    daemon: bool = Field(
+        default=False,
+        description="A long-running task (Propeller daemon); it reports no result until it stops.",
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        alias="timeoutSeconds",
+        gt=0,
+        description="Wall-clock limit of one attempt (the Pod's activeDeadlineSeconds).",
+        json_schema_extra={"maximum": 604800},
+    )
     engine: Literal["embedded", "wasmtime-cli"] = "embedded"
-    device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
+    device: Literal["CPU", "GPU", "NPU", "AUTO"] = Field(
+        default="CPU",
+        description="OpenVINO device for named models; GPU and NPU request the Intel"
+        " device-plugin resources gpu.intel.com/i915 and npu.intel.com/accel.",
+    )
 
     @field_validator("env")
     @classmethod

@@ -4,7 +4,7 @@ Public surface: `Runtime` (one per process), `RunSpec` / `RunResult`, and `parse
 for wasmtime-style command lines.
 """
 
-from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args
+from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args, resolve
 from .engine import Runtime, RuntimeConfig, Session, default_cache_dir, fd_sink
 from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
@@ -41,5 +41,6 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_wasm_args",
+    "resolve",
     "scan_models_dir",
 ]

@@ -10,6 +10,7 @@ bad wasi-nn arguments) end only that run, with a clear `RunResult.error`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -17,17 +18,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 from wasmtime import component
 
+from ..api.policy import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
+from . import wasipoll
 from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare, wrap
+from .deadline import Deadline
 from .modcache import ModuleCache, ModuleError, is_component
 from .nn.abi import ExecutionTarget
+from .nn.budget import (
+    DEFAULT_MAX_CONTEXTS,
+    DEFAULT_MAX_GRAPH_BYTES,
+    DEFAULT_MAX_GRAPH_MEMORY,
+    DEFAULT_MAX_GRAPHS,
+    GraphLimits,
+)
 from .nn.host import MODULE as NN_MODULE
 from .nn.host import NNHost
 from .nn.models import NamedModel, scan_models_dir
-from .nn.openvino import BackendConfig, OpenVINOBackend
+from .nn.openvino import DEFAULT_GRAPH_CACHE_BYTES, BackendConfig, OpenVINOBackend
+from .sealed import SealedDir, load_key
 from .spec import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
@@ -46,6 +59,12 @@ HOSTCALL_LIMIT = (
     "four wasi:nn interfaces"
 )
 NO_DEADLINE = 1 << 62
+DEFAULT_MODULE_CACHE_BYTES = 1 << 30
+DEFAULT_MODEL_CACHE_BYTES = 2 << 30
+# What a run on behalf of a tenant gets when nobody asked for a limit (`RuntimeConfig.for_tenants`):
+# the task policy's defaults.
+TENANT_TIMEOUT = DEFAULT_TIMEOUT
+TENANT_MAX_MEMORY = DEFAULT_MAX_MEMORY
 Sink = Callable[[bytes], None]
 
 
@@ -69,11 +88,48 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Process-wide engine settings."""
+    """Process-wide engine settings, and the limits of runs that set none themselves.
+
+    `default_timeout` / `default_max_memory` apply to a `RunSpec` whose `timeout` /
+    `max_memory` is None (unbounded by default, as `wasinn run` on a person's own machine;
+    `for_tenants` bounds them). The graph limits are defaults of the `RunSpec` fields of the
+    same names (see `nn.budget`). The cache bounds are the disk sizes of the compiled-module
+    and compiled-model caches under `cache_dir`, and the estimated memory of the graphs the
+    process keeps loaded for later runs.
+    """
 
     cache_dir: Path | None = None
     inference_precision: str | None = None
     target_fallback: ExecutionTarget | None = None
+    default_timeout: float | None = None
+    default_max_memory: int | None = None
+    max_graph_bytes: int = DEFAULT_MAX_GRAPH_BYTES
+    max_graph_memory: int = DEFAULT_MAX_GRAPH_MEMORY
+    max_graphs: int = DEFAULT_MAX_GRAPHS
+    max_contexts: int = DEFAULT_MAX_CONTEXTS
+    module_cache_bytes: int = DEFAULT_MODULE_CACHE_BYTES
+    model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
+    graph_cache_bytes: int = DEFAULT_GRAPH_CACHE_BYTES
+
+    @classmethod
+    def for_tenants(cls, **settings: Any) -> RuntimeConfig:
+        """Settings for runs on behalf of a tenant: bounded time and memory unless given."""
+        settings.setdefault("default_timeout", TENANT_TIMEOUT)
+        settings.setdefault("default_max_memory", TENANT_MAX_MEMORY)
+        return cls(**settings)
+
+    def limits(self, spec: RunSpec) -> GraphLimits:
+        """The wasi-nn limits of one run: the spec's, else these defaults."""
+
+        def pick(asked: int | None, default: int) -> int:
+            return default if asked is None else asked
+
+        return GraphLimits(
+            max_graph_bytes=pick(spec.max_graph_bytes, self.max_graph_bytes),
+            max_graph_memory=pick(spec.max_graph_memory, self.max_graph_memory),
+            max_graphs=pick(spec.max_graphs, self.max_graphs),
+            max_contexts=pick(spec.max_contexts, self.max_contexts),
+        )
 
 
 class _Capture:
@@ -138,16 +194,30 @@ class Runtime:
         engine_config.memory_may_move = False
         self.engine = wasmtime.Engine(engine_config)
         cache = self.config.cache_dir
+        key = None if cache is None else load_key(cache)
         self.modules = ModuleCache(
             self.engine,
-            None if cache is None else cache / "modules",
+            None
+            if cache is None
+            else SealedDir.open(
+                cache / "modules", key, "wasmtime module", ".cwasm", self.config.module_cache_bytes
+            ),
             settings="epoch_interruption,memory_may_move=false",
         )
         self.backend = OpenVINOBackend(
             BackendConfig(
-                cache_dir=None if cache is None else cache / "openvino",
+                blobs=None
+                if cache is None
+                else SealedDir.open(
+                    cache / "openvino",
+                    key,
+                    "openvino model",
+                    ".blob",
+                    self.config.model_cache_bytes,
+                ),
                 inference_precision=self.config.inference_precision,
                 target_fallback=self.config.target_fallback,
+                graph_cache_bytes=self.config.graph_cache_bytes,
             )
         )
         self._ticker = _Ticker(self.engine)
@@ -158,6 +228,7 @@ class Runtime:
         self, spec: RunSpec, stdout: Sink | None = None, stderr: Sink | None = None
     ) -> RunResult:
         """Execute `spec`; never raises for anything the module or its arguments do."""
+        spec = self._with_defaults(spec)
         out = _Capture(spec.stdout_limit, stdout)
         err = _Capture(spec.stderr_limit, stderr)
         result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
@@ -173,6 +244,8 @@ class Runtime:
                 self._execute(spec, module, out, err, result)
         except (ModuleError, OSError, ValueError) as exc:
             result.error = str(exc)
+        except Exception as exc:  # a host bug: end this run, never the process
+            result.error = f"internal error: {exc!r}"
         finally:
             result.run_seconds = time.monotonic() - started - result.compile_seconds
         if result.error and result.outcome is not Outcome.EXITED:
@@ -180,6 +253,14 @@ class Runtime:
         result.stdout, result.stdout_truncated = out.value(), out.truncated
         result.stderr, result.stderr_truncated = err.value(), err.truncated
         return result
+
+    def _with_defaults(self, spec: RunSpec) -> RunSpec:
+        """`spec` with the configured default timeout and memory limit where it sets none."""
+        timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
+        memory = self.config.default_max_memory if spec.max_memory is None else spec.max_memory
+        if (timeout, memory) == (spec.timeout, spec.max_memory):
+            return spec
+        return dataclasses.replace(spec, timeout=timeout, max_memory=memory)
 
     def _execute(
         self,
@@ -189,7 +270,7 @@ class Runtime:
         err: _Capture,
         result: RunResult,
     ) -> None:
-        store, linker = self._store_and_linker(spec, module, out, err)
+        store, linker, deadline = self._store_and_linker(spec, module, out, err)
         instance: wasmtime.Instance | None = None
         try:
             instance = linker.instantiate(store, module)
@@ -199,19 +280,19 @@ class Runtime:
             result.outcome, result.exit_code = Outcome.EXITED, exc.code
             if exc.code != 0:
                 result.error = f"exited with code {exc.code}"
-        except wasmtime.Trap as exc:
-            if exc.trap_code is wasmtime.TrapCode.INTERRUPT:
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if deadline.hit or getattr(exc, "trap_code", None) is wasmtime.TrapCode.INTERRUPT:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
                 result.error = f"timed out after {spec.timeout:g} s"
-            else:
+                return  # memory is not why
+            if isinstance(exc, wasmtime.Trap):
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = _trap_message(exc)
+            else:
+                result.error = _summarize(str(exc))
+                if instance is None:
+                    result.error = f"cannot instantiate the module: {result.error}"
             result.error += _memory_note(spec, store, instance)
-        except wasmtime.WasmtimeError as exc:
-            message = _summarize(str(exc))
-            if instance is None:
-                message = f"cannot instantiate the module: {message}"
-            result.error = message + _memory_note(spec, store, instance)
 
     def _execute_component(
         self,
@@ -223,10 +304,18 @@ class Runtime:
     ) -> None:
         wants_nn, run = prepare(compiled, self.engine, spec.nn, spec.invoke)
         store = self._store(spec, out, err)
+        deadline = Deadline(spec.timeout)
         nn = None
         if spec.nn or wants_nn:
-            cap = spec.max_memory or DEFAULT_TENSOR_BYTES
-            nn = ComponentNNHost(self.backend, self._models(spec), err.log, spec.nn_target, cap)
+            nn = ComponentNNHost(
+                self.backend,
+                self._models(spec),
+                err.log,
+                spec.nn_target,
+                self.config.limits(spec),
+                deadline,
+                spec.max_memory or DEFAULT_TENSOR_BYTES,
+            )
         instance: component.Instance | None = None
         try:
             instance = link(self.engine, nn).instantiate(store, compiled)
@@ -243,9 +332,10 @@ class Runtime:
             cause = _summarize(str(exc))
             if instance is None:
                 result.error = f"cannot instantiate the component: {cause}"
-            elif "wasm trap: interrupt" in cause:
+            elif deadline.hit or "wasm trap: interrupt" in cause:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
                 result.error = f"timed out after {spec.timeout:g} s"
+                return  # memory is not why
             else:
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = cause if cause.startswith("wasm trap") else f"wasm trap: {cause}"
@@ -254,7 +344,7 @@ class Runtime:
             result.error += _memory_note(spec, store, None)
 
     def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:
-        """A store with the run's WASI context, memory limit and deadline."""
+        """A store with the run's WASI context, memory limit and epoch deadline."""
         store = wasmtime.Store(self.engine)
         if spec.max_memory is not None:
             store.set_limits(memory_size=spec.max_memory)
@@ -268,14 +358,19 @@ class Runtime:
 
     def _store_and_linker(
         self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
-    ) -> tuple[wasmtime.Store, wasmtime.Linker]:
+    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline]:
         store = self._store(spec, out, err)
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
+        deadline = Deadline(spec.timeout)
+        if spec.timeout is not None:
+            wasipoll.define(linker, deadline)
         wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
         if spec.nn if spec.nn is not None else wants_nn:
-            NNHost(self.backend, self._models(spec), err.log, spec.nn_target).define(linker)
-        return store, linker
+            models = self._models(spec)
+            limits = self.config.limits(spec)
+            NNHost(self.backend, models, err.log, spec.nn_target, limits, deadline).define(linker)
+        return store, linker, deadline
 
     def session(self, spec: RunSpec) -> Session:
         """Instantiate without running `_start`: for embedding, ABI tests and benchmarks.
@@ -283,12 +378,13 @@ class Runtime:
         Raises `ModuleError`, `ValueError` or `wasmtime.WasmtimeError` when the module cannot be
         instantiated; calls on the session raise what the guest's code raises (traps).
         """
+        spec = self._with_defaults(spec)
         module, _ = self.modules.get(spec.wasm)
         if not isinstance(module, wasmtime.Module):
             raise ModuleError("a session drives a core module; this is a component")
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
-        store, linker = self._store_and_linker(spec, module, out, err)
+        store, linker, _ = self._store_and_linker(spec, module, out, err)
         return Session(store, linker.instantiate(store, module), out, err)
 
     def _wasi(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.WasiConfig:
@@ -303,8 +399,21 @@ class Runtime:
         for mount in mounts:
             if not mount.host.is_dir():
                 raise ValueError(f"--dir: {str(mount.host)!r} is not a directory")
+            self._refuse_cache(mount.host)
             wasi.preopen_dir(str(mount.host), mount.guest, fs_mutable=not mount.read_only)
         return wasi
+
+    def _refuse_cache(self, host: Path) -> None:
+        """Never preopen the compiled-code caches (or the key that seals them) to a guest."""
+        cache = self.config.cache_dir
+        if cache is None:
+            return
+        mount, root = host.resolve(), cache.resolve()
+        if mount == root or root in mount.parents:
+            raise ValueError(
+                f"--dir: {str(host)!r} is inside the compiled-code cache {str(cache)!r}, which "
+                "guests may never reach"
+            )
 
     def _models(self, spec: RunSpec) -> dict[str, NamedModel]:
         models: dict[str, NamedModel] = {}

@@ -1,9 +1,10 @@
-"""Compiled wasm modules and components, cached in memory and on disk.
+"""Compiled wasm modules and components, cached in memory and, sealed, on disk.
 
-The on-disk key is the module's sha256 plus a fingerprint of the wasmtime version, the engine
-settings and the host architecture, so a cache shared across upgrades never serves stale code.
-Only files this cache wrote are deserialized (wasmtime trusts serialized modules), so the
-directory must not be writable by others.
+wasmtime trusts serialized modules (they are native code), so an entry on disk is used only if
+its HMAC under the install's key verifies (`sealed`): it binds the payload to the module's
+sha256 and to a fingerprint of the wasmtime version, the engine settings and the host
+architecture, so an entry can neither be forged nor stand in for another module, and a cache
+shared across upgrades never serves stale code.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import importlib.metadata
 import platform
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import wasmtime
 from wasmtime.component import Component
 
-from ..atomicfile import write_atomically
+from .sealed import SealedDir
 
 WASM_MAGIC = b"\0asm"
 # The header's layer field (bytes 6-7): 0 for a core module, 1 for a component.
@@ -40,21 +40,16 @@ class ModuleCache:
     """Compile-once access to modules and components by content."""
 
     def __init__(
-        self, engine: wasmtime.Engine, directory: Path | None, settings: str, capacity: int = 32
+        self, engine: wasmtime.Engine, disk: SealedDir | None, settings: str, capacity: int = 32
     ) -> None:
         self._engine = engine
         self._capacity = capacity
         self._lock = threading.Lock()
         self._modules: OrderedDict[str, Compiled] = OrderedDict()
         version = importlib.metadata.version("wasmtime")
-        stamp = f"{version}|{settings}|{platform.machine()}"
-        self._fingerprint = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-        self._dir = directory
-        if directory is not None:
-            try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError:
-                self._dir = None  # no disk cache: slower starts, same results
+        self._stamp = f"wasmtime {version}|{settings}|{platform.machine()}".encode()
+        self._fingerprint = hashlib.sha256(self._stamp).hexdigest()[:16]
+        self.disk = disk
 
     def get(self, wasm: bytes) -> tuple[Compiled, bool]:
         """The compiled module or component and whether it came from a cache (memory or disk)."""
@@ -73,24 +68,26 @@ class ModuleCache:
                 self._modules.popitem(last=False)
         return module, cached
 
-    def _path(self, key: str) -> Path | None:
-        return None if self._dir is None else self._dir / f"{key}-{self._fingerprint}.cwasm"
+    def entry_name(self, key: str) -> str:
+        """The disk entry of the module with sha256 `key` (hex) under this engine."""
+        return f"{key}-{self._fingerprint}"
 
     def _load(self, key: str, wasm: bytes) -> tuple[Compiled, bool]:
         kind: type[wasmtime.Module] | type[Component] = (
             Component if is_component(wasm) else wasmtime.Module
         )
-        path = self._path(key)
-        if path is not None and path.is_file():
+        name = self.entry_name(key)
+        payload = None if self.disk is None else self.disk.read(name, self._stamp)
+        if self.disk is not None and payload is not None:
             try:
-                return kind.deserialize_file(self._engine, str(path)), True
+                return kind.deserialize(self._engine, payload), True
             except wasmtime.WasmtimeError:
-                path.unlink(missing_ok=True)  # incompatible or damaged: compile afresh
+                self.disk.discard(self.disk.path(name), "was refused by wasmtime")
         try:
             module = kind(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             noun = "component" if kind is Component else "module"
             raise ModuleError(f"invalid WebAssembly {noun}: {exc}") from exc
-        if path is not None:
-            write_atomically(path, bytes(module.serialize()))
+        if self.disk is not None:
+            self.disk.write(name, self._stamp, module.serialize())
         return module, False

@@ -57,6 +57,11 @@ class RunSpec:
     max_memory: int | None = None
     stdout_limit: int = DEFAULT_OUTPUT_LIMIT
     stderr_limit: int = DEFAULT_OUTPUT_LIMIT
+    # wasi-nn host memory (see nn.budget); None: the runtime's default (RuntimeConfig).
+    max_graph_bytes: int | None = None
+    max_graph_memory: int | None = None
+    max_graphs: int | None = None
+    max_contexts: int | None = None
 
     @property
     def digest(self) -> str:

@@ -20,20 +20,20 @@ from typing import Any, Generic, TypeVar
 from wasmtime import StoreContext
 from wasmtime.component import Linker, LinkerInstance, ResourceType
 
+from ..deadline import Deadline, HostTrapError
 from ..nn.abi import ExecutionTarget, GraphEncoding, NNErrno, NNError
+from ..nn.budget import Budget, GraphLimits
 from ..nn.graph import ExecutionContext, Graph
 from ..nn.models import NamedModel
 from ..nn.openvino import Log, OpenVINOBackend
 from .staging import STAGING, Staging
 from .tensors import HostTensor, compute, output_tensor
-from .values import Result, TrapError, Val, add_func, new_resource, resource_rep
+from .values import Result, Val, add_func, new_resource, resource_rep
 
 VERSION = "0.2.0-rc-2024-10-28"
 PACKAGE = f"wasi:nn@{VERSION}"
 INTERFACES = ("tensor", "graph", "inference", "errors")
 MAX_BUILDERS = 16
-MAX_GRAPHS = 64
-MAX_CONTEXTS = 256
 MAX_TENSORS = 4096
 MAX_ERRORS = 4096
 DEFAULT_TENSOR_BYTES = 4 << 30  # what a wasm32 guest could hold in its own memory
@@ -50,7 +50,8 @@ ENCODINGS: dict[str, GraphEncoding] = {
     "autodetect": GraphEncoding.AUTODETECT,
 }
 TARGETS = {"cpu": ExecutionTarget.CPU, "gpu": ExecutionTarget.GPU, "tpu": ExecutionTarget.TPU}
-# The component interface has no missing-memory or busy: both become runtime-error.
+# The component interface has no missing-memory or busy: both become runtime-error (busy is a
+# run's limit on graphs or contexts held, which its message names).
 ERROR_CODES: dict[NNErrno, str] = {
     NNErrno.INVALID_ARGUMENT: "invalid-argument",
     NNErrno.INVALID_ENCODING: "invalid-encoding",
@@ -74,9 +75,10 @@ def interface(name: str) -> str:
 class _Table(Generic[T]):
     """Live resources of one kind, by rep."""
 
-    def __init__(self, what: str, limit: int) -> None:
+    def __init__(self, what: str, limit: int, setting: str) -> None:
         self.what = what
         self._limit = limit
+        self._setting = setting
         self._items: dict[int, T] = {}
         self._reps = itertools.count(1)
 
@@ -84,8 +86,8 @@ class _Table(Generic[T]):
         if len(self._items) >= self._limit:
             raise NNError(
                 NNErrno.BUSY,
-                f"a run may hold at most {self._limit} {self.what}s at once "
-                "(drop those no longer needed)",
+                f"a run may hold at most {self._limit} {self.what}s at once ({self._setting}; "
+                "drop those no longer needed)",
             )
         rep = next(self._reps)
         self._items[rep] = item
@@ -95,7 +97,7 @@ class _Table(Generic[T]):
         try:
             return self._items[rep]
         except KeyError:
-            raise TrapError(f"unknown {self.what} handle (rep {rep})") from None
+            raise HostTrapError(f"unknown {self.what} handle (rep {rep})") from None
 
     def pop(self, rep: int) -> T | None:
         return self._items.pop(rep, None)
@@ -110,19 +112,27 @@ class ComponentNNHost:
         models: dict[str, NamedModel],
         log: Log,
         named_target: ExecutionTarget = ExecutionTarget.CPU,
+        limits: GraphLimits | None = None,
+        deadline: Deadline | None = None,
         max_tensor_bytes: int = DEFAULT_TENSOR_BYTES,
     ) -> None:
         self._backend = backend
         self._models = models
         self._log = log
         self._named_target = named_target
+        self.budget = Budget(limits or GraphLimits())
+        self._deadline = deadline or Deadline(None)
         self._max_tensor_bytes = max_tensor_bytes
         self._tensor_bytes = 0
-        self._tensors: _Table[HostTensor] = _Table("tensor", MAX_TENSORS)
-        self._graphs: _Table[Graph] = _Table("graph", MAX_GRAPHS)
-        self._contexts: _Table[ExecutionContext] = _Table("execution context", MAX_CONTEXTS)
-        self._errors: _Table[tuple[str, str]] = _Table("error", MAX_ERRORS)
-        self._staging = Staging(max_tensor_bytes)
+        limits = self.budget.limits
+        self._tensors: _Table[HostTensor] = _Table("tensor", MAX_TENSORS, "tensors")
+        self._graphs: _Table[Graph] = _Table("graph", limits.max_graphs, "max_graphs")
+        self._contexts: _Table[ExecutionContext] = _Table(
+            "execution context", limits.max_contexts, "max_contexts"
+        )
+        self._errors: _Table[tuple[str, str]] = _Table("error", MAX_ERRORS, "errors")
+        # One staged call's data: a model (max_graph_bytes) or a tensor (the tensor cap).
+        self._staging = Staging(max(max_tensor_bytes, limits.max_graph_bytes))
 
     def define(self, linker: Linker) -> None:
         """Define the four interfaces in `linker` (no other linker instance may be open)."""
@@ -177,7 +187,7 @@ class ComponentNNHost:
             data = self._staging.take([args[2].byte_list("data")])[0]
         except NNError as exc:
             self._log(f"wasi-nn: tensor: {exc}")
-            raise TrapError(str(exc)) from None
+            raise HostTrapError(str(exc)) from None
         self._hold(HostTensor(dims, type_name, data), out, ctx)
 
     def _push(self, _ctx: Any, args: list[Val], _out: Result | None) -> None:
@@ -186,7 +196,7 @@ class ComponentNNHost:
             self._staging.push(index, args[1].hex("chunk"))
         except NNError as exc:
             self._log(f"wasi-nn: {exc}")
-            raise TrapError(str(exc)) from None
+            raise HostTrapError(str(exc)) from None
 
     def _hold(self, tensor: HostTensor, out: Result, ctx: Any) -> None:
         size = int(tensor.data.nbytes)
@@ -196,12 +206,12 @@ class ComponentNNHost:
                 f"a run may hold at most {self._max_tensor_bytes} (drop tensors no longer needed)"
             )
             self._log(f"wasi-nn: tensor: {message}")
-            raise TrapError(message)
+            raise HostTrapError(message)
         try:
             rep = self._tensors.add(tensor)
         except NNError as exc:
             self._log(f"wasi-nn: tensor: {exc}")
-            raise TrapError(str(exc)) from None
+            raise HostTrapError(str(exc)) from None
         self._tensor_bytes += size
         out.resource(new_resource(ctx, rep, TENSOR))
 
@@ -230,7 +240,7 @@ class ComponentNNHost:
         except NNError as exc:
             self._fail(name, ctx, out, ERROR_CODES[exc.errno], str(exc))
             return
-        except TrapError:
+        except HostTrapError:
             raise
         except Exception as exc:  # a guest must never crash the host: a runtime-error
             self._fail(name, ctx, out, "runtime-error", f"internal error: {exc!r}")
@@ -242,7 +252,7 @@ class ComponentNNHost:
         try:
             rep = self._errors.add((code, message))
         except NNError as exc:
-            raise TrapError(str(exc)) from None
+            raise HostTrapError(str(exc)) from None
         out.result(False, lambda r: r.resource(new_resource(ctx, rep, ERROR)))
 
     def _resource_writer(self, ctx: Any, table: _Table[T], item: T, type_id: int) -> Writer:
@@ -268,8 +278,10 @@ class ComponentNNHost:
                     f"graph encoding {encoding_name} is not supported by the OpenVINO backend "
                     "(use openvino, onnx, tensorflowlite or autodetect)",
                 )
-            data = [b.tobytes() for b in builders]
-            graph = self._backend.load(data, encoding, TARGETS[target_name], self._log)
+            self.budget.check_builders(sum(b.nbytes for b in builders))
+            self._deadline.check("load")  # compiling cannot be interrupted: do not start late
+            target = TARGETS[target_name]
+            graph = self._backend.load(builders, encoding, target, self._log, self.budget)
             return self._resource_writer(ctx, self._graphs, graph, GRAPH)
 
         self._fallible("load", ctx, out, body)
@@ -282,7 +294,8 @@ class ComponentNNHost:
             if model is None:
                 known = ", ".join(sorted(self._models)) or "none"
                 raise NNError(NNErrno.NOT_FOUND, f"no model named {name!r} (known: {known})")
-            graph = self._backend.load_named(model, self._named_target, self._log)
+            self._deadline.check("load-by-name")
+            graph = self._backend.load_named(model, self._named_target, self._log, self.budget)
             return self._resource_writer(ctx, self._graphs, graph, GRAPH)
 
         self._fallible("load-by-name", ctx, out, body)
@@ -291,7 +304,8 @@ class ComponentNNHost:
         graph = self._graphs.get(resource_rep(ctx, args[0].resource("self"), GRAPH, "graph"))
 
         def body() -> Writer:
-            return self._resource_writer(ctx, self._contexts, ExecutionContext(graph), CONTEXT)
+            context = ExecutionContext(graph, self.budget, self._deadline)
+            return self._resource_writer(ctx, self._contexts, context, CONTEXT)
 
         self._fallible("init-execution-context", ctx, out, body)
 

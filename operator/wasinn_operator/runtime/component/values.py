@@ -28,6 +28,8 @@ from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import LinkerInstance
 
+from ..deadline import HostTrapError
+
 VAL = ffi.wasmtime_component_val_t
 VAL_SIZE = ctypes.sizeof(VAL)
 PAYLOAD_OFFSET: int = VAL.of.offset
@@ -43,10 +45,6 @@ KIND_RESOURCE = ffi.WASMTIME_COMPONENT_RESOURCE.value
 
 class ABIError(Exception):
     """A component value is not of the kind the host function expects."""
-
-
-class TrapError(Exception):
-    """Ends the guest with a trap whose message is this exception's (a guest fault)."""
 
 
 def _expect(val: Any, kind: int, what: str) -> None:
@@ -224,7 +222,7 @@ def _trampoline(
         fn(context, [Val(args[i]) for i in range(nargs)], Result(results[0]) if nresults else None)
         return 0
     except BaseException as exc:  # never unwind into wasmtime: a trap naming the function
-        message = str(exc) if isinstance(exc, ABIError | TrapError) else repr(exc)
+        message = str(exc) if isinstance(exc, ABIError | HostTrapError) else repr(exc)
         error = WasmtimeError(f"{name}: {message}")
         return int(ctypes.cast(error._consume(), ctypes.c_void_p).value or 0)
 

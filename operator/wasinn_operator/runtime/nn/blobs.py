@@ -1,82 +1,83 @@
-"""Compiled named models on disk, imported without reading or hashing the model.
+"""Compiled models on disk, sealed, imported without compiling (or, for named models, reading).
 
-OpenVINO's own `CACHE_DIR` needs the model read and hashed (weights included) before it can
-look up a blob: for a named model that is most of a warm start's model work. Named models are
-files, so this cache keys a blob by what identifies them cheaply: each file's path, size and
-mtime, plus the OpenVINO version, the device (its full name: a blob is specific to the CPU that
-compiled it) and the compile properties. The blob is imported from a copy-on-write memory map,
-kept alive by the graph. Only files this cache wrote are imported, so the directory must not be
-writable by others (as with the module cache).
+This replaces OpenVINO's own `CACHE_DIR`, whose blobs OpenVINO imports without checking who
+wrote them (a blob is native data the plugin trusts), and which needs a model read and hashed
+(weights included) before it can look a blob up. Here a blob is an entry of a `SealedDir`,
+verified in private memory before import, named after an identity the caller computes cheaply:
+a named model's files (path, size, mtime), a `load`'s builder digest, or a graph's identity
+plus an input signature for a variant; always with the OpenVINO version, the device (its full
+name: a blob is specific to the CPU that compiled it) and the compile properties.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
-from ...atomicfile import write_atomically
+from ..sealed import SealedDir
 from . import altstack
 
 
-class BlobCache:
-    """Exported compiled models by named-model identity; every failure is a cache miss."""
+def file_identity(files: list[Path]) -> list[object]:
+    """What identifies model files without reading them: path, size and mtime of each."""
+    return [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
 
-    def __init__(self, directory: Path | None) -> None:
-        self._dir = directory
-        if directory is not None:
-            try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError:
-                self._dir = None
+
+class BlobCache:
+    """Exported compiled models by identity; every failure is a cache miss."""
+
+    def __init__(self, disk: SealedDir | None) -> None:
+        self.disk = disk
 
     @property
     def enabled(self) -> bool:
         """Whether blobs are read and written at all."""
-        return self._dir is not None
+        return self.disk is not None
 
-    def key(self, core: ov.Core, files: list[Path], device: str, props: dict[str, Any]) -> str:
-        """The blob name for these model files compiled on `device` with `props`."""
-        stats = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
+    def identity(self, core: ov.Core, device: str, props: dict[str, Any], what: object) -> bytes:
+        """The identity of `what` (JSON-able) compiled on `device` with `props`."""
         try:
-            identity = str(core.get_property(device, "FULL_DEVICE_NAME"))
+            name = str(core.get_property(device, "FULL_DEVICE_NAME"))
         except RuntimeError:
-            identity = "?"
-        stamp = [ov.get_version(), device, identity, props, stats]
-        return hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()
+            name = "?"
+        stamp = [ov.get_version(), device, name, props, what]
+        return json.dumps(stamp, sort_keys=True, default=str).encode()
+
+    @staticmethod
+    def name(identity: bytes) -> str:
+        """The entry name of an identity."""
+        return hashlib.sha256(identity).hexdigest()
 
     def load(
-        self, core: ov.Core, key: str, device: str, props: dict[str, Any]
+        self, core: ov.Core, identity: bytes, device: str, props: dict[str, Any]
     ) -> tuple[ov.CompiledModel, object] | None:
-        """The imported model and the mapping it was imported from, or None."""
-        if self._dir is None:
+        """The imported model and the verified memory it was imported from, or None."""
+        if self.disk is None:
             return None
-        path = self._dir / f"{key}.blob"
-        try:
-            with path.open("rb") as f:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError):
-            return None  # absent or empty
-        data = np.frombuffer(mapped, dtype=np.uint8)
+        name = self.name(identity)
+        payload = self.disk.read(name, identity)
+        if payload is None:
+            return None
+        data = np.frombuffer(payload, dtype=np.uint8)
         try:
             with altstack.kept():  # may be the device plugin's first use
                 compiled = core.import_model(ov.Tensor(data, shared_memory=True), device, props)
         except RuntimeError:
-            path.unlink(missing_ok=True)  # incompatible or damaged: compile afresh
+            self.disk.discard(self.disk.path(name), "was refused by OpenVINO")
             return None
-        return compiled, (mapped, data)
+        return compiled, (payload, data)
 
-    def store(self, key: str, compiled: ov.CompiledModel) -> None:
-        """Export `compiled` atomically; a full or read-only cache only costs the next start."""
-        if self._dir is None:
+    def store(self, identity: bytes, compiled: ov.CompiledModel) -> None:
+        """Export `compiled`; a full or read-only cache only costs the next start."""
+        if self.disk is None:
             return
         try:
             data = compiled.export_model().getbuffer()
         except RuntimeError:
             return
-        write_atomically(self._dir / f"{key}.blob", data)
+        self.disk.write(self.name(identity), identity, data)

@@ -2,12 +2,16 @@
 
 A graph keeps a way to read its uncompiled model, so that inputs of another shape (a batch of
 8) or element type get a compiled variant of their own; a graph imported from the blob cache
-reads the model only then.
+reads the model only then. Variants are few per graph and infer requests few per context (the
+least recently used go), and each new variant is charged to the run's `Budget` before it is
+compiled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +19,14 @@ from typing import Any
 import numpy.typing as npt
 import openvino as ov
 
+from ..deadline import Deadline
 from . import altstack
 from .abi import NNErrno, NNError, TensorType
+from .blobs import BlobCache
+from .budget import REQUEST_MEMORY_FACTOR, VARIANT_MEMORY_FACTOR, Budget
+
+MAX_VARIANTS = 4
+MAX_REQUESTS = 4
 
 OV_TYPES: dict[TensorType, ov.Type] = {
     TensorType.F16: ov.Type.f16,
@@ -28,6 +38,7 @@ OV_TYPES: dict[TensorType, ov.Type] = {
 }
 
 Signature = tuple[tuple[tuple[int, ...], TensorType], ...]
+Compiled = tuple[ov.CompiledModel, object]  # and the memory it was imported from, if any
 
 
 def compile_model(
@@ -55,6 +66,15 @@ class InputTensor:
     key: tuple[int, int, tuple[int, ...], TensorType] | None = None
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a graph came from: its blob identity (None: not cached) and its size in bytes."""
+
+    identity: bytes | None
+    size: int
+    blobs: BlobCache | None = None
+
+
 class Graph:
     """A loaded model on one device, with compiled variants per input signature."""
 
@@ -66,6 +86,7 @@ class Graph:
         device: str,
         props: dict[str, Any],
         keep: object = None,
+        origin: Origin | None = None,
     ) -> None:
         self._default = compiled
         self._read_model = model
@@ -74,8 +95,10 @@ class Graph:
         self.device = device
         self._props = props
         self._keep = keep  # memory the compiled model was imported from, if any
+        self.origin = origin or Origin(None, 0)
+        self.cost = 0  # the host memory charged to each run that holds this graph
         self._lock = threading.Lock()
-        self._variants: dict[Signature, ov.CompiledModel] = {}
+        self._variants: OrderedDict[Signature, Compiled] = OrderedDict()
         self._inputs = list(compiled.inputs)
         self.input_count = len(self._inputs)
         self.output_count = len(compiled.outputs)
@@ -93,9 +116,14 @@ class Graph:
         ]
 
     @classmethod
-    def compile(cls, model: ov.Model, core: ov.Core, device: str, props: dict[str, Any]) -> Graph:
-        """Compile `model` (through OpenVINO's own cache, if the core has one)."""
-        return cls(compile_model(core, model, device, props), lambda: model, core, device, props)
+    def compile(
+        cls, model: ov.Model, core: ov.Core, device: str, props: dict[str, Any], origin: Origin
+    ) -> Graph:
+        """Compile `model`, storing the blob when the origin is cacheable."""
+        compiled = compile_model(core, model, device, props)
+        if origin.blobs is not None and origin.identity is not None:
+            origin.blobs.store(origin.identity, compiled)
+        return cls(compiled, lambda: model, core, device, props, origin=origin)
 
     def model(self) -> ov.Model:
         """The uncompiled model (read on first use: only variants need it)."""
@@ -118,17 +146,45 @@ class Graph:
                 f"{rank} ({self._inputs[index].get_partial_shape()})",
             )
 
-    def compiled_for(self, signature: Signature) -> ov.CompiledModel:
-        """The compiled model that accepts exactly these input shapes and types."""
+    def compiled_for(self, signature: Signature, budget: Budget) -> Compiled:
+        """The compiled model that accepts exactly these input shapes and types, with the memory
+        it was imported from (whoever uses the model must keep that alive)."""
         if self._fits_default(signature):
-            return self._default
+            return self._default, self._keep
+        cost = VARIANT_MEMORY_FACTOR * self.origin.size
         with self._lock:
             compiled = self._variants.get(signature)
-            if compiled is None:
-                model = self._variant_model(signature)
-                compiled = compile_model(self._core, model, self.device, self._props)
-                self._variants[signature] = compiled
+            if compiled is not None:
+                self._variants.move_to_end(signature)
+                budget.charge((id(self), signature), cost, "a compiled variant")
+                return compiled
+            wanted = ", ".join(f"{list(s)} {t.name.lower()}" for s, t in signature)
+            budget.charge((id(self), signature), cost, f"a compiled variant for inputs {wanted}")
+            try:
+                compiled = self._compile_variant(signature)
+            except BaseException:
+                budget.release((id(self), signature))
+                raise
+            self._variants[signature] = compiled
+            while len(self._variants) > MAX_VARIANTS:  # contexts keep what they still use
+                self._variants.popitem(last=False)
             return compiled
+
+    def _compile_variant(self, signature: Signature) -> Compiled:
+        origin = self.origin
+        identity = None
+        if origin.blobs is not None and origin.identity is not None:
+            variant = [origin.identity.decode(), [[list(s), t.name] for s, t in signature]]
+            identity = origin.blobs.identity(self._core, self.device, self._props, variant)
+            imported = origin.blobs.load(self._core, identity, self.device, self._props)
+            if imported is not None:
+                return imported
+        compiled = compile_model(
+            self._core, self._variant_model(signature), self.device, self._props
+        )
+        if origin.blobs is not None and identity is not None:
+            origin.blobs.store(identity, compiled)
+        return compiled, None
 
     def _fits_default(self, signature: Signature) -> bool:
         for port, (shape, ttype) in zip(self._inputs, signature, strict=True):
@@ -163,8 +219,9 @@ class Graph:
 class _Request:
     """An infer request and the guest memory its inputs are bound to."""
 
-    def __init__(self, request: ov.InferRequest) -> None:
+    def __init__(self, request: ov.InferRequest, keep: object) -> None:
         self.request = request
+        self._keep = keep  # the memory its compiled model was imported from, if any
         self.bound: dict[int, tuple[int, int, tuple[int, ...], TensorType]] = {}
         # A static output keeps its buffer across inferences: its array is made once (asking
         # OpenVINO for it costs ~20 us, right after an inference).
@@ -194,12 +251,14 @@ class _Request:
 class ExecutionContext:
     """One guest execution context: inputs set so far and the outputs of the last compute."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, budget: Budget, deadline: Deadline) -> None:
         self.graph = graph
+        self._budget = budget
+        self._deadline = deadline
         self.inputs: dict[int, InputTensor] = {}
         self._done: _Request | None = None
         # One infer request per input signature seen: a guest alternating batch sizes keeps both.
-        self._requests: dict[Signature, _Request] = {}
+        self._requests: OrderedDict[Signature, _Request] = OrderedDict()
 
     def set_input(self, index: int, tensor: InputTensor) -> None:
         """Record an input (validated against the model) for the next compute."""
@@ -218,17 +277,50 @@ class ExecutionContext:
         signature = tuple((self.inputs[i].shape, self.inputs[i].ttype) for i in sorted(self.inputs))
         request = self._requests.get(signature)
         if request is None:
-            request = _Request(self.graph.compiled_for(signature).create_infer_request())
-            self._requests[signature] = request
+            request = self._new_request(signature)
+        else:
+            self._requests.move_to_end(signature)
         self._done = None
         try:
             for i, tensor in self.inputs.items():
                 request.bind(i, tensor)
-            request.request.infer()
+            self._infer(request.request)
         except RuntimeError as exc:
             request.bound.clear()
             raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
         self._done = request
+
+    def _new_request(self, signature: Signature) -> _Request:
+        """An infer request for `signature`, charged to the run (its intermediate tensors)."""
+        compiled, keep = self.graph.compiled_for(signature, self._budget)
+        inputs = sum(tensor.data.nbytes for tensor in self.inputs.values())
+        key = ("request", id(self), signature)
+        self._budget.charge(key, REQUEST_MEMORY_FACTOR * inputs, "an inference request")
+        try:
+            request = _Request(compiled.create_infer_request(), keep)
+        except RuntimeError as exc:
+            self._budget.release(key)
+            raise NNError(NNErrno.RUNTIME_ERROR, f"cannot create an infer request: {exc}") from exc
+        self._requests[signature] = request
+        while len(self._requests) > MAX_REQUESTS:
+            gone, _ = self._requests.popitem(last=False)
+            self._budget.release(("request", id(self), gone))
+        return request
+
+    def _infer(self, request: ov.InferRequest) -> None:
+        """Infer; under a deadline, cancel the inference when it passes."""
+        remaining = self._deadline.remaining()
+        if remaining == float("inf"):
+            request.infer()
+            return
+        self._deadline.check("compute")
+        request.start_async()
+        if not request.wait_for(max(1, int(remaining * 1000))):
+            request.cancel()
+            with contextlib.suppress(RuntimeError):  # "infer request was canceled"
+                request.wait()
+            self._requests.clear()  # a cancelled request is not reused (the run ends anyway)
+            self._deadline.expire("compute (the inference was cancelled)")
 
     def output(self, index: int) -> npt.NDArray[Any]:
         """Output `index` of the last compute (OpenVINO's own buffer: copy it before the next)."""

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import wasmtime
 
+from ..deadline import Deadline, HostTrapError
 from . import hostcall
 from .abi import (
     BUILDER_ENTRY_SIZE,
@@ -39,6 +40,7 @@ from .abi import (
     NNError,
     TensorType,
 )
+from .budget import Budget, GraphLimits
 from .graph import ExecutionContext, Graph, InputTensor
 from .models import NamedModel
 from .openvino import Log, OpenVINOBackend
@@ -46,8 +48,6 @@ from .openvino import Log, OpenVINOBackend
 MODULE = "wasi_ephemeral_nn"
 MAX_BUILDERS = 16
 MAX_RANK = 8
-MAX_GRAPHS = 64
-MAX_CONTEXTS = 256
 TARGET_NAMES = {
     "cpu": ExecutionTarget.CPU,
     "gpu": ExecutionTarget.GPU,
@@ -66,7 +66,7 @@ def _enum(cls: type[Any], value: int, errno: NNErrno, what: str) -> Any:
 
 
 class NNHost:
-    """Per-run wasi-nn state: the guest's graphs and execution contexts."""
+    """Per-run wasi-nn state: the guest's graphs and execution contexts, and their budget."""
 
     def __init__(
         self,
@@ -74,11 +74,15 @@ class NNHost:
         models: dict[str, NamedModel],
         log: Log,
         named_target: ExecutionTarget = ExecutionTarget.CPU,
+        limits: GraphLimits | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self._backend = backend
         self._models = models
         self._log = log
         self._named_target = named_target
+        self.budget = Budget(limits or GraphLimits())
+        self._deadline = deadline or Deadline(None)
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
         # The last validated set_input per (context, index) and get_output per context: a
@@ -113,6 +117,8 @@ class NNHost:
             except NNError as exc:
                 self._log(f"wasi-nn: {name}: {exc} ({exc.errno.name.lower()})")
                 return int(exc.errno)
+            except HostTrapError:
+                raise  # ends the run (its deadline passed)
             except Exception as exc:  # a guest must never crash the host
                 self._log(f"wasi-nn: {name}: internal error: {exc!r} (runtime_error)")
                 return int(NNErrno.RUNTIME_ERROR)
@@ -135,10 +141,14 @@ class NNHost:
                 NNErrno.INVALID_ARGUMENT, f"{count} graph builders (expected 1 to {MAX_BUILDERS})"
             )
         entries = mem.read_u32s(builders_ptr, count * BUILDER_ENTRY_SIZE // 4, "graph builders")
+        self._check_graph_count()
+        # Sizes first: an oversized load is refused before a byte of it is read.
+        self.budget.check_builders(sum(entries[1::2]))
         builders = [
-            mem.read(entries[2 * i], entries[2 * i + 1], f"graph builder {i}") for i in range(count)
+            mem.view(entries[2 * i], entries[2 * i + 1], f"graph builder {i}") for i in range(count)
         ]
-        graph = self._backend.load(builders, encoding, target, self._log)
+        self._deadline.check("load")  # compiling cannot be interrupted: do not start late
+        graph = self._backend.load(builders, encoding, target, self._log, self.budget)
         self._store_graph(mem, graph, out)
 
     def load_by_name(self, mem: GuestMemory, name_ptr: int, name_len: int, out: int) -> None:
@@ -173,12 +183,17 @@ class NNHost:
         target, extra = self._named_target, dict[str, Any]()
         if raw_config:
             target, extra = _parse_config(raw_config, target)
-        graph = self._backend.load_named(model, target, self._log, extra)
+        self._check_graph_count()
+        self._deadline.check("load_by_name")
+        graph = self._backend.load_named(model, target, self._log, self.budget, extra)
         self._store_graph(mem, graph, out)
 
+    def _check_graph_count(self) -> None:
+        limit = self.budget.limits.max_graphs
+        if len(self._graphs) >= limit:
+            raise NNError(NNErrno.BUSY, f"a run may load at most {limit} graphs (max_graphs)")
+
     def _store_graph(self, mem: GuestMemory, graph: Graph, out: int) -> None:
-        if len(self._graphs) >= MAX_GRAPHS:
-            raise NNError(NNErrno.BUSY, f"a run may load at most {MAX_GRAPHS} graphs")
         self._graphs.append(graph)
         mem.write_u32(out, len(self._graphs) - 1, "graph out-pointer")
 
@@ -190,9 +205,12 @@ class NNHost:
         handle = graph & 0xFFFFFFFF
         if handle >= len(self._graphs):
             raise NNError(NNErrno.INVALID_ARGUMENT, f"unknown graph handle {handle}")
-        if len(self._contexts) >= MAX_CONTEXTS:
-            raise NNError(NNErrno.BUSY, f"a run may create at most {MAX_CONTEXTS} contexts")
-        self._contexts.append(ExecutionContext(self._graphs[handle]))
+        limit = self.budget.limits.max_contexts
+        if len(self._contexts) >= limit:
+            raise NNError(
+                NNErrno.BUSY, f"a run may create at most {limit} execution contexts (max_contexts)"
+            )
+        self._contexts.append(ExecutionContext(self._graphs[handle], self.budget, self._deadline))
         mem.write_u32(out, len(self._contexts) - 1, "context out-pointer")
 
     def _context(self, ctx: int) -> ExecutionContext:

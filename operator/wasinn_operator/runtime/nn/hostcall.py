@@ -18,6 +18,8 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import _func
 
+from ..deadline import HostTrapError
+
 MEMORY_EXPORT = b"memory"
 
 # A host function gets the guest's memory (None if the module exports none) and its i32
@@ -75,6 +77,10 @@ def _trampoline(env: int | None, caller: Any, slots: Any, _nslots: int) -> int:
         args = [slots[i].i32 for i in range(arity)]
         slots[0].i32 = fn(memory.bind(caller), *args)
         return 0
+    except HostTrapError as exc:  # ends the run; the store's owner knows why (no global state)
+        message = str(exc).encode()
+        trap = ffi.wasmtime_trap_new(message, len(message))
+        return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
     except BaseException as exc:  # KeyboardInterrupt and the like: re-raised by wasmtime-py
         _func.LAST_EXCEPTION = exc  # type: ignore[assignment]
         message = b"python exception"
@@ -94,8 +100,9 @@ def define(
 
     `fn(memory, *args)` gets the bound `RawMemory` of the caller's `memory` export (None if
     there is none; functions of one instance may share a `RawMemory`) and must bounds-check every
-    pointer itself. It should not raise: an exception becomes
-    a trap. The entry lives until wasmtime drops the function (linker and stores gone).
+    pointer itself. It should not raise, except `HostTrapError` to end the run with a trap (any
+    other exception becomes a trap too, re-raised by wasmtime-py). The entry lives until
+    wasmtime drops the function (linker and stores gone).
     """
     ty = wasmtime.FuncType([wasmtime.ValType.i32()] * arity, [wasmtime.ValType.i32()])
     key = next(_IDS)

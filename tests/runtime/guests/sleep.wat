@@ -1,0 +1,33 @@
+;; Sleeps in WASI's poll_oneoff: an hour from _start, or as the exports are told (each returns
+;; poll_oneoff's errno; the number of events is then at offset 128, the first event at 64).
+;; Subscription layout (48 bytes): userdata u64 @0, tag u8 @8 (0 clock, 1 fd_read),
+;; clock id u32 / fd u32 @16, timeout u64 @24, precision u64 @32, flags u16 @40 (1 = abstime).
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $clock_sub (param $at i32) (param $clock i32) (param $ns i64) (param $flags i32)
+    (i64.store (local.get $at) (i64.const 7))
+    (i32.store8 offset=8 (local.get $at) (i32.const 0))
+    (i32.store offset=16 (local.get $at) (local.get $clock))
+    (i64.store offset=24 (local.get $at) (local.get $ns))
+    (i32.store16 offset=40 (local.get $at) (local.get $flags)))
+  (func (export "sleep_rel") (param $ns i64) (result i32)
+    (call $clock_sub (i32.const 0) (i32.const 1) (local.get $ns) (i32.const 0))
+    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+  (func (export "sleep_abs") (param $clock i32) (param $ns i64) (result i32)
+    (drop (call $now (local.get $clock) (i64.const 1) (i32.const 256)))
+    (call $clock_sub (i32.const 0) (local.get $clock)
+      (i64.add (i64.load (i32.const 256)) (local.get $ns)) (i32.const 1))
+    (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+  (func (export "poll_stdin_or_sleep") (param $ns i64) (result i32)
+    (call $clock_sub (i32.const 512) (i32.const 1) (local.get $ns) (i32.const 0))
+    (i64.store (i32.const 560) (i64.const 9))
+    (i32.store8 (i32.const 568) (i32.const 1))
+    (i32.store (i32.const 576) (i32.const 0))
+    (call $poll (i32.const 512) (i32.const 64) (i32.const 2) (i32.const 128)))
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "_start")
+    (call $clock_sub (i32.const 0) (i32.const 1) (i64.const 3600000000000) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
