@@ -359,3 +359,37 @@ def test_large_data_without_the_bridge_is_explained(runtime: Runtime) -> None:
     assert result.error is not None
     assert "fuel allocated for hostcalls has been exhausted" in result.error
     assert "at most about 2.7 MB to a host function in one call" in result.error
+
+
+def test_a_wasi_wait_past_the_timeout_is_a_timeout(runtime: Runtime) -> None:
+    # A 3 s WASI 0.2 sleep under a 0.5 s timeout: wasmtime cannot cut the wait short, but the
+    # run ends as timed out, not as a success.
+    sleeper = wasmtime.wat2wasm("""
+        (component
+          (import "wasi:io/poll@0.2.0" (instance $poll
+            (export "pollable" (type (sub resource)))
+            (export "[method]pollable.block" (func (param "self" (borrow 0))))))
+          (alias export $poll "pollable" (type $pollable))
+          (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+            (alias outer 1 $pollable (type $p))
+            (export "pollable" (type $pe (eq $p)))
+            (export "subscribe-duration" (func (param "when" u64) (result (own $pe))))))
+          (alias export $clock "subscribe-duration" (func $sub))
+          (alias export $poll "[method]pollable.block" (func $block))
+          (core func $sub' (canon lower (func $sub)))
+          (core func $block' (canon lower (func $block)))
+          (core instance $h (export "sub" (func $sub')) (export "block" (func $block')))
+          (core module $m
+            (import "" "sub" (func $s (param i64) (result i32)))
+            (import "" "block" (func $b (param i32)))
+            (func (export "run") (result i32)
+              (call $b (call $s (i64.const 3000000000)))
+              (i32.const 0)))
+          (core instance $i (instantiate $m (with "" (instance $h))))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $r (export "run" (func $run)))
+          (export "wasi:cli/run@0.2.0" (instance $r)))
+    """)
+    result = runtime.run(RunSpec(wasm=sleeper, timeout=0.5))
+    assert (result.outcome, result.exit_code) == (Outcome.TIMED_OUT, EXIT_TIMEOUT)
+    assert result.error == "timed out after 0.5 s (a WASI 0.2 wait of the guest outlasted it)"

@@ -342,6 +342,14 @@ class Runtime:
                 if "fuel allocated for hostcalls" in cause:
                     result.error += f" ({HOSTCALL_LIMIT})"
             result.error += _memory_note(spec, store, None)
+            return
+        if spec.timeout is not None and deadline.remaining() == 0:
+            # The guest waited past its deadline in a WASI 0.2 call (a sleep, a poll), which
+            # wasmtime cannot interrupt from here: the run still counts as timed out.
+            result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+            result.error = (
+                f"timed out after {spec.timeout:g} s (a WASI 0.2 wait of the guest outlasted it)"
+            )
 
     def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:
         """A store with the run's WASI context, memory limit and epoch deadline."""
