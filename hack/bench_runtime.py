@@ -9,6 +9,10 @@ application reusing its buffer does). Native and wasm run in short alternating r
 is the median of the rounds' ratios, so drift and a busy neighbour on a shared machine affect
 both sides alike (its quartiles over the rounds are shown too).
 
+Component: the same ratio for the component guest (wasi:nn@0.2.0-rc-2024-10-28, which times
+its tensor, compute and data calls) next to its preview1 twin, classify-rust, in fewer rounds
+(a component's tensor crosses into the host one value per byte: tens of times slower).
+
 Start: the wall time of a whole classification task as the product runs one. The local shim
 runs tasks on warm workers (`wasinn proplet serve`, one engine kept across tasks), driven here
 through the same pipe protocol: cold is the first task on a new worker with empty caches, warm
@@ -18,7 +22,7 @@ start of a process (interpreter, imports, engine) is shown apart.
 
 usage: hack/bench_runtime.py [--models-dir DIR] [--guest build/guests/classify-c.wasm]
                              [--iterations 10] [--rounds 40] [--starts 3] [--precision f32]
-                             [--only latency|start]
+                             [--component-rounds 6] [--only latency|component|start]
 """
 
 from __future__ import annotations
@@ -134,36 +138,76 @@ def child_times(
     return time.perf_counter() - began - task, task
 
 
+def ratio_row(
+    runtime: Runtime, models_dir: Path, guest: Path, batch: int, rounds: int, iterations: int
+) -> tuple[float, float, float, float, float]:
+    """(native s, wasm s, ratio q1, median ratio, ratio q3) for one guest at one batch size."""
+    baseline = Native(runtime, models_dir, batch)
+    native: list[float] = []
+    wasm: list[float] = []
+    ratios: list[float] = []
+    for round_ in range(rounds):
+        # Short rounds, alternating which side goes first: the ratio of each round's medians
+        # compares the two under the same load, and their median discards the rounds a
+        # neighbour on this shared machine disturbed.
+        if round_ % 2:
+            w_round = wasm_latencies(runtime, models_dir, guest, batch, iterations)
+            n_round = baseline.latencies(iterations)
+        else:
+            n_round = baseline.latencies(iterations)
+            w_round = wasm_latencies(runtime, models_dir, guest, batch, iterations)
+        native += n_round
+        wasm += w_round
+        ratios.append(statistics.median(w_round) / statistics.median(n_round))
+    q1, ratio, q3 = statistics.quantiles(ratios, n=4)
+    return statistics.median(native), statistics.median(wasm), q1, ratio, q3
+
+
+def print_row(label: str, row: tuple[float, float, float, float, float]) -> None:
+    n, w, q1, ratio, q3 = row
+    print(f"{label:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {ratio:>12.3f} "
+          f"{f'{q1:.3f}-{q3:.3f}':>15}")  # fmt: skip
+
+
+HEADER = (
+    f"{'batch':>5} {'native ms':>10} {'wasm ms':>10} {'wasm/native':>12} {'(rounds q1-q3)':>15}"
+)
+
+
 def latency_table(args: argparse.Namespace, models_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runtime = Runtime(RuntimeConfig(cache_dir=Path(tmp), inference_precision=args.precision))
         print(f"model {MODEL}, guest {args.guest.name}, precision {args.precision or 'default'}, "
               f"{args.rounds} rounds x {args.iterations} iterations")  # fmt: skip
-        print(f"{'batch':>5} {'native ms':>10} {'wasm ms':>10} {'wasm/native':>12} "
-              f"{'(rounds q1-q3)':>15}")  # fmt: skip
+        print(HEADER)
         for batch in (1, 8):
-            baseline = Native(runtime, models_dir, batch)
-            native: list[float] = []
-            wasm: list[float] = []
-            ratios: list[float] = []
-            iterations = args.iterations
-            for round_ in range(args.rounds):
-                # Short rounds, alternating which side goes first: the ratio of each round's
-                # medians compares the two under the same load, and their median discards the
-                # rounds a neighbour on this shared machine disturbed.
-                if round_ % 2:
-                    w_round = wasm_latencies(runtime, models_dir, args.guest, batch, iterations)
-                    n_round = baseline.latencies(iterations)
-                else:
-                    n_round = baseline.latencies(iterations)
-                    w_round = wasm_latencies(runtime, models_dir, args.guest, batch, iterations)
-                native += n_round
-                wasm += w_round
-                ratios.append(statistics.median(w_round) / statistics.median(n_round))
-            n, w = statistics.median(native), statistics.median(wasm)
-            q1, ratio, q3 = statistics.quantiles(ratios, n=4)
-            print(f"{batch:>5} {n * 1e3:>10.2f} {w * 1e3:>10.2f} {ratio:>12.3f} "
-                  f"{f'{q1:.3f}-{q3:.3f}':>15}")  # fmt: skip
+            row = ratio_row(runtime, models_dir, args.guest, batch, args.rounds, args.iterations)
+            print_row(str(batch), row)
+
+
+def component_table(
+    models_dir: Path,
+    guests: Path,
+    precision: str | None = None,
+    rounds: int = 6,
+    iterations: int = 3,
+) -> None:
+    """wasm/native of the component guest next to its preview1 twin (classify-rust), each
+    against native OpenVINO on the same engine, at batch 1 and 8."""
+    pair = [guests / "classify-rust.wasm", guests / "classify-component.wasm"]
+    missing = [str(p) for p in pair if not p.is_file()]
+    if missing:
+        sys.exit(f"not built: {', '.join(missing)} (hack/build-guests.sh)")
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = Runtime(RuntimeConfig(cache_dir=Path(tmp), inference_precision=precision))
+        print(f"component vs preview1 guest, precision {precision or 'default'}, "
+              f"{rounds} rounds x {iterations} iterations")  # fmt: skip
+        for guest in pair:
+            print(f"{guest.name}:")
+            print(HEADER)
+            for batch in (1, 8):
+                row = ratio_row(runtime, models_dir, guest, batch, rounds, iterations)
+                print_row(str(batch), row)
 
 
 def worker_times(
@@ -227,7 +271,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--precision", default=None, help="f32, bf16 or f16 (default: device's)")
-    parser.add_argument("--only", choices=["latency", "start"], help="run one table")
+    parser.add_argument("--component-rounds", type=int, default=6)
+    parser.add_argument("--only", choices=["latency", "component", "start"], help="one table")
     parser.add_argument("--child-start", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
@@ -236,9 +281,11 @@ def main() -> None:
         # As `wasinn run` does (cli._exit_now): no interpreter teardown under wasmtime's threads.
         sys.stdout.flush()
         os._exit(0)
-    if args.only != "start":
+    if args.only in (None, "latency"):
         latency_table(args, models_dir)
-    if args.only != "latency":
+    if args.only in (None, "component"):
+        component_table(models_dir, args.guest.parent, args.precision, args.component_rounds)
+    if args.only in (None, "start"):
         start_table(args, models_dir)
 
 

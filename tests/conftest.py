@@ -67,6 +67,8 @@ def guest_path(guest_dir: Path) -> Iterator[object]:
         path = guest_dir / f"{name}.wasm"
         if not path.is_file():
             tool = "clang + wasi-libc" if name.endswith("-c") else "Debian rustc + wasm32 std"
+            if name.endswith("-component"):
+                tool += " + wasm-tools 1.261.0 (built by hack/build-guests.sh with rustup's cargo)"
             missing(f"guest {path} is not built ({tool}; run `make guests`)")
         return path
 

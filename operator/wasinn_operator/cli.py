@@ -27,8 +27,11 @@ from .runtime import (
 
 RUN_USAGE = """\
 usage: wasinn run [WASINN OPTIONS] [WASMTIME FLAGS] MODULE.wasm [ARGS...]
+       wasinn [WASINN OPTIONS] [WASMTIME FLAGS] MODULE.wasm [ARGS...]   (implicit run)
 
-Run a WebAssembly module with WASI and wasi-nn (OpenVINO), like `wasmtime run`.
+Run a WebAssembly module or component with WASI and wasi-nn (OpenVINO), like `wasmtime run`:
+a core module gets WASI preview1 and wasi_ephemeral_nn; a component (a WASI 0.2 command)
+gets WASI 0.2 and wasi:nn@0.2.0-rc-2024-10-28.
 
 wasmtime flags:
   -S nn | --wasi nn                 enable wasi-nn (also enabled when the module imports it)
@@ -36,7 +39,7 @@ wasmtime flags:
   --wasi-modules=experimental-wasi-nn   the old (wasmtime <= 13) way to enable wasi-nn
   --env NAME=VALUE | --env NAME     guest environment
   --dir HOST[::GUEST]               preopen a host directory (also --mapdir GUEST::HOST)
-  --invoke NAME                     call this export instead of _start
+  --invoke NAME                     call this export instead of _start (core modules)
   -W timeout=30s                    wall-clock limit
   -W max-memory-size=512MiB         linear-memory limit
 wasinn options (before the wasmtime flags):
@@ -48,6 +51,8 @@ wasinn options (before the wasmtime flags):
   --output-limit SIZE               cap on captured stdout/stderr (streaming is never cut)
   --max-graph-bytes SIZE            largest model a load() may pass (default 256MiB)
   --max-graph-memory SIZE           host memory the run's graphs may take (default 1GiB)
+graph encodings (load, -S nn-graph): openvino (model.xml + model.bin), onnx, tensorflowlite
+  and autodetect; any other (tensorflow, pytorch, ggml) is refused with invalid_encoding.
 """
 
 
@@ -158,6 +163,21 @@ def _wasinn_options(
     return models_dir, cache_dir, precision, fallback, sizes, argv[i:]
 
 
+def _implicit_run(args: list[str], commands: set[str]) -> bool:
+    """wasmtime's implicit `run`: `wasinn [FLAGS] MODULE.wasm [ARGS...]`.
+
+    Command names keep priority, and `--help`/`--version` stay the program's own. A first
+    argument that is a flag, or names a module (a path, a `.wasm`/`.wat` name or an existing
+    file), is a run; any other word stays an unknown command.
+    """
+    if not args or args[0] in commands or args[0] in ("-h", "--help", "--version"):
+        return False
+    first = args[0]
+    if first.startswith("-"):
+        return True
+    return first.endswith((".wasm", ".wat")) or "/" in first or Path(first).is_file()
+
+
 def _add_shim_arguments(parser: argparse.ArgumentParser) -> None:
     from .shim.config import add_arguments  # noqa: PLC0415
 
@@ -182,7 +202,11 @@ def _exit_now(code: int) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wasinn` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="wasinn", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wasinn",
+        description=__doc__,
+        epilog="As with wasmtime, `run` may be left out: wasinn [FLAGS] MODULE.wasm [ARGS...]",
+    )
     parser.add_argument("--version", action="version", version=f"wasinn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run a wasm module locally (wasmtime-style flags)", add_help=False)
@@ -212,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     models_arguments(models)
     if args and args[0] == "run":
         _exit_now(_run(args[1:]))
+    if _implicit_run(args, set(sub.choices)):
+        _exit_now(_run(args))
     parsed = parser.parse_args(args)
     if parsed.command == "operator":
         from .controller.run import main as operator_main  # noqa: PLC0415

@@ -1,9 +1,11 @@
-"""The embedded engine: wasmtime with WASI preview1 and the wasi-nn host over OpenVINO.
+"""The embedded engine: wasmtime with WASI and the wasi-nn host over OpenVINO.
 
 One `Runtime` per process holds the wasmtime engine, the module cache and the OpenVINO backend;
 each `run` gets its own store, WASI context and wasi-nn handles, so runs may proceed in
-parallel threads. Guest faults (traps, timeouts, memory limits, bad wasi-nn arguments) end only
-that run, with a clear `RunResult.error`.
+parallel threads. A core module gets WASI preview1 and `wasi_ephemeral_nn`; a component (told
+by the header's layer field) gets WASI 0.2 and `wasi:nn@0.2.0-rc-2024-10-28`, with the same
+preopens, environment, output capture and limits. Guest faults (traps, timeouts, memory limits,
+bad wasi-nn arguments) end only that run, with a clear `RunResult.error`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from wasmtime import component
 
 from ..api.policy import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 from . import wasipoll
+from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare, wrap
 from .deadline import Deadline
-from .modcache import ModuleCache, ModuleError
+from .modcache import ModuleCache, ModuleError, is_component
 from .nn.abi import ExecutionTarget
 from .nn.budget import (
     DEFAULT_MAX_CONTEXTS,
@@ -49,6 +53,11 @@ from .spec import (
 )
 
 EPOCH_TICK_SECONDS = 0.05
+HOSTCALL_LIMIT = (
+    "a component may pass at most about 2.7 MB to a host function in one call here; wasi:nn's "
+    "load and tensors go through a bridge without that limit when the component imports all "
+    "four wasi:nn interfaces"
+)
 NO_DEADLINE = 1 << 62
 DEFAULT_MODULE_CACHE_BYTES = 1 << 30
 DEFAULT_MODEL_CACHE_BYTES = 2 << 30
@@ -225,9 +234,14 @@ class Runtime:
         result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
         started = time.monotonic()
         try:
-            module, result.module_cached = self.modules.get(spec.wasm)
+            # A component using wasi:nn runs behind the bridge that lets it pass large data.
+            wasm = (wrap(spec.wasm) or spec.wasm) if is_component(spec.wasm) else spec.wasm
+            module, result.module_cached = self.modules.get(wasm)
             result.compile_seconds = time.monotonic() - started
-            self._execute(spec, module, out, err, result)
+            if isinstance(module, component.Component):
+                self._execute_component(spec, module, out, err, result)
+            else:
+                self._execute(spec, module, out, err, result)
         except (ModuleError, OSError, ValueError) as exc:
             result.error = str(exc)
         except Exception as exc:  # a host bug: end this run, never the process
@@ -280,22 +294,85 @@ class Runtime:
                     result.error = f"cannot instantiate the module: {result.error}"
             result.error += _memory_note(spec, store, instance)
 
-    def _store_and_linker(
-        self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
-    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline]:
+    def _execute_component(
+        self,
+        spec: RunSpec,
+        compiled: component.Component,
+        out: _Capture,
+        err: _Capture,
+        result: RunResult,
+    ) -> None:
+        wants_nn, run = prepare(compiled, self.engine, spec.nn, spec.invoke)
+        store = self._store(spec, out, err)
+        deadline = Deadline(spec.timeout)
+        nn = None
+        if spec.nn or wants_nn:
+            nn = ComponentNNHost(
+                self.backend,
+                self._models(spec),
+                err.log,
+                spec.nn_target,
+                self.config.limits(spec),
+                deadline,
+                spec.max_memory or DEFAULT_TENSOR_BYTES,
+            )
+        instance: component.Instance | None = None
+        try:
+            instance = link(self.engine, nn).instantiate(store, compiled)
+            ok = call_run(store, instance, run)
+            result.outcome, result.exit_code = Outcome.EXITED, 0 if ok else 1
+            if not ok:
+                result.error = "the component's wasi:cli/run returned an error"
+        except wasmtime.ExitTrap as exc:
+            result.outcome, result.exit_code = Outcome.EXITED, exc.code
+            if exc.code != 0:
+                result.error = f"exited with code {exc.code}"
+        except wasmtime.WasmtimeError as exc:
+            # A component call reports a trap as an error; its cause tells which.
+            cause = _summarize(str(exc))
+            if instance is None:
+                result.error = f"cannot instantiate the component: {cause}"
+            elif deadline.hit or "wasm trap: interrupt" in cause:
+                result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+                result.error = f"timed out after {spec.timeout:g} s"
+                return  # memory is not why
+            else:
+                result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
+                result.error = cause if cause.startswith("wasm trap") else f"wasm trap: {cause}"
+                if "fuel allocated for hostcalls" in cause:
+                    result.error += f" ({HOSTCALL_LIMIT})"
+            result.error += _memory_note(spec, store, None)
+            return
+        if spec.timeout is not None and deadline.remaining() == 0:
+            # The guest waited past its deadline in a WASI 0.2 call (a sleep, a poll), which
+            # wasmtime cannot interrupt from here: the run still counts as timed out.
+            result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
+            result.error = (
+                f"timed out after {spec.timeout:g} s (a WASI 0.2 wait of the guest outlasted it)"
+            )
+
+    def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:
+        """A store with the run's WASI context, memory limit and epoch deadline."""
         store = wasmtime.Store(self.engine)
         if spec.max_memory is not None:
             store.set_limits(memory_size=spec.max_memory)
         store.set_wasi(self._wasi(spec, out, err))
+        if spec.timeout is not None:
+            self._ticker.ensure_started()
+            store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))
+        else:
+            store.set_epoch_deadline(NO_DEADLINE)
+        return store
+
+    def _store_and_linker(
+        self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
+    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline]:
+        store = self._store(spec, out, err)
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
         deadline = Deadline(spec.timeout)
         if spec.timeout is not None:
-            self._ticker.ensure_started()
-            store.set_epoch_deadline(max(1, math.ceil(spec.timeout / EPOCH_TICK_SECONDS)))
             wasipoll.define(linker, deadline)
-        else:
-            store.set_epoch_deadline(NO_DEADLINE)
         wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
         if spec.nn if spec.nn is not None else wants_nn:
             models = self._models(spec)
@@ -311,6 +388,8 @@ class Runtime:
         """
         spec = self._with_defaults(spec)
         module, _ = self.modules.get(spec.wasm)
+        if not isinstance(module, wasmtime.Module):
+            raise ModuleError("a session drives a core module; this is a component")
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
         store, linker, _ = self._store_and_linker(spec, module, out, err)

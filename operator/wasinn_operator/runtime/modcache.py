@@ -1,4 +1,4 @@
-"""Compiled wasm modules, cached in memory and, sealed, on disk.
+"""Compiled wasm modules and components, cached in memory and, sealed, on disk.
 
 wasmtime trusts serialized modules (they are native code), so an entry on disk is used only if
 its HMAC under the install's key verifies (`sealed`): it binds the payload to the module's
@@ -16,10 +16,20 @@ import threading
 from collections import OrderedDict
 
 import wasmtime
+from wasmtime.component import Component
 
 from .sealed import SealedDir
 
 WASM_MAGIC = b"\0asm"
+# The header's layer field (bytes 6-7): 0 for a core module, 1 for a component.
+COMPONENT_LAYER = b"\x01\x00"
+
+Compiled = wasmtime.Module | Component
+
+
+def is_component(wasm: bytes) -> bool:
+    """Whether the bytes are a component (else a core module, or not wasm at all)."""
+    return wasm[:4] == WASM_MAGIC and wasm[6:8] == COMPONENT_LAYER
 
 
 class ModuleError(ValueError):
@@ -27,7 +37,7 @@ class ModuleError(ValueError):
 
 
 class ModuleCache:
-    """Compile-once access to modules by content."""
+    """Compile-once access to modules and components by content."""
 
     def __init__(
         self, engine: wasmtime.Engine, disk: SealedDir | None, settings: str, capacity: int = 32
@@ -35,14 +45,14 @@ class ModuleCache:
         self._engine = engine
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._modules: OrderedDict[str, Compiled] = OrderedDict()
         version = importlib.metadata.version("wasmtime")
         self._stamp = f"wasmtime {version}|{settings}|{platform.machine()}".encode()
         self._fingerprint = hashlib.sha256(self._stamp).hexdigest()[:16]
         self.disk = disk
 
-    def get(self, wasm: bytes) -> tuple[wasmtime.Module, bool]:
-        """The compiled module and whether it came from a cache (memory or disk)."""
+    def get(self, wasm: bytes) -> tuple[Compiled, bool]:
+        """The compiled module or component and whether it came from a cache (memory or disk)."""
         if wasm[:4] != WASM_MAGIC:
             raise ModuleError("not a WebAssembly binary (the file does not start with \\0asm)")
         key = hashlib.sha256(wasm).hexdigest()
@@ -62,18 +72,22 @@ class ModuleCache:
         """The disk entry of the module with sha256 `key` (hex) under this engine."""
         return f"{key}-{self._fingerprint}"
 
-    def _load(self, key: str, wasm: bytes) -> tuple[wasmtime.Module, bool]:
+    def _load(self, key: str, wasm: bytes) -> tuple[Compiled, bool]:
+        kind: type[wasmtime.Module] | type[Component] = (
+            Component if is_component(wasm) else wasmtime.Module
+        )
         name = self.entry_name(key)
         payload = None if self.disk is None else self.disk.read(name, self._stamp)
         if self.disk is not None and payload is not None:
             try:
-                return wasmtime.Module.deserialize(self._engine, payload), True
+                return kind.deserialize(self._engine, payload), True
             except wasmtime.WasmtimeError:
                 self.disk.discard(self.disk.path(name), "was refused by wasmtime")
         try:
-            module = wasmtime.Module(self._engine, wasm)
+            module = kind(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
-            raise ModuleError(f"invalid WebAssembly module: {exc}") from exc
+            noun = "component" if kind is Component else "module"
+            raise ModuleError(f"invalid WebAssembly {noun}: {exc}") from exc
         if self.disk is not None:
             self.disk.write(name, self._stamp, module.serialize())
         return module, False

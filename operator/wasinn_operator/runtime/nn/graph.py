@@ -102,6 +102,12 @@ class Graph:
         self._inputs = list(compiled.inputs)
         self.input_count = len(self._inputs)
         self.output_count = len(compiled.outputs)
+        # Port names, for interfaces that name tensors (component wasi:nn); an output without
+        # a name is called by its index.
+        self.input_names = [frozenset(p.get_names()) for p in self._inputs]
+        self.output_names = [
+            p.get_any_name() if p.get_names() else str(i) for i, p in enumerate(compiled.outputs)
+        ]
         self._ranks = [
             p.get_partial_shape().rank.get_length()
             if p.get_partial_shape().rank.is_static
