@@ -124,18 +124,26 @@ def plot(rows: Sequence[Row], path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install -e '.[test]')"
-    sections = list(dict.fromkeys(r["section"] for r in rows if not math.isnan(r["value"])))
+    # Shares are in the table; the plot shows times, rates and sizes.
+    rows = [r for r in rows if not math.isnan(r["value"]) and r["unit"] != "fraction"]
+    sections = list(dict.fromkeys(r["section"] for r in rows))
     if not sections:
         return "plot skipped: no results"
-    fig, axes = plt.subplots(len(sections), 1, figsize=(8, 2.2 * len(sections) + 0.5))
+    counts = [sum(r["section"] == s for r in rows) for s in sections]
+    fig, axes = plt.subplots(
+        len(sections),
+        1,
+        figsize=(8, 0.16 * sum(counts) + 0.6 * len(sections)),
+        gridspec_kw={"height_ratios": counts},
+    )
     for ax, section in zip(axes if len(sections) > 1 else [axes], sections, strict=True):
-        chosen = [r for r in rows if r["section"] == section and not math.isnan(r["value"])]
+        chosen = [r for r in rows if r["section"] == section]
         ax.barh([f"{r['name']} {r['metric']} ({r['unit']})" for r in chosen],
                 [r["value"] for r in chosen])  # fmt: skip
         ax.set_title(section, fontsize=9)
         ax.tick_params(labelsize=6)
         ax.set_xscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return f"plot written to {path}"
