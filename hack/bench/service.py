@@ -270,15 +270,18 @@ def _apply_and_wait(count: int, prefix: str) -> tuple[list[float], list[float]]:
     return list(complete.values()), list(pod_seen.values())
 
 
+def is_operator(cmdline: bytes) -> bool:
+    """Whether a /proc cmdline is `wasinn operator` (console script or `-m wasinn_operator.cli`)."""
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    runner = any(a.endswith("/wasinn") or a in ("wasinn", "wasinn_operator.cli") for a in args)
+    return runner and "operator" in args
+
+
 def _operator_rss() -> float:
     """MiB resident of the operator process on this (single) node; NaN when not found."""
     for entry in os.listdir("/proc"):
         with contextlib.suppress(OSError):
-            if (
-                entry.isdigit()
-                and b"operator" in Path(f"/proc/{entry}/cmdline").read_bytes()
-                and (b"wasinn" in Path(f"/proc/{entry}/cmdline").read_bytes())
-            ):
+            if entry.isdigit() and is_operator(Path(f"/proc/{entry}/cmdline").read_bytes()):
                 return _tree_rss(int(entry)) / 2**20
     return float("nan")
 

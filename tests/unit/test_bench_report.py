@@ -71,3 +71,33 @@ def test_compare_prints_ratios_and_direction() -> None:
     assert len(lines) == 3  # header + the two metrics both runs have
     assert "0.500 better" in lines[1]  # lower latency
     assert "0.500 worse" in lines[2]  # lower throughput
+
+
+def test_cluster_section_skips_when_the_cluster_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service  # noqa: PLC0415  (after the path insert above)
+
+    script = tmp_path / "hack" / "cluster"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\necho 'etcd: not running'\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(service, "ROOT", tmp_path)
+    rows, skipped = service.cluster_section(tmp_path / "guest.wasm", quick=True)
+    assert rows == []
+    assert skipped is not None and "skipped" in skipped and "etcd: not running" in skipped
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (b"/usr/bin/python3\0/opt/venv/bin/wasinn\0operator\0--namespace\0default\0", True),
+        (b"python\0-m\0wasinn_operator.cli\0operator\0", True),
+        (b"python\0-m\0wasinn_operator.cli\0shim\0--port\08080\0", False),
+        (b"kube-controller-manager\0--operator\0", False),
+    ],
+)
+def test_is_operator(cmdline: bytes, expected: bool) -> None:
+    import service  # noqa: PLC0415
+
+    assert service.is_operator(cmdline) is expected
