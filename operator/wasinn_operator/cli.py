@@ -53,6 +53,8 @@ Runs one task and reports it. Settings (environment):
   WASINN_TERMINATION_LOG           summary path (default /dev/termination-log)
   WASINN_CACHE_DIR                 compiled module and model caches
   WASINN_REGISTRY_AUTH             docker config JSON with registry credentials
+  WASINN_POLICY                    the task policy, JSON (default: the strict one; see
+                                   docs/security.md)
   PROPLET_EXTERNAL_WASM_RUNTIME    a wasmtime CLI to run tasks with (or EXTERNAL_WASM_RUNTIME)
   PROPLET_MQTT_ADDRESS, PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID, PROPLET_CLIENT_ID,
   PROPLET_CLIENT_KEY, PROPLET_INSTANCE_ID   publish the result to Propeller over MQTT

@@ -313,6 +313,43 @@ def spin_wasm() -> bytes:
     return wasmtime.wat2wasm((ROOT / "tests" / "runtime" / "guests" / "spin.wat").read_text())
 
 
+def flood_wasm(chunks: int) -> bytes:
+    """A guest that prints `chunks` times 64 KiB of "x" (16 = 1 MiB, the results limit)."""
+    return wasmtime.wat2wasm(f"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $i i32)
+    (memory.fill (i32.const 1024) (i32.const 120) (i32.const 65536))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $l
+      (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {chunks}))))))
+""")
+
+
+def complain_wasm(message: str, code: int) -> bytes:
+    """A guest that writes `message` and a newline to stderr, then exits with `code`."""
+    text = (message + "\n").encode()
+    escaped = "".join(f"\\{b:02x}" for b in text)
+    return wasmtime.wat2wasm(f"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{escaped}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const {len(text)}))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $proc_exit (i32.const {code}))))
+""")
+
+
 class PersistentBroker(Broker):
     """A mosquitto that keeps sessions and queued messages across its own restarts."""
 

@@ -1,5 +1,6 @@
-"""The local shim's warm workers: one `wasinn proplet serve` per pool slot, reused by the next
-task; stopped, killed and recycled workers, and task env kept per task."""
+"""The local shim's warm workers: `wasinn proplet serve` children reused by the next task;
+stopped, killed and recycled workers, task env kept per task, a pool that endless guests do not
+block, and what a run reports (truncated results, a failed guest's stderr)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHELSEA, SHIM_BACKENDS, Shim, ShimBackend
+from .conftest import CHELSEA, SHIM_BACKENDS, Shim, ShimBackend, complain_wasm, flood_wasm
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,9 @@ def test_task_env_does_not_reach_the_next_task(shim: Shim, classify_b64: str) ->
     # MODEL_NAME names a model that does not exist: the guest fails to load it.
     tensor = CHELSEA[-1:]  # no --model: the guest's model comes from its env, else its default
     failed = run(shim, classify_b64, 4, inputs=tensor, env={"MODEL_NAME": "no-such-model"})
-    assert failed["error"] == "exited with code 1"
+    # The error ends with the tail of the guest's stderr, which names the model it missed.
+    assert failed["error"].startswith("exited with code 1: ")
+    assert "no-such-model" in failed["error"]
     pid = workers(shim)
     # Same worker, no env: the guest's default model, as if the first task had never run.
     final = run(shim, classify_b64, inputs=tensor)
@@ -128,3 +131,46 @@ def test_fresh_process_runs_no_worker(make_shim: Callable[..., Shim], classify_b
     final = run(shim, classify_b64, inputs=CHELSEA)
     assert "1. tiger cat (282)" in str(final["results"])
     assert workers(shim) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--workers", "2", "--long-task-seconds", "1"]],
+    ids=["defaults", "two-slots-held"],
+)
+def test_endless_guests_do_not_hold_up_a_normal_task(
+    make_shim: Callable[..., Shim], spin_wasm: bytes, classify_b64: str, options: list[str]
+) -> None:
+    """Two endless tasks, then a normal one: the normal one completes while both endless ones
+    still run, whether a slot is free (the defaults: two per core) or both slots are held (the
+    endless tasks then give theirs up once they count as long)."""
+    shim = make_shim(*options)
+    spins = [shim.create(f"spin{i}", file=base64.b64encode(spin_wasm).decode()) for i in (1, 2)]
+    for task_id in spins:
+        assert shim.http.post(f"/tasks/{task_id}/start").status_code == 200
+    for task_id in spins:
+        shim.wait_state(task_id, (2,))
+    final = run(shim, classify_b64, inputs=CHELSEA)
+    assert "1. tiger cat (282)" in str(final["results"])
+    assert [shim.task(t)["state"] for t in spins] == [2, 2]
+    for task_id in spins:
+        assert shim.http.post(f"/tasks/{task_id}/stop").json() == {"stopped": True}
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh-process"])
+def test_truncated_results_say_so(make_shim: Callable[..., Shim], fresh: bool) -> None:
+    shim = make_shim("--workers", "1", *(["--fresh-process"] if fresh else []))
+    final = run(shim, base64.b64encode(flood_wasm(32)).decode())  # 2 MiB printed
+    assert final["results"] == "x" * (1 << 20)
+    assert final["results_truncated"] is True
+    [listed] = shim.tasks()
+    assert listed["results_truncated"] is True and "results" not in listed
+    whole = run(shim, base64.b64encode(flood_wasm(1)).decode())
+    assert "results_truncated" not in whole
+
+
+def test_fresh_process_failure_carries_the_guest_stderr(make_shim: Callable[..., Shim]) -> None:
+    shim = make_shim("--workers", "1", "--fresh-process")
+    failed = run(shim, base64.b64encode(complain_wasm("boom: bad input", 3)).decode(), 4)
+    assert str(failed["error"]).startswith("exited with code 3")
+    assert str(failed["error"]).endswith("boom: bad input")

@@ -78,7 +78,7 @@ def test_shim_restart_loses_no_task_or_result(
         after = {t["id"]: t for t in shim.tasks()}
         assert list(after) == list(before)  # same tasks, same order
         assert after[done] == before[done]
-        assert after[done]["results"] == finished["results"]
+        assert shim.task(done)["results"] == finished["results"]
         assert after[pending] == before[pending]
         spun = shim.task(spin)
         assert base64.b64decode(spun["file"]) == spin_wasm  # its module survived too

@@ -25,7 +25,11 @@ import jsonschema
 import pytest
 import yaml
 
+from wasinn_operator.api.policy import TaskPolicy
+from wasinn_operator.api.policyflags import policy_from_settings
+
 from ..conftest import missing
+from .test_pod_security import restricted_violations
 
 pytestmark = pytest.mark.unit
 
@@ -369,7 +373,9 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
     assert sh["args"][0] == "shim" and "--backend=kubernetes" in sh["args"]
     assert "--token-file=/var/run/secrets/wasinn/token/token" in sh["args"]
     assert [p["containerPort"] for p in sh["ports"]] == [7070]
-    assert sh["readinessProbe"]["httpGet"]["path"] == "/health"
+    # /livez: a dependency down (MQTT, disk) must not take the REST API out of the Service.
+    assert sh["readinessProbe"]["httpGet"]["path"] == "/livez"
+    assert sh["livenessProbe"]["httpGet"]["path"] == "/livez"
     service = find(objects, "Service", f"{RELEASE}-shim")
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [7070, 8080]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
@@ -399,6 +405,14 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
         + ["Service"] * 2
         + ["ServiceAccount"] * 2
     )
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=lambda v: v.name if v else "defaults")
+def test_every_chart_pod_meets_the_restricted_profile(values: Path | None) -> None:
+    """So the release namespace can enforce `restricted` too (docs/security.md)."""
+    for deployment in [o for o in render(values) if o["kind"] == "Deployment"]:
+        pod = {"spec": deployment["spec"]["template"]["spec"]}
+        assert restricted_violations(pod) == [], deployment["metadata"]["name"]
 
 
 def rbac_rules(objects: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, str]]:
@@ -552,6 +566,17 @@ def test_full_values_reach_the_pods() -> None:
     assert operator_env["WASINN_PROPLET_TIMEOUT_SECONDS"] == "600"
     assert operator_env["WASINN_PROPLET_ENGINE"] == "wasmtime-cli"
     shim = find(objects, "Deployment", f"{RELEASE}-shim")
+    policy = TaskPolicy(
+        allow_host_dirs=("/data/shared", "/scratch"),
+        default_timeout=120,
+        max_timeout=7200,
+        default_max_memory=256 << 20,
+        max_memory=2 << 30,
+        max_field_bytes=16384,
+    )
+    # The operator and the shim read the same task policy.
+    assert policy_from_settings(operator_env) == policy
+    assert policy_from_settings(env(shim)) == policy
     assert "--public-url=https://wasinn.example.com" in container(shim)["args"]
     assert "--max-wasm-bytes=52428800" in container(shim)["args"]
     service = find(objects, "Service", f"{RELEASE}-shim")
@@ -574,10 +599,12 @@ def test_full_values_reach_the_pods() -> None:
 
 
 def operator_env_names() -> set[str]:
-    """WASINN_* names the operator's code reads (controller/run.py and settings.py)."""
+    """WASINN_* names the operator's code reads (controller/run.py and settings.py, and the
+    task policy's settings)."""
     found = set()
-    for name in ("run.py", "settings.py", "handlers.py"):
-        text = (REPO / "operator" / "wasinn_operator" / "controller" / name).read_text()
+    for name in ("controller/run.py", "controller/settings.py", "controller/handlers.py",
+                 "api/policyflags.py"):  # fmt: skip
+        text = (REPO / "operator" / "wasinn_operator" / name).read_text()
         found |= set(re.findall(r"WASINN_[A-Z_]+", text))
         found |= {f"WASINN_{n}" for n in re.findall(r'get\("([A-Z_]+)"', text)}
     return found

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from wasinn_operator.api.policy import TaskPolicy
 from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile
 from wasinn_operator.controller.pods import attempt_in_progress
 
@@ -366,3 +367,65 @@ def test_attempt_in_progress_only_while_its_pod_runs() -> None:
     assert not attempt_in_progress(task(status=status), [pod(2, "Failed")])
     assert not attempt_in_progress(task(status=status), [pod(1, "Running")])
     assert not attempt_in_progress(task(status=status), [])
+
+
+def test_a_task_the_policy_refuses_fails_without_a_pod() -> None:
+    body = task({"cliArgs": ["--dir", "/::/host"], "models": {"readOnly": False}})
+    plan = run(body)
+    assert plan.create_pod is None and plan.create_configmap is None
+    assert plan.status["phase"] == "Failed"
+    assert plan.status["state"] == 4
+    message = "spec.cliArgs: --dir /::/host: host directories are not allowed (allowed: none)"
+    assert plan.status["error"] == message
+    failed = condition(plan, "Failed")
+    assert (failed["status"], failed["reason"], failed["message"]) == (
+        "True",
+        "PolicyViolation",
+        message,
+    )
+    assert ("Warning", "Failed", message) in plan.events
+    again = run(task(body["spec"], status=plan.status))  # finished: it stays so, still no Pod
+    assert again.create_pod is None and again.status == plan.status
+    body["spec"]["cliArgs"] = []
+    plan = run(body)
+    assert plan.status["error"] == (
+        "spec.models.readOnly: false: the models volume is mounted read-only"
+    )
+
+
+def test_the_policy_is_checked_when_the_task_would_start() -> None:
+    # Suspended (the shim's create): no verdict yet; resumed, it fails before any Pod.
+    body = task({"suspend": True, "env": {"LD_PRELOAD": "/x.so"}})
+    plan = run(body)
+    assert plan.status["phase"] == "Pending"
+    body["spec"]["suspend"] = False
+    plan = run(task(body["spec"], status=plan.status))
+    assert plan.create_pod is None
+    assert condition(plan, "Failed")["reason"] == "PolicyViolation"
+    assert plan.status["error"].startswith("spec.env: LD_PRELOAD: reserved name (names starting")
+
+
+def test_an_operator_policy_widens_what_tasks_may_ask_and_reaches_the_pod() -> None:
+    policy = TaskPolicy(allow_host_dirs=("/data",), max_timeout=7200)
+    settings = OperatorSettings(policy=policy)
+    spec = {"cliArgs": ["--dir", "/data/in::/in"], "timeoutSeconds": 7000}
+    plan = reconcile(task(spec), Facts(now=NOW, pods=[]), settings)
+    assert plan.create_pod is not None
+    env = {e["name"]: e["value"] for e in plan.create_pod["spec"]["containers"][0]["env"]}
+    assert TaskPolicy.from_json(env["WASINN_POLICY"]) == policy
+    strict = run(task(spec))
+    assert strict.create_pod is None
+    assert strict.status["error"] == (
+        "spec.timeoutSeconds: 7000: above the service maximum of 3600 s"
+    )
+
+
+def test_operator_policy_settings_from_env() -> None:
+    settings = OperatorSettings.from_env(
+        {"WASINN_ALLOW_HOST_DIRS": "/data", "WASINN_MAX_TIMEOUT": "10m"}
+    )
+    assert settings.policy == TaskPolicy(allow_host_dirs=("/data",), max_timeout=600)
+    with pytest.raises(ValueError, match=r"proplet default timeout \(1200 s\) is above"):
+        OperatorSettings.from_env(
+            {"WASINN_MAX_TIMEOUT": "10m", "WASINN_PROPLET_TIMEOUT_SECONDS": "1200"}
+        )

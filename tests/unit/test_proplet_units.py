@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from wasinn_operator.api import RunSummary, TaskSpec
+from wasinn_operator.api.policy import Limits
 from wasinn_operator.mqtt import MQTTError, MQTTSettings
 from wasinn_operator.proplet import external_command, load_task
 from wasinn_operator.proplet.engines import TaskError
@@ -16,6 +17,7 @@ from wasinn_operator.runtime import ArgsError
 
 pytestmark = pytest.mark.unit
 DIGEST = "sha256:" + "a" * 64
+DEFAULTS = Limits(timeout_seconds=300.0, max_memory_bytes=512 << 20)
 
 
 @pytest.mark.parametrize(
@@ -181,3 +183,25 @@ def test_http_fetch_retries_a_server_that_is_briefly_down(monkeypatch: pytest.Mo
     with pytest.raises(fetch.FetchError, match="Connection refused"):
         fetch._http_get("http://shim/a.wasm", 100)
     assert not answers
+
+
+def test_external_command_from_the_parsed_flags(tmp_path: Path) -> None:
+    spec = TaskSpec.model_validate(
+        {"wasm": {"path": "/a"}, "env": {"A": "1"},
+         "cliArgs": ["run", "--wasi-modules=-experimental-wasi-nn", "--invoke", "f",
+                     "--wasm=timeout=5s"]}
+    )  # fmt: skip
+    wasm = str(tmp_path / "t.wasm")
+    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", None, DEFAULTS)
+    # The legacy switch-off becomes -S nn=n (and no -S nn is added); the policy's memory limit
+    # is added when the task set none; `run` comes once, first.
+    assert cmd == ["wasmtime", "run", "-S", "nn=n", "--invoke", "f", "--wasm=timeout=5s",
+                   "-W", f"max-memory-size={512 << 20}", "--env", "A=1", wasm]  # fmt: skip
+    own = spec.model_copy(update={"cli_args": ["-W", "max-memory-size=64MiB"]})
+    cmd = external_command("wasmtime", (48, 0, 8), own, tmp_path / "t.wasm", None, DEFAULTS)
+    assert cmd.count("-W") == 1 and f"max-memory-size={64 << 20}" in cmd
+    old = external_command("wasmtime", (12, 0, 0), spec, tmp_path / "t.wasm", None, DEFAULTS)
+    assert "-W" not in old and old[1] == "--wasi-modules=-experimental-wasi-nn"
+    smuggled = spec.model_copy(update={"env": {"-Sinherit-env": "y"}})
+    with pytest.raises(ArgsError, match="a variable name must not start with '-'"):
+        external_command("wasmtime", (48, 0, 8), smuggled, tmp_path / "t.wasm", None)

@@ -123,9 +123,11 @@ def test_artifact_store(tmp_path: Path) -> None:
         store.path("md5:x")
     with pytest.raises(NotFoundError):
         store.path(DIGEST)
-    assert store.collect({digest}) == []
-    assert store.collect(set()) == [digest]
-    assert store.digests() == set()
+    other = store.put(WASM + b"\1")
+    assert store.release({digest}, {digest}) == []  # still referred to
+    assert store.release({digest}, set()) == [digest]
+    assert store.digests() == {other}  # only a released digest goes, never an unknown one
+    assert [p.name for p in store.directory.iterdir()] == [other.removeprefix("sha256:")]
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_tasks_one_after_another(served: Served) -> None:
     bad = served.ask('{"wasm": {}}')
     assert (bad["state"], bad["exitCode"]) == ("Failed", 1)
     assert bad["error"].startswith("invalid task: wasm: exactly one of")
-    task = {"id": "t1", "wasm": inline("hello"), "env": {"WASINN_LEAK_PROBE": "1"}}
+    task = {"id": "t1", "wasm": inline("hello"), "env": {"TASK_LEAK_PROBE": "1"}}
     for _ in range(2):  # the same engine serves the next task
         summary = served.ask(json.dumps(task))
         assert (summary["state"], summary["stdout"], summary["taskId"]) == (
@@ -69,7 +69,7 @@ def test_tasks_one_after_another(served: Served) -> None:
             "t1",
         )
         assert summary["digest"].startswith("sha256:")
-    assert "WASINN_LEAK_PROBE" not in os.environ  # the task's env reached only its guest
+    assert "TASK_LEAK_PROBE" not in os.environ  # the task's env reached only its guest
     trapped = served.ask(json.dumps({"wasm": inline("trap")}))
     assert trapped["state"] == "Failed" and trapped["error"]
     assert served.ask(json.dumps(task))["state"] == "Completed"  # a fault ends only its task

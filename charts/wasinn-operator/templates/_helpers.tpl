@@ -147,3 +147,18 @@ affinity:
 priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
+
+{{/* The task policy's WASINN_* variables (values.yaml `policy`), for the operator and the shim. */}}
+{{- define "wasinn.policyEnv" -}}
+{{- with .Values.policy.allowHostDirs }}
+- name: WASINN_ALLOW_HOST_DIRS
+  value: {{ join ":" . | quote }}
+{{- end }}
+{{- range $key, $env := dict "defaultTimeout" "WASINN_DEFAULT_TIMEOUT" "maxTimeout" "WASINN_MAX_TIMEOUT" "defaultMaxMemory" "WASINN_DEFAULT_MAX_MEMORY" "maxMemory" "WASINN_MAX_MEMORY" "maxFieldBytes" "WASINN_MAX_FIELD_BYTES" }}
+{{- $value := index $.Values.policy $key }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ $env }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

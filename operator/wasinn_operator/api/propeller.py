@@ -30,7 +30,17 @@ ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 UINT64_MAX = (1 << 64) - 1
 ARTIFACTS_PATH = "/artifacts"
 # Fields Go's `omitempty` drops when empty; `cli_args` is not among them (it is `null`).
-OMIT_WHEN_EMPTY = ("image_url", "file", "inputs", "env", "proplet_id", "results", "error")
+# `results_truncated` is ours (not Propeller's): present, true, only when results were cut.
+OMIT_WHEN_EMPTY = (
+    "image_url",
+    "file",
+    "inputs",
+    "env",
+    "proplet_id",
+    "results",
+    "results_truncated",
+    "error",
+)
 # Base64 of a module: it starts with "\0asm" ("AGFzb" + one of Q-T), or is empty (no file). The
 # schema says so, so generated clients (and fuzzers) know what the server accepts; the server
 # checks the decoded magic itself as well.
@@ -112,9 +122,17 @@ class TaskInput(BaseModel):
     name: str | None = Field(default=None, min_length=1)
     image_url: str | None = None
     file: File | None = None
-    cli_args: list[str] | None = None
+    cli_args: list[str] | None = Field(
+        default=None,
+        description="wasmtime flags (e.g. -S nn, --env K=V, -W timeout=30s); the service's task "
+        "policy decides which a task may use, and refuses the task (400) otherwise",
+    )
     inputs: list[Input] | None = None
-    env: Env | None = None
+    env: Env | None = Field(
+        default=None,
+        description="the guest's environment; names such as LD_*, PATH, WASINN_* and PROPLET_* "
+        "are reserved",
+    )
     daemon: StrictBool | None = None
 
     def wasm_bytes(self) -> bytes | None:
@@ -136,6 +154,11 @@ class Task(BaseModel):
     daemon: bool = False
     proplet_id: str | None = None
     results: Any = None
+    results_truncated: bool = Field(
+        default=False,
+        description="(not in Propeller) true when `results` is only the start of the guest's "
+        "output, cut at the shim's limit; absent otherwise",
+    )
     error: str | None = None
     start_time: datetime = ZERO_TIME
     finish_time: datetime = ZERO_TIME
@@ -146,7 +169,8 @@ class Task(BaseModel):
         """The wire form: Go's omitempty fields dropped when empty, times in RFC 3339."""
         data = self.model_dump(mode="json")
         for key in OMIT_WHEN_EMPTY:
-            if data.get(key) in (None, "", [], {}):
+            value = data.get(key)
+            if value is False or value in (None, "", [], {}):
                 data.pop(key, None)
         for key in ("start_time", "finish_time", "created_at", "updated_at"):
             data[key] = rfc3339(getattr(self, key))
@@ -187,8 +211,16 @@ class PropletPage(BaseModel):
     proplets: list[Proplet]
 
 
+class Check(BaseModel):
+    """One dependency of the service: `pass`, or `fail` with what is wrong in `output`."""
+
+    status: str
+    output: str | None = None
+
+
 class Health(BaseModel):
-    """`GET /health`, in the shape of SuperMQ's health handler."""
+    """`GET /health`, in the shape of SuperMQ's health handler (`status` "pass" or "fail"),
+    plus `checks`: each dependency's state (ours, not Propeller's)."""
 
     status: str
     version: str
@@ -196,6 +228,7 @@ class Health(BaseModel):
     description: str
     build_time: str
     instance_id: str
+    checks: dict[str, Check] = Field(default_factory=dict)
 
 
 class ErrorBody(BaseModel):

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec, WasmSource
+from ..api.policy import POLICY_ENV, TaskPolicy
 
 CONTAINER = "proplet"
 PROPLET_UID = 65532
@@ -124,8 +125,12 @@ def build_pod(
     label: tuple[str, str],
     claim: str,
     service_account: str | None = None,
+    policy: TaskPolicy | None = None,
 ) -> dict[str, Any]:
-    """The Pod for one attempt of a task."""
+    """The Pod for one attempt of a task; its proplet applies `policy` (default: the strict one)
+    to the task again. The Pod meets the `restricted` Pod Security Standard whatever the spec
+    holds: non-root, no privilege escalation, every capability dropped, RuntimeDefault seccomp,
+    only claim, emptyDir and ConfigMap volumes, no API token, a read-only root filesystem."""
     meta = task["metadata"]
     task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
     if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
@@ -189,6 +194,7 @@ def build_pod(
                         {"name": "WASINN_CACHE_DIR", "value": "/tmp/wasinn-cache"},
                         {"name": "WASINN_TERMINATION_LOG", "value": TERMINATION_LOG},
                         {"name": "HOME", "value": "/tmp"},
+                        {"name": POLICY_ENV, "value": (policy or TaskPolicy()).to_json()},
                     ],
                     "resources": _resources(spec),
                     "volumeMounts": mounts,

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     MODEL_CLAIM_NOT_FOUND = "ModelClaimNotFound"
     INVALID_WASM = "InvalidWasm"
+    POLICY_VIOLATION = "PolicyViolation"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     POD_CREATED = "PodCreated"

@@ -8,7 +8,7 @@ restarts mid-task picks up the existing Pod instead of making a second one.
     Pending --pod created--> Scheduled --pod running--> Running --succeeded--> Completed
        ^  \\                      \\                         \\--failed--> Pending (retry, backoff)
        |   \\--claim/node/wasm missing: stays Pending with a reason      \\--> Failed (limit,
-       |                                                                      deadline, bad wasm)
+       |   \\--the task policy refuses it: Failed (PolicyViolation)           deadline, bad wasm)
        +--resume-- Interrupted <--suspend (Pod deleted)-- Scheduled/Running
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
+from ..api.policy import PolicyError, check_spec
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .phases import ConditionType, Reason, TaskPhase, set_condition, timestamp
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
@@ -135,6 +136,11 @@ def _step(
     if status.get("podName") and status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
         _attempt_failed(spec, facts, settings, plan, "the Pod disappeared", None)
         return
+    try:  # before every attempt: a task the policy refuses never gets a Pod
+        check_spec(settings.policy, spec)
+    except PolicyError as exc:
+        _fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
+        return
     if not _ready_to_start(spec, facts, settings, plan):
         return
     _start_attempt(task, spec, facts, settings, plan)
@@ -187,6 +193,7 @@ def _start_attempt(
             label=settings.label,
             claim=settings.models_claim,
             service_account=settings.service_account,
+            policy=settings.policy,
         )
     except TaskTooLargeError as exc:
         _fail(plan, Reason.INVALID_WASM, str(exc), facts.now)

@@ -7,6 +7,7 @@ import os
 
 import kopf
 
+from ..api.policyflags import add_policy_arguments, policy_env, policy_from_settings
 from .settings import DEFAULT_LABEL
 
 
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--health-port", type=int,
                         default=int(os.environ.get("WASINN_HEALTH_PORT", "8080")))  # fmt: skip
+    add_policy_arguments(parser)  # WASINN_ALLOW_HOST_DIRS, WASINN_DEFAULT_TIMEOUT, ...
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,6 +70,11 @@ def main(args: argparse.Namespace) -> int:
         "WASINN_NAMESPACES": ",".join(args.namespace),
     }
     os.environ.update({k: v for k, v in values.items() if v})
+    os.environ.update(policy_env(args))
+    try:
+        policy_from_settings(os.environ)  # a bad policy setting stops the start, named
+    except ValueError as exc:
+        raise SystemExit(f"wasinn operator: {exc}") from None
     from . import handlers  # noqa: F401, PLC0415  (registers the handlers with the settings above)
 
     kopf.run(

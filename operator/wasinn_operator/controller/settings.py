@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.policy import TaskPolicy
+from ..api.policyflags import policy_from_settings
+
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
 
 
@@ -29,6 +32,16 @@ class OperatorSettings:
     proplet_resources: dict[str, Any] = field(default_factory=dict)
     proplet_timeout_seconds: int | None = None
     proplet_engine: str = "embedded"
+    # What tenants' tasks may choose; every task Pod gets it too (WASINN_POLICY).
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
+
+    def __post_init__(self) -> None:
+        timeout = self.proplet_timeout_seconds
+        if timeout is not None and timeout > self.policy.max_timeout:
+            raise ValueError(
+                f"the proplet default timeout ({timeout} s) is above the task policy's maximum "
+                f"({self.policy.max_timeout:g} s)"
+            )
 
     @property
     def label(self) -> tuple[str, str]:
@@ -38,7 +51,8 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
-        """Settings from `WASINN_*` variables (used by the Helm chart)."""
+        """Settings from `WASINN_*` variables (used by the Helm chart), the task policy's
+        (WASINN_ALLOW_HOST_DIRS, WASINN_DEFAULT_TIMEOUT, ...) included."""
 
         def get(name: str, default: str) -> str:
             return environ.get(f"WASINN_{name}") or default
@@ -60,6 +74,7 @@ class OperatorSettings:
             if environ.get("WASINN_PROPLET_TIMEOUT_SECONDS")
             else None,
             proplet_engine=_engine(environ.get("WASINN_PROPLET_ENGINE") or "embedded"),
+            policy=policy_from_settings(environ),
         )
 
 

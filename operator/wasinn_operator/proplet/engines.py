@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import IO
 
 from ..api import TaskSpec
+from ..api.policy import Limits
+from ..api.wasmflags import Flag, FlagError, Kind, Size, Toggle, WasmFlags, parse_flags
 from ..runtime import (
     EXIT_TIMEOUT,
     MODELS_GUEST_DIR,
@@ -28,24 +30,12 @@ from ..runtime import (
     Outcome,
     RunResult,
     Runtime,
-    parse_size,
-    parse_wasm_args,
+    resolve,
     scan_models_dir,
 )
 from ..runtime.nn import GraphEncoding
 
 Sink = Callable[[bytes], None]
-LEGACY_NN_FLAGS = ("--wasi-modules=experimental-wasi-nn", "--wasi-modules")
-# wasmtime -W options whose value is a size in bytes.
-SIZE_OPTIONS = frozenset(
-    {
-        "max-memory-size",
-        "memory-reservation",
-        "memory-guard-size",
-        "memory-reservation-for-growth",
-        "max-wasm-stack",
-    }
-)
 DEVICE_TARGETS = {
     "CPU": ExecutionTarget.CPU,
     "GPU": ExecutionTarget.GPU,
@@ -68,11 +58,16 @@ class Outputs:
 
 
 def run_embedded(
-    runtime: Runtime, task: TaskSpec, wasm: bytes, models_dir: Path | None, outputs: Outputs
+    runtime: Runtime,
+    task: TaskSpec,
+    wasm: bytes,
+    models_dir: Path | None,
+    outputs: Outputs,
+    limits: Limits | None = None,
 ) -> RunResult:
-    """Run with the in-process engine."""
+    """Run with the in-process engine; `limits` (the policy's) bound the deadline and memory."""
     try:
-        parsed = parse_wasm_args(task.cli_args, module_required=False)
+        parsed = resolve(parse_flags(task.cli_args, module=False))
     except (ArgsError, ModelError) as exc:
         raise TaskError(f"cliArgs: {exc}") from None
     spec = parsed.to_spec(wasm, program_name=f"{task.id or 'task'}.wasm")
@@ -83,6 +78,9 @@ def run_embedded(
     spec.stdout_limit = spec.stderr_limit = outputs.limit
     if task.timeout_seconds is not None:
         spec.timeout = float(task.timeout_seconds)
+    if limits is not None:
+        spec.timeout = limits.timeout_seconds
+        spec.max_memory = limits.max_memory_bytes
     return runtime.run(spec, stdout=outputs.stdout, stderr=outputs.stderr)
 
 
@@ -106,64 +104,53 @@ def external_command(
     task: TaskSpec,
     wasm_path: Path,
     models_dir: Path | None,
+    limits: Limits | None = None,
 ) -> list[str]:
     """The command line Propeller's host runtime would build, adapted to this wasmtime.
 
-    `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`: for
-    wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn` becomes `-S nn`, task env
-    goes to the guest with `--env` rather than to the runtime's process, and sizes in `-W`
-    options become bytes (`max-memory-size=512MiB` is fine here, wasmtime wants 536870912).
-    Raises ArgsError for a size that is not one.
+    `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`, built from
+    the parsed flags: for wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn`
+    becomes `-S nn`, task env goes to the guest with `--env` rather than to the runtime's
+    process, sizes in `-W` options become bytes (`max-memory-size=512MiB` is fine here,
+    wasmtime wants 536870912), and `limits` add the memory limit a task did not set. Raises
+    FlagError (ArgsError) for flags that do not parse.
     """
     modern = version[0] >= 14
+    parsed = parse_flags(task.cli_args, module=False)
     flags: list[str] = []
-    tokens = iter(task.cli_args)
-    for token in tokens:
-        if token == "run":
-            continue
-        if modern and token.startswith(LEGACY_NN_FLAGS):
-            if token == "--wasi-modules":
-                next(tokens, None)
-            flags += ["-S", "nn"]
-        elif token in ("-W", "--wasm"):
-            flags += [token, _bytes_in_options(next(tokens, ""), token)]
-        elif token.startswith(("-W", "--wasm=")):
-            name, value = (
-                ("--wasm=", token[7:]) if token.startswith("--wasm=") else ("-W", token[2:])
-            )
-            flags.append(name + _bytes_in_options(value, name))
-        else:
-            flags.append(token)
-    if modern and "nn" not in _s_options(flags):
+    for flag in parsed.flags:
+        flags += _external_tokens(flag, modern)
+    if modern and not _has(parsed, Kind.NN):
         flags += ["-S", "nn"]
-    if not modern and not any(f.startswith("--wasi-modules") for f in flags):
+    if not modern and not any(f.name == "--wasi-modules" for f in parsed.flags):
         flags.append("--wasi-modules=experimental-wasi-nn")
+    if modern and limits is not None and not _has(parsed, Kind.MAX_MEMORY):
+        flags += ["-W", f"max-memory-size={limits.max_memory_bytes}"]
     if models_dir is not None:
         flags += _models_flags(models_dir, version)
     for key, value in task.env.items():
+        if key.startswith("-"):  # it would read as a flag
+            raise FlagError(f"env: {key!r}: a variable name must not start with '-'")
         flags += ["--env", f"{key}={value}"]
     return [binary, *(["run"] if modern else []), *flags, str(wasm_path), *task.args]
 
 
-def _bytes_in_options(value: str, flag: str) -> str:
-    """`-W` options with size values in plain bytes, the only form wasmtime's parser takes."""
-    options = []
-    for option in value.split(","):
-        key, eq, size = option.partition("=")
-        is_size = eq and key.strip() in SIZE_OPTIONS
-        options.append(f"{key}={parse_size(size, f'{flag} {key}')}" if is_size else option)
-    return ",".join(options)
+def _external_tokens(flag: Flag, modern: bool) -> list[str]:
+    """One parsed flag as this wasmtime takes it."""
+    if flag.name == "run":
+        return []  # placed by external_command, for the versions that have it
+    if modern and flag.name == "--wasi-modules":
+        # wasmtime 14 moved the WASI modules to -S; only wasi-nn is more than a default there.
+        nn = [o for o in flag.options if isinstance(o, Toggle) and o.kind is Kind.NN]
+        return ["-S", "nn" if nn[-1].enabled else "nn=n"] if nn else []
+    if any(isinstance(o, Size) for o in flag.options):
+        items = [f"{o.key}={o.size}" if isinstance(o, Size) else o.item for o in flag.options]
+        return list(flag.with_value(",".join(items)))
+    return list(flag.tokens)
 
 
-def _s_options(flags: list[str]) -> set[str]:
-    options: set[str] = set()
-    for i, flag in enumerate(flags):
-        value = flags[i + 1] if flag in ("-S", "--wasi") and i + 1 < len(flags) else None
-        if flag.startswith("-S") and flag != "-S":
-            value = flag[2:]
-        if value:
-            options |= {v.split("=")[0] for v in value.split(",")}
-    return options
+def _has(parsed: WasmFlags, kind: Kind) -> bool:
+    return any(o.kind is kind for o in parsed.options)
 
 
 def _models_flags(models_dir: Path, version: tuple[int, ...]) -> list[str]:
@@ -214,15 +201,17 @@ def run_external(
     models_dir: Path | None,
     outputs: Outputs,
     cache_dir: Path,
+    limits: Limits | None = None,
 ) -> RunResult:
-    """Run with an external wasmtime CLI in a child process."""
+    """Run with an external wasmtime CLI in a child process; `limits` bound deadline and memory."""
     version = wasmtime_version(binary)
+    timeout = limits.timeout_seconds if limits is not None else task.timeout_seconds
     result = RunResult(outcome=Outcome.ERROR, exit_code=1, digest="")
     with tempfile.TemporaryDirectory(prefix="wasinn-") as tmp:
         wasm_path = Path(tmp) / f"{task.id or 'task'}.wasm"
         wasm_path.write_bytes(wasm)
         try:
-            command = external_command(binary, version, task, wasm_path, models_dir)
+            command = external_command(binary, version, task, wasm_path, models_dir, limits)
         except ArgsError as exc:
             raise TaskError(f"cliArgs: {exc}") from None
         env = {**os.environ, **openvino_library_env(cache_dir)}
@@ -234,7 +223,7 @@ def run_external(
         out = _Pump(process.stdout, outputs.stdout, outputs.limit)
         err = _Pump(process.stderr, outputs.stderr, outputs.limit)
         try:
-            code = process.wait(timeout=task.timeout_seconds)
+            code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -246,7 +235,7 @@ def run_external(
     result.stderr, result.stderr_truncated = err.value(), err.truncated
     if code is None:
         result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
-        result.error = f"timed out after {task.timeout_seconds} s"
+        result.error = f"timed out after {timeout:g} s"
     elif code < 0:
         result.outcome, result.exit_code = Outcome.TRAPPED, 128 - code
         result.error = f"killed by signal {-code}"

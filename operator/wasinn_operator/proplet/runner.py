@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ..api import RunSummary, TaskSpec
+from ..api.policy import POLICY_ENV, Limits, PolicyError, TaskPolicy, check_task
 from ..mqtt import RESULTS_TOPIC, MQTTError, MQTTSettings, publish_once, results_payload
 from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir, fd_sink
 from .engines import Outputs, TaskError, run_embedded, run_external
@@ -46,10 +47,15 @@ class PropletConfig:
     precision: str | None
     max_wasm_bytes: int = MAX_WASM_BYTES
     mqtt: MQTTSettings | None = None
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PropletConfig:
-        """Read `WASINN_*`, `PROPLET_*` and the seed guide's `EXTERNAL_WASM_RUNTIME`."""
+        """Read `WASINN_*`, `PROPLET_*` and the seed guide's `EXTERNAL_WASM_RUNTIME`.
+
+        The task policy is `WASINN_POLICY` (JSON, from the operator or the shim); without one,
+        the strict default. Raises ValueError for a malformed one.
+        """
         models = environ.get("WASINN_MODELS_DIR")
         models_dir = Path(models) if models else DEFAULT_MODELS_DIR
         auth = environ.get("WASINN_REGISTRY_AUTH")
@@ -65,6 +71,9 @@ class PropletConfig:
             registry_auth=Path(auth) if auth else None,
             precision=environ.get("WASINN_INFERENCE_PRECISION") or None,
             mqtt=MQTTSettings.from_env(environ),
+            policy=TaskPolicy.from_json(environ[POLICY_ENV])
+            if environ.get(POLICY_ENV)
+            else TaskPolicy(),
         )
 
 
@@ -94,10 +103,15 @@ def describe(exc: ValidationError) -> str:
 
 
 def new_runtime(config: PropletConfig) -> Runtime:
-    """The embedded engine with the proplet's cache and precision, and a tenant's default
-    limits (a deadline and a memory cap for tasks that ask for none)."""
+    """The embedded engine with the proplet's cache and precision, and the policy's default
+    limits (every task's run gets its limits from the policy anyway: `run_task`)."""
     return Runtime(
-        RuntimeConfig.for_tenants(cache_dir=config.cache_dir, inference_precision=config.precision)
+        RuntimeConfig.for_tenants(
+            cache_dir=config.cache_dir,
+            inference_precision=config.precision,
+            default_timeout=config.policy.default_timeout,
+            default_max_memory=config.policy.default_max_memory,
+        )
     )
 
 
@@ -110,6 +124,11 @@ def run_task(
     """
     engine = _engine(task, config)
     summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, engine=engine, taskId=task.id)
+    try:  # before anything else: a refused task fetches and runs nothing
+        limits = check_task(config.policy, task.cli_args, task.env, task.args, task.timeout_seconds)
+    except PolicyError as exc:
+        summary.error = str(exc)
+        return summary
     started = time.monotonic()
     try:
         wasm = fetch_wasm(task.wasm, config.max_wasm_bytes, config.registry_auth)
@@ -119,7 +138,7 @@ def run_task(
     summary.digest = sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
-        result = _run(engine, task, wasm, config, outputs, runtime)
+        result = _run(engine, task, wasm, config, outputs, runtime, limits)
     except TaskError as exc:
         summary.error = str(exc)
         return summary
@@ -172,16 +191,17 @@ def _run(
     config: PropletConfig,
     outputs: Outputs,
     runtime: Runtime | None,
+    limits: Limits,
 ) -> RunResult:
     if engine == "embedded":
         runtime = runtime or new_runtime(config)
-        return run_embedded(runtime, task, wasm, config.models_dir, outputs)
+        return run_embedded(runtime, task, wasm, config.models_dir, outputs, limits)
     binary = config.external_runtime or shutil.which("wasmtime")
     if binary is None:
         raise TaskError(
             "engine wasmtime-cli: no wasmtime binary (set PROPLET_EXTERNAL_WASM_RUNTIME)"
         )
-    return run_external(binary, task, wasm, config.models_dir, outputs, config.cache_dir)
+    return run_external(binary, task, wasm, config.models_dir, outputs, config.cache_dir, limits)
 
 
 def report(summary: RunSummary, config: PropletConfig) -> None:
@@ -201,8 +221,11 @@ def report(summary: RunSummary, config: PropletConfig) -> None:
 
 
 def _log(message: str) -> None:
-    sys.stderr.write(f"wasinn proplet: {message}\n")
-    sys.stderr.flush()
+    # stderr may be a pipe to a process that is gone (a killed shim): a log line that cannot
+    # be written must not raise, least of all on the way to exiting because of it.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"wasinn proplet: {message}\n")
+        sys.stderr.flush()
 
 
 def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunSummary:
@@ -254,7 +277,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     try:
         config = PropletConfig.from_env(env)
-    except MQTTError as exc:
+    except (MQTTError, ValueError) as exc:
         _log(str(exc))
         return EXIT_TASK_ERROR
     try:

@@ -85,7 +85,7 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         return 2
     try:
         config = PropletConfig.from_env(env)
-    except MQTTError as exc:
+    except (MQTTError, ValueError) as exc:
         os.write(2, f"wasinn proplet serve: {exc}\n".encode())
         return 2
     runtime = new_runtime(config)

@@ -5,7 +5,7 @@ for wasmtime-style command lines.
 """
 
 from ..cachedir import default_cache_dir
-from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args
+from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args, resolve
 from .engine import Runtime, RuntimeConfig, Session, fd_sink
 from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
@@ -42,5 +42,6 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_wasm_args",
+    "resolve",
     "scan_models_dir",
 ]

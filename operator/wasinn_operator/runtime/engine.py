@@ -20,6 +20,7 @@ from typing import Any
 
 import wasmtime
 
+from ..api.policy import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 from . import wasipoll
 from .deadline import Deadline
 from .modcache import ModuleCache, ModuleError
@@ -51,9 +52,10 @@ EPOCH_TICK_SECONDS = 0.05
 NO_DEADLINE = 1 << 62
 DEFAULT_MODULE_CACHE_BYTES = 1 << 30
 DEFAULT_MODEL_CACHE_BYTES = 2 << 30
-# What a run on behalf of a tenant gets when nobody asked for a limit (`RuntimeConfig.for_tenants`).
-TENANT_TIMEOUT = 300.0
-TENANT_MAX_MEMORY = 512 << 20
+# What a run on behalf of a tenant gets when nobody asked for a limit (`RuntimeConfig.for_tenants`):
+# the task policy's defaults.
+TENANT_TIMEOUT = DEFAULT_TIMEOUT
+TENANT_MAX_MEMORY = DEFAULT_MAX_MEMORY
 Sink = Callable[[bytes], None]
 
 

@@ -2,11 +2,15 @@
 
 Every error, including validation errors of FastAPI itself and unknown routes, is
 `{"error": "..."}`; `STATUS` maps the service's typed errors to HTTP codes in one place.
+
+Bodies are decoded strictly (`bodies`, `jsonbody`): what cannot be stored is a 400, never a
+500. A module never sits in memory whole: a JSON `file` is decoded and an upload is parsed into
+the artifact store as it arrives (`uploads`), and `GET /tasks/{id}` streams the stored file into
+its answer, the only one that carries `file`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from hmac import compare_digest
@@ -19,9 +23,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -38,6 +41,7 @@ from ..api.propeller import (
     TaskInput,
     TaskPage,
 )
+from .bodies import JSONAnswer, task_input, with_file
 from .errors import (
     BadRequestError,
     ConflictError,
@@ -45,10 +49,12 @@ from .errors import (
     ShimError,
     TooLargeError,
     UnauthorizedError,
+    UnavailableError,
     UnsupportedMediaError,
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
-from .service import MAX_PAGE, TaskService
+from .service import MAX_PAGE, TaskService, check_module_name
+from .uploads import receive_multipart
 
 STATUS: dict[type[ShimError], int] = {
     BadRequestError: 400,
@@ -57,7 +63,9 @@ STATUS: dict[type[ShimError], int] = {
     ConflictError: 409,
     TooLargeError: 413,
     UnsupportedMediaError: 415,
+    UnavailableError: 503,
 }
+RETRY_AFTER = "5"  # seconds, on 503: a full disk or a failing database may recover
 
 
 def _body(schema: str) -> dict[str, Any]:
@@ -86,28 +94,14 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in (401, *codes)}
+    return {code: {"model": ErrorBody} for code in (401, *codes, 503)}
 
 
 def _json(model: BaseModel | dict[str, Any], status: int = 200) -> JSONResponse:
     body = model.to_json() if isinstance(model, Task) else model
     if isinstance(body, BaseModel):
         body = body.model_dump(mode="json")
-    return JSONResponse(body, status_code=status)
-
-
-async def _task_input(request: Request) -> TaskInput:
-    if "application/json" not in request.headers.get("content-type", ""):
-        raise UnsupportedMediaError("Content-Type must be application/json")
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequestError(f"invalid JSON: {exc}") from None
-    try:
-        return TaskInput.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequestError(describe(exc)) from None
+    return JSONAnswer(body, status_code=status)
 
 
 def create_app(
@@ -131,7 +125,9 @@ def create_app(
     app.add_middleware(BodyLimit, limit=max_body)
 
     def authorized(credentials: Credentials) -> None:
-        if token and (credentials is None or not compare_digest(credentials.credentials, token)):
+        # Compared as UTF-8 bytes: compare_digest refuses str with non-ASCII characters.
+        given = credentials.credentials.encode() if credentials else b""
+        if token and (credentials is None or not compare_digest(given, token.encode())):
             raise UnauthorizedError("a valid bearer token is required")
 
     # The security scheme is declared (and enforced) only when a token is configured.
@@ -146,16 +142,21 @@ def create_app(
         responses={201: {"model": CreatedTask}, **_errors(400, 409, 413, 415)},
     )
     async def create_task(request: Request) -> Response:
-        task = await call(service.create, await _task_input(request))
-        body = task.to_json() | {"task": task.to_json()}
-        return JSONResponse(body, status_code=201, headers={"Location": f"/tasks/{task.id}"})
+        body, module = await task_input(request, service.artifacts)
+        try:
+            task = await call(service.create, body, None, module)
+        finally:
+            if module is not None:
+                module.discard()
+        answer = task.to_json() | {"task": task.to_json()}
+        return JSONAnswer(answer, status_code=201, headers={"Location": f"/tasks/{task.id}"})
 
     @app.get("/tasks", dependencies=guarded, responses={200: {"model": TaskPage}, **_errors(400)})
     async def list_tasks(
         offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=0, le=MAX_PAGE)
     ) -> Response:
         page = await call(service.list, offset, limit)
-        return JSONResponse(
+        return JSONAnswer(
             page.model_dump(mode="json") | {"tasks": [t.to_json() for t in page.tasks]}
         )
 
@@ -163,7 +164,8 @@ def create_app(
         "/tasks/{task_id}", dependencies=guarded, responses={200: {"model": Task}, **_errors(404)}
     )
     async def get_task(task_id: str) -> Response:
-        return _json(await call(service.get, task_id))
+        task, module = await call(service.get_with_module, task_id)
+        return _json(task) if module is None else with_file(task, module)
 
     @app.put(
         "/tasks/{task_id}",
@@ -172,7 +174,12 @@ def create_app(
         responses={200: {"model": Task}, **_errors(400, 404, 409, 413, 415)},
     )
     async def update_task(task_id: str, request: Request) -> Response:
-        return _json(await call(service.update, task_id, await _task_input(request)))
+        body, module = await task_input(request, service.artifacts)
+        try:
+            return _json(await call(service.update, task_id, body, module))
+        finally:
+            if module is not None:
+                module.discard()
 
     @app.put(
         "/tasks/{task_id}/upload",
@@ -181,17 +188,19 @@ def create_app(
         responses={200: {"model": Task}, **_errors(400, 404, 409, 413, 415)},
     )
     async def upload_task(task_id: str, request: Request) -> Response:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
             raise UnsupportedMediaError(
                 "Content-Type must be multipart/form-data with a `file` part"
             )
-        async with request.form(max_files=1) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise BadRequestError("file: the multipart form has no file part named `file`")
-            data = await upload.read()
-            name = upload.filename or ""
-        return _json(await call(service.upload, task_id, name, data))
+        await call(service.get, task_id)  # 404 before a byte of the module is read
+        name, module = await receive_multipart(
+            content_type, request.stream(), service.artifacts, check_module_name, call
+        )
+        try:
+            return _json(await call(service.upload, task_id, name, module))
+        finally:
+            module.discard()
 
     @app.delete(
         "/tasks/{task_id}",
@@ -227,7 +236,7 @@ def create_app(
         responses={200: {"model": Results}, **_errors(404)},
     )
     async def task_results(task_id: str) -> Response:
-        return JSONResponse({"results": await call(service.results, task_id)})
+        return JSONAnswer({"results": await call(service.results, task_id)})
 
     @app.get(
         "/proplets", dependencies=guarded, responses={200: {"model": PropletPage}, **_errors(400)}
@@ -245,9 +254,17 @@ def create_app(
     async def get_proplet(proplet_id: str) -> Response:
         return _json(await call(service.proplet, proplet_id))
 
-    @app.get("/health", responses={200: {"model": Health}})
+    @app.get("/health", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> Response:
-        return _json(service.health())
+        answer = await call(service.health)
+        body = answer.model_dump(mode="json", exclude_none=True)  # a passing check: no output
+        return _json(body, 200 if answer.status == "pass" else 503)
+
+    @app.get("/livez", responses={200: {"description": "the process answers requests"}})
+    async def livez() -> Response:
+        # For a liveness probe: /health fails while a dependency does (the broker, a full
+        # disk), which a restart would not mend.
+        return JSONAnswer({"status": "pass"})
 
     @app.get(
         "/metrics", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
@@ -277,12 +294,12 @@ def create_app(
 
 def _install_error_handlers(app: FastAPI) -> None:
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return JSONAnswer({"error": message}, status_code=status, headers=headers)
 
     async def shim_error(_: Request, exc: Exception) -> Response:
         status = next(c for t, c in STATUS.items() if isinstance(exc, t))
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error(status, str(exc), headers)
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER}}
+        return error(status, str(exc), headers.get(status))
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -27,7 +27,8 @@ from pydantic import ValidationError
 
 from ..api.propeller import StartMessage, StopMessage, TaskInput
 from ..mqtt import RESULTS_TOPIC, MQTTSettings, results_payload
-from .errors import ConflictError, NotFoundError, ShimError
+from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
+from .jsonbody import parse_json
 from .registry import CHUNKS_TOPIC, REQUEST_TOPIC, RegistryError, RegistryFetcher
 from .service import TaskService
 
@@ -111,6 +112,13 @@ class Bridge:
         """True while the broker connection is up."""
         return self._connected.is_set()
 
+    def problem(self) -> str | None:
+        """For /health: None while connected, else which broker is unreachable."""
+        if self._connected.is_set():
+            return None
+        where = f"{self.settings.host}:{self.settings.port}"
+        return f"not connected to the MQTT broker at {where} (results wait in the outbox)"
+
     # paho callbacks (paho's network thread: never block here).
     def _on_connect(
         self, client: paho.Client, _u: object, _f: object, code: Any, _p: object
@@ -137,10 +145,10 @@ class Bridge:
 
     def _on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
         try:
-            payload = json.loads(message.payload)
+            payload = parse_json(message.payload)
             if not isinstance(payload, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
+                raise BadRequestError("not a JSON object")
+        except BadRequestError as exc:
             log.warning("ignoring a malformed message on %s: %s", message.topic, exc)
             return
         if message.topic == self.settings.topic(CHUNKS_TOPIC):
@@ -152,24 +160,30 @@ class Bridge:
 
     # Loops.
     def _outbox(self) -> None:
-        store = self.service.store
         while not self._stopping.is_set():
             if self._connected.wait(1.0):
-                for record in store.unpublished():
-                    # On MQTT the shim is the proplet (it announced itself and heartbeats); the
-                    # backend's worker that REST names in `proplet_id` (a node, in kubernetes
-                    # mode) is unknown to a Propeller manager.
-                    payload = results_payload(
-                        record.id,
-                        self.id,
-                        record.results,
-                        record.error or None,
-                    )
-                    if self._stopping.is_set() or not self._publish(RESULTS_TOPIC, payload):
-                        break
-                    store.mark_published(record.id, record.run)
-                    self._published.inc()
-                store.wait_for_results(1.0)
+                try:
+                    sent = self._send_results()
+                except ShimError as exc:  # the store fails (a full disk): try again later
+                    log.warning("MQTT outbox: %s", exc)
+                    sent = 0
+                if not sent:
+                    self.service.store.wait_for_results(1.0)
+
+    def _send_results(self) -> int:
+        """Publish the waiting results (a batch of them); how many were acknowledged."""
+        store, sent = self.service.store, 0
+        for record in store.unpublished():
+            # On MQTT the shim is the proplet (it announced itself and heartbeats); the
+            # backend's worker that REST names in `proplet_id` (a node, in kubernetes mode) is
+            # unknown to a Propeller manager.
+            payload = results_payload(record.id, self.id, record.results, record.error or None)
+            if self._stopping.is_set() or not self._publish(RESULTS_TOPIC, payload):
+                return 0  # disconnected or refused: wait before the next try
+            store.mark_published(record.id, record.run)
+            self._published.inc()
+            sent += 1
+        return sent
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self.settings.liveliness_interval):
@@ -192,6 +206,8 @@ class Bridge:
             return
         if not message.addressed_to(self.id):
             return
+        if self.service.refuse_start(message.id, _body(message)):
+            return  # refused by the policy (recorded Failed, published): fetch and run nothing
         if not message.file and message.image_url:
             # Waiting for chunks must not hold up stop messages: fetch in a thread of its own.
             threading.Thread(target=self._fetch_and_run, args=(message,), daemon=True).start()
@@ -208,7 +224,7 @@ class Bridge:
         self._accept(message, wasm)
 
     def _accept(self, message: StartMessage, wasm: bytes | None, error: str | None = None) -> None:
-        body = TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))
+        body = _body(message)
         try:
             self.service.accept(message.id, body, wasm, error)
         except ShimError as exc:
@@ -250,3 +266,8 @@ class Bridge:
             if info.is_published():
                 return True
         return info.is_published()
+
+
+def _body(message: StartMessage) -> TaskInput:
+    """The task fields of a start message (its module travels separately)."""
+    return TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..api.policy import TaskPolicy
+from ..api.policyflags import add_policy_arguments, policy_from_settings
 
 DEFAULT_PORT = 7070
 DEFAULT_MAX_BYTES = 100 << 20
 DEFAULT_WORKER_MAX_TASKS = 100
 DEFAULT_WORKER_MAX_RSS_MIB = 2048
+# Two tasks per core: a task is not busy all its life (fetch, compile, load), and one or two
+# long guests still leave room for the next task (see pool.py for long ones).
+DEFAULT_WORKERS = 2 * (os.cpu_count() or 1)
+DEFAULT_LONG_AFTER = 5.0
+DEFAULT_MIN_FREE_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,9 @@ class ShimConfig:
     artifacts_dir: Path | None = None
     models_dir: Path | None = None
     workers: int = 2
+    long_workers: int | None = None  # None: as many as `workers`
+    long_after: float = DEFAULT_LONG_AFTER
+    min_free_mib: int = DEFAULT_MIN_FREE_MIB
     fresh_process: bool = False
     worker_max_tasks: int = DEFAULT_WORKER_MAX_TASKS
     worker_max_rss_mib: int = DEFAULT_WORKER_MAX_RSS_MIB
@@ -34,6 +45,7 @@ class ShimConfig:
     proplet: bool = True
     namespace: str = "default"
     openvino_label: str = "wasinn.dev/openvino=true"
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +66,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="models directory every task sees at /models (default $WASINN_MODELS_DIR)",
     )
-    add("--workers", type=int, default=os.cpu_count() or 2, help="tasks run at once (local)")
+    add(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"local: tasks run at once (default two per core: {DEFAULT_WORKERS}); a task "
+        "running past --long-task-seconds leaves its place to the next one",
+    )
+    add(
+        "--long-task-seconds",
+        type=float,
+        default=DEFAULT_LONG_AFTER,
+        metavar="SECONDS",
+        help="local: a task running longer gives its place among --workers to the next task "
+        f"and runs on as a long task (default {DEFAULT_LONG_AFTER:g})",
+    )
+    add(
+        "--long-workers",
+        type=int,
+        metavar="N",
+        help="local: long tasks run at most on top of --workers (default: as many as --workers)",
+    )
+    add(
+        "--min-free-mib",
+        type=int,
+        default=DEFAULT_MIN_FREE_MIB,
+        metavar="MIB",
+        help="/health fails while a data directory has less free space "
+        f"(default {DEFAULT_MIN_FREE_MIB})",
+    )
     add(
         "--fresh-process",
         action="store_true",
@@ -89,10 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kubernetes: label of the nodes listed as proplets "
         "(default $WASINN_OPENVINO_LABEL, else wasinn.dev/openvino=true)",
     )
+    add_policy_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ShimConfig:
-    """Settings from parsed options and the environment."""
+    """Settings from parsed options and the environment; ValueError for a bad policy setting."""
     token = os.environ.get("WASINN_SHIM_TOKEN") or None
     if args.token_file is not None:
         token = args.token_file.read_text().strip() or None
@@ -112,6 +153,9 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         artifacts_dir=args.artifacts_dir,
         models_dir=models.resolve() if models else None,
         workers=max(1, args.workers),
+        long_workers=None if args.long_workers is None else max(0, args.long_workers),
+        long_after=max(0.0, args.long_task_seconds),
+        min_free_mib=max(0, args.min_free_mib),
         fresh_process=args.fresh_process
         or os.environ.get("WASINN_SHIM_FRESH_PROCESS", "").lower() in ("1", "true", "yes"),
         worker_max_tasks=max(1, args.worker_max_tasks),
@@ -124,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         openvino_label=args.openvino_label
         or os.environ.get("WASINN_OPENVINO_LABEL")
         or "wasinn.dev/openvino=true",
+        policy=policy_from_settings(os.environ, args),
     )
 
 

@@ -29,3 +29,8 @@ class TooLargeError(ShimError):
 
 class UnsupportedMediaError(ShimError):
     """Wrong Content-Type, or bytes that are not a WebAssembly module (415)."""
+
+
+class UnavailableError(ShimError):
+    """A dependency failed (the database, the artifact store's disk): the request may succeed
+    later (503); the message names what failed."""

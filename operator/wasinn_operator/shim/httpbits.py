@@ -18,6 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import TooLargeError
 
+# Label values are bounded: any other method is "other", a path no route matches "unmatched",
+# so requests cannot add label series (and memory) without limit.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
 
 class BodyLimit:
     """413 for bodies over `limit` bytes: at once by Content-Length, else while reading."""
@@ -56,7 +60,8 @@ async def _error(send: Send, status: int, message: str) -> None:
 
 
 class RequestMetrics:
-    """Counts requests and their latency by method, route template and status."""
+    """Counts requests and their latency by method, route template and status (see
+    `METHODS`)."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
@@ -89,8 +94,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watched)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = str(scope.get("method", ""))
+            method = method if method in METHODS else "other"
             self.requests.labels(method, route, str(status)).inc()
             self.latency.labels(method, route).observe(time.monotonic() - started)
 

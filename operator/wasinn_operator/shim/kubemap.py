@@ -91,6 +91,7 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
         daemon=bool(spec.get("daemon")),
         proplet_id=notes.get(PROPLET) or status.get("nodeName") or "",
         results=status.get("results"),
+        results_truncated=bool(status.get("resultsTruncated")),
         error=status.get("error") or "",
         start_time=parse_time(status.get("startTime")),
         finish_time=parse_time(status.get("completionTime")),

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
 from ..controller.kube import load_config
-from .errors import BadRequestError, ConflictError, NotFoundError
+from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
     CREATED,
     PROPLET,
@@ -121,6 +122,21 @@ class KubernetesStore:
                 )
             )
         return found
+
+    def checks(self) -> dict[str, str | None]:
+        """Whether the API server answers (a list of one task)."""
+        try:
+            self._call(
+                self._custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self._namespace,
+                PLURAL,
+                limit=1,
+            )
+        except ShimError as exc:
+            return {"kubernetes": str(exc)}
+        return {"kubernetes": None}
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -349,7 +365,9 @@ class KubernetesStore:
                 raise ConflictError(message) from None
             if exc.status in (400, 422):
                 raise BadRequestError(message) from None
-            raise
+            raise UnavailableError(f"the Kubernetes API answered {exc.status}: {message}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UnavailableError(f"the Kubernetes API is unreachable: {exc}") from None
         data = response.data
         return json.loads(data) if data else {}
 

@@ -1,14 +1,21 @@
-"""The local backend: tasks in SQLite, run by a bounded pool on this machine.
+"""The local backend: tasks in SQLite, run by a pool on this machine.
 
-Each pool slot keeps a warm worker, a `wasinn proplet serve` child running one task after
-another on one engine (the fetch, verify and run of `wasinn proplet run`, the runner a Pod
-uses), with the embedded engine and the configured models directory at /models: the next task
-on the same module and model finds them compiled and loaded. A child rather than a thread
-because `stop` must end a guest at any instruction (a process can be killed, a thread cannot)
-and a crash in native code must not take the shim down: `stop` kills the task's worker, a dead
-worker fails its task, and the slot starts a new worker for its next task. A worker is recycled
-after `worker_max_tasks` tasks or above `worker_max_rss` bytes, to bound memory. With
-`fresh_process`, every task is a `wasinn proplet run` child of its own instead, as a Pod is.
+Tasks run on warm workers, `wasinn proplet serve` children that run one task after another on
+one engine (the fetch, verify and run of `wasinn proplet run`, the runner a Pod uses), with the
+embedded engine and the configured models directory at /models: the next task on the same
+module and model finds them compiled and loaded. Idle workers wait on a stack (the warmest is
+reused first; at most `workers` stay). A child rather than a thread because `stop` must end a
+guest at any instruction (a process can be killed, a thread cannot) and a crash in native code
+must not take the shim down: `stop` kills the task's worker, a dead worker fails its task, and
+the next task starts a new worker. A worker is recycled after `worker_max_tasks` tasks or above
+`worker_max_rss` bytes, to bound memory. With `fresh_process`, every task is a `wasinn proplet
+run` child of its own instead, as a Pod is. The pool (`pool.py`) runs `workers` tasks at once,
+and lets a task that runs past `long_after` seconds give its slot to the next one.
+
+Faults: a database that fails (full disk, I/O error) fails no thread. A task the pool cannot
+claim stays Scheduled and is tried again; a run whose result cannot be written is recorded
+Failed with an error saying so, and when even that cannot be written its end is kept and
+written once the database works again. `checks()` reports both to /health.
 
 Restart semantics: tasks and results live in the database. On start-up, a task that was
 Running when the shim went away is marked Failed with the error `interrupted: ...` (its result
@@ -19,48 +26,39 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
+import logging
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 from ..api import RunSummary
+from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
 from .artifacts import ArtifactStore
+from .errors import UnavailableError
+from .fresh import drain, outcome
+from .pool import Pool
 from .sqlite import TaskDB
-from .store import PropletRecord, TaskRecord, TaskState, now
-from .workers import Worker, WorkerDiedError
+from .store import Outcome, PropletRecord, TaskRecord, TaskState, now
+from .workers import IdleWorkers, Worker, WorkerDiedError
 
 RESULTS_LIMIT = 1 << 20
-STDERR_TAIL = 4096
 INTERRUPTED = "interrupted: the shim stopped while the task was running"
 HEARTBEAT_SECONDS = 10.0
+RETRY_SECONDS = 1.0  # how often tasks and results the database refused are tried again
+LONG_AFTER = 5.0
+log = logging.getLogger("wasinn.shim.local")
 # Settings of the shim's own environment that must not leak into a child proplet: it must not
 # publish to MQTT itself (the shim's outbox does) nor pick another engine or task.
 PRIVATE_ENV = ("PROPLET_", "EXTERNAL_WASM_RUNTIME", "WASINN_TASK", "WASINN_TERMINATION_LOG")
 WORKER_MAX_TASKS = 100
 WORKER_MAX_RSS = 2 << 30
-
-
-@dataclass
-class _Slot:
-    """One pool thread's warm worker, started for the first task that needs it."""
-
-    worker: Worker | None = None
-
-    def retire(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
 
 
 class LocalBackend:
@@ -74,11 +72,15 @@ class LocalBackend:
         workers: int,
         proplet_id: str,
         *,
+        long_workers: int | None = None,
+        long_after: float = LONG_AFTER,
         fresh_process: bool = False,
         worker_max_tasks: int = WORKER_MAX_TASKS,
         worker_max_rss: int = WORKER_MAX_RSS,
+        policy: TaskPolicy | None = None,
     ) -> None:
         self.db = TaskDB(db_path)
+        self.policy = policy or TaskPolicy()  # the proplets apply it again to every task
         self.fresh_process = fresh_process
         self.worker_max_tasks = max(1, worker_max_tasks)
         self.worker_max_rss = worker_max_rss
@@ -87,27 +89,29 @@ class LocalBackend:
         self.artifacts = artifacts
         self.models_dir = models_dir
         self.proplet_id = proplet_id
-        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition()
         self._closing = threading.Event()
         self._heartbeats: collections.deque[datetime] = collections.deque([now()], maxlen=10)
+        self._unrecorded: dict[tuple[str, int], tuple[Outcome, bool]] = {}
+        self._unclaimed: list[tuple[str, int]] = []
+        self._idle = IdleWorkers(workers)
+        self._pool: Pool[tuple[str, int]] = Pool(
+            self._handle,
+            workers,
+            workers if long_workers is None else long_workers,
+            long_after,
+        )
         self._recover()
-        self._slots = [_Slot() for _ in range(max(1, workers))]
-        self._threads = [
-            threading.Thread(target=self._work, args=(slot,), name=f"wasinn-pool-{i}", daemon=True)
-            for i, slot in enumerate(self._slots)
-        ]
-        self._threads.append(threading.Thread(target=self._beat, name="wasinn-beat", daemon=True))
-        for thread in self._threads:
-            thread.start()
+        self._keeper = threading.Thread(target=self._keep, name="wasinn-keeper", daemon=True)
+        self._keeper.start()
 
     def _recover(self) -> None:
         for record in self.db.in_state(TaskState.RUNNING):
-            self.db.finish(record.id, record.run, TaskState.FAILED, None, INTERRUPTED, True)
+            self._record(record.id, record.run, Outcome(TaskState.FAILED, error=INTERRUPTED), True)
         for record in self.db.in_state(TaskState.SCHEDULED):
-            self._queue.put((record.id, record.run))
+            self._pool.put((record.id, record.run))
 
     # The TaskStore protocol.
     def add(self, record: TaskRecord) -> None:
@@ -129,7 +133,7 @@ class LocalBackend:
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
         record = self.db.start(task_id, proplet_id or self.proplet_id)
-        self._queue.put((record.id, record.run))
+        self._pool.put((record.id, record.run))
         return record
 
     def stop(self, task_id: str) -> TaskRecord:
@@ -159,26 +163,31 @@ class LocalBackend:
         return self.db.counts()
 
     def proplets(self) -> list[PropletRecord]:
-        with self._lock:
-            running = len(self._children)
         history = list(self._heartbeats)
         alive = not self._closing.is_set() and (now() - history[-1]).total_seconds() <= 10.5
-        name = f"local ({len(self._threads) - 1} workers)"
-        return [PropletRecord(self.proplet_id, name, running, alive, history)]
+        name = f"local ({self._pool.slots} workers)"
+        return [PropletRecord(self.proplet_id, name, self._pool.running(), alive, history)]
+
+    def checks(self) -> dict[str, str | None]:
+        database = self.db.probe()
+        with self._lock:
+            waiting = len(self._unrecorded) + len(self._unclaimed)
+        if waiting:
+            database = f"{database or 'the task database failed'}; {waiting} task(s) wait for it"
+        workers = self._pool.problem()
+        if not self._keeper.is_alive() and not self._closing.is_set():
+            workers = "the pool's keeper thread died"
+        return {"database": database, "workers": workers}
 
     def close(self) -> None:
         self._closing.set()
-        for _ in self._threads:
-            self._queue.put(None)
         with self._lock:
             ids = list(self._children)
         for task_id in ids:
             self._kill(task_id)
-        for thread in self._threads:
-            thread.join(timeout=10)
-        for slot in self._slots:  # the pool threads retire their workers; this is for stragglers
-            if slot.worker is not None:
-                slot.worker.kill()
+        self._pool.close()
+        self._idle.close()
+        self._keeper.join(timeout=5)
         self.db.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -187,9 +196,21 @@ class LocalBackend:
         with self._finished:
             self._finished.notify_all()
 
-    def _beat(self) -> None:
-        while not self._closing.wait(HEARTBEAT_SECONDS):
-            self._heartbeats.append(now())
+    def _keep(self) -> None:
+        """Heartbeats, and the tasks and results the database refused, tried again."""
+        beat = 0.0
+        while not self._closing.wait(RETRY_SECONDS):
+            beat += RETRY_SECONDS
+            if beat >= HEARTBEAT_SECONDS:
+                beat = 0.0
+                self._heartbeats.append(now())
+            with self._lock:
+                unrecorded, self._unrecorded = self._unrecorded, {}
+                unclaimed, self._unclaimed = self._unclaimed, []
+            for (task_id, run), (result, publish) in unrecorded.items():
+                self._record(task_id, run, result, publish, again=True)
+            for item in unclaimed:
+                self._pool.put(item)
 
     def _kill(self, task_id: str) -> None:
         with self._lock:
@@ -199,24 +220,47 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
 
-    def _work(self, slot: _Slot) -> None:
+    def _handle(self, item: tuple[str, int]) -> None:
+        """Run one queued task (a pool job)."""
+        task_id, run = item
+        if self._closing.is_set():
+            return
         try:
-            while (item := self._queue.get()) is not None:
-                task_id, run = item
-                if self._closing.is_set():
-                    return
-                record = self.db.claim(task_id, run)
-                if record is None:
-                    continue
-                try:
-                    state, results, error = self._run(record, slot)
-                except Exception as exc:  # a bug or an OS failure must fail the task, not the pool
-                    state, results, error = TaskState.FAILED, None, f"shim: {exc}"
-                if not self._closing.is_set():
-                    self.db.finish(task_id, run, state, results, error, publish=not record.daemon)
-                    self._notify()
-        finally:
-            slot.retire()
+            record = self.db.claim(task_id, run)
+        except UnavailableError:
+            with self._lock:  # still Scheduled in the database: queued again once it works
+                self._unclaimed.append(item)
+            return
+        if record is None:
+            return
+        try:
+            result = self._run(record)
+        except Exception as exc:  # a bug or an OS failure fails the task, not the pool
+            log.exception("running task %s failed", task_id)
+            result = Outcome(TaskState.FAILED, error=f"shim: {type(exc).__name__}: {exc}")
+        if not self._closing.is_set():
+            self._record(task_id, run, result, publish=not record.daemon)
+
+    def _record(
+        self, task_id: str, run: int, result: Outcome, publish: bool, again: bool = False
+    ) -> None:
+        """Write a run's end; when the database refuses it, a smaller Failed record saying so;
+        when that fails too, keep the end for `_keep` to write later (few are ever kept: a
+        database that refuses this small write refuses the claims of new runs too)."""
+        try:
+            self.db.finish(task_id, run, result, publish)
+        except UnavailableError as exc:
+            error = f"the result could not be stored: {exc}"
+            if result.error:
+                error += f" (the run's error: {result.error})"
+            try:
+                self.db.finish(task_id, run, Outcome(TaskState.FAILED, error=error), publish)
+            except UnavailableError:
+                if not again:
+                    log.warning("task %s: its end waits for the database: %s", task_id, exc)
+                with self._lock:
+                    self._unrecorded[(task_id, run)] = (result, publish)
+        self._notify()
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
@@ -224,6 +268,7 @@ class LocalBackend:
         env["WASINN_PARENT_PID"] = str(os.getpid())
         if self.models_dir is not None:
             env["WASINN_MODELS_DIR"] = str(self.models_dir)
+        env[POLICY_ENV] = self.policy.to_json()
         return env
 
     def _stale(self, record: TaskRecord) -> bool:
@@ -231,7 +276,7 @@ class LocalBackend:
         current = self.db.get(record.id)
         return self._closing.is_set() or current.run != record.run or not current.state.active
 
-    def _run(self, record: TaskRecord, slot: _Slot) -> tuple[TaskState, str | None, str]:
+    def _run(self, record: TaskRecord) -> Outcome:
         local = str(self.artifacts.path(record.digest)) if record.digest else None
         spec = to_task_spec(
             record.to_task(), wasm_source(record.digest, record.image_url, local_path=local)
@@ -240,32 +285,30 @@ class LocalBackend:
         task_json = spec.model_dump_json(by_alias=True)
         if self.fresh_process:
             return self._run_fresh(record, task_json)
-        if slot.worker is not None and not slot.worker.alive():
-            slot.retire()  # it died while idle (OOM kill, signal): not this task's doing
         with self._lock:
             if self._stale(record):
-                return TaskState.INTERRUPTED, None, "stopped"
-            if slot.worker is None:
-                slot.worker = Worker(self._child_env(), self._workdir)
-            worker = slot.worker
+                return Outcome(TaskState.INTERRUPTED, error="stopped")
+            worker = self._idle.take() or Worker(self._child_env(), self._workdir)
             self._children[record.id] = worker.process
         try:
             summary = RunSummary.model_validate(worker.run(task_json))
         except (WorkerDiedError, ValueError) as exc:
-            # A stopped task's worker died too: the slot starts a new one for its next task.
-            slot.retire()
-            return TaskState.FAILED, None, str(exc)
+            # A stopped task's worker died too: the next task starts a new one.
+            worker.close()
+            return Outcome(TaskState.FAILED, error=str(exc))
         finally:
             with self._lock:
                 if self._children.get(record.id) is worker.process:
                     del self._children[record.id]
         rss = worker.rss()
         if worker.tasks_run >= self.worker_max_tasks or (rss or 0) > self.worker_max_rss:
-            slot.retire()
+            worker.close()
+        else:
+            self._idle.give(worker)
         state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
-        return state, summary.stdout, summary.error or ""
+        return Outcome(state, summary.stdout, summary.error or "", summary.stdout_truncated)
 
-    def _run_fresh(self, record: TaskRecord, task_json: str) -> tuple[TaskState, str | None, str]:
+    def _run_fresh(self, record: TaskRecord, task_json: str) -> Outcome:
         """The task in a `wasinn proplet run` child of its own."""
         with tempfile.TemporaryDirectory(prefix="wasinn-task-") as tmp:
             task_file, summary_file = Path(tmp) / "task.json", Path(tmp) / "summary.json"
@@ -275,7 +318,7 @@ class LocalBackend:
             command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"]
             with self._lock:
                 if self._stale(record):
-                    return TaskState.INTERRUPTED, None, "stopped"
+                    return Outcome(TaskState.INTERRUPTED, error="stopped")
                 child = subprocess.Popen(
                     command,
                     env=env,
@@ -287,48 +330,10 @@ class LocalBackend:
                 )
                 self._children[record.id] = child
             try:
-                stdout, stderr = _drain(child, RESULTS_LIMIT)
+                stdout, over, stderr = drain(child, RESULTS_LIMIT)
                 code = child.wait()
             finally:
                 with self._lock:
                     if self._children.get(record.id) is child:
                         del self._children[record.id]
-            return _outcome(summary_file, stdout, stderr, code)
-
-
-def _outcome(
-    summary_file: Path, stdout: bytes, stderr: bytes, code: int
-) -> tuple[TaskState, str | None, str]:
-    """State, results (the guest's stdout) and error of a finished child."""
-    results = stdout.decode("utf-8", errors="replace")
-    try:
-        summary = RunSummary.model_validate(json.loads(summary_file.read_text()))
-    except (OSError, ValueError):
-        tail = stderr[-STDERR_TAIL:].decode("utf-8", errors="replace").strip()
-        error = f"the runner ended with code {code} without a summary" + (
-            f": {tail}" if tail else ""
-        )
-        return TaskState.FAILED, results or None, error
-    state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
-    return state, results, summary.error or ""
-
-
-def _drain(child: subprocess.Popen[bytes], limit: int) -> tuple[bytes, bytes]:
-    """Read both pipes to the end, keeping at most `limit` bytes of stdout (and stderr's tail)."""
-    assert child.stdout is not None and child.stderr is not None
-    kept: dict[str, bytes] = {}
-
-    def read(name: str, stream: IO[bytes], head: bool) -> None:
-        data = b""
-        while chunk := stream.read(1 << 16):
-            if not head:
-                data = (data + chunk)[-STDERR_TAIL:]
-            elif len(data) < limit:
-                data = (data + chunk)[:limit]
-        kept[name] = data
-
-    err = threading.Thread(target=read, args=("err", child.stderr, False), daemon=True)
-    err.start()
-    read("out", child.stdout, True)
-    err.join()
-    return kept["out"], kept.get("err", b"")
+            return outcome(summary_file, stdout, over, stderr, code)

@@ -22,11 +22,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..api.policy import lexical
+from ..atomicfile import replace_file
 from ..mqtt import MQTTError, MQTTSettings
 from .app import create_app
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, private_dir
 from .bridge import Bridge
 from .config import ShimConfig, config_from_args
+from .errors import ShimError
 from .local import LocalBackend
 from .service import TaskService
 from .store import TaskState, TaskStore
@@ -46,9 +49,12 @@ def local_backend(config: ShimConfig, artifacts: ArtifactStore, instance_id: str
         config.models_dir,
         config.workers,
         instance_id,
+        long_workers=config.long_workers,
+        long_after=config.long_after,
         fresh_process=config.fresh_process,
         worker_max_tasks=config.worker_max_tasks,
         worker_max_rss=config.worker_max_rss_mib << 20,
+        policy=config.policy,
     )
 
 
@@ -87,19 +93,40 @@ def instance_id(data_dir: Path) -> str:
         return os.environ["PROPLET_INSTANCE_ID"]
     path = data_dir / "instance-id"
     if not path.is_file():
-        path.write_text(f"wasinn-{uuid.uuid4()}\n")
-    return path.read_text().strip()
+        replace_file(path, f"wasinn-{uuid.uuid4()}\n".encode())  # 0600, never half written
+    ident = path.read_text().strip()
+    if not ident:
+        raise ValueError(f"{path} is empty: remove it to get a new instance id")
+    return ident
 
 
 def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskService]:
-    """The application with its backend, service and (when configured) MQTT bridge."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    """The application with its backend, service and (when configured) MQTT bridge.
+
+    Raises ValueError (an unusable database, a missing setting) or ShimError (a dependency
+    failing at start) with a message for the operator."""
+    private_dir(config.data_dir)
     artifacts = ArtifactStore(
         config.artifacts_dir or config.data_dir / "artifacts", config.max_wasm_bytes
     )
     ident = instance_id(config.data_dir)
     store = BACKENDS[config.backend](config, artifacts, ident)
-    service = TaskService(store, artifacts, ident)
+    # Local tasks run on this machine, so their host paths are resolved here (symlinks too);
+    # the kubernetes backend's run in Pods, whose files the shim cannot see.
+    resolve = os.path.realpath if config.backend == "local" else lexical
+    paths = [artifacts.directory]
+    if config.backend == "local":
+        paths.append((config.db or config.data_dir / "tasks.db").parent)
+    service = TaskService(
+        store,
+        artifacts,
+        ident,
+        config.policy,
+        resolve,
+        min_free_bytes=config.min_free_mib << 20,
+        disk_paths=paths,
+    )
+    log.info("task policy: %s", config.policy.describe())
     registry = CollectorRegistry()
     registry.register(TaskCollector(store))
     bridge = None
@@ -112,6 +139,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             registry=registry,
             namespace=os.environ.get("PROPLET_NAMESPACE", ""),
         )
+        service.checks.add("mqtt", bridge.problem)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -137,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415  (only the shim needs the server)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.umask(0o077)  # every file and directory the shim (and its workers) create is private
     if args.backend not in BACKENDS:
         sys.stderr.write(
             f"wasinn shim: unknown backend {args.backend!r} "
@@ -146,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         mqtt = MQTTSettings.from_env(os.environ)
-    except (OSError, MQTTError) as exc:
+    except (OSError, ValueError, MQTTError) as exc:
         sys.stderr.write(f"wasinn shim: {exc}\n")
         return 2
     if config.models_dir is not None and not config.models_dir.is_dir():
@@ -154,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         app, _ = build(config, mqtt)
-    except ValueError as exc:
+    except (ValueError, ShimError, OSError) as exc:
         sys.stderr.write(f"wasinn shim: {exc}\n")
         return 2
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")

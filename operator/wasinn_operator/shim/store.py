@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..api.propeller import Task, TaskState
 
-__all__ = ["PropletRecord", "TaskRecord", "TaskState", "TaskStore", "now"]
+__all__ = ["Outcome", "PropletRecord", "TaskRecord", "TaskState", "TaskStore", "now"]
 
 
 def now() -> datetime:
@@ -43,6 +43,7 @@ class TaskRecord:
     updated_at: datetime = field(default_factory=now)
     run: int = 0  # bumped by every start: a result belongs to one run
     unpublished: bool = False  # a result awaits its MQTT publication
+    results_truncated: bool = False  # the guest printed more than the results keep
 
     def copy(self, **changes: Any) -> TaskRecord:
         """A copy with `changes` applied."""
@@ -62,12 +63,23 @@ class TaskRecord:
             daemon=self.daemon,
             proplet_id=self.proplet_id or None,
             results=self.results,
+            results_truncated=self.results_truncated,
             error=self.error or None,
             start_time=self.start_time or Task.model_fields["start_time"].default,
             finish_time=self.finish_time or Task.model_fields["finish_time"].default,
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its state, results (the guest's stdout) and error."""
+
+    state: TaskState
+    results: str | None = None
+    error: str = ""
+    truncated: bool = False  # `results` is the start of a longer output
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,8 @@ class TaskStore(Protocol):
         """The task."""
 
     def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
-        """Tasks `offset`..`offset+limit` in creation order, and the total count."""
+        """Tasks `offset`..`offset+limit` in creation order, and the total count; the records
+        may leave out `results` (a listing never shows them)."""
 
     def save(self, record: TaskRecord) -> None:
         """Write the spec fields (name, image_url, digest, cli_args, inputs, env, daemon,
@@ -117,7 +130,8 @@ class TaskStore(Protocol):
         published (e.g. its module could not be fetched). `ConflictError` while it is active."""
 
     def unpublished(self) -> list[TaskRecord]:
-        """Finished runs whose result is not yet acknowledged by the MQTT broker."""
+        """Finished runs whose result is not yet acknowledged by the MQTT broker, oldest first
+        (a backend may return only the first of them: the outbox asks again)."""
 
     def mark_published(self, task_id: str, run: int) -> None:
         """The broker acknowledged run `run`'s result (a later run stays unpublished)."""
@@ -133,6 +147,10 @@ class TaskStore(Protocol):
 
     def proplets(self) -> list[PropletRecord]:
         """The backend's workers."""
+
+    def checks(self) -> dict[str, str | None]:
+        """The backend's dependencies for /health, each None when fine, else what is wrong
+        (local: the database and the worker pool; kubernetes: the API server)."""
 
     def close(self) -> None:
         """Stop the backend's threads and end its runs (their tasks are recovered on start-up)."""

@@ -146,3 +146,45 @@ class Worker:
         while chunk := self.process.stderr.read1(1 << 16):  # type: ignore[attr-defined]
             self._tail = (self._tail + chunk)[-STDERR_TAIL:]
         self.process.stderr.close()
+
+
+class IdleWorkers:
+    """Warm workers waiting for a task, most recently used on top (its caches are the warmest);
+    at most `keep` are kept: a worker given back beyond that is closed."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = max(1, keep)
+        self._stack: list[Worker] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Worker | None:
+        """The warmest live idle worker, or None (a worker that died while idle is dropped)."""
+        while True:
+            with self._lock:
+                if not self._stack:
+                    return None
+                worker = self._stack.pop()
+            if worker.alive():
+                return worker
+            worker.close()
+
+    def give(self, worker: Worker) -> None:
+        """Put a worker back after its task."""
+        with self._lock:
+            self._stack.append(worker)
+            extra = self._stack[: -self.keep]
+            del self._stack[: -self.keep]
+        for old in extra:
+            old.close()
+
+    def count(self) -> int:
+        """Idle workers now."""
+        with self._lock:
+            return len(self._stack)
+
+    def close(self) -> None:
+        """Close every idle worker."""
+        with self._lock:
+            workers, self._stack = self._stack, []
+        for worker in workers:
+            worker.close()

@@ -1,0 +1,91 @@
+"""Request and answer bodies of the HTTP transport, decoded and encoded without holding a
+module in memory.
+
+`task_input` reads a JSON task: strictly parsed (`jsonbody`), its `file` decoded into the
+artifact store a slice at a time, the raw body released as soon as it is decoded. `with_file`
+answers a task with its module streamed from disk as base64. `JSONAnswer` renders whatever was
+stored, even text an earlier version let in.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from ..api.propeller import Task, TaskInput
+from .artifacts import ArtifactStore, ModuleUpload
+from .errors import BadRequestError, UnsupportedMediaError
+from .httpbits import describe
+from .jsonbody import parse_json
+from .uploads import module_from_base64
+
+FILE_CHUNK = 3 << 18  # module bytes encoded at a time (a multiple of 3: no padding inside)
+
+
+def render(content: Any) -> bytes:
+    # A string that is not valid Unicode (stored by an earlier version) is sent as its \uXXXX
+    # escape, which is valid JSON, instead of failing the answer.
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace")
+
+
+class JSONAnswer(JSONResponse):
+    """JSON that renders whatever was stored."""
+
+    def render(self, content: Any) -> bytes:
+        return render(content)
+
+
+def with_file(task: Task, module: BinaryIO) -> Response:
+    """The task with its module's base64 as `file`, streamed from the stored file."""
+    size = os.fstat(module.fileno()).st_size
+    head = render(task.to_json())
+    prefix, suffix = head[:-1] + b',"file":"', b'"}'
+    length = len(prefix) + 4 * ((size + 2) // 3) + len(suffix)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield prefix
+            while chunk := await run_in_threadpool(module.read, FILE_CHUNK):
+                yield base64.b64encode(chunk)
+            yield suffix
+        finally:
+            module.close()
+
+    headers = {"Content-Length": str(length)}
+    return StreamingResponse(body(), media_type="application/json", headers=headers)
+
+
+async def task_input(
+    request: Request, artifacts: ArtifactStore
+) -> tuple[TaskInput, ModuleUpload | None]:
+    """The body as a `TaskInput`, its `file` (when set) received into the artifact store."""
+    if "application/json" not in request.headers.get("content-type", ""):
+        raise UnsupportedMediaError("Content-Type must be application/json")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+    return await run_in_threadpool(_decode_task, raw, artifacts)
+
+
+def _decode_task(raw: bytearray, artifacts: ArtifactStore) -> tuple[TaskInput, ModuleUpload | None]:
+    data = parse_json(raw)  # empties `raw`: the body is not kept beside its decoded copy
+    file = data.get("file") if isinstance(data, dict) else None
+    if isinstance(file, str) and file:
+        del data["file"]  # decoded into the store below, not kept as a model field
+    else:
+        file = None
+    try:
+        body = TaskInput.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequestError(describe(exc)) from None
+    del data
+    return body, module_from_base64(file, artifacts) if file is not None else None

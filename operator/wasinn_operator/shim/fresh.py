@@ -1,0 +1,76 @@
+"""`--fresh-process` runs: reading a `wasinn proplet run` child's output into an `Outcome`.
+
+The child writes the guest's stdout and stderr to its own, its log lines (`wasinn proplet: ...`)
+to stderr, and its RunSummary to a file. The results are the first `limit` bytes of stdout, flagged
+truncated when there was more; a failed run's error gets the tail of the guest's stderr when the
+summary's error does not carry it already, and a child that died without a summary is described
+by its exit code and that tail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO
+
+from ..api import RunSummary
+from .store import Outcome, TaskState
+
+STDERR_TAIL = 4096
+PROPLET_LOG = "wasinn proplet: "
+
+
+def drain(child: subprocess.Popen[bytes], limit: int) -> tuple[bytes, bool, bytes]:
+    """Read both pipes to the end: the first `limit` bytes of stdout, whether there was more,
+    and the last `STDERR_TAIL` bytes of stderr."""
+    assert child.stdout is not None and child.stderr is not None
+    kept: dict[str, bytes] = {}
+    over = False
+
+    def read(name: str, stream: IO[bytes], head: bool) -> None:
+        nonlocal over
+        data = b""
+        while chunk := stream.read(1 << 16):
+            if not head:
+                data = (data + chunk)[-STDERR_TAIL:]
+            elif len(data) + len(chunk) > limit:
+                over = True
+                data = (data + chunk)[:limit]
+            else:
+                data += chunk
+        kept[name] = data
+
+    err = threading.Thread(target=read, args=("err", child.stderr, False), daemon=True)
+    err.start()
+    read("out", child.stdout, True)
+    err.join()
+    return kept["out"], over, kept.get("err", b"")
+
+
+def guest_tail(stderr: bytes) -> str:
+    """The end of the guest's stderr: the child's stderr without the proplet's own lines."""
+    text = stderr.decode("utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if not line.startswith(PROPLET_LOG)]
+    return "\n".join(lines).strip()
+
+
+def outcome(summary_file: Path, stdout: bytes, over: bool, stderr: bytes, code: int) -> Outcome:
+    """State, results and error of a finished child (`over`: `stdout` was cut)."""
+    results = stdout.decode("utf-8", errors="replace")
+    tail = guest_tail(stderr)
+    try:
+        summary = RunSummary.model_validate(json.loads(summary_file.read_text()))
+    except (OSError, ValueError):
+        error = f"the runner ended with code {code} without a summary" + (
+            f": {tail}" if tail else ""
+        )
+        return Outcome(TaskState.FAILED, results or None, error, over)
+    state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
+    error = summary.error or ""
+    if state is TaskState.FAILED and tail and tail.splitlines()[-1] not in error:
+        error = f"{error}: {tail}" if error else tail
+    # Not the summary's flag: it also says that its copy of stdout was cut to fit the
+    # termination message. The pipe carries all of the guest's stdout, so `over` is exact.
+    return Outcome(state, results, error, over)
