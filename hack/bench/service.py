@@ -62,7 +62,7 @@ class RssSampler:
     """Peak tree RSS of a process, sampled every 100 ms in a thread."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
+        self.pid, self.peak = pid, _tree_rss(pid)  # a run shorter than one period still counts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -74,7 +74,7 @@ class RssSampler:
     def close(self) -> int:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return max(self.peak, _tree_rss(self.pid))
 
 
 @contextlib.contextmanager
