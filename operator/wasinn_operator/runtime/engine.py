@@ -77,15 +77,6 @@ def fd_sink(fd: int) -> Sink:
     return write
 
 
-def default_cache_dir() -> Path:
-    """`$WASINN_CACHE_DIR`, else `$XDG_CACHE_HOME/wasinn`, else `~/.cache/wasinn`."""
-    explicit = os.environ.get("WASINN_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "wasinn"
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Process-wide engine settings, and the limits of runs that set none themselves.

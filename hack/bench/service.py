@@ -1,0 +1,327 @@
+"""Sections on the services: the local shim (tasks end to end, REST) and the cluster.
+
+local: a real `wasinn shim` (local backend, warm workers) on 127.0.0.1; N classification tasks
+at concurrency 1/4/16, start -> result measured by the client (POST start, then GET until the
+task is finished), tasks/s, and the peak RSS of the shim and its worker processes.
+rest: bounded loops of `GET /tasks/{id}` and `POST /tasks` on the same shim.
+cluster: only when `hack/cluster status` says the cluster runs (else a skip message).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from report import Row, row, summary
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
+FINISHED = (3, 4, 6)  # Completed, Failed, Interrupted
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class RssSampler:
+    """Peak tree RSS of a process, sampled every 100 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, _tree_rss(pid)  # a run shorter than one period still counts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, _tree_rss(self.pid))
+
+    def close(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _tree_rss(self.pid))
+
+
+@contextlib.contextmanager
+def local_shim(models_dir: Path, workers: int) -> Iterator[tuple[Any, subprocess.Popen[bytes]]]:
+    """A `wasinn shim` on 127.0.0.1 with its own data and cache directories; yields an httpx
+    client on it and the process."""
+    import httpx
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "shim.log"
+        command = [sys.executable, "-m", "wasinn_operator.cli", "shim", "--host", "127.0.0.1",
+                   "--port", str(port), "--data-dir", f"{tmp}/data", "--models-dir",
+                   str(models_dir), "--workers", str(workers)]  # fmt: skip
+        env = {**os.environ, "WASINN_CACHE_DIR": f"{tmp}/cache"}
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the shim exited:\n{log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/health").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the shim never became healthy")
+                time.sleep(0.1)
+            yield client, process
+        finally:
+            client.close()
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _create(client: Any, wasm_b64: str) -> str:
+    response = client.post("/tasks", json={"name": "bench", "file": wasm_b64, "inputs": CHELSEA})
+    if response.status_code != 201:
+        raise RuntimeError(f"POST /tasks: {response.status_code} {response.text}")
+    return str(response.json()["id"])
+
+
+def _run_task(client: Any, task_id: str) -> float:
+    """Seconds from POST start to the task's finished state (polled every 2 ms)."""
+    began = time.perf_counter()
+    response = client.post(f"/tasks/{task_id}/start")
+    if response.status_code != 200:
+        raise RuntimeError(f"start: {response.status_code} {response.text}")
+    while True:
+        task = client.get(f"/tasks/{task_id}").json()
+        if task["state"] in FINISHED:
+            if task["state"] != 3:
+                raise RuntimeError(f"task failed: {task.get('error')}")
+            return time.perf_counter() - began
+        time.sleep(0.002)
+
+
+def local_section(models_dir: Path, guest: Path, tasks: int) -> list[Row]:
+    """tasks at concurrency 1, 4, 16 on one shim (2 warm workers: this machine's cores)."""
+    wasm_b64 = base64.b64encode(guest.read_bytes()).decode()
+    rows: list[Row] = []
+    with local_shim(models_dir, workers=os.cpu_count() or 2) as (client, process):
+        _run_task(client, _create(client, wasm_b64))  # warm the workers and caches
+        for concurrency in (1, 4, 16):
+            ids = [_create(client, wasm_b64) for _ in range(tasks)]
+            sampler = RssSampler(process.pid)
+            began = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                latencies = list(pool.map(lambda i: _run_task(client, i), ids))
+            elapsed = time.perf_counter() - began
+            peak = sampler.close()
+            s = summary(latencies)
+            name = f"{tasks} tasks c{concurrency}"
+            rows += [
+                row("local", name, "p50", s["median"] * 1e3, "ms"),
+                row("local", name, "p99", s["p99"] * 1e3, "ms"),
+                row("local", name, "tasks_per_s", tasks / elapsed, "tasks/s"),
+                row("local", name, "peak_rss", peak / 2**20, "MiB"),
+            ]
+    return rows
+
+
+def _loop(call: Callable[[], None], count: int) -> tuple[float, list[float]]:
+    latencies = []
+    began = time.perf_counter()
+    for _ in range(count):
+        t = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t)
+    return count / (time.perf_counter() - began), latencies
+
+
+def rest_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
+    """Requests/s and p99 of GET /tasks/{id} and POST /tasks, one client, sequential."""
+    count = 100 if quick else 1000
+    wasm_b64 = base64.b64encode(guest.read_bytes()).decode()
+    rows: list[Row] = []
+    with local_shim(models_dir, workers=1) as (client, _):
+        task_id = _create(client, wasm_b64)
+
+        def get() -> None:
+            if client.get(f"/tasks/{task_id}").status_code != 200:
+                raise RuntimeError("GET /tasks/{id} failed")
+
+        for name, call in (
+            ("GET /tasks/{id}", get),
+            ("POST /tasks", lambda: _create(client, wasm_b64)),
+        ):
+            rate, latencies = _loop(call, count)
+            rows += [
+                row("rest", name, "requests_per_s", rate, "req/s"),
+                row("rest", name, "p99", summary(latencies)["p99"] * 1e3, "ms"),
+            ]
+    return rows
+
+
+def cluster_up() -> tuple[bool, str]:
+    """(whether `hack/cluster status` says everything runs, its last line)."""
+    script = ROOT / "hack" / "cluster"
+    try:
+        done = subprocess.run(
+            [str(script), "status"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    last = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+    return done.returncode == 0, last[0]
+
+
+class KubectlError(RuntimeError):
+    """A kubectl command failed; the message has its stderr."""
+
+
+def _kubectl(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["kubectl", *args], input=stdin, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise KubectlError(f"kubectl {' '.join(args[:2])}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def _task_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "wasinn.dev/v1alpha1",
+        "kind": "WasiNNTask",
+        "metadata": {"name": name, "labels": {"wasinn.dev/bench": "1"}},
+        "spec": {
+            "wasm": {"configMapKeyRef": {"name": "wasinn-bench-guest", "key": "classify-c.wasm"}},
+            "args": CHELSEA,
+            "models": {"claimName": "models"},
+            "timeoutSeconds": 300,
+            "backoffLimit": 0,
+        },
+    }
+
+
+def _apply_and_wait(count: int, prefix: str) -> tuple[list[float], list[float]]:
+    """Apply `count` tasks at once; (apply -> Complete seconds, apply -> Pod seen seconds)."""
+    names = [f"{prefix}-{i}" for i in range(count)]
+    items = {"apiVersion": "v1", "kind": "List", "items": [_task_manifest(n) for n in names]}
+    began = time.monotonic()
+    _kubectl("apply", "-f", "-", stdin=json.dumps(items))
+    complete: dict[str, float] = {}
+    pod_seen: dict[str, float] = {}
+    deadline = began + 600
+    while len(complete) < count and time.monotonic() < deadline:
+        now = time.monotonic() - began
+        pods = json.loads(_kubectl("get", "pods", "-l", "wasinn.dev/task", "-o", "json"))
+        for pod in pods["items"]:
+            task = pod["metadata"]["labels"].get("wasinn.dev/task", "")
+            if task in names and task not in pod_seen:
+                pod_seen[task] = now
+        tasks = json.loads(_kubectl("get", "wasinntasks", "-l", "wasinn.dev/bench=1", "-o", "json"))
+        for task in tasks["items"]:
+            name = task["metadata"]["name"]
+            conditions = (task.get("status") or {}).get("conditions") or []
+            if (
+                name in names
+                and name not in complete
+                and any(
+                    c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                    for c in conditions
+                )
+            ):
+                complete[name] = now
+        time.sleep(0.1)
+    return list(complete.values()), list(pod_seen.values())
+
+
+def is_operator(cmdline: bytes) -> bool:
+    """Whether a /proc cmdline is `wasinn operator` (console script or `-m wasinn_operator.cli`)."""
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    runner = any(a.endswith("/wasinn") or a in ("wasinn", "wasinn_operator.cli") for a in args)
+    return runner and "operator" in args
+
+
+def _operator_rss() -> float:
+    """MiB resident of the operator process on this (single) node; NaN when not found."""
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and is_operator(Path(f"/proc/{entry}/cmdline").read_bytes()):
+                return _tree_rss(int(entry)) / 2**20
+    return float("nan")
+
+
+def cluster_section(guest: Path, quick: bool) -> tuple[list[Row], str | None]:
+    """(rows, a skip message when the cluster is not up)."""
+    up, status = cluster_up()
+    if not up:
+        return [], f"cluster: skipped, `hack/cluster status` says it is not up ({status})"
+    env = subprocess.run(
+        [str(ROOT / "hack" / "cluster"), "env"], capture_output=True, text=True, check=False
+    )
+    for line in env.stdout.splitlines():
+        if line.startswith("export KUBECONFIG="):
+            os.environ["KUBECONFIG"] = line.split("=", 1)[1].strip("'\"")
+    try:
+        return _cluster_rows(guest, quick), None
+    except (KubectlError, OSError) as exc:
+        return [], f"cluster: stopped, {exc}"
+
+
+def _cluster_rows(guest: Path, quick: bool) -> list[Row]:
+    source = f"--from-file=classify-c.wasm={guest}"
+    config = _kubectl(
+        "create", "configmap", "wasinn-bench-guest", source, "--dry-run=client", "-o", "json"
+    )
+    _kubectl("apply", "-f", "-", stdin=config)
+    rows: list[Row] = []
+    try:
+        for count in (1, 10 if quick else 100):
+            done, pods = _apply_and_wait(count, f"bench-{count}-{int(time.time())}")
+            s, p = summary(done), summary(pods)
+            rows += [
+                row("cluster", f"{count} tasks", "complete_p50", s["median"] * 1e3, "ms"),
+                row("cluster", f"{count} tasks", "complete_p99", s["p99"] * 1e3, "ms"),
+                row("cluster", f"{count} tasks", "pod_created_p99", p["p99"] * 1e3, "ms"),
+                row("cluster", f"{count} tasks", "finished", len(done), "tasks"),
+            ]
+        rows.append(row("cluster", "operator", "rss_after", _operator_rss(), "MiB"))
+    finally:
+        with contextlib.suppress(KubectlError):
+            _kubectl("delete", "wasinntasks", "-l", "wasinn.dev/bench=1", "--wait=false")
+    return rows

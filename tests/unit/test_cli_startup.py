@@ -1,0 +1,56 @@
+"""`wasinn --help`, `--version` and argument errors must not load the engine or the services.
+
+A start-up budget, checked by what gets imported rather than by timing (no timed assertions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("wasmtime", "openvino", "numpy", "fastapi", "kopf")
+
+PROBE = """
+import json, os, sys
+HEAVY = json.loads(os.environ["HEAVY"])
+from wasinn_operator import cli
+def report(code=0):
+    loaded = [m for m in HEAVY if m in sys.modules]
+    sys.__stdout__.write(json.dumps(loaded) + "\\n")
+    sys.__stdout__.flush()
+    os._exit(0)
+cli._exit_now = report  # `wasinn run` ends with os._exit: report before it
+sys.stdout = open(os.devnull, "w")
+sys.stderr = open(os.devnull, "w")
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+report()
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["run", "--help"],
+        ["run"],
+        ["no-such-command"],
+        ["shim", "--help"],
+    ],
+)
+def test_help_and_errors_stay_light(argv: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HEAVY": json.dumps(HEAVY)},
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
