@@ -182,6 +182,35 @@ def test_wasinn_run_with_and_without_run(
         assert proc.stdout.splitlines()[1].strip().startswith("1. academic gown")
 
 
+def test_wasmtime_onnx_example_command_line(
+    guest_path: Callable[[str], Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # wasmtime's classification-component-onnx example is run as
+    # `wasmtime run -Snn --dir ./…/fixture/::fixture example.wasm`: a host directory with a
+    # trailing slash mounted at the RELATIVE guest path `fixture`, the guest reading
+    # `fixture/models/x.onnx` relative to it, loading the ONNX bytes with load(), and naming
+    # its input by the model's input name. Its model is not in this repository's reach (no
+    # internet), so the same calls are made on the shared ONNX model.
+    onnx = models_dir / "ppocr-cls-onnx"
+    fixture = tmp_path / "fixture"
+    (fixture / "models").mkdir(parents=True)
+    (fixture / "tensors").mkdir()
+    (fixture / "models" / "model.onnx").write_bytes((onnx / "model.onnx").read_bytes())
+    (fixture / "models" / "labels.txt").write_text("0_degree\n180_degree\n")
+    (fixture / "tensors" / "input.f32").write_bytes((onnx / "input.f32").read_bytes())
+    golden = np.fromfile(onnx / "output0.f32", dtype="<f4")
+    top = ["0_degree", "180_degree"][int(np.argmax(golden))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasinn_operator.cli", "run", "--cache-dir",
+         str(tmp_path / "cache"), "-Snn", "--dir", f"{fixture}/::fixture",
+         str(guest_path("classify-component")), "--model-dir", "fixture/models", "--input", "x",
+         "--dims", "1,3,48,192", "--classes", "2", "--top", "1", "fixture/tensors/input.f32"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].strip().startswith(f"1. {top} ")
+
+
 def test_proplet_runs_an_inline_component(
     guest_path: Callable[[str], Path], models_dir: Path, tmp_path: Path
 ) -> None:

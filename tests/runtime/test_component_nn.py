@@ -68,6 +68,12 @@ def test_every_output_is_returned_by_name(probe: Callable[..., RunResult]) -> No
     ).splitlines()  # fmt: skip
     assert [line.split()[2] for line in out] == ["regressors", "classificators"]
     assert "dims [1, 896, 16] bytes 57344" in out[0]
+    # An ONNX model's output is named as in the ONNX graph (wasmtime's ONNX example picks its
+    # output by that name).
+    onnx = outcome(
+        probe("compute", "ppocr-cls-onnx", "x=FP32:1,3,48,192:/models/ppocr-cls-onnx/input.f32")
+    )
+    assert onnx.split()[2] == "save_infer_model/scale_0.tmp_1"
     assert "dims [1, 896, 1] bytes 3584" in out[1]
 
 
