@@ -18,6 +18,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
+from ..api.times import kube_time
 from .builders import TASK_UID_LABEL
 
 log = logging.getLogger("wasinn.operator")
@@ -170,7 +171,7 @@ class Kube:
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
         meta = task["metadata"]
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = kube_time(datetime.now(UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -18,8 +17,9 @@ from typing import Any
 import requests
 
 from ..api import WasmSource
+from ..api.summary import FailureReason
+from ..api.task import MAX_WASM_BYTES, sha256_digest
 
-MAX_WASM_BYTES = 100 << 20
 HTTP_TIMEOUT = (10, 60)
 HTTP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between attempts
 WASM_MEDIA_TYPES = ("application/wasm", "application/vnd.wasm.content.layer.v1+wasm")
@@ -27,7 +27,13 @@ LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")
 
 
 class FetchError(Exception):
-    """The module could not be obtained or failed verification; the message says why."""
+    """The module could not be obtained (`FetchFailed`: a later attempt may get it) or is not
+    the module asked for (`InvalidWasm`: a wrong digest, an unreadable file); the message says
+    why."""
+
+    def __init__(self, message: str, reason: FailureReason = FailureReason.FETCH_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def fetch_wasm(
@@ -52,15 +58,13 @@ def fetch_wasm(
     return data
 
 
-def sha256_digest(data: bytes) -> str:
-    """`sha256:<hex>` of the bytes."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def verify_digest(data: bytes, expected: str | None) -> None:
     """Raise `FetchError` when `expected` is given and does not match."""
     if expected is not None and sha256_digest(data) != expected:
-        raise FetchError(f"digest mismatch: expected {expected}, got {sha256_digest(data)}")
+        raise FetchError(
+            f"digest mismatch: expected {expected}, got {sha256_digest(data)}",
+            FailureReason.INVALID_WASM,
+        )
 
 
 def _read_file(path: Path, limit: int) -> bytes:
@@ -70,7 +74,9 @@ def _read_file(path: Path, limit: int) -> bytes:
             raise FetchError(f"{path} is {size} bytes, over the {limit}-byte limit")
         return path.read_bytes()
     except OSError as exc:
-        raise FetchError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise FetchError(
+            f"cannot read {path}: {exc.strerror or exc}", FailureReason.INVALID_WASM
+        ) from None
 
 
 def _http_get(url: str, limit: int) -> bytes:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_from_settings
+from ..api.task import MAX_WASM_BYTES
 
 DEFAULT_PORT = 7070
-DEFAULT_MAX_BYTES = 100 << 20
 DEFAULT_WORKER_MAX_TASKS = 100
 DEFAULT_WORKER_MAX_RSS_MIB = 2048
 # Two tasks per core: a task is not busy all its life (fetch, compile, load), and one or two
@@ -40,7 +40,7 @@ class ShimConfig:
     worker_max_tasks: int = DEFAULT_WORKER_MAX_TASKS
     worker_max_rss_mib: int = DEFAULT_WORKER_MAX_RSS_MIB
     token: str | None = None
-    max_wasm_bytes: int = DEFAULT_MAX_BYTES
+    max_wasm_bytes: int = MAX_WASM_BYTES
     public_url: str | None = None
     proplet: bool = True
     namespace: str = "default"
@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_WORKER_MAX_RSS_MIB})",
     )
     add("--token-file", type=Path, help="require this bearer token (or $WASINN_SHIM_TOKEN)")
-    add("--max-wasm-bytes", type=int, default=DEFAULT_MAX_BYTES, help="module size limit")
+    add("--max-wasm-bytes", type=int, default=MAX_WASM_BYTES, help="module size limit")
     add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
     add("--no-proplet", action="store_true", help="MQTT: publish results only, no proplet role")
     add(
