@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +36,13 @@ class FetchError(Exception):
 
 
 def fetch_wasm(
-    source: WasmSource, limit: int = MAX_WASM_BYTES, registry_auth: Path | None = None
+    source: WasmSource,
+    limit: int = MAX_WASM_BYTES,
+    registry_auth: Path | None = None,
+    insecure_registries: tuple[str, ...] = (),
 ) -> bytes:
-    """The module's bytes, checked against `source.digest` when one is given."""
+    """The module's bytes, checked against `source.digest` when one is given; OCI registries
+    are reached over plain http when local or in `insecure_registries`."""
     if source.path is not None:
         data = _read_file(Path(source.path), limit)
     elif source.inline is not None:
@@ -47,7 +50,7 @@ def fetch_wasm(
     elif source.url is not None:
         data = _http_get(source.url, limit)
     elif source.image is not None:
-        data = _oci_pull(source.image, limit, registry_auth)
+        data = _oci_pull(source.image, limit, registry_auth, insecure_registries)
     else:
         raise FetchError(
             "wasm.configMapKeyRef must be mounted as a file by the operator and given as path"
@@ -128,14 +131,14 @@ def _registry(reference: str) -> str:
     return head if ("." in head or ":" in head or head == "localhost") else "docker.io"
 
 
-def _oci_pull(reference: str, limit: int, registry_auth: Path | None) -> bytes:
+def _oci_pull(
+    reference: str, limit: int, registry_auth: Path | None, insecure_registries: tuple[str, ...]
+) -> bytes:
     """Pull a wasm artifact with oras; the layer is the one with a wasm name or media type."""
     import oras.client  # noqa: PLC0415  (heavy import, only for image sources)
 
     registry = _registry(reference)
-    insecure = registry.split(":")[0] in LOCAL_REGISTRIES or registry in os.environ.get(
-        "WASINN_INSECURE_REGISTRIES", ""
-    ).split(",")
+    insecure = registry.split(":")[0] in LOCAL_REGISTRIES or registry in insecure_registries
     client = oras.client.OrasClient(insecure=insecure)
     credentials = _credentials(registry, registry_auth)
     if credentials is not None:

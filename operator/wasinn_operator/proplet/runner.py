@@ -51,6 +51,8 @@ class PropletConfig:
     max_wasm_bytes: int = MAX_WASM_BYTES
     mqtt: MQTTSettings | None = None
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    insecure_registries: tuple[str, ...] = ()  # plain-http OCI registries besides localhost
+    parent_pid: int = 0  # the process that started this one; its end ends this one (0: none)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PropletConfig:
@@ -77,6 +79,10 @@ class PropletConfig:
             policy=TaskPolicy.from_json(environ[POLICY_ENV])
             if environ.get(POLICY_ENV)
             else TaskPolicy(),
+            insecure_registries=tuple(
+                r for r in environ.get("WASINN_INSECURE_REGISTRIES", "").split(",") if r
+            ),
+            parent_pid=int(environ.get("WASINN_PARENT_PID") or 0),
         )
 
 
@@ -130,7 +136,9 @@ def run_task(
         return summary
     started = time.monotonic()
     try:
-        wasm = fetch_wasm(task.wasm, config.max_wasm_bytes, config.registry_auth)
+        wasm = fetch_wasm(
+            task.wasm, config.max_wasm_bytes, config.registry_auth, config.insecure_registries
+        )
     except FetchError as exc:
         summary.error, summary.reason = f"fetching the module: {exc}", exc.reason
         return summary
@@ -261,7 +269,7 @@ def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunS
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         worker.start()
-        join_watching_parent(worker, int(os.environ.get("WASINN_PARENT_PID") or 0))
+        join_watching_parent(worker, config.parent_pid)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return done[0]

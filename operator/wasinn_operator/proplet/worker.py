@@ -90,11 +90,10 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         os.write(2, f"wasinn proplet serve: {exc}\n".encode())
         return 2
     runtime = new_runtime(config)
-    parent = int(env.get("WASINN_PARENT_PID") or 0)
     with os.fdopen(fd_in, "rb") as tasks, os.fdopen(fd_out, "wb") as results:
         send(results, {"ready": os.getpid()})
         for line in tasks:
             if line.strip():
-                summary = handle(line, config, runtime, parent)
+                summary = handle(line, config, runtime, config.parent_pid)
                 send(results, {"summary": summary.model_dump(by_alias=True)})
     return 0

@@ -1,15 +1,24 @@
-"""`wasinn shim` settings: options and environment (kept free of heavy imports for the CLI)."""
+"""`wasinn shim` settings: options and environment (kept free of heavy imports for the CLI).
+
+Parsed once, when the shim starts (`config_from_args`), and passed down; nothing else in the
+shim reads its own settings from the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_from_settings
 from ..api.task import MAX_WASM_BYTES
+
+if TYPE_CHECKING:
+    from ..mqtt import MQTTSettings
 
 DEFAULT_PORT = 7070
 DEFAULT_WORKER_MAX_TASKS = 100
@@ -19,6 +28,22 @@ DEFAULT_WORKER_MAX_RSS_MIB = 2048
 DEFAULT_WORKERS = 2 * (os.cpu_count() or 1)
 DEFAULT_LONG_AFTER = 5.0
 DEFAULT_MIN_FREE_MIB = 64
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What /health says the shim was built from (set by the image build)."""
+
+    commit: str = "unknown"
+    build_time: str = "unknown"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BuildInfo:
+        """`WASINN_COMMIT` and `WASINN_BUILD_TIME`."""
+        return cls(
+            commit=environ.get("WASINN_COMMIT", cls.commit),
+            build_time=environ.get("WASINN_BUILD_TIME", cls.build_time),
+        )
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,10 @@ class ShimConfig:
     namespace: str = "default"
     openvino_label: str = "wasinn.dev/openvino=true"
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    instance_id: str | None = None  # PROPLET_INSTANCE_ID; None: one kept in data_dir
+    mqtt: MQTTSettings | None = None  # the broker channel, when the environment names one
+    mqtt_namespace: str = ""  # PROPLET_NAMESPACE
+    build: BuildInfo = field(default_factory=BuildInfo)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ShimConfig:
-    """Settings from parsed options and the environment; ValueError for a bad policy setting."""
+    """Settings from parsed options and the environment; ValueError for a bad policy setting,
+    MQTTError for a bad broker setting."""
+    from ..mqtt import MQTTSettings  # noqa: PLC0415  (paho, only once the shim starts)
+
     token = os.environ.get("WASINN_SHIM_TOKEN") or None
     if args.token_file is not None:
         token = args.token_file.read_text().strip() or None
@@ -169,6 +201,10 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         or os.environ.get("WASINN_OPENVINO_LABEL")
         or "wasinn.dev/openvino=true",
         policy=policy_from_settings(os.environ, args),
+        instance_id=os.environ.get("PROPLET_INSTANCE_ID") or None,
+        mqtt=MQTTSettings.from_env(os.environ),
+        mqtt_namespace=os.environ.get("PROPLET_NAMESPACE", ""),
+        build=BuildInfo.from_env(os.environ),
     )
 
 
