@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 TERMINATION_MESSAGE_LIMIT = 4096
+# Bytes of a guest's stdout (and stderr) a run keeps; what streams to a log is never cut.
+OUTPUT_LIMIT = 1 << 20
 
 # Exit codes for runs that did not end by the guest's own exit, chosen to match what shell users
 # know: 124 like timeout(1), 125 like `docker run` failing before the program started, 134 like

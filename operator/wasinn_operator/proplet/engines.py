@@ -20,6 +20,7 @@ from typing import IO
 
 from ..api import TaskSpec
 from ..api.policy import Limits
+from ..api.summary import OUTPUT_LIMIT
 from ..api.wasmflags import Flag, FlagError, Kind, Size, Toggle, WasmFlags, parse_flags
 from ..runtime import (
     EXIT_TIMEOUT,
@@ -68,7 +69,7 @@ class Outputs:
 
     stdout: Sink
     stderr: Sink
-    limit: int = 1 << 20
+    limit: int = OUTPUT_LIMIT
 
 
 def run_embedded(

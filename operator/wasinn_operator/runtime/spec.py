@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ..api.summary import EXIT_HOST_ERROR, EXIT_TIMEOUT, EXIT_TRAP, FailureReason
+from ..api.summary import EXIT_HOST_ERROR, EXIT_TIMEOUT, EXIT_TRAP, OUTPUT_LIMIT, FailureReason
 from ..api.task import sha256_digest
 from .nn.abi import ExecutionTarget
 from .nn.models import NamedModel
 
 MODELS_GUEST_DIR = "/models"
-DEFAULT_OUTPUT_LIMIT = 1 << 20
+DEFAULT_OUTPUT_LIMIT = OUTPUT_LIMIT
 
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
