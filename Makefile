@@ -81,6 +81,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	shellcheck hack/*.sh hack/cluster hack/cluster.d/*.sh .ci/run
 
 tools: venv

@@ -77,9 +77,9 @@ def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(RUN_USAGE % default_cache_dir())
         return 0 if argv else 2
+    from .api.wasmflags import FlagError  # noqa: PLC0415
     from .runtime import (  # noqa: PLC0415
         EXIT_HOST_ERROR,
-        ArgsError,
         ModelError,
         Runtime,
         RuntimeConfig,
@@ -94,7 +94,7 @@ def _run(argv: list[str]) -> int:
             models_dir = Path(os.environ["WASINN_MODELS_DIR"])
         module_path = Path(str(parsed.module))
         wasm = module_path.read_bytes()
-    except (ArgsError, ModelError) as exc:
+    except (FlagError, ModelError) as exc:
         sys.stderr.write(f"wasinn run: {exc}\n")
         return 2
     except OSError as exc:
@@ -120,7 +120,8 @@ def _run(argv: list[str]) -> int:
 def _wasinn_options(
     argv: list[str],
 ) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, dict[str, int], list[str]]:
-    from .runtime import ArgsError, ExecutionTarget, parse_size  # noqa: PLC0415
+    from .api.wasmflags import WASINN_SWITCHES, WASINN_VALUE_OPTIONS, FlagError, parse_size  # noqa: PLC0415
+    from .runtime import ExecutionTarget  # noqa: PLC0415
 
     models_dir: Path | None = None
     cache_dir: Path | None = default_cache_dir()
@@ -130,16 +131,8 @@ def _wasinn_options(
     i = 0
     while i < len(argv):
         flag, eq, inline = argv[i].partition("=")
-        takes_value = flag in (
-            "--models-dir",
-            "--precision",
-            "--target-fallback",
-            "--cache-dir",
-            "--output-limit",
-            "--max-graph-bytes",
-            "--max-graph-memory",
-        )
-        if flag == "--no-cache":
+        takes_value = flag in WASINN_VALUE_OPTIONS
+        if flag in WASINN_SWITCHES:  # --no-cache
             cache_dir, i = None, i + 1
             continue
         if not takes_value:
@@ -149,7 +142,7 @@ def _wasinn_options(
         elif i + 1 < len(argv):
             value, i = argv[i + 1], i + 2
         else:
-            raise ArgsError(f"{flag} needs a value")
+            raise FlagError(f"{flag} needs a value")
         if flag == "--models-dir":
             models_dir = Path(value).expanduser()
         elif flag == "--cache-dir":
@@ -160,13 +153,13 @@ def _wasinn_options(
             try:
                 fallback = ExecutionTarget[value.upper()]
             except KeyError:
-                raise ArgsError(
+                raise FlagError(
                     f"--target-fallback: {value!r} is not cpu, gpu, tpu or auto"
                 ) from None
         else:
             sizes[flag] = parse_size(value, flag)
     if precision is not None and precision not in ("f32", "fp32", "bf16", "f16", "fp16"):
-        raise ArgsError(f"--precision: {precision!r} is not f32, bf16 or f16")
+        raise FlagError(f"--precision: {precision!r} is not f32, bf16 or f16")
     return models_dir, cache_dir, precision, fallback, sizes, argv[i:]
 
 

@@ -158,9 +158,7 @@ def test_the_operators_stale_status_write_is_refused(kube: Cluster) -> None:
     assert stored(kube)["status"]["phase"] == "Completed"
 
 
-def test_the_operator_reconciles_again_when_the_shim_wrote_in_between(
-    kube: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_operator_reconciles_again_when_the_shim_wrote_in_between(kube: Cluster) -> None:
     """A reconcile whose status write meets the shim's write in between decides again on a
     fresh read: both writes stand."""
     kube.create("wasinntasks", {
@@ -173,9 +171,8 @@ def test_the_operator_reconciles_again_when_the_shim_wrote_in_between(
     operator.custom = api  # type: ignore[assignment]
     note = {"metadata": {"annotations": {"wasinn.dev/proplet-id": "shim-1"}}}
     api.before.append(lambda: kube.patch("wasinntasks", "t1", note))
-    monkeypatch.setitem(handlers._state, "kube", operator)
-    monkeypatch.setitem(handlers._state, "settings", OperatorSettings(namespaces=(kube.namespace,)))
-    asyncio.run(handlers.reconcile_task(kube.namespace, "t1", uid))
+    state = handlers.Operator(OperatorSettings(namespaces=(kube.namespace,)), kube=operator)
+    asyncio.run(handlers.reconcile_task(state, kube.namespace, "t1", uid))
     assert (api.refused, api.writes) == (1, 1)
     task = stored(kube)
     scheduled = next(c for c in task["status"]["conditions"] if c["type"] == "Scheduled")

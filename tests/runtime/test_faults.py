@@ -13,6 +13,7 @@ from wasinn_operator.runtime import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
     EXIT_TRAP,
+    FailureReason,
     NNErrno,
     Outcome,
     RunSpec,
@@ -34,6 +35,7 @@ def assert_next_run_is_fine(runtime: Runtime) -> None:
 def test_trap(runtime: Runtime) -> None:
     result = runtime.run(RunSpec(wasm=wat("trap")))
     assert (result.outcome, result.exit_code) == (Outcome.TRAPPED, EXIT_TRAP)
+    assert result.reason is FailureReason.TRAP
     assert result.error is not None and "wasm trap" in result.error
     assert "unreachable" in result.error
     assert b"wasinn: wasm trap" in result.stderr
@@ -43,6 +45,7 @@ def test_trap(runtime: Runtime) -> None:
 def test_endless_loop_times_out(runtime: Runtime) -> None:
     result = runtime.run(RunSpec(wasm=wat("spin"), timeout=0.3))
     assert (result.outcome, result.exit_code) == (Outcome.TIMED_OUT, EXIT_TIMEOUT)
+    assert result.reason is FailureReason.DEADLINE_EXCEEDED
     assert result.error == "timed out after 0.3 s"
     assert_next_run_is_fine(runtime)
 
@@ -51,6 +54,7 @@ def test_memory_bomb_hits_the_limit(runtime: Runtime) -> None:
     limit = 64 << 20
     result = runtime.run(RunSpec(wasm=wat("grow"), max_memory=limit))
     assert result.outcome is Outcome.TRAPPED
+    assert result.reason is FailureReason.OUT_OF_MEMORY
     assert result.error is not None
     assert "(linear memory 63.1 MiB of the 64.0 MiB limit; a memory.grow past the limit" in (
         result.error
@@ -61,6 +65,7 @@ def test_memory_bomb_hits_the_limit(runtime: Runtime) -> None:
 def test_stack_overflow(runtime: Runtime) -> None:
     result = runtime.run(RunSpec(wasm=wat("recurse")))
     assert result.outcome is Outcome.TRAPPED
+    assert result.reason is FailureReason.TRAP
     assert result.error is not None and "stack" in result.error
     assert_next_run_is_fine(runtime)
 
@@ -72,12 +77,19 @@ def test_exit_code_is_the_guests(runtime: Runtime) -> None:
         7,
         "exited with code 7",
     )
+    assert result.reason is FailureReason.EXIT_CODE
+
+
+def test_a_clean_exit_has_no_reason(runtime: Runtime) -> None:
+    result = runtime.run(RunSpec(wasm=wat("hello")))
+    assert result.ok and result.reason is None
 
 
 def test_initial_memory_above_limit(runtime: Runtime) -> None:
     result = runtime.run(RunSpec(wasm=wat("big_memory"), max_memory=16 << 20))
     assert result.outcome is Outcome.ERROR
     assert result.exit_code == EXIT_HOST_ERROR
+    assert result.reason is FailureReason.START_FAILED
     assert result.error is not None and "cannot instantiate the module" in result.error
     assert "memory" in result.error
     assert_next_run_is_fine(runtime)
@@ -86,6 +98,7 @@ def test_initial_memory_above_limit(runtime: Runtime) -> None:
 def test_unknown_import(runtime: Runtime) -> None:
     result = runtime.run(RunSpec(wasm=wat("unknown_import")))
     assert result.outcome is Outcome.ERROR
+    assert result.reason is FailureReason.START_FAILED
     assert result.error is not None and "env::mystery" in result.error
 
 
@@ -100,6 +113,7 @@ def test_unknown_import(runtime: Runtime) -> None:
 def test_not_wasm(runtime: Runtime, wasm: bytes, message: str) -> None:
     result = runtime.run(RunSpec(wasm=wasm))
     assert result.outcome is Outcome.ERROR
+    assert result.reason is FailureReason.INVALID_WASM
     assert result.error is not None and message in result.error
     assert_next_run_is_fine(runtime)
 
@@ -203,3 +217,34 @@ def test_a_thousand_loads_in_a_loop(
         errnos = [int(line.split()[2]) for line in result.stdout.decode().splitlines()[:-1]]
         assert errnos == [0] * 16 + [NNErrno.BUSY] * 984  # max_graphs: 16 by default
     assert_next_run_is_fine(runtime)
+
+
+def test_a_missing_model_is_named_as_the_reason(
+    runtime: Runtime, models_dir: Path, guest_path: Callable[[str], Path]
+) -> None:
+    tensor = "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"
+    spec = RunSpec(
+        wasm=guest_path("classify-c").read_bytes(),
+        args=["--model", "no-such-model", tensor],
+        models_dir=models_dir,
+    )
+    result = runtime.run(spec)
+    assert result.outcome is Outcome.EXITED and result.exit_code != 0
+    assert result.reason is FailureReason.MODEL_NOT_FOUND
+    assert b"no model named 'no-such-model'" in result.stderr
+
+
+def test_a_graph_over_the_host_memory_limit_is_out_of_memory(
+    runtime: Runtime, models_dir: Path, guest_path: Callable[[str], Path]
+) -> None:
+    tensor = "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"
+    spec = RunSpec(
+        wasm=guest_path("classify-c").read_bytes(),
+        args=["--model", "efficientnet-lite0", tensor],
+        models_dir=models_dir,
+        max_graph_memory=1 << 20,
+    )
+    result = runtime.run(spec)
+    assert result.outcome is Outcome.EXITED and result.exit_code != 0
+    assert result.reason is FailureReason.OUT_OF_MEMORY
+    assert b"(max_graph_memory) (too_large)" in result.stderr

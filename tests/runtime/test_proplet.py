@@ -138,19 +138,24 @@ def test_models_dir_is_read_only_for_the_guest(
 
 
 @pytest.mark.parametrize(
-    ("make_source", "error"),
+    ("make_source", "error", "reason"),
     [
-        (lambda url, wasm: {"url": url, "digest": sha(b"other")}, "digest mismatch: expected"),
-        (lambda url, wasm: {"url": f"http://127.0.0.1:{free_port()}/x.wasm"}, "Connection refused"),
-        (lambda url, wasm: {"url": url.replace("g.wasm", "missing.wasm")}, "HTTP 404"),
+        (lambda url, wasm: {"url": url, "digest": sha(b"other")}, "digest mismatch: expected",
+         "InvalidWasm"),
+        (lambda url, wasm: {"url": f"http://127.0.0.1:{free_port()}/x.wasm"}, "Connection refused",
+         "FetchFailed"),
+        (lambda url, wasm: {"url": url.replace("g.wasm", "missing.wasm")}, "HTTP 404",
+         "FetchFailed"),
         (lambda url, wasm: {"inline": base64.b64encode(b"MZ not wasm").decode()},
-         "not a WebAssembly binary"),
-        (lambda url, wasm: {"path": "/proc/none/x.wasm"}, "cannot read /proc/none/x.wasm"),
+         "not a WebAssembly binary", "InvalidWasm"),
+        (lambda url, wasm: {"path": "/proc/none/x.wasm"}, "cannot read /proc/none/x.wasm",
+         "InvalidWasm"),
     ],
 )  # fmt: skip
 def test_fetch_failures(
     make_source: Callable[[str, bytes], dict[str, str]],
     error: str,
+    reason: str,
     models_dir: Path,
     tmp_path: Path,
     serve: Callable[[str, bytes], str],
@@ -161,6 +166,7 @@ def test_fetch_failures(
     assert proc.returncode != 0
     assert summary["state"] == "Failed"
     assert error in str(summary["error"])
+    assert summary["reason"] == reason
     assert error in proc.stderr
 
 
@@ -170,6 +176,7 @@ def test_trapping_guest(models_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 134
     assert summary["state"] == "Failed"
     assert summary["exitCode"] == 134
+    assert summary["reason"] == "Trap"
     assert "wasm trap" in str(summary["error"])
 
 
@@ -177,6 +184,7 @@ def test_timeout(models_dir: Path, tmp_path: Path) -> None:
     task = {"wasm": {"inline": base64.b64encode(wat("spin")).decode()}, "timeoutSeconds": 1}
     proc, summary = proplet(task, models_dir, tmp_path)
     assert proc.returncode == 124
+    assert summary["reason"] == "DeadlineExceeded"
     # Every proplet run has a memory limit now (the policy's default), so the runtime adds
     # linear memory's use to a timeout's error.
     assert str(summary["error"]).startswith("timed out after 1 s")
@@ -191,6 +199,7 @@ def test_a_failed_task_says_why(
     assert summary["error"] == (
         "exited with code 1: classify: cannot read /models/nope.f32: No such file or directory"
     )
+    assert summary["reason"] == "ExitCode"
 
 
 def test_bad_cli_args(models_dir: Path, tmp_path: Path) -> None:
@@ -198,6 +207,7 @@ def test_bad_cli_args(models_dir: Path, tmp_path: Path) -> None:
     proc, summary = proplet(task, models_dir, tmp_path)
     assert proc.returncode == 1
     assert summary["error"] == "cliArgs: unknown flag '--nope'"
+    assert summary["reason"] == "InvalidTask"
 
 
 def test_large_output_is_cut_to_fit(

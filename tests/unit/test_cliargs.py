@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wasinn_operator.runtime import ArgsError, parse_duration, parse_size, parse_wasm_args
+from wasinn_operator.api.wasmflags import FlagError, parse_duration, parse_size
+from wasinn_operator.runtime import parse_wasm_args
 from wasinn_operator.runtime.nn import GraphEncoding
 
 pytestmark = pytest.mark.unit
@@ -73,7 +74,7 @@ def test_limits() -> None:
 def test_cli_args_mode_rejects_positionals() -> None:
     parsed = parse_wasm_args(["-S", "nn", "--env", "K=V"], module_required=False)
     assert parsed.module is None
-    with pytest.raises(ArgsError, match=r"unexpected argument 'x\.wasm'"):
+    with pytest.raises(FlagError, match=r"unexpected argument 'x\.wasm'"):
         parse_wasm_args(["x.wasm"], module_required=False)
 
 
@@ -97,12 +98,12 @@ def test_cli_args_mode_rejects_positionals() -> None:
     ],
 )
 def test_errors_name_the_flag(argv: list[str], message: str) -> None:
-    with pytest.raises(ArgsError, match=re.escape(message)):
+    with pytest.raises(FlagError, match=re.escape(message)):
         parse_wasm_args(argv)
 
 
 def test_onnx_dir_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ArgsError, match=r"onnx model '\w+' lacks .*model.onnx"):
+    with pytest.raises(FlagError, match=r"onnx model '\w+' lacks .*model.onnx"):
         parse_wasm_args(["-S", f"nn-graph=onnx::{tmp_path}", "m.wasm"])
 
 
@@ -122,5 +123,5 @@ def test_sizes(text: str, size: int) -> None:
 
 
 def test_zero_size_rejected() -> None:
-    with pytest.raises(ArgsError, match="must be positive"):
+    with pytest.raises(FlagError, match="must be positive"):
         parse_size("0", "-W max-memory-size")

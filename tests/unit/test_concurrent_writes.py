@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from wasinn_operator.controller import handlers
+from wasinn_operator.controller import OperatorSettings, handlers
 from wasinn_operator.controller.kube import StaleTaskError
 
 pytestmark = pytest.mark.unit
@@ -20,22 +20,23 @@ def test_the_operator_reconciles_again_after_a_refused_status_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
+    operator = handlers.Operator(OperatorSettings())
 
-    async def reconcile_once(namespace: str, name: str, uid: str) -> None:
+    async def reconcile_once(_: handlers.Operator, namespace: str, name: str, uid: str) -> None:
         calls.append(name)
         if len(calls) < 3:
             raise StaleTaskError(f"{namespace}/{name} changed since it was read")
 
     monkeypatch.setattr(handlers, "_reconcile", reconcile_once)
-    asyncio.run(handlers.reconcile_task("ml", "t1", "uid-1"))
+    asyncio.run(handlers.reconcile_task(operator, "ml", "t1", "uid-1"))
     assert calls == ["t1"] * 3
 
-    async def always_stale(namespace: str, name: str, uid: str) -> None:
+    async def always_stale(_: handlers.Operator, namespace: str, name: str, uid: str) -> None:
         calls.append(name)
         raise StaleTaskError("changed")
 
     calls.clear()
     monkeypatch.setattr(handlers, "_reconcile", always_stale)
     with pytest.raises(StaleTaskError):
-        asyncio.run(handlers.reconcile_task("ml", "t1", "uid-1"))
+        asyncio.run(handlers.reconcile_task(operator, "ml", "t1", "uid-1"))
     assert len(calls) == handlers.STALE_RETRIES

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from wasinn_operator.api.policy import TaskPolicy
-from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile
+from wasinn_operator.api.summary import FailureReason
+from wasinn_operator.controller import Facts, OperatorSettings, Plan, Reason, reconcile
 from wasinn_operator.controller.pods import attempt_in_progress
+from wasinn_operator.controller.reconcile import FINAL_REASONS
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -194,9 +196,14 @@ def test_failure_retries_with_backoff_then_gives_up() -> None:
                     "state": "Failed",
                     "exitCode": 1,
                     "error": "fetching the module: digest mismatch: expected a, got b",
+                    "reason": "InvalidWasm",
                 },
             ),
             "InvalidWasm",
+        ),
+        *(
+            (terminated(1, {"state": "Failed", "exitCode": 1, "error": "x", "reason": r}), r)
+            for r in ("InvalidWasm", "PolicyViolation", "DeadlineExceeded")
         ),
     ],
 )
@@ -209,6 +216,36 @@ def test_failures_that_are_not_retried(pod_status: dict[str, Any], reason: str) 
     assert plan.status["phase"] == "Failed"
     assert condition(plan, "Failed")["reason"] == reason
     assert plan.create_pod is None
+
+
+RETRIED = sorted(
+    set(FailureReason)
+    - {
+        FailureReason.INVALID_WASM,
+        FailureReason.POLICY_VIOLATION,
+        FailureReason.DEADLINE_EXCEEDED,
+    }
+)
+
+
+@pytest.mark.parametrize("reason", [*RETRIED, None])
+def test_failures_that_are_retried(reason: FailureReason | None) -> None:
+    # Whatever the message says: the typed reason decides, not the words of the error.
+    summary = {
+        "state": "Failed",
+        "exitCode": 3,
+        "error": "digest mismatch; not a WebAssembly binary; cannot read /wasm/module.wasm",
+        "reason": reason,
+    }
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+    plan = run(task({"backoffLimit": 5}, status), pods=[pod(1, "Failed", **terminated(3, summary))])
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["failedAttempts"] == 1
+    assert "Retrying" in [event[1] for event in plan.events]
+
+
+def test_every_final_reason_is_a_condition_reason() -> None:
+    assert {Reason(r) for r in FINAL_REASONS} <= set(Reason)
 
 
 def test_log_tail_when_the_proplet_wrote_no_summary() -> None:

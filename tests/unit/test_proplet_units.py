@@ -10,10 +10,9 @@ from pydantic import ValidationError
 
 from wasinn_operator.api import RunSummary, TaskSpec
 from wasinn_operator.api.policy import Limits
+from wasinn_operator.api.wasmflags import FlagError
 from wasinn_operator.mqtt import MQTTError, MQTTSettings
-from wasinn_operator.proplet import external_command, load_task
-from wasinn_operator.proplet.engines import TaskError
-from wasinn_operator.runtime import ArgsError
+from wasinn_operator.proplet import TaskError, external_command, load_task, task_flags
 
 pytestmark = pytest.mark.unit
 DIGEST = "sha256:" + "a" * 64
@@ -71,7 +70,9 @@ def test_external_command_modern_wasmtime(tmp_path: Path, models_dir: Path) -> N
         {"id": "t", "wasm": {"path": "/a"}, "cliArgs": ["--wasi-modules=experimental-wasi-nn"],
          "args": ["in.f32"], "env": {"MODEL_DIR": "/models/x"}}
     )  # fmt: skip
-    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", models_dir)
+    cmd = external_command(
+        "wasmtime", (48, 0, 8), spec, task_flags(spec), tmp_path / "t.wasm", models_dir
+    )
     assert cmd[:4] == ["wasmtime", "run", "-S", "nn"]
     assert "--wasi-modules=experimental-wasi-nn" not in cmd
     assert cmd[-2:] == [str(tmp_path / "t.wasm"), "in.f32"]
@@ -83,7 +84,9 @@ def test_external_command_modern_wasmtime(tmp_path: Path, models_dir: Path) -> N
 
 def test_external_command_old_wasmtime(tmp_path: Path) -> None:
     spec = TaskSpec.model_validate({"wasm": {"path": "/a"}, "env": {"A": "1"}})
-    cmd = external_command("wasmtime", (12, 0, 0), spec, tmp_path / "t.wasm", None)
+    cmd = external_command(
+        "wasmtime", (12, 0, 0), spec, task_flags(spec), tmp_path / "t.wasm", None
+    )
     assert cmd == ["wasmtime", "--wasi-modules=experimental-wasi-nn", "--env", "A=1",
                    str(tmp_path / "t.wasm")]  # fmt: skip
 
@@ -129,13 +132,15 @@ def test_external_command_gives_wasmtime_sizes_in_bytes(tmp_path: Path) -> None:
         {"wasm": {"path": "/a"},
          "cliArgs": ["-W", "max-memory-size=512MiB,timeout=30s", "-Wmax-wasm-stack=1M"]}
     )  # fmt: skip
-    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", None)
+    cmd = external_command(
+        "wasmtime", (48, 0, 8), spec, task_flags(spec), tmp_path / "t.wasm", None
+    )
     assert cmd[2:5] == ["-W", "max-memory-size=536870912,timeout=30s", "-Wmax-wasm-stack=1048576"]
     bad = TaskSpec.model_validate(
         {"wasm": {"path": "/a"}, "cliArgs": ["-W", "max-memory-size=lots"]}
     )
-    with pytest.raises(ArgsError, match="-W max-memory-size: 'lots' is not a size"):
-        external_command("wasmtime", (48, 0, 8), bad, tmp_path / "t.wasm", None)
+    with pytest.raises(TaskError, match="cliArgs: -W max-memory-size: 'lots' is not a size"):
+        task_flags(bad)
 
 
 class _Response:
@@ -192,16 +197,24 @@ def test_external_command_from_the_parsed_flags(tmp_path: Path) -> None:
                      "--wasm=timeout=5s"]}
     )  # fmt: skip
     wasm = str(tmp_path / "t.wasm")
-    cmd = external_command("wasmtime", (48, 0, 8), spec, tmp_path / "t.wasm", None, DEFAULTS)
+    cmd = external_command(
+        "wasmtime", (48, 0, 8), spec, task_flags(spec), tmp_path / "t.wasm", None, DEFAULTS
+    )
     # The legacy switch-off becomes -S nn=n (and no -S nn is added); the policy's memory limit
     # is added when the task set none; `run` comes once, first.
     assert cmd == ["wasmtime", "run", "-S", "nn=n", "--invoke", "f", "--wasm=timeout=5s",
                    "-W", f"max-memory-size={512 << 20}", "--env", "A=1", wasm]  # fmt: skip
     own = spec.model_copy(update={"cli_args": ["-W", "max-memory-size=64MiB"]})
-    cmd = external_command("wasmtime", (48, 0, 8), own, tmp_path / "t.wasm", None, DEFAULTS)
+    cmd = external_command(
+        "wasmtime", (48, 0, 8), own, task_flags(own), tmp_path / "t.wasm", None, DEFAULTS
+    )
     assert cmd.count("-W") == 1 and f"max-memory-size={64 << 20}" in cmd
-    old = external_command("wasmtime", (12, 0, 0), spec, tmp_path / "t.wasm", None, DEFAULTS)
+    old = external_command(
+        "wasmtime", (12, 0, 0), spec, task_flags(spec), tmp_path / "t.wasm", None, DEFAULTS
+    )
     assert "-W" not in old and old[1] == "--wasi-modules=-experimental-wasi-nn"
     smuggled = spec.model_copy(update={"env": {"-Sinherit-env": "y"}})
-    with pytest.raises(ArgsError, match="a variable name must not start with '-'"):
-        external_command("wasmtime", (48, 0, 8), smuggled, tmp_path / "t.wasm", None)
+    with pytest.raises(FlagError, match="a variable name must not start with '-'"):
+        external_command(
+            "wasmtime", (48, 0, 8), smuggled, task_flags(smuggled), tmp_path / "t.wasm", None
+        )

@@ -1,13 +1,47 @@
-"""The proplet's result summary: what it writes to the Pod's termination message."""
+"""The proplet's result summary: what it writes to the Pod's termination message.
+
+It is the contract between the process that ran a task (the proplet, in a Pod or a local
+worker) and those that report it (the operator, the shim): how the run ended is a typed
+`reason`, never a message to be matched, and the exit codes of runs that did not end by the
+guest's own exit are fixed here.
+"""
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 TERMINATION_MESSAGE_LIMIT = 4096
+# Bytes of a guest's stdout (and stderr) a run keeps; what streams to a log is never cut.
+OUTPUT_LIMIT = 1 << 20
+
+# Exit codes for runs that did not end by the guest's own exit, chosen to match what shell users
+# know: 124 like timeout(1), 125 like `docker run` failing before the program started, 134 like
+# wasmtime's CLI on a trap (128 + SIGABRT); 1 for a task the proplet could not run at all.
+EXIT_TASK_ERROR = 1
+EXIT_TIMEOUT = 124
+EXIT_HOST_ERROR = 125
+EXIT_TRAP = 134
+
+
+class FailureReason(StrEnum):
+    """Why a run failed, in words a user can act on (also the operator's condition reasons)."""
+
+    INVALID_TASK = "InvalidTask"  # the task document or its cli_args are malformed
+    POLICY_VIOLATION = "PolicyViolation"  # the task policy refuses what the task asks for
+    FETCH_FAILED = "FetchFailed"  # the module could not be downloaded or pulled (may pass)
+    INVALID_WASM = "InvalidWasm"  # not wasm, does not compile, wrong digest, unreadable file
+    START_FAILED = "StartFailed"  # compiled but could not start: a missing import, no _start
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # the run outlasted its timeout
+    OUT_OF_MEMORY = "OutOfMemory"  # linear memory hit its limit, or wasi-nn graphs theirs
+    MODEL_NOT_FOUND = "ModelNotFound"  # the guest asked for a model the host does not have
+    TRAP = "Trap"  # the guest trapped (unreachable, out-of-bounds access, stack overflow)
+    EXIT_CODE = "ExitCode"  # the guest exited with a non-zero code
+    INTERRUPTED = "Interrupted"  # the proplet was stopped (SIGTERM: Pod deleted, suspended)
+    ENGINE_ERROR = "EngineError"  # the engine itself failed (a missing wasmtime binary, a bug)
 
 
 class RunSummary(BaseModel):
@@ -17,6 +51,9 @@ class RunSummary(BaseModel):
     state: Literal["Completed", "Failed"]
     exit_code: int = Field(alias="exitCode")
     error: str | None = None
+    reason: FailureReason | None = Field(
+        default=None, description="Why a Failed run failed; None when it Completed."
+    )
     stdout: str = ""
     stdout_truncated: bool = Field(default=False, alias="stdoutTruncated")
     digest: str | None = None

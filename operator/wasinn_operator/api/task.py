@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from typing import Annotated, Literal
 
@@ -17,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 # Kubernetes' rule for environment variable names (a C identifier plus '-' and '.').
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 DIGEST = r"^sha256:[0-9a-f]{64}$"
+# What every module must start with, and the largest one a task may run (the shim's default
+# upload limit and the proplet's fetch limit).
+WASM_MAGIC = b"\0asm"
+MAX_WASM_BYTES = 100 << 20
 WASM_SOURCES = ("url", "path", "inline", "image", "configMapKeyRef")
 # Lengths the API server enforces on the strings of a task.
 NAME_MAX = 253
@@ -25,6 +30,11 @@ ARG_MAX = 4096
 
 Arg = Annotated[str, WithJsonSchema({"type": "string", "maxLength": ARG_MAX})]
 EnvValue = Annotated[str, WithJsonSchema({"type": "string", "maxLength": 32768})]
+
+
+def sha256_digest(data: bytes) -> str:
+    """`sha256:<hex>` of the bytes: how a module's digest is written everywhere."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class ConfigMapKeyRef(BaseModel):

@@ -58,7 +58,15 @@ ENGINE_VALUE_FLAGS = frozenset({"--profile", "--preload"})
 ENGINE_SWITCHES = frozenset({"--allow-precompiled"})
 # `wasinn run`'s own options (they come before the wasmtime flags).
 WASINN_VALUE_OPTIONS = frozenset(
-    {"--models-dir", "--cache-dir", "--precision", "--target-fallback", "--output-limit"}
+    {
+        "--models-dir",
+        "--cache-dir",
+        "--precision",
+        "--target-fallback",
+        "--output-limit",
+        "--max-graph-bytes",
+        "--max-graph-memory",
+    }
 )
 WASINN_SWITCHES = frozenset({"--no-cache"})
 

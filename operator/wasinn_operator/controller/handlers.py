@@ -2,22 +2,23 @@
 
 Every trigger (task created, resumed or changed, a Pod event, the periodic resync) runs the same
 level-triggered reconcile under a per-task lock, so events arriving together cannot create two
-Pods. Settings come from `WASINN_*` environment variables (set by `wasinn operator` or a chart).
+Pods. Settings are parsed once by `wasinn operator` (controller/run.py) and reach every handler
+in kopf's memo, as an `Operator` with the API client and the locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
+from ..kubeclient import STALE_RETRIES, in_cluster
 from . import metrics
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
@@ -26,63 +27,69 @@ from .reconcile import Facts, reconcile
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
-_locks: dict[str, asyncio.Lock] = {}
-STALE_RETRIES = 5
-_state: dict[str, Any] = {}  # the Kube client and settings, made on first use
 
 
-def _kube() -> Kube:
-    kube: Kube | None = _state.get("kube")
-    if kube is None:
-        kube = _state["kube"] = Kube()
-    return kube
+@dataclass
+class Operator:
+    """What the handlers share: the settings, the API client (made at startup), the per-task
+    locks and the resync loop."""
+
+    settings: OperatorSettings
+    kube: Kube | None = None
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    resync: asyncio.Task[None] | None = None
+
+    @property
+    def api(self) -> Kube:
+        """The API client; made on first use (at startup when kopf runs the handlers)."""
+        if self.kube is None:
+            self.kube = Kube()
+        return self.kube
 
 
-def _settings() -> OperatorSettings:
-    settings: OperatorSettings | None = _state.get("settings")
-    if settings is None:
-        settings = _state["settings"] = OperatorSettings.from_env()
-    return settings
+def memo(settings: OperatorSettings) -> kopf.Memo:
+    """kopf's memo for `kopf.run`: every handler gets the one `Operator` in it (kopf copies a
+    memo per object, shallowly, so they all share it)."""
+    return kopf.Memo(operator=Operator(settings))
 
 
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+def _operator(memo: kopf.Memo) -> Operator:
+    operator: Operator = memo["operator"]
+    return operator
 
 
 @kopf.on.login()
 def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a Pod, the ServiceAccount at the API server's service address; else the kubeconfig
-    that $KUBECONFIG names now. (kopf's own in-cluster login assumes cluster DNS for
-    kubernetes.default.svc, which not every cluster runs.)"""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    if host and (SERVICE_ACCOUNT / "token").is_file():
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-        namespace = SERVICE_ACCOUNT / "namespace"
+    """The same login as the API client's (`kubeclient`): in a Pod, the ServiceAccount at the
+    API server's service address; else the kubeconfig that $KUBECONFIG names now. (kopf's own
+    in-cluster login assumes cluster DNS for kubernetes.default.svc, which not every cluster
+    runs.)"""
+    cluster = in_cluster()
+    if cluster is not None:
         return kopf.ConnectionInfo(
-            server=server,
-            ca_path=str(SERVICE_ACCOUNT / "ca.crt"),
-            token=(SERVICE_ACCOUNT / "token").read_text().strip(),
-            default_namespace=namespace.read_text().strip() if namespace.is_file() else None,
+            server=cluster.server,
+            ca_path=str(cluster.ca_path),
+            token=cluster.token,
+            default_namespace=cluster.namespace,
         )
     return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
-async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Tune kopf and start the metrics endpoint."""
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Tune kopf, log in and start the metrics endpoint and the resync loop."""
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
-    metrics.serve(int(os.environ.get("WASINN_METRICS_PORT", "0")))
-    _state.clear()  # a fresh client and settings for every run (tests run several in a process)
-    _locks.clear()
-    _kube()
-    _state["resync"] = asyncio.create_task(resync_loop())
-    log.info("wasinn operator settings: %s", _settings())
+    operator = _operator(memo)
+    metrics.serve(operator.settings.metrics_port)
+    operator.kube = Kube()
+    operator.resync = asyncio.create_task(resync_loop(operator))
+    log.info("wasinn operator settings: %s", operator.settings)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def wasinntask_event(
-    event: kopf.RawEvent, name: str, namespace: str | None, uid: str, **_: Any
+    event: kopf.RawEvent, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any
 ) -> None:
     """Any change of a task (including the initial listing after a restart) reconciles it.
 
@@ -90,59 +97,63 @@ async def wasinntask_event(
     would exceed the annotation size limit) and no finalizer (a stopped operator never blocks a
     deletion; the garbage collector removes the children through their owner references).
     """
+    operator = _operator(memo)
     if event.get("type") == "DELETED":
-        await _kube().delete_children(namespace or "default", uid)
+        await operator.api.delete_children(namespace or "default", uid)
         metrics.forget(uid)
-        _locks.pop(uid, None)
+        operator.locks.pop(uid, None)
         return
-    await reconcile_task(namespace or "default", name, uid)
+    await reconcile_task(operator, namespace or "default", name, uid)
 
 
-async def resync_loop() -> None:
+async def resync_loop(operator: Operator) -> None:
     """Re-check every unfinished (or TTL-bound) task periodically: labelled nodes, created
     claims, backoff and TTL deadlines. One loop for all tasks rather than a kopf timer each,
     because kopf guards per-object timers with a finalizer, and a finalizer would block
     deletions whenever the operator is down or uninstalled."""
-    settings = _settings()
+    settings = operator.settings
     while True:
         await asyncio.sleep(settings.resync_seconds)
         try:
-            for task in await _kube().list_tasks(settings.namespaces):
+            for task in await operator.api.list_tasks(settings.namespaces):
                 meta, status = task["metadata"], task.get("status") or {}
                 finished = status.get("phase") in ("Completed", "Failed")
                 if finished and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
                     continue
-                await reconcile_task(meta["namespace"], meta["name"], meta["uid"])
+                await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"])
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
             log.exception("resync failed")
 
 
 @kopf.on.cleanup()
-async def operator_cleanup(**_: Any) -> None:
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the resync loop."""
-    loop_task = _state.pop("resync", None)
-    if loop_task is not None:
-        loop_task.cancel()
+    operator = _operator(memo)
+    if operator.resync is not None:
+        operator.resync.cancel()
+        operator.resync = None
 
 
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
-async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+async def pod_event(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A task's Pod changed: move its task along."""
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == "WasiNNTask" and owner.get("controller"):
-            await reconcile_task(namespace or "default", owner["name"], owner["uid"])
+            await reconcile_task(
+                _operator(memo), namespace or "default", owner["name"], owner["uid"]
+            )
 
 
-async def reconcile_task(namespace: str, name: str, uid: str) -> None:
+async def reconcile_task(operator: Operator, namespace: str, name: str, uid: str) -> None:
     """Reconcile one task from fresh state and apply the plan; when the task changed between
     the read and the status write (the shim starts and stops runs), decide again."""
-    lock = _locks.setdefault(uid, asyncio.Lock())
+    lock = operator.locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 try:
-                    await _reconcile(namespace, name, uid)
+                    await _reconcile(operator, namespace, name, uid)
                     return
                 except StaleTaskError:
                     if attempt == STALE_RETRIES:
@@ -153,8 +164,8 @@ async def reconcile_task(namespace: str, name: str, uid: str) -> None:
             raise
 
 
-async def _reconcile(namespace: str, name: str, uid: str) -> None:
-    kube, settings = _kube(), _settings()
+async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) -> None:
+    kube, settings = operator.api, operator.settings
     task = await kube.task(namespace, name)
     if task is None or task["metadata"].get("deletionTimestamp"):
         return

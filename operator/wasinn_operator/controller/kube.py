@@ -1,37 +1,23 @@
 """The few Kubernetes calls the controller makes, as plain-dict async wrappers.
 
-The official client is synchronous; calls run in worker threads so kopf's event loop never
-blocks. Responses are decoded from JSON (not client models) so the pure code sees exactly the
-camelCase the API server sends.
+The client (`kubeclient`, shared with the shim) is synchronous; calls run in worker threads so
+kopf's event loop never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
+from ..api.times import kube_time
+from ..kubeclient import ConflictError, KubeClient, KubeError, NotFoundError
 from .builders import TASK_UID_LABEL
 
 log = logging.getLogger("wasinn.operator")
-
-
-def load_config() -> None:
-    """In-cluster credentials when running in a Pod, else the kubeconfig."""
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        # The client reads $KUBECONFIG once, at import; read it now instead.
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG") or None
-        )
 
 
 class StaleTaskError(Exception):
@@ -42,15 +28,12 @@ class Kube:
     """Reads and writes of tasks, Pods and the facts a reconcile needs."""
 
     def __init__(self) -> None:
-        load_config()
-        client = kubernetes.client.ApiClient()
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.client = KubeClient()
+        self.core = self.client.core
+        self.custom = self.client.custom
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        response = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
-        data = response.data
-        return json.loads(data) if data else None
+        return await asyncio.to_thread(self.client.call, fn, *args, **kwargs)
 
     async def task(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The task as stored now, or None when it is gone."""
@@ -58,10 +41,8 @@ class Kube:
             task: dict[str, Any] = await self._call(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFoundError:
+            return None
         return task
 
     async def list_tasks(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -111,10 +92,8 @@ class Kube:
             return None
         try:
             configmap = await self._call(self.core.read_namespaced_config_map, ref.name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return f"ConfigMap {ref.name!r} (wasm.configMapKeyRef) not found"
-            raise
+        except NotFoundError:
+            return f"ConfigMap {ref.name!r} (wasm.configMapKeyRef) not found"
         keys = {**(configmap.get("data") or {}), **(configmap.get("binaryData") or {})}
         if ref.key not in keys:
             return f"ConfigMap {ref.name!r} has no key {ref.key!r}"
@@ -128,11 +107,8 @@ class Kube:
             if manifest["kind"] == "Pod"
             else self.core.create_namespaced_config_map
         )
-        try:
+        with contextlib.suppress(ConflictError):
             await self._call(create, namespace, manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a Pod (gone already is fine)."""
@@ -162,15 +138,13 @@ class Kube:
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, namespace, PLURAL, name, body,
             )  # fmt: skip
-        except ApiException as exc:
-            if exc.status == 409:
-                raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
-            raise
+        except ConflictError:
+            raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
 
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
         meta = task["metadata"]
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = kube_time(datetime.now(UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -193,8 +167,8 @@ class Kube:
         }
         try:
             await self._call(self.core.create_namespaced_event, meta["namespace"], event)
-        except ApiException as exc:
-            log.warning("cannot post event %s on %s: %s", reason, meta["name"], exc.reason)
+        except KubeError as exc:
+            log.warning("cannot post event %s on %s: %s", reason, meta["name"], exc)
 
     async def delete_task(self, namespace: str, name: str) -> None:
         """Delete the task (its TTL ran out)."""
@@ -205,15 +179,10 @@ class Kube:
     async def _exists(self, fn: Any, *args: Any) -> bool:
         try:
             await self._call(fn, *args)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFoundError:
+            return False
         return True
 
     async def _ignore_404(self, fn: Any, *args: Any) -> None:
-        try:
+        with contextlib.suppress(NotFoundError):
             await self._call(fn, *args)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise

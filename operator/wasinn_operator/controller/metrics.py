@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..api.times import parse_time
 from .phases import TaskPhase
 
 TASK_DURATION = Histogram(
@@ -73,4 +74,4 @@ def serve(port: int) -> None:
 
 
 def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return parse_time(value) if value else None

@@ -6,6 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from ..api.summary import FailureReason
+from ..api.times import kube_time
+
 
 class TaskPhase(StrEnum):
     """The task's phase; `state` is Propeller's number for it."""
@@ -48,25 +51,21 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """Condition reasons a user can act on."""
+    """Condition reasons a user can act on; a run's failure is named by the proplet's
+    `FailureReason`."""
 
     UNSCHEDULABLE = "Unschedulable"
     MODEL_CLAIM_NOT_FOUND = "ModelClaimNotFound"
-    INVALID_WASM = "InvalidWasm"
-    POLICY_VIOLATION = "PolicyViolation"
+    INVALID_WASM = FailureReason.INVALID_WASM.value
+    POLICY_VIOLATION = FailureReason.POLICY_VIOLATION.value
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
-    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    DEADLINE_EXCEEDED = FailureReason.DEADLINE_EXCEEDED.value
     POD_CREATED = "PodCreated"
     POD_SCHEDULED = "PodScheduled"
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     RETRYING = "Retrying"
-
-
-def timestamp(now: datetime) -> str:
-    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -91,9 +90,9 @@ def set_condition(
                     "status": value,
                     "reason": reason,
                     "message": message,
-                    "lastTransitionTime": timestamp(now)
+                    "lastTransitionTime": kube_time(now)
                     if changed
-                    else condition.get("lastTransitionTime", timestamp(now)),
+                    else condition.get("lastTransitionTime", kube_time(now)),
                 }
             )
         else:
@@ -105,7 +104,7 @@ def set_condition(
                 "status": value,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": timestamp(now),
+                "lastTransitionTime": kube_time(now),
             }
         )
     return result

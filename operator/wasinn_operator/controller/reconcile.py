@@ -21,19 +21,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
+from ..api.errors import describe_errors
 from ..api.policy import PolicyError, check_spec
+from ..api.summary import EXIT_TIMEOUT, FailureReason
+from ..api.times import kube_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
-from .phases import ConditionType, Reason, TaskPhase, set_condition, timestamp
+from .phases import ConditionType, Reason, TaskPhase, set_condition
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
 from .settings import OperatorSettings
 
-EXIT_TIMEOUT = 124
-INVALID_WASM_MARKERS = (
-    "digest mismatch",
-    "not a WebAssembly binary",
-    "invalid WebAssembly module",
-    "cannot read /wasm/",
-)
+# Failures another attempt cannot mend: the task fails at once instead of retrying.
+FINAL_REASONS = frozenset({FailureReason.INVALID_WASM, FailureReason.POLICY_VIOLATION})
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError as exc:
-        _fail(plan, Reason.INVALID_WASM, f"invalid spec: {_describe(exc)}", facts.now)
+        _fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
     else:
         _step(task, with_defaults(spec, settings), facts, settings, plan, before)
     after = TaskPhase(plan.status["phase"])
@@ -169,8 +167,8 @@ def _ready_to_start(
         plan.requeue_after = settings.resync_seconds
         return False
     retry_after = status.get("retryAfter")
-    if retry_after and _parse(retry_after) > facts.now:
-        plan.requeue_after = (_parse(retry_after) - facts.now).total_seconds()
+    if retry_after and parse_time(retry_after) > facts.now:
+        plan.requeue_after = (parse_time(retry_after) - facts.now).total_seconds()
         return False
     return True
 
@@ -252,7 +250,7 @@ def _absorb_pod(
         return False
     if phase == "Running":
         _set(plan, TaskPhase.RUNNING)
-        status.setdefault("startTime", pod_status.get("startTime") or timestamp(facts.now))
+        status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
         _condition(
             plan,
             ConditionType.SCHEDULED,
@@ -264,12 +262,12 @@ def _absorb_pod(
         return False
     if phase not in ("Succeeded", "Failed"):
         return False
-    status.setdefault("startTime", pod_status.get("startTime") or timestamp(facts.now))
+    status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
     summary, exit_code = run_summary(pod)
     _record_results(status, summary, exit_code, settings)
     if phase == "Succeeded":
         _set(plan, TaskPhase.COMPLETED)
-        status["completionTime"] = timestamp(facts.now)
+        status["completionTime"] = kube_time(facts.now)
         _condition(
             plan,
             ConditionType.COMPLETE,
@@ -281,11 +279,13 @@ def _absorb_pod(
         _expire(spec, facts, plan)
         return True
     error = status.get("error") or f"the Pod failed ({pod_status.get('reason') or 'no reason'})"
-    if pod_status.get("reason") == "DeadlineExceeded" or exit_code == EXIT_TIMEOUT:
+    reason = None if summary is None else summary.reason
+    timed_out = reason is FailureReason.DEADLINE_EXCEEDED or exit_code == EXIT_TIMEOUT
+    if pod_status.get("reason") == "DeadlineExceeded" or timed_out:
         message = f"timed out after {spec.timeout_seconds} s" if spec.timeout_seconds else error
         _fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
-    elif any(marker in error for marker in INVALID_WASM_MARKERS):
-        _fail(plan, Reason.INVALID_WASM, error, facts.now)
+    elif reason in FINAL_REASONS:
+        _fail(plan, Reason(reason), error, facts.now)
     else:
         _attempt_failed(spec, facts, settings, plan, error, exit_code)
     if TaskPhase(status["phase"]).finished:
@@ -317,7 +317,7 @@ def _attempt_failed(
         )
         return
     delay = min(settings.backoff_base_seconds * 2 ** (failures - 1), settings.backoff_max_seconds)
-    status["retryAfter"] = timestamp(facts.now + timedelta(seconds=delay))
+    status["retryAfter"] = kube_time(facts.now + timedelta(seconds=delay))
     _set(plan, TaskPhase.PENDING)
     plan.requeue_after = delay
     plan.events.append(
@@ -339,7 +339,7 @@ def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
     if running or status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
         _set(plan, TaskPhase.INTERRUPTED)
         status["error"] = "stopped"
-        status["completionTime"] = timestamp(facts.now)
+        status["completionTime"] = kube_time(facts.now)
         status.pop("retryAfter", None)
     elif status.get("phase") != TaskPhase.INTERRUPTED:
         _set(plan, TaskPhase.PENDING)
@@ -353,7 +353,7 @@ def _expire(spec: WasiNNTaskSpec, facts: Facts, plan: Plan) -> None:
     finished = plan.status.get("completionTime")
     if ttl is None or not finished:
         return
-    remaining = (_parse(finished) + timedelta(seconds=ttl) - facts.now).total_seconds()
+    remaining = (parse_time(finished) + timedelta(seconds=ttl) - facts.now).total_seconds()
     if remaining <= 0:
         plan.delete_task = True
     else:
@@ -364,7 +364,7 @@ def _fail(
     plan: Plan, reason: Reason, message: str, now: datetime, error: str | None = None
 ) -> None:
     plan.status["error"] = error or message
-    plan.status["completionTime"] = timestamp(now)
+    plan.status["completionTime"] = kube_time(now)
     plan.status.pop("retryAfter", None)
     _set(plan, TaskPhase.FAILED)
     _condition(plan, ConditionType.FAILED, True, reason, message, now)
@@ -424,16 +424,3 @@ def _phase_message(status: dict[str, Any]) -> str:
         if condition.get("status") == "False" and condition.get("type") == "Scheduled":
             return f"{condition.get('reason')}: {condition.get('message')}"
     return str(phase)
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)

@@ -1,7 +1,12 @@
-"""The operator's settings: from flags, with `WASINN_*` environment variables as defaults."""
+"""The operator's settings: from flags, with `WASINN_*` environment variables as defaults.
+
+Parsed once, when `wasinn operator` starts (`OperatorSettings.from_args`), and handed to the
+handlers in kopf's memo; nothing else reads the environment for them.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Mapping
@@ -9,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.policy import TaskPolicy
-from ..api.policyflags import policy_from_settings
+from ..api.policyflags import add_policy_arguments, policy_env, policy_from_settings
 
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
 
@@ -27,6 +32,8 @@ class OperatorSettings:
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 300.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    metrics_port: int = 9090
+    health_port: int = 8080
     service_account: str | None = None
     # Defaults for tasks that leave these unset (the chart's proplet.* values).
     proplet_resources: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +75,8 @@ class OperatorSettings:
             backoff_base_seconds=float(get("BACKOFF_BASE_SECONDS", str(cls.backoff_base_seconds))),
             backoff_max_seconds=float(get("BACKOFF_MAX_SECONDS", str(cls.backoff_max_seconds))),
             namespaces=namespaces,
+            metrics_port=int(get("METRICS_PORT", str(cls.metrics_port))),
+            health_port=int(get("HEALTH_PORT", str(cls.health_port))),
             service_account=environ.get("WASINN_PROPLET_SERVICE_ACCOUNT") or None,
             proplet_resources=_json_object(environ.get("WASINN_PROPLET_RESOURCES") or "{}"),
             proplet_timeout_seconds=int(environ["WASINN_PROPLET_TIMEOUT_SECONDS"])
@@ -76,6 +85,69 @@ class OperatorSettings:
             proplet_engine=_engine(environ.get("WASINN_PROPLET_ENGINE") or "embedded"),
             policy=policy_from_settings(environ),
         )
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+    ) -> OperatorSettings:
+        """Settings from `wasinn operator`'s flags; each flag left out falls back to its
+        variable, then to the built-in default. ValueError names a bad setting."""
+        given = {
+            "WASINN_OPENVINO_LABEL": args.openvino_label,
+            "WASINN_PROPLET_IMAGE": args.proplet_image,
+            "WASINN_PULL_POLICY": args.pull_policy,
+            "WASINN_MODELS_CLAIM": args.models_claim,
+            "WASINN_RESULTS_CAP": _text(args.results_cap),
+            "WASINN_RESYNC_SECONDS": _text(args.resync_seconds),
+            "WASINN_METRICS_PORT": _text(args.metrics_port),
+            "WASINN_HEALTH_PORT": _text(args.health_port),
+            "WASINN_NAMESPACES": ",".join(args.namespace) if args.namespace else None,
+            **policy_env(args),
+        }
+        merged = {**environ, **{k: v for k, v in given.items() if v}}
+        if args.all_namespaces:
+            merged.pop("WASINN_NAMESPACES", None)
+        return cls.from_env(merged)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The operator's flags; each defaults to a `WASINN_*` variable (`from_args`)."""
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable; default: $WASINN_NAMESPACES, comma-separated, "
+        "else all namespaces)",
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true")
+    parser.add_argument(
+        "--openvino-label",
+        help=f"node label KEY=VALUE of OpenVINO-capable nodes ($WASINN_OPENVINO_LABEL, else "
+        f"{DEFAULT_LABEL})",
+    )
+    parser.add_argument("--proplet-image", help="($WASINN_PROPLET_IMAGE)")
+    parser.add_argument(
+        "--pull-policy", choices=["Always", "IfNotPresent", "Never"], help="($WASINN_PULL_POLICY)"
+    )
+    parser.add_argument(
+        "--models-claim",
+        help="default models PersistentVolumeClaim ($WASINN_MODELS_CLAIM, else models)",
+    )
+    parser.add_argument(
+        "--results-cap",
+        type=int,
+        help="bytes of stdout kept in status.results ($WASINN_RESULTS_CAP, else 16384)",
+    )
+    parser.add_argument("--resync-seconds", type=float, help="($WASINN_RESYNC_SECONDS, else 10)")
+    parser.add_argument("--metrics-port", type=int, help="($WASINN_METRICS_PORT, else 9090)")
+    parser.add_argument("--health-port", type=int, help="($WASINN_HEALTH_PORT, else 8080)")
+    add_policy_arguments(parser)  # WASINN_ALLOW_HOST_DIRS, WASINN_DEFAULT_TIMEOUT, ...
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _json_object(text: str) -> dict[str, Any]:

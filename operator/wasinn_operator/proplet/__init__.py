@@ -1,7 +1,15 @@
 """The in-pod runner: fetch the module, verify it, run it, report the result."""
 
-from .engines import Outputs, TaskError, external_command, run_embedded, run_external
-from .fetch import FetchError, fetch_wasm, sha256_digest, verify_digest
+from ..api.task import sha256_digest
+from .engines import (
+    Outputs,
+    TaskError,
+    external_command,
+    run_embedded,
+    run_external,
+    task_flags,
+)
+from .fetch import FetchError, fetch_wasm, verify_digest
 from .runner import PropletConfig, load_task, main, report, run_task
 
 __all__ = [
@@ -18,5 +26,6 @@ __all__ = [
     "run_external",
     "run_task",
     "sha256_digest",
+    "task_flags",
     "verify_digest",
 ]

@@ -20,12 +20,13 @@ from typing import IO
 
 from ..api import TaskSpec
 from ..api.policy import Limits
+from ..api.summary import OUTPUT_LIMIT
 from ..api.wasmflags import Flag, FlagError, Kind, Size, Toggle, WasmFlags, parse_flags
 from ..runtime import (
     EXIT_TIMEOUT,
     MODELS_GUEST_DIR,
-    ArgsError,
     ExecutionTarget,
+    FailureReason,
     ModelError,
     Outcome,
     RunResult,
@@ -45,7 +46,21 @@ DEVICE_TARGETS = {
 
 
 class TaskError(Exception):
-    """The task is malformed for this engine (bad cli_args, missing binary)."""
+    """The task cannot run: malformed for this engine (bad cli_args: `InvalidTask`), or the
+    engine is missing (`EngineError`)."""
+
+    def __init__(self, message: str, reason: FailureReason = FailureReason.INVALID_TASK) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def task_flags(task: TaskSpec) -> WasmFlags:
+    """The task's `cli_args`, parsed once for whichever engine runs it (`InvalidTask` when they
+    do not parse)."""
+    try:
+        return parse_flags(task.cli_args, module=False)
+    except FlagError as exc:
+        raise TaskError(f"cliArgs: {exc}") from None
 
 
 @dataclass
@@ -54,21 +69,23 @@ class Outputs:
 
     stdout: Sink
     stderr: Sink
-    limit: int = 1 << 20
+    limit: int = OUTPUT_LIMIT
 
 
 def run_embedded(
     runtime: Runtime,
     task: TaskSpec,
+    flags: WasmFlags,
     wasm: bytes,
     models_dir: Path | None,
     outputs: Outputs,
     limits: Limits | None = None,
 ) -> RunResult:
-    """Run with the in-process engine; `limits` (the policy's) bound the deadline and memory."""
+    """Run with the in-process engine; `flags` are the task's (`task_flags`), `limits` (the
+    policy's) bound the deadline and memory."""
     try:
-        parsed = resolve(parse_flags(task.cli_args, module=False))
-    except (ArgsError, ModelError) as exc:
+        parsed = resolve(flags)
+    except (FlagError, ModelError) as exc:
         raise TaskError(f"cliArgs: {exc}") from None
     spec = parsed.to_spec(wasm, program_name=f"{task.id or 'task'}.wasm")
     spec.args = list(task.args)
@@ -91,10 +108,15 @@ def wasmtime_version(binary: str) -> tuple[int, ...]:
             [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise TaskError(f"external wasm runtime {binary!r} does not run: {exc}") from None
+        raise TaskError(
+            f"external wasm runtime {binary!r} does not run: {exc}", FailureReason.ENGINE_ERROR
+        ) from None
     match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
     if not match:
-        raise TaskError(f"cannot tell the version of {binary!r} from {text.strip()!r}")
+        raise TaskError(
+            f"cannot tell the version of {binary!r} from {text.strip()!r}",
+            FailureReason.ENGINE_ERROR,
+        )
     return tuple(int(g) for g in match.groups())
 
 
@@ -102,37 +124,37 @@ def external_command(
     binary: str,
     version: tuple[int, ...],
     task: TaskSpec,
+    flags: WasmFlags,
     wasm_path: Path,
     models_dir: Path | None,
     limits: Limits | None = None,
 ) -> list[str]:
     """The command line Propeller's host runtime would build, adapted to this wasmtime.
 
-    `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`, built from
-    the parsed flags: for wasmtime >= 14 the legacy `--wasi-modules=experimental-wasi-nn`
-    becomes `-S nn`, task env goes to the guest with `--env` rather than to the runtime's
-    process, sizes in `-W` options become bytes (`max-memory-size=512MiB` is fine here,
-    wasmtime wants 536870912), and `limits` add the memory limit a task did not set. Raises
-    FlagError (ArgsError) for flags that do not parse.
+    `<runtime> [run] <cli_args...> <models flags> <--env K=V...> <wasm> <inputs...>`, built
+    from the task's parsed flags (`task_flags`): for wasmtime >= 14 the legacy
+    `--wasi-modules=experimental-wasi-nn` becomes `-S nn`, task env goes to the guest with
+    `--env` rather than to the runtime's process, sizes in `-W` options become bytes
+    (`max-memory-size=512MiB` is fine here, wasmtime wants 536870912), and `limits` add the
+    memory limit a task did not set. Raises FlagError for an env name that would read as a flag.
     """
     modern = version[0] >= 14
-    parsed = parse_flags(task.cli_args, module=False)
-    flags: list[str] = []
-    for flag in parsed.flags:
-        flags += _external_tokens(flag, modern)
-    if modern and not _has(parsed, Kind.NN):
-        flags += ["-S", "nn"]
-    if not modern and not any(f.name == "--wasi-modules" for f in parsed.flags):
-        flags.append("--wasi-modules=experimental-wasi-nn")
-    if modern and limits is not None and not _has(parsed, Kind.MAX_MEMORY):
-        flags += ["-W", f"max-memory-size={limits.max_memory_bytes}"]
+    tokens: list[str] = []
+    for flag in flags.flags:
+        tokens += _external_tokens(flag, modern)
+    if modern and not _has(flags, Kind.NN):
+        tokens += ["-S", "nn"]
+    if not modern and not any(f.name == "--wasi-modules" for f in flags.flags):
+        tokens.append("--wasi-modules=experimental-wasi-nn")
+    if modern and limits is not None and not _has(flags, Kind.MAX_MEMORY):
+        tokens += ["-W", f"max-memory-size={limits.max_memory_bytes}"]
     if models_dir is not None:
-        flags += _models_flags(models_dir, version)
+        tokens += _models_flags(models_dir, version)
     for key, value in task.env.items():
         if key.startswith("-"):  # it would read as a flag
             raise FlagError(f"env: {key!r}: a variable name must not start with '-'")
-        flags += ["--env", f"{key}={value}"]
-    return [binary, *(["run"] if modern else []), *flags, str(wasm_path), *task.args]
+        tokens += ["--env", f"{key}={value}"]
+    return [binary, *(["run"] if modern else []), *tokens, str(wasm_path), *task.args]
 
 
 def _external_tokens(flag: Flag, modern: bool) -> list[str]:
@@ -197,6 +219,7 @@ def openvino_library_env(cache_dir: Path) -> dict[str, str]:
 def run_external(
     binary: str,
     task: TaskSpec,
+    flags: WasmFlags,
     wasm: bytes,
     models_dir: Path | None,
     outputs: Outputs,
@@ -211,8 +234,8 @@ def run_external(
         wasm_path = Path(tmp) / f"{task.id or 'task'}.wasm"
         wasm_path.write_bytes(wasm)
         try:
-            command = external_command(binary, version, task, wasm_path, models_dir, limits)
-        except ArgsError as exc:
+            command = external_command(binary, version, task, flags, wasm_path, models_dir, limits)
+        except FlagError as exc:
             raise TaskError(f"cliArgs: {exc}") from None
         env = {**os.environ, **openvino_library_env(cache_dir)}
         started = time.monotonic()
@@ -236,13 +259,16 @@ def run_external(
     if code is None:
         result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
         result.error = f"timed out after {timeout:g} s"
+        result.reason = FailureReason.DEADLINE_EXCEEDED
     elif code < 0:
         result.outcome, result.exit_code = Outcome.TRAPPED, 128 - code
         result.error = f"killed by signal {-code}"
+        result.reason = FailureReason.TRAP
     else:
         result.outcome, result.exit_code = Outcome.EXITED, code
         if code != 0:
             result.error = f"exited with code {code}"  # the proplet adds the stderr tail
+            result.reason = FailureReason.EXIT_CODE
     return result
 
 

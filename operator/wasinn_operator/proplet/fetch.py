@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +16,9 @@ from typing import Any
 import requests
 
 from ..api import WasmSource
+from ..api.summary import FailureReason
+from ..api.task import MAX_WASM_BYTES, sha256_digest
 
-MAX_WASM_BYTES = 100 << 20
 HTTP_TIMEOUT = (10, 60)
 HTTP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between attempts
 WASM_MEDIA_TYPES = ("application/wasm", "application/vnd.wasm.content.layer.v1+wasm")
@@ -27,13 +26,23 @@ LOCAL_REGISTRIES = ("localhost", "127.0.0.1", "[::1]")
 
 
 class FetchError(Exception):
-    """The module could not be obtained or failed verification; the message says why."""
+    """The module could not be obtained (`FetchFailed`: a later attempt may get it) or is not
+    the module asked for (`InvalidWasm`: a wrong digest, an unreadable file); the message says
+    why."""
+
+    def __init__(self, message: str, reason: FailureReason = FailureReason.FETCH_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def fetch_wasm(
-    source: WasmSource, limit: int = MAX_WASM_BYTES, registry_auth: Path | None = None
+    source: WasmSource,
+    limit: int = MAX_WASM_BYTES,
+    registry_auth: Path | None = None,
+    insecure_registries: tuple[str, ...] = (),
 ) -> bytes:
-    """The module's bytes, checked against `source.digest` when one is given."""
+    """The module's bytes, checked against `source.digest` when one is given; OCI registries
+    are reached over plain http when local or in `insecure_registries`."""
     if source.path is not None:
         data = _read_file(Path(source.path), limit)
     elif source.inline is not None:
@@ -41,7 +50,7 @@ def fetch_wasm(
     elif source.url is not None:
         data = _http_get(source.url, limit)
     elif source.image is not None:
-        data = _oci_pull(source.image, limit, registry_auth)
+        data = _oci_pull(source.image, limit, registry_auth, insecure_registries)
     else:
         raise FetchError(
             "wasm.configMapKeyRef must be mounted as a file by the operator and given as path"
@@ -52,15 +61,13 @@ def fetch_wasm(
     return data
 
 
-def sha256_digest(data: bytes) -> str:
-    """`sha256:<hex>` of the bytes."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def verify_digest(data: bytes, expected: str | None) -> None:
     """Raise `FetchError` when `expected` is given and does not match."""
     if expected is not None and sha256_digest(data) != expected:
-        raise FetchError(f"digest mismatch: expected {expected}, got {sha256_digest(data)}")
+        raise FetchError(
+            f"digest mismatch: expected {expected}, got {sha256_digest(data)}",
+            FailureReason.INVALID_WASM,
+        )
 
 
 def _read_file(path: Path, limit: int) -> bytes:
@@ -70,7 +77,9 @@ def _read_file(path: Path, limit: int) -> bytes:
             raise FetchError(f"{path} is {size} bytes, over the {limit}-byte limit")
         return path.read_bytes()
     except OSError as exc:
-        raise FetchError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise FetchError(
+            f"cannot read {path}: {exc.strerror or exc}", FailureReason.INVALID_WASM
+        ) from None
 
 
 def _http_get(url: str, limit: int) -> bytes:
@@ -122,14 +131,14 @@ def _registry(reference: str) -> str:
     return head if ("." in head or ":" in head or head == "localhost") else "docker.io"
 
 
-def _oci_pull(reference: str, limit: int, registry_auth: Path | None) -> bytes:
+def _oci_pull(
+    reference: str, limit: int, registry_auth: Path | None, insecure_registries: tuple[str, ...]
+) -> bytes:
     """Pull a wasm artifact with oras; the layer is the one with a wasm name or media type."""
     import oras.client  # noqa: PLC0415  (heavy import, only for image sources)
 
     registry = _registry(reference)
-    insecure = registry.split(":")[0] in LOCAL_REGISTRIES or registry in os.environ.get(
-        "WASINN_INSECURE_REGISTRIES", ""
-    ).split(",")
+    insecure = registry.split(":")[0] in LOCAL_REGISTRIES or registry in insecure_registries
     client = oras.client.OrasClient(insecure=insecure)
     credentials = _credentials(registry, registry_auth)
     if credentials is not None:

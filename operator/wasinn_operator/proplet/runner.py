@@ -22,15 +22,18 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..api import RunSummary, TaskSpec
+from ..api.errors import describe_errors
 from ..api.policy import POLICY_ENV, Limits, PolicyError, TaskPolicy, check_task
+from ..api.summary import EXIT_TASK_ERROR, FailureReason
+from ..api.task import MAX_WASM_BYTES, sha256_digest
+from ..api.wasmflags import WasmFlags
 from ..mqtt import RESULTS_TOPIC, MQTTError, MQTTSettings, publish_once, results_payload
 from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir, fd_sink
-from .engines import Outputs, TaskError, run_embedded, run_external
-from .fetch import MAX_WASM_BYTES, FetchError, fetch_wasm, sha256_digest
+from .engines import Outputs, TaskError, run_embedded, run_external, task_flags
+from .fetch import FetchError, fetch_wasm
 
 DEFAULT_MODELS_DIR = Path("/models")
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
-EXIT_TASK_ERROR = 1
 STDERR_TAIL_BYTES = 1024
 STDERR_TAIL_LINES = 8
 
@@ -48,6 +51,8 @@ class PropletConfig:
     max_wasm_bytes: int = MAX_WASM_BYTES
     mqtt: MQTTSettings | None = None
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    insecure_registries: tuple[str, ...] = ()  # plain-http OCI registries besides localhost
+    parent_pid: int = 0  # the process that started this one; its end ends this one (0: none)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PropletConfig:
@@ -74,6 +79,10 @@ class PropletConfig:
             policy=TaskPolicy.from_json(environ[POLICY_ENV])
             if environ.get(POLICY_ENV)
             else TaskPolicy(),
+            insecure_registries=tuple(
+                r for r in environ.get("WASINN_INSECURE_REGISTRIES", "").split(",") if r
+            ),
+            parent_pid=int(environ.get("WASINN_PARENT_PID") or 0),
         )
 
 
@@ -90,16 +99,7 @@ def load_task(environ: Mapping[str, str]) -> TaskSpec:
     try:
         return TaskSpec.model_validate_json(text)
     except ValidationError as exc:
-        raise TaskError(f"invalid task: {describe(exc)}") from None
-
-
-def describe(exc: ValidationError) -> str:
-    """Pydantic errors as `field.path: reason; ...`."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "task"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+        raise TaskError(f"invalid task: {describe_errors(exc, 'task')}") from None
 
 
 def new_runtime(config: PropletConfig) -> Runtime:
@@ -124,27 +124,35 @@ def run_task(
     """
     engine = _engine(task, config)
     summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, engine=engine, taskId=task.id)
+    try:
+        flags = task_flags(task)
+    except TaskError as exc:
+        summary.error, summary.reason = str(exc), exc.reason
+        return summary
     try:  # before anything else: a refused task fetches and runs nothing
         limits = check_task(config.policy, task.cli_args, task.env, task.args, task.timeout_seconds)
     except PolicyError as exc:
-        summary.error = str(exc)
+        summary.error, summary.reason = str(exc), FailureReason.POLICY_VIOLATION
         return summary
     started = time.monotonic()
     try:
-        wasm = fetch_wasm(task.wasm, config.max_wasm_bytes, config.registry_auth)
+        wasm = fetch_wasm(
+            task.wasm, config.max_wasm_bytes, config.registry_auth, config.insecure_registries
+        )
     except FetchError as exc:
-        summary.error = f"fetching the module: {exc}"
+        summary.error, summary.reason = f"fetching the module: {exc}", exc.reason
         return summary
     summary.digest = sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
-        result = _run(engine, task, wasm, config, outputs, runtime, limits)
+        result = _run(engine, task, flags, wasm, config, outputs, runtime, limits)
     except TaskError as exc:
-        summary.error = str(exc)
+        summary.error, summary.reason = str(exc), exc.reason
         return summary
     summary.state = "Completed" if result.ok else "Failed"
     summary.exit_code = result.exit_code
     summary.error = failure(result) if not result.ok else None
+    summary.reason = None if result.ok else result.reason or FailureReason.ENGINE_ERROR
     summary.stdout = result.stdout.decode("utf-8", errors="replace")
     summary.stdout_truncated = result.stdout_truncated
     summary.compile_seconds = result.compile_seconds
@@ -187,6 +195,7 @@ def _engine(task: TaskSpec, config: PropletConfig) -> str:
 def _run(
     engine: str,
     task: TaskSpec,
+    flags: WasmFlags,
     wasm: bytes,
     config: PropletConfig,
     outputs: Outputs,
@@ -195,13 +204,16 @@ def _run(
 ) -> RunResult:
     if engine == "embedded":
         runtime = runtime or new_runtime(config)
-        return run_embedded(runtime, task, wasm, config.models_dir, outputs, limits)
+        return run_embedded(runtime, task, flags, wasm, config.models_dir, outputs, limits)
     binary = config.external_runtime or shutil.which("wasmtime")
     if binary is None:
         raise TaskError(
-            "engine wasmtime-cli: no wasmtime binary (set PROPLET_EXTERNAL_WASM_RUNTIME)"
+            "engine wasmtime-cli: no wasmtime binary (set PROPLET_EXTERNAL_WASM_RUNTIME)",
+            FailureReason.ENGINE_ERROR,
         )
-    return run_external(binary, task, wasm, config.models_dir, outputs, config.cache_dir, limits)
+    return run_external(
+        binary, task, flags, wasm, config.models_dir, outputs, config.cache_dir, limits
+    )
 
 
 def report(summary: RunSummary, config: PropletConfig) -> None:
@@ -246,6 +258,7 @@ def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunS
             state="Failed",
             exitCode=128 + signum,
             error="interrupted: the proplet received SIGTERM (Pod deleted or task suspended)",
+            reason=FailureReason.INTERRUPTED,
             taskId=task.id,
         )
         with contextlib.suppress(OSError):
@@ -256,7 +269,7 @@ def _supervised(task: TaskSpec, config: PropletConfig, outputs: Outputs) -> RunS
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         worker.start()
-        join_watching_parent(worker, int(os.environ.get("WASINN_PARENT_PID") or 0))
+        join_watching_parent(worker, config.parent_pid)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return done[0]
@@ -283,7 +296,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     try:
         task = load_task(env)
     except TaskError as exc:
-        summary = RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, error=str(exc))
+        summary = RunSummary(
+            state="Failed", exitCode=EXIT_TASK_ERROR, error=str(exc), reason=exc.reason
+        )
     else:
         outputs = Outputs(stdout=fd_sink(1), stderr=fd_sink(2))
         summary = _supervised(task, config, outputs)

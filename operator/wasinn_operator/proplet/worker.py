@@ -28,17 +28,12 @@ from typing import IO
 from pydantic import ValidationError
 
 from ..api import RunSummary, TaskSpec
+from ..api.errors import describe_errors
+from ..api.summary import EXIT_TASK_ERROR, FailureReason
 from ..mqtt import MQTTError
 from ..runtime import Runtime
 from .engines import Outputs
-from .runner import (
-    EXIT_TASK_ERROR,
-    PropletConfig,
-    describe,
-    join_watching_parent,
-    new_runtime,
-    run_task,
-)
+from .runner import PropletConfig, join_watching_parent, new_runtime, run_task
 
 FDS_ENV = "WASINN_WORKER_FDS"
 
@@ -52,8 +47,10 @@ def handle(line: bytes, config: PropletConfig, runtime: Runtime, parent: int = 0
     try:
         task = TaskSpec.model_validate_json(line)
     except ValidationError as exc:
-        error = f"invalid task: {describe(exc)}"
-        return RunSummary(state="Failed", exitCode=EXIT_TASK_ERROR, error=error)
+        error = f"invalid task: {describe_errors(exc, 'task')}"
+        return RunSummary(
+            state="Failed", exitCode=EXIT_TASK_ERROR, error=error, reason=FailureReason.INVALID_TASK
+        )
     done: list[RunSummary] = []
     outputs = Outputs(stdout=_discard, stderr=_discard)
     # In a thread, so that the main thread notices a vanished parent even while wasm runs.
@@ -64,7 +61,11 @@ def handle(line: bytes, config: PropletConfig, runtime: Runtime, parent: int = 0
     join_watching_parent(thread, parent)
     if not done:  # run_task raised: a bug, reported as the task's failure
         return RunSummary(
-            state="Failed", exitCode=EXIT_TASK_ERROR, error="the worker failed", taskId=task.id
+            state="Failed",
+            exitCode=EXIT_TASK_ERROR,
+            error="the worker failed",
+            reason=FailureReason.ENGINE_ERROR,
+            taskId=task.id,
         )
     return done[0]
 
@@ -89,11 +90,10 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         os.write(2, f"wasinn proplet serve: {exc}\n".encode())
         return 2
     runtime = new_runtime(config)
-    parent = int(env.get("WASINN_PARENT_PID") or 0)
     with os.fdopen(fd_in, "rb") as tasks, os.fdopen(fd_out, "wb") as results:
         send(results, {"ready": os.getpid()})
         for line in tasks:
             if line.strip():
-                summary = handle(line, config, runtime, parent)
+                summary = handle(line, config, runtime, config.parent_pid)
                 send(results, {"summary": summary.model_dump(by_alias=True)})
     return 0

@@ -5,7 +5,7 @@ for wasmtime-style command lines.
 """
 
 from ..cachedir import default_cache_dir
-from .cliargs import ArgsError, WasmArgs, parse_duration, parse_size, parse_wasm_args, resolve
+from .cliargs import WasmArgs, parse_wasm_args, resolve
 from .engine import Runtime, RuntimeConfig, Session, fd_sink
 from .nn import ExecutionTarget, ModelError, NamedModel, NNErrno, scan_models_dir
 from .spec import (
@@ -14,6 +14,7 @@ from .spec import (
     EXIT_TRAP,
     MODELS_GUEST_DIR,
     DirMount,
+    FailureReason,
     Outcome,
     RunResult,
     RunSpec,
@@ -24,9 +25,9 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_TRAP",
     "MODELS_GUEST_DIR",
-    "ArgsError",
     "DirMount",
     "ExecutionTarget",
+    "FailureReason",
     "ModelError",
     "NNErrno",
     "NamedModel",
@@ -39,8 +40,6 @@ __all__ = [
     "WasmArgs",
     "default_cache_dir",
     "fd_sink",
-    "parse_duration",
-    "parse_size",
     "parse_wasm_args",
     "resolve",
     "scan_models_dir",

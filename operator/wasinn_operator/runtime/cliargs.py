@@ -26,16 +26,12 @@ from ..api.wasmflags import (
     Size,
     Toggle,
     WasmFlags,
-    parse_duration,
     parse_flags,
-    parse_size,
 )
 from .nn.models import ModelError, NamedModel, named_model
 from .spec import DirMount, RunSpec
 
-ArgsError = FlagError  # one error type for the grammar and the resolver
-
-__all__ = ["ArgsError", "WasmArgs", "parse_duration", "parse_size", "parse_wasm_args", "resolve"]
+__all__ = ["WasmArgs", "parse_wasm_args", "resolve"]
 
 
 @dataclass
@@ -95,7 +91,7 @@ def _apply(parsed: WasmArgs, option: Option, environ: Mapping[str, str]) -> None
         elif option.kind is Kind.INHERIT_ENV:
             parsed.inherit_env = option.enabled
         elif option.kind is Kind.NETWORK and option.enabled:
-            raise ArgsError(
+            raise FlagError(
                 f"{option.flag}: unsupported WASI option {option.key!r} (the embedded engine "
                 "has no sockets)"
             )
@@ -103,11 +99,11 @@ def _apply(parsed: WasmArgs, option: Option, environ: Mapping[str, str]) -> None
         try:
             parsed.models.append(named_model(option.encoding, option.host))
         except ModelError as exc:
-            raise ArgsError(f"{option.text}: {exc}") from None
+            raise FlagError(f"{option.text}: {exc}") from None
     elif isinstance(option, Dir):
         path = Path(option.host).expanduser()
         if not path.is_dir():
-            raise ArgsError(f"{option.flag}: {option.host!r} is not a directory")
+            raise FlagError(f"{option.flag}: {option.host!r} is not a directory")
         parsed.dirs.append(DirMount(path.resolve(), option.guest))
     elif isinstance(option, Env):
         value = option.value if option.value is not None else environ.get(option.name)
@@ -120,6 +116,6 @@ def _apply(parsed: WasmArgs, option: Option, environ: Mapping[str, str]) -> None
     elif isinstance(option, Size) and option.kind is Kind.MAX_MEMORY:
         parsed.max_memory = option.size
     elif option.kind is Kind.WASINN:
-        raise ArgsError(f"{option.text}: wasinn options go before the wasmtime flags")
+        raise FlagError(f"{option.text}: wasinn options go before the wasmtime flags")
     elif option.kind in (Kind.ENGINE, Kind.ENGINE_SIZE):
-        raise ArgsError(f"{option.text}: unsupported wasm option (not in the embedded engine)")
+        raise FlagError(f"{option.text}: unsupported wasm option (not in the embedded engine)")

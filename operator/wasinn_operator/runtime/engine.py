@@ -47,6 +47,7 @@ from .spec import (
     EXIT_TRAP,
     MODELS_GUEST_DIR,
     DirMount,
+    FailureReason,
     Outcome,
     RunResult,
     RunSpec,
@@ -233,10 +234,13 @@ class Runtime:
                 self._execute_component(spec, module, out, err, result)
             else:
                 self._execute(spec, module, out, err, result)
-        except (ModuleError, OSError, ValueError) as exc:
-            result.error = str(exc)
+        except ModuleError as exc:
+            result.error, result.reason = str(exc), FailureReason.INVALID_WASM
+        except (OSError, ValueError) as exc:
+            result.error, result.reason = str(exc), FailureReason.START_FAILED
         except Exception as exc:  # a host bug: end this run, never the process
             result.error = f"internal error: {exc!r}"
+            result.reason = FailureReason.ENGINE_ERROR
         finally:
             result.run_seconds = time.monotonic() - started - result.compile_seconds
         if result.error and result.outcome is not Outcome.EXITED:
@@ -261,7 +265,7 @@ class Runtime:
         err: _Capture,
         result: RunResult,
     ) -> None:
-        store, linker, deadline = self._store_and_linker(spec, module, out, err)
+        store, linker, deadline, nn = self._store_and_linker(spec, module, out, err)
         instance: wasmtime.Instance | None = None
         try:
             instance = linker.instantiate(store, module)
@@ -271,19 +275,26 @@ class Runtime:
             result.outcome, result.exit_code = Outcome.EXITED, exc.code
             if exc.code != 0:
                 result.error = f"exited with code {exc.code}"
+                result.reason = _guest_failure(FailureReason.EXIT_CODE, nn, False)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if deadline.hit or getattr(exc, "trap_code", None) is wasmtime.TrapCode.INTERRUPT:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
                 result.error = f"timed out after {spec.timeout:g} s"
+                result.reason = FailureReason.DEADLINE_EXCEEDED
                 return  # memory is not why
             if isinstance(exc, wasmtime.Trap):
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = _trap_message(exc)
+                reason = FailureReason.TRAP
             else:
                 result.error = _summarize(str(exc))
+                reason = FailureReason.TRAP
                 if instance is None:
                     result.error = f"cannot instantiate the module: {result.error}"
-            result.error += _memory_note(spec, store, instance)
+                    reason = FailureReason.START_FAILED
+            note, full = _memory_note(spec, store, instance)
+            result.error += note
+            result.reason = _guest_failure(reason, nn, full)
 
     def _execute_component(
         self,
@@ -314,25 +325,33 @@ class Runtime:
             result.outcome, result.exit_code = Outcome.EXITED, 0 if ok else 1
             if not ok:
                 result.error = "the component's wasi:cli/run returned an error"
+                result.reason = _guest_failure(FailureReason.EXIT_CODE, nn, False)
         except wasmtime.ExitTrap as exc:
             result.outcome, result.exit_code = Outcome.EXITED, exc.code
             if exc.code != 0:
                 result.error = f"exited with code {exc.code}"
+                result.reason = _guest_failure(FailureReason.EXIT_CODE, nn, False)
         except wasmtime.WasmtimeError as exc:
-            # A component call reports a trap as an error; its cause tells which.
+            # A component call reports a trap as an error; its cause (wasmtime's words) tells
+            # which.
             cause = _summarize(str(exc))
             if instance is None:
                 result.error = f"cannot instantiate the component: {cause}"
+                reason = FailureReason.START_FAILED
             elif deadline.hit or "wasm trap: interrupt" in cause:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
                 result.error = f"timed out after {spec.timeout:g} s"
+                result.reason = FailureReason.DEADLINE_EXCEEDED
                 return  # memory is not why
             else:
                 result.outcome, result.exit_code = Outcome.TRAPPED, EXIT_TRAP
                 result.error = cause if cause.startswith("wasm trap") else f"wasm trap: {cause}"
+                reason = FailureReason.TRAP
                 if "fuel allocated for hostcalls" in cause:
                     result.error += f" ({HOSTCALL_LIMIT})"
-            result.error += _memory_note(spec, store, None)
+            note, full = _memory_note(spec, store, None)
+            result.error += note
+            result.reason = _guest_failure(reason, nn, full)
             return
         if spec.timeout is not None and deadline.remaining() == 0:
             # The guest waited past its deadline in a WASI 0.2 call (a sleep, a poll), which
@@ -341,6 +360,7 @@ class Runtime:
             result.error = (
                 f"timed out after {spec.timeout:g} s (a WASI 0.2 wait of the guest outlasted it)"
             )
+            result.reason = FailureReason.DEADLINE_EXCEEDED
 
     def _store(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.Store:
         """A store with the run's WASI context, memory limit and epoch deadline."""
@@ -357,7 +377,7 @@ class Runtime:
 
     def _store_and_linker(
         self, spec: RunSpec, module: wasmtime.Module, out: _Capture, err: _Capture
-    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline]:
+    ) -> tuple[wasmtime.Store, wasmtime.Linker, Deadline, NNHost | None]:
         store = self._store(spec, out, err)
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
@@ -365,11 +385,13 @@ class Runtime:
         if spec.timeout is not None:
             wasipoll.define(linker, deadline)
         wants_nn = any(imp.module == NN_MODULE for imp in module.imports)
+        nn = None
         if spec.nn if spec.nn is not None else wants_nn:
             models = self._models(spec)
             limits = self.config.limits(spec)
-            NNHost(self.backend, models, err.log, spec.nn_target, limits, deadline).define(linker)
-        return store, linker, deadline
+            nn = NNHost(self.backend, models, err.log, spec.nn_target, limits, deadline)
+            nn.define(linker)
+        return store, linker, deadline, nn
 
     def session(self, spec: RunSpec) -> Session:
         """Instantiate without running `_start`: for embedding, ABI tests and benchmarks.
@@ -383,7 +405,7 @@ class Runtime:
             raise ModuleError("a session drives a core module; this is a component")
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
-        store, linker, _ = self._store_and_linker(spec, module, out, err)
+        store, linker, _, _ = self._store_and_linker(spec, module, out, err)
         return Session(store, linker.instantiate(store, module), out, err)
 
     def _wasi(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.WasiConfig:
@@ -489,24 +511,40 @@ def _trap_message(trap: wasmtime.Trap) -> str:
     return f"{cause} (in function {name})" if name else cause
 
 
-def _memory_note(spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance | None) -> str:
-    """On failure under a memory limit, say how close to it linear memory was.
+def _memory_note(
+    spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance | None
+) -> tuple[str, bool]:
+    """On failure under a memory limit, say how close to it linear memory was, and whether it
+    was at the limit.
 
     wasmtime refuses a `memory.grow` past the limit by returning -1, and the guest decides what
     follows (usually a trap or an out-of-memory exit); the host cannot see the refused request,
     so it reports the usage and calls a refusal likely when usage is near the limit.
     """
     if spec.max_memory is None:
-        return ""
+        return "", False
     memory = None if instance is None else instance.exports(store).get("memory")
     limit = spec.max_memory / (1 << 20)
     if not isinstance(memory, wasmtime.Memory):
-        return f" (memory limit {limit:.1f} MiB)"
+        return f" (memory limit {limit:.1f} MiB)", False
     size = memory.data_len(store)
     note = f" (linear memory {size / (1 << 20):.1f} MiB of the {limit:.1f} MiB limit"
-    if size + memory.page_size(store) > spec.max_memory or size >= 0.9 * spec.max_memory:
+    full = size + memory.page_size(store) > spec.max_memory or size >= 0.9 * spec.max_memory
+    if full:
         note += "; a memory.grow past the limit was likely refused"
-    return note + ")"
+    return note + ")", full
+
+
+def _guest_failure(
+    reason: FailureReason, nn: NNHost | ComponentNNHost | None, memory_full: bool
+) -> FailureReason:
+    """The reason of a guest's failure: a memory limit or a missing model when the host saw
+    one refused (the guest's exit or trap followed from it), else `reason`."""
+    if memory_full or (nn is not None and nn.budget.refused):
+        return FailureReason.OUT_OF_MEMORY
+    if nn is not None and nn.missing_model is not None:
+        return FailureReason.MODEL_NOT_FOUND
+    return reason
 
 
 class Session:

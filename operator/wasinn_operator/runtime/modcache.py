@@ -18,9 +18,9 @@ from collections import OrderedDict
 import wasmtime
 from wasmtime.component import Component
 
+from ..api.task import WASM_MAGIC
 from .sealed import SealedDir
 
-WASM_MAGIC = b"\0asm"
 # The header's layer field (bytes 6-7): 0 for a core module, 1 for a component.
 COMPONENT_LAYER = b"\x01\x00"
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from ..api.summary import EXIT_HOST_ERROR, EXIT_TIMEOUT, EXIT_TRAP, OUTPUT_LIMIT, FailureReason
+from ..api.task import sha256_digest
 from .nn.abi import ExecutionTarget
 from .nn.models import NamedModel
 
 MODELS_GUEST_DIR = "/models"
-DEFAULT_OUTPUT_LIMIT = 1 << 20
+DEFAULT_OUTPUT_LIMIT = OUTPUT_LIMIT
 
-# Exit codes for runs that did not end by the guest's own exit, chosen to match what shell users
-# know: 124 like timeout(1), 125 like `docker run` failing before the program started, 134 like
-# wasmtime's CLI on a trap (128 + SIGABRT).
-EXIT_TIMEOUT = 124
-EXIT_HOST_ERROR = 125
-EXIT_TRAP = 134
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
+    "EXIT_HOST_ERROR",
+    "EXIT_TIMEOUT",
+    "EXIT_TRAP",
+    "MODELS_GUEST_DIR",
+    "DirMount",
+    "FailureReason",
+    "Outcome",
+    "RunResult",
+    "RunSpec",
+]
 
 
 class Outcome(StrEnum):
@@ -66,7 +73,7 @@ class RunSpec:
     @property
     def digest(self) -> str:
         """`sha256:<hex>` of the module bytes."""
-        return "sha256:" + hashlib.sha256(self.wasm).hexdigest()
+        return sha256_digest(self.wasm)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class RunResult:
     exit_code: int
     digest: str
     error: str | None = None
+    reason: FailureReason | None = None  # why it failed; None when the guest exited with 0
     stdout: bytes = b""
     stderr: bytes = b""
     stdout_truncated: bool = False

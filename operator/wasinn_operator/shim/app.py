@@ -41,6 +41,7 @@ from ..api.propeller import (
     TaskInput,
     TaskPage,
 )
+from ..api.task import DIGEST
 from .bodies import JSONAnswer, task_input, with_file
 from .errors import (
     BadRequestError,
@@ -75,7 +76,6 @@ def _body(schema: str) -> dict[str, Any]:
 
 CREATE_BODY, UPDATE_BODY = _body("TaskCreate"), _body("TaskInput")
 MAX_OFFSET = (1 << 63) - 1  # SQLite's integers (and Kubernetes' continue tokens) stop here
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -283,7 +283,7 @@ def create_app(
             404: {"model": ErrorBody},
         },
     )
-    async def artifact(digest: Annotated[str, Path(pattern=DIGEST_PATTERN)]) -> Response:
+    async def artifact(digest: Annotated[str, Path(pattern=DIGEST)]) -> Response:
         path = await call(service.artifacts.path, digest)
         return FileResponse(path, media_type="application/wasm")
 

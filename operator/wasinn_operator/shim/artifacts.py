@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from ..api.task import DIGEST, MAX_WASM_BYTES, WASM_MAGIC
 from .errors import (
     BadRequestError,
     NotFoundError,
@@ -32,9 +33,7 @@ from .errors import (
     UnsupportedMediaError,
 )
 
-WASM_MAGIC = b"\0asm"
-DEFAULT_MAX_BYTES = 100 << 20
-DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+DIGEST_RE = re.compile(DIGEST)
 TEMP_PREFIX, TEMP_SUFFIX = ".upload-", ".tmp"
 STALE_TEMP_SECONDS = 3600  # an upload's temporary file older than this was left by a crash
 NOT_WASM = "the file is not a WebAssembly module (it does not start with \\0asm)"
@@ -129,7 +128,7 @@ class ModuleUpload:
 class ArtifactStore:
     """Wasm modules on disk, named by their sha256."""
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int = MAX_WASM_BYTES) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.directory = root / "sha256"
@@ -165,10 +164,10 @@ class ArtifactStore:
 
     def path(self, digest: str) -> Path:
         """The file of a digest (`BadRequestError` if malformed, `NotFoundError` if absent)."""
-        match = DIGEST.match(digest)
+        match = DIGEST_RE.match(digest)
         if match is None:
             raise BadRequestError(f"{digest!r} is not a digest of the form sha256:<64 hex digits>")
-        path = self.directory / match.group(1)
+        path = self.directory / digest.removeprefix("sha256:")
         if not path.is_file():
             raise NotFoundError(f"no artifact {digest}")
         return path
@@ -190,13 +189,15 @@ class ArtifactStore:
     def digests(self) -> set[str]:
         """Every stored digest."""
         return {
-            f"sha256:{p.name}" for p in self.directory.iterdir() if DIGEST.match(f"sha256:{p.name}")
+            f"sha256:{p.name}"
+            for p in self.directory.iterdir()
+            if DIGEST_RE.match(f"sha256:{p.name}")
         }
 
     def release(self, candidates: set[str], referenced: set[str]) -> list[str]:
         """Remove the `candidates` (digests an operation stopped referring to) that no task
         refers to (`referenced`); returns the removed digests."""
-        removed = sorted(d for d in candidates - referenced if DIGEST.match(d))
+        removed = sorted(d for d in candidates - referenced if DIGEST_RE.match(d))
         for digest in removed:
             (self.directory / digest.removeprefix("sha256:")).unlink(missing_ok=True)
         return removed

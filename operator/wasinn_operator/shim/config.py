@@ -1,17 +1,26 @@
-"""`wasinn shim` settings: options and environment (kept free of heavy imports for the CLI)."""
+"""`wasinn shim` settings: options and environment (kept free of heavy imports for the CLI).
+
+Parsed once, when the shim starts (`config_from_args`), and passed down; nothing else in the
+shim reads its own settings from the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_from_settings
+from ..api.task import MAX_WASM_BYTES
+
+if TYPE_CHECKING:
+    from ..mqtt import MQTTSettings
 
 DEFAULT_PORT = 7070
-DEFAULT_MAX_BYTES = 100 << 20
 DEFAULT_WORKER_MAX_TASKS = 100
 DEFAULT_WORKER_MAX_RSS_MIB = 2048
 # Two tasks per core: a task is not busy all its life (fetch, compile, load), and one or two
@@ -19,6 +28,22 @@ DEFAULT_WORKER_MAX_RSS_MIB = 2048
 DEFAULT_WORKERS = 2 * (os.cpu_count() or 1)
 DEFAULT_LONG_AFTER = 5.0
 DEFAULT_MIN_FREE_MIB = 64
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What /health says the shim was built from (set by the image build)."""
+
+    commit: str = "unknown"
+    build_time: str = "unknown"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BuildInfo:
+        """`WASINN_COMMIT` and `WASINN_BUILD_TIME`."""
+        return cls(
+            commit=environ.get("WASINN_COMMIT", cls.commit),
+            build_time=environ.get("WASINN_BUILD_TIME", cls.build_time),
+        )
 
 
 @dataclass(frozen=True)
@@ -40,12 +65,16 @@ class ShimConfig:
     worker_max_tasks: int = DEFAULT_WORKER_MAX_TASKS
     worker_max_rss_mib: int = DEFAULT_WORKER_MAX_RSS_MIB
     token: str | None = None
-    max_wasm_bytes: int = DEFAULT_MAX_BYTES
+    max_wasm_bytes: int = MAX_WASM_BYTES
     public_url: str | None = None
     proplet: bool = True
     namespace: str = "default"
     openvino_label: str = "wasinn.dev/openvino=true"
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    instance_id: str | None = None  # PROPLET_INSTANCE_ID; None: one kept in data_dir
+    mqtt: MQTTSettings | None = None  # the broker channel, when the environment names one
+    mqtt_namespace: str = ""  # PROPLET_NAMESPACE
+    build: BuildInfo = field(default_factory=BuildInfo)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_WORKER_MAX_RSS_MIB})",
     )
     add("--token-file", type=Path, help="require this bearer token (or $WASINN_SHIM_TOKEN)")
-    add("--max-wasm-bytes", type=int, default=DEFAULT_MAX_BYTES, help="module size limit")
+    add("--max-wasm-bytes", type=int, default=MAX_WASM_BYTES, help="module size limit")
     add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
     add("--no-proplet", action="store_true", help="MQTT: publish results only, no proplet role")
     add(
@@ -133,7 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ShimConfig:
-    """Settings from parsed options and the environment; ValueError for a bad policy setting."""
+    """Settings from parsed options and the environment; ValueError for a bad policy setting,
+    MQTTError for a bad broker setting."""
+    from ..mqtt import MQTTSettings  # noqa: PLC0415  (paho, only once the shim starts)
+
     token = os.environ.get("WASINN_SHIM_TOKEN") or None
     if args.token_file is not None:
         token = args.token_file.read_text().strip() or None
@@ -169,6 +201,10 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         or os.environ.get("WASINN_OPENVINO_LABEL")
         or "wasinn.dev/openvino=true",
         policy=policy_from_settings(os.environ, args),
+        instance_id=os.environ.get("PROPLET_INSTANCE_ID") or None,
+        mqtt=MQTTSettings.from_env(os.environ),
+        mqtt_namespace=os.environ.get("PROPLET_NAMESPACE", ""),
+        build=BuildInfo.from_env(os.environ),
     )
 
 

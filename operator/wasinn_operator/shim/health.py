@@ -10,7 +10,6 @@ probes cannot turn /health into a write load.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..api.propeller import Check, Health
 from .artifacts import ArtifactStore
+from .config import BuildInfo
 from .store import TaskStore
 
 CACHE_SECONDS = 1.0
@@ -44,8 +44,14 @@ class HealthChecks:
     """The service's dependencies, checked on demand (at most once a second)."""
 
     def __init__(
-        self, store: TaskStore, artifacts: ArtifactStore, min_free_bytes: int, paths: list[Path]
+        self,
+        store: TaskStore,
+        artifacts: ArtifactStore,
+        min_free_bytes: int,
+        paths: list[Path],
+        build: BuildInfo | None = None,
     ) -> None:
+        self._build = build or BuildInfo()
         self._probes: dict[str, Probe] = {
             "artifacts": artifacts.check_writable,
             "disk": lambda: free_space(paths, min_free_bytes),
@@ -89,9 +95,9 @@ class HealthChecks:
         return Health(
             status="fail" if failed else "pass",
             version=__version__,
-            commit=os.environ.get("WASINN_COMMIT", "unknown"),
+            commit=self._build.commit,
             description="wasinn shim: Propeller manager API",
-            build_time=os.environ.get("WASINN_BUILD_TIME", "unknown"),
+            build_time=self._build.build_time,
             instance_id=instance_id,
             checks=checks,
         )

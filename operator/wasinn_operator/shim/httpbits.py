@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from fastapi import Response
 from prometheus_client import (
@@ -16,6 +14,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..api.errors import HasErrors, describe_errors
 from .errors import TooLargeError
 
 # Label values are bounded: any other method is "other", a path no route matches "unmatched",
@@ -106,13 +105,6 @@ def metrics_response(registry: CollectorRegistry) -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def describe(exc: Any) -> str:
+def describe(exc: HasErrors) -> str:
     """Pydantic/FastAPI validation errors as `where: reason; ...`."""
-    parts = []
-    for error in exc.errors():
-        loc: Sequence[Any] = error.get("loc", ())
-        if loc and loc[0] in ("body", "query", "path", "header"):
-            loc = loc[1:]
-        where = ".".join(str(p) for p in loc) or "body"
-        parts.append(f"{where}: {str(error.get('msg', '')).removeprefix('Value error, ')}")
-    return "; ".join(parts) or "invalid request"
+    return describe_errors(exc, "body") or "invalid request"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api import WasmSource
+from ..api.times import parse_time as kube_parse_time
 from .store import TaskRecord, TaskState, now
 
 PREFIX = "wasinn.dev/"
@@ -121,4 +122,4 @@ def iso(value: datetime) -> str:
 
 def parse_time(value: str | None) -> datetime | None:
     """An RFC 3339 time, or None."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return kube_parse_time(value) if value else None

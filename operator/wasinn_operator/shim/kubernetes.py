@@ -15,17 +15,13 @@ says so (409 to the REST client) instead of overwriting its result.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
+from .. import kubeclient
 from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
-from ..controller.kube import load_config
+from ..kubeclient import STALE_RETRIES, KubeClient
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
     CREATED,
@@ -45,8 +41,6 @@ from .kubemap import (
 )
 from .store import PropletRecord, TaskRecord, TaskState, now
 
-STALE_RETRIES = 5
-
 
 class _StaleError(Exception):
     """A write's resourceVersion precondition failed (409): the object changed since read."""
@@ -58,10 +52,9 @@ class KubernetesStore:
     def __init__(
         self, namespace: str, artifacts_url: str, openvino_label: str = "wasinn.dev/openvino=true"
     ) -> None:
-        load_config()
-        client = kubernetes.client.ApiClient()
-        self._custom = kubernetes.client.CustomObjectsApi(client)
-        self._core = kubernetes.client.CoreV1Api(client)
+        self._client = KubeClient()
+        self._custom = self._client.custom
+        self._core = self._client.core
         self._namespace = namespace
         self._artifacts_url = artifacts_url.rstrip("/")
         self._label = openvino_label
@@ -352,28 +345,21 @@ class KubernetesStore:
             raise _StaleError from None
         return written
 
-    @staticmethod
-    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call the API; map its errors to the shim's (the API server's message kept)."""
         try:
-            response = fn(*args, _preload_content=False, **kwargs)
-        except ApiException as exc:
-            message = _api_message(exc)
-            if exc.status == 404:
-                raise NotFoundError(message) from None
-            if exc.status == 409:
-                raise ConflictError(message) from None
-            if exc.status in (400, 422):
-                raise BadRequestError(message) from None
-            raise UnavailableError(f"the Kubernetes API answered {exc.status}: {message}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise UnavailableError(f"the Kubernetes API is unreachable: {exc}") from None
-        data = response.data
-        return json.loads(data) if data else {}
+            return self._client.call(fn, *args, **kwargs)
+        except kubeclient.KubeError as exc:
+            raise _shim_error(exc) from None
 
 
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except ValueError:
-        return str(exc.reason)
+def _shim_error(exc: kubeclient.KubeError) -> ShimError:
+    """The REST answer for a Kubernetes error: 404, 409, 400, else 503."""
+    kind: type[ShimError] = UnavailableError
+    if isinstance(exc, kubeclient.NotFoundError):
+        kind = NotFoundError
+    elif isinstance(exc, kubeclient.ConflictError):
+        kind = ConflictError
+    elif isinstance(exc, kubeclient.InvalidError):
+        kind = BadRequestError
+    return kind(str(exc))

@@ -40,6 +40,7 @@ from pathlib import Path
 from ..api import RunSummary
 from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
+from ..api.summary import OUTPUT_LIMIT
 from .artifacts import ArtifactStore
 from .errors import UnavailableError
 from .fresh import drain, outcome
@@ -48,7 +49,6 @@ from .sqlite import TaskDB
 from .store import Outcome, PropletRecord, TaskRecord, TaskState, now
 from .workers import IdleWorkers, Worker, WorkerDiedError
 
-RESULTS_LIMIT = 1 << 20
 INTERRUPTED = "interrupted: the shim stopped while the task was running"
 HEARTBEAT_SECONDS = 10.0
 RETRY_SECONDS = 1.0  # how often tasks and results the database refused are tried again
@@ -330,7 +330,7 @@ class LocalBackend:
                 )
                 self._children[record.id] = child
             try:
-                stdout, over, stderr = drain(child, RESULTS_LIMIT)
+                stdout, over, stderr = drain(child, OUTPUT_LIMIT)
                 code = child.wait()
             finally:
                 with self._lock:

@@ -87,10 +87,11 @@ class TaskCollector(Collector):
         yield family
 
 
-def instance_id(data_dir: Path) -> str:
-    """`PROPLET_INSTANCE_ID`, else an id kept in the data directory (stable across restarts)."""
-    if os.environ.get("PROPLET_INSTANCE_ID"):
-        return os.environ["PROPLET_INSTANCE_ID"]
+def instance_id(data_dir: Path, given: str | None = None) -> str:
+    """`given` (PROPLET_INSTANCE_ID), else an id kept in the data directory (stable across
+    restarts)."""
+    if given:
+        return given
     path = data_dir / "instance-id"
     if not path.is_file():
         replace_file(path, f"wasinn-{uuid.uuid4()}\n".encode())  # 0600, never half written
@@ -109,7 +110,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
     artifacts = ArtifactStore(
         config.artifacts_dir or config.data_dir / "artifacts", config.max_wasm_bytes
     )
-    ident = instance_id(config.data_dir)
+    ident = instance_id(config.data_dir, config.instance_id)
     store = BACKENDS[config.backend](config, artifacts, ident)
     # Local tasks run on this machine, so their host paths are resolved here (symlinks too);
     # the kubernetes backend's run in Pods, whose files the shim cannot see.
@@ -125,6 +126,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
         resolve,
         min_free_bytes=config.min_free_mib << 20,
         disk_paths=paths,
+        build=config.build,
     )
     log.info("task policy: %s", config.policy.describe())
     registry = CollectorRegistry()
@@ -137,7 +139,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             service,
             proplet=config.proplet,
             registry=registry,
-            namespace=os.environ.get("PROPLET_NAMESPACE", ""),
+            namespace=config.mqtt_namespace,
         )
         service.checks.add("mqtt", bridge.problem)
 
@@ -174,7 +176,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
-        mqtt = MQTTSettings.from_env(os.environ)
     except (OSError, ValueError, MQTTError) as exc:
         sys.stderr.write(f"wasinn shim: {exc}\n")
         return 2
@@ -182,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"wasinn shim: models directory {config.models_dir} does not exist\n")
         return 2
     try:
-        app, _ = build(config, mqtt)
+        app, _ = build(config, config.mqtt)
     except (ValueError, ShimError, OSError) as exc:
         sys.stderr.write(f"wasinn shim: {exc}\n")
         return 2

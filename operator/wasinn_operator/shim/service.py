@@ -34,6 +34,7 @@ from ..api.propeller import (
     TaskState,
 )
 from .artifacts import ArtifactStore, ModuleUpload
+from .config import BuildInfo
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
 from .store import TaskRecord, TaskStore, now
@@ -58,6 +59,7 @@ class TaskService:
         *,
         min_free_bytes: int = 64 << 20,
         disk_paths: list[Path] | None = None,
+        build: BuildInfo | None = None,
     ) -> None:
         """`policy` (default: the strict one) decides what tasks may hold; `resolve` maps their
         host paths to what they name (`os.path.realpath` for tasks run on this machine)."""
@@ -68,7 +70,7 @@ class TaskService:
         self._resolve = resolve
         self._lock = threading.RLock()
         self.checks = HealthChecks(
-            store, artifacts, min_free_bytes, disk_paths or [artifacts.directory]
+            store, artifacts, min_free_bytes, disk_paths or [artifacts.directory], build
         )
 
     # Tasks.

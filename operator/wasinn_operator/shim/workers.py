@@ -16,8 +16,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from .fresh import STDERR_TAIL
+
 FDS_ENV = "WASINN_WORKER_FDS"  # as in proplet/worker.py (not imported: that loads the runtime)
-STDERR_TAIL = 4096
 COMMAND = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "serve"]
 
 

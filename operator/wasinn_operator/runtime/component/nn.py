@@ -121,6 +121,7 @@ class ComponentNNHost:
         self._log = log
         self._named_target = named_target
         self.budget = Budget(limits or GraphLimits())
+        self.missing_model: str | None = None  # a name the guest asked for and no model has
         self._deadline = deadline or Deadline(None)
         self._max_tensor_bytes = max_tensor_bytes
         self._tensor_bytes = 0
@@ -293,6 +294,7 @@ class ComponentNNHost:
             model = self._models.get(name)
             if model is None:
                 known = ", ".join(sorted(self._models)) or "none"
+                self.missing_model = name
                 raise NNError(NNErrno.NOT_FOUND, f"no model named {name!r} (known: {known})")
             self._deadline.check("load-by-name")
             graph = self._backend.load_named(model, self._named_target, self._log, self.budget)

@@ -62,11 +62,13 @@ class Budget:
     def __init__(self, limits: GraphLimits) -> None:
         self.limits = limits
         self.used = 0
+        self.refused = False  # a load or variant was refused: the run's failure is memory's
         self._held: dict[Hashable, int] = {}
 
     def check_builders(self, total: int) -> None:
         """Refuse a `load` whose builders total more than `max_graph_bytes`."""
         if total > self.limits.max_graph_bytes:
+            self.refused = True
             raise NNError(
                 NNErrno.TOO_LARGE,
                 f"the graph builders total {total} bytes ({mib(total)}); a load may pass at most "
@@ -81,6 +83,7 @@ class Budget:
             return
         limit = self.limits.max_graph_memory
         if self.used + extra > limit:
+            self.refused = True
             raise NNError(
                 NNErrno.TOO_LARGE,
                 f"{what} needs an estimated {mib(cost)} of host memory; this run's graphs "

@@ -82,6 +82,7 @@ class NNHost:
         self._log = log
         self._named_target = named_target
         self.budget = Budget(limits or GraphLimits())
+        self.missing_model: str | None = None  # a name the guest asked for and no model has
         self._deadline = deadline or Deadline(None)
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
@@ -179,6 +180,7 @@ class NNHost:
         model = self._models.get(name)
         if model is None:
             known = ", ".join(sorted(self._models)) or "none"
+            self.missing_model = name
             raise NNError(NNErrno.NOT_FOUND, f"no model named {name!r} (known: {known})")
         target, extra = self._named_target, dict[str, Any]()
         if raw_config:
