@@ -1,15 +1,15 @@
-"""The task state machine, as a pure function of the task, its Pods and cluster facts.
+"""A task's next step, as a pure function of the task, its Pods and cluster facts.
 
 `reconcile` returns a `Plan` (status to write, Pod/ConfigMap to create, Pods to delete, the
 task to delete, events, when to look again); the handlers gather facts and carry plans out.
 Being level-triggered, it gives the same answer however often it runs, so an operator that
-restarts mid-task picks up the existing Pod instead of making a second one.
+restarts mid-task picks up the existing Pod instead of making a second one. Every phase change
+is an `api.lifecycle` event:
 
-    Pending --pod created--> Scheduled --pod running--> Running --succeeded--> Completed
-       ^  \\                      \\                         \\--failed--> Pending (retry, backoff)
-       |   \\--claim/node/wasm missing: stays Pending with a reason      \\--> Failed (limit,
-       |   \\--the task policy refuses it: Failed (PolicyViolation)           deadline, bad wasm)
-       +--resume-- Interrupted <--suspend (Pod deleted)-- Scheduled/Running
+    run request (wasinn.dev/run) or resume --START--> Pending --Pod created: SCHEDULE-->
+    Scheduled --Pod running: RUN--> Running --succeeded: SUCCEED--> Completed
+    an attempt failed or cannot be placed --RETRY--> Pending (backoff), or --FAIL--> Failed
+    (limit, deadline, bad wasm, policy, a start error); suspension --STOP--> Failed (Stopped)
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
 from ..api.errors import describe_errors
+from ..api.lifecycle import STOPPED_ERROR, Event, transition
 from ..api.policy import PolicyError, check_spec
+from ..api.status import RUN_FIELDS, START_ERROR_ANNOTATION, described_run, requested_run
 from ..api.summary import EXIT_TIMEOUT, FailureReason
-from ..api.times import kube_time, parse_time
+from ..api.times import format_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .phases import ConditionType, Reason, TaskPhase, set_condition
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
@@ -71,7 +73,8 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError as exc:
-        _fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
+        if not before.finished:
+            _fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
     else:
         _step(task, with_defaults(spec, settings), facts, settings, plan, before)
     after = TaskPhase(plan.status["phase"])
@@ -104,7 +107,14 @@ def _step(
 ) -> None:
     status = plan.status
     status.setdefault("phase", phase.value)
-    if phase.finished:
+    if _take_run_request(task, facts, plan):
+        _expire(spec, facts, plan)
+        return  # it could not start
+    phase = TaskPhase(status["phase"])
+    if phase.finished and not spec.suspend and stopped_run(status):
+        _new_run(plan)  # resumed after a stop: Job-like, suspend and resume run it again
+        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    elif phase.finished:
         _expire(spec, facts, plan)
         return
     attempts = int(status.get("attempts", 0))
@@ -114,20 +124,17 @@ def _step(
         # the operator stopped in between): adopt it rather than start another attempt.
         status.update(attempts=attempt_of(pod), podName=pod["metadata"]["name"])
         status.pop("retryAfter", None)
-        _set(plan, TaskPhase.SCHEDULED)
+        _schedule(plan)
     elif pod is not None and ended(pod) and status.get("phase") == TaskPhase.PENDING:
         pod = None  # its failure was recorded already; the retry is due or waiting
     if pod is not None and _absorb_pod(pod, spec, facts, settings, plan):
         return  # the attempt ended: Completed, Failed, or a retry scheduled
     if spec.suspend:
         _suspend(pod, facts, plan)
+        if TaskPhase(status["phase"]).finished:
+            _expire(spec, facts, plan)
         return
-    if status.get("phase") == TaskPhase.INTERRUPTED:
-        _set(plan, TaskPhase.PENDING)
-        status.pop("error", None)
-        status.pop("completionTime", None)
-        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
-    elif _has_condition(status, ConditionType.SUSPENDED, True):
+    if _has_condition(status, ConditionType.SUSPENDED, True):
         _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     if pod is not None:
         return  # the attempt is under way; Pod events move it along
@@ -162,7 +169,7 @@ def _ready_to_start(
     elif facts.wasm_problem:
         problem = (Reason.INVALID_WASM, facts.wasm_problem)
     if problem is not None:
-        _set(plan, TaskPhase.PENDING)
+        _move(plan, Event.RETRY)
         _condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
         plan.requeue_after = settings.resync_seconds
         return False
@@ -200,7 +207,7 @@ def _start_attempt(
     plan.status.update(attempts=attempt, podName=plan.create_pod["metadata"]["name"])
     plan.status.pop("retryAfter", None)
     plan.status.pop("nodeName", None)
-    _set(plan, TaskPhase.SCHEDULED)
+    _schedule(plan)
     _condition(
         plan,
         ConditionType.SCHEDULED,
@@ -228,7 +235,7 @@ def _absorb_pod(
     if phase == "Pending":
         scheduled = pod_condition(pod, "PodScheduled")
         if scheduled and scheduled.get("status") == "False":
-            _set(plan, TaskPhase.PENDING)
+            _move(plan, Event.RETRY)
             _condition(
                 plan,
                 ConditionType.SCHEDULED,
@@ -238,7 +245,8 @@ def _absorb_pod(
                 facts.now,
             )
         elif node:
-            _set(plan, TaskPhase.SCHEDULED)
+            if status.get("phase") == TaskPhase.PENDING:
+                _move(plan, Event.SCHEDULE)
             _condition(
                 plan,
                 ConditionType.SCHEDULED,
@@ -249,8 +257,8 @@ def _absorb_pod(
             )
         return False
     if phase == "Running":
-        _set(plan, TaskPhase.RUNNING)
-        status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
+        _reach_running(plan)
+        status.setdefault("startTime", pod_status.get("startTime") or format_time(facts.now))
         _condition(
             plan,
             ConditionType.SCHEDULED,
@@ -262,12 +270,14 @@ def _absorb_pod(
         return False
     if phase not in ("Succeeded", "Failed"):
         return False
-    status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
+    status.setdefault("startTime", pod_status.get("startTime") or format_time(facts.now))
     summary, exit_code = run_summary(pod)
     _record_results(status, summary, exit_code, settings)
     if phase == "Succeeded":
-        _set(plan, TaskPhase.COMPLETED)
-        status["completionTime"] = kube_time(facts.now)
+        if status.get("phase") == TaskPhase.PENDING:
+            _move(plan, Event.SCHEDULE)
+        _move(plan, Event.SUCCEED)
+        status["completionTime"] = format_time(facts.now)
         _condition(
             plan,
             ConditionType.COMPLETE,
@@ -317,8 +327,8 @@ def _attempt_failed(
         )
         return
     delay = min(settings.backoff_base_seconds * 2 ** (failures - 1), settings.backoff_max_seconds)
-    status["retryAfter"] = kube_time(facts.now + timedelta(seconds=delay))
-    _set(plan, TaskPhase.PENDING)
+    status["retryAfter"] = format_time(facts.now + timedelta(seconds=delay))
+    _move(plan, Event.RETRY)
     plan.requeue_after = delay
     plan.events.append(
         (
@@ -329,20 +339,60 @@ def _attempt_failed(
     )
 
 
+def _take_run_request(task: dict[str, Any], facts: Facts, plan: Plan) -> bool:
+    """Start the run the shim requested (`wasinn.dev/run`) if the status describes an earlier
+    one; True when the request carries a start error (the run is then Failed)."""
+    requested, described = requested_run(task), described_run(task)
+    notes = task["metadata"].get("annotations") or {}
+    if requested == described or TaskPhase(plan.status["phase"]).active:
+        # (The shim asks only while no run is under way; a request made otherwise waits.)
+        if requested or "run" in plan.status:
+            plan.status["run"] = described
+        return False
+    _new_run(plan)
+    plan.status["run"] = requested
+    error = notes.get(START_ERROR_ANNOTATION)
+    if error is None:
+        return False
+    _fail(plan, Reason.START_FAILED, error, facts.now)
+    return True
+
+
+def _new_run(plan: Plan) -> None:
+    for key in RUN_FIELDS:
+        plan.status.pop(key, None)
+    _move(plan, Event.START)
+
+
+def stopped_run(status: dict[str, Any]) -> bool:
+    """Whether the run was ended by a suspension (Interrupted: by an earlier version)."""
+    if status.get("phase") == TaskPhase.INTERRUPTED:
+        return True
+    failed = [c for c in status.get("conditions") or [] if c.get("type") == "Failed"]
+    return status.get("phase") == TaskPhase.FAILED and any(
+        c.get("reason") == Reason.STOPPED for c in failed
+    )
+
+
 def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
     status = plan.status
+    phase = TaskPhase(status["phase"])
     running = pod is not None and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
     if running and pod is not None:
         plan.delete_pods.append(pod["metadata"]["name"])
-    # A run under way ends Interrupted, also when its Pod is already going (deleted by a
-    # reconcile whose status write lost a race and is now decided again).
-    if running or status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
-        _set(plan, TaskPhase.INTERRUPTED)
-        status["error"] = "stopped"
-        status["completionTime"] = kube_time(facts.now)
-        status.pop("retryAfter", None)
-    elif status.get("phase") != TaskPhase.INTERRUPTED:
-        _set(plan, TaskPhase.PENDING)
+    # A run under way ends Failed (Stopped), as Propeller records a stopped task: also when its
+    # Pod is already going (deleted by a reconcile whose status write lost a race), and when it
+    # waits between attempts or for a node. A task suspended before it ever started waits.
+    started = int(status.get("attempts", 0)) > 0 or int(status.get("run", 0)) > 0
+    if running or phase.active or (phase is TaskPhase.PENDING and started):
+        if phase is TaskPhase.PENDING and running:
+            _move(plan, Event.SCHEDULE)
+        _move(plan, Event.STOP if TaskPhase(status["phase"]).active else Event.FAIL)
+        status.update(error=STOPPED_ERROR, results="", completionTime=format_time(facts.now))
+        for key in ("retryAfter", "resultsTruncated"):
+            status.pop(key, None)
+        message = "spec.suspend is true: the run was stopped"
+        _condition(plan, ConditionType.FAILED, True, Reason.STOPPED, message, facts.now)
     _condition(
         plan, ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true", facts.now
     )
@@ -364,9 +414,9 @@ def _fail(
     plan: Plan, reason: Reason, message: str, now: datetime, error: str | None = None
 ) -> None:
     plan.status["error"] = error or message
-    plan.status["completionTime"] = kube_time(now)
+    plan.status["completionTime"] = format_time(now)
     plan.status.pop("retryAfter", None)
-    _set(plan, TaskPhase.FAILED)
+    _move(plan, Event.FAIL)
     _condition(plan, ConditionType.FAILED, True, reason, message, now)
 
 
@@ -398,8 +448,28 @@ def _has_condition(status: dict[str, Any], kind: ConditionType, value: bool) -> 
     )
 
 
-def _set(plan: Plan, phase: TaskPhase) -> None:
+def _move(plan: Plan, *events: Event) -> None:
+    """Apply `events` to the plan's phase (`Refusal` for a move the lifecycle forbids: a bug)."""
+    phase = TaskPhase(plan.status.get("phase") or TaskPhase.PENDING)
+    for event in events:
+        phase = transition(phase, event)
     plan.status["phase"] = phase.value
+
+
+def _schedule(plan: Plan) -> None:
+    """A Pod of a new attempt exists: an earlier attempt still on record ends first."""
+    if TaskPhase(plan.status["phase"]).active:
+        _move(plan, Event.RETRY)
+    _move(plan, Event.SCHEDULE)
+
+
+def _reach_running(plan: Plan) -> None:
+    """The Pod runs: Running, through Scheduled when its creation was not seen."""
+    phase = TaskPhase(plan.status["phase"])
+    if phase is TaskPhase.PENDING:
+        _move(plan, Event.SCHEDULE, Event.RUN)
+    elif phase is TaskPhase.SCHEDULED:
+        _move(plan, Event.RUN)
 
 
 def _condition(
