@@ -370,9 +370,14 @@ def test_a_stop_before_the_operator_took_the_request_up() -> None:
 
 
 def test_a_task_never_started_stays_pending_while_suspended() -> None:
-    body = task({"suspend": True}, {"phase": "Pending", "run": 0})
-    plan = run(requested(body, 0))
+    # The shim's task (it has the run annotation): the status says which request it describes,
+    # so the next one is told apart from it.
+    plan = run(requested(task({"suspend": True}), 0))
     assert (plan.status["phase"], plan.status["run"]) == ("Pending", 0)
+    again = run(requested(task({"suspend": True}, plan.status), 0))
+    assert again.status == plan.status
+    # A kubectl task has none.
+    assert "run" not in run(task({"suspend": True})).status
 
 
 def test_a_pod_whose_status_write_was_lost_is_adopted() -> None:

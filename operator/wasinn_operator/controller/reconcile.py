@@ -24,7 +24,13 @@ from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
 from ..api.errors import describe_errors
 from ..api.lifecycle import STOPPED_ERROR, Event, transition
 from ..api.policy import PolicyError, check_spec
-from ..api.status import RUN_FIELDS, START_ERROR_ANNOTATION, described_run, requested_run
+from ..api.status import (
+    RUN_ANNOTATION,
+    RUN_FIELDS,
+    START_ERROR_ANNOTATION,
+    described_run,
+    requested_run,
+)
 from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import format_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
@@ -346,7 +352,7 @@ def _take_run_request(task: dict[str, Any], facts: Facts, plan: Plan) -> bool:
     notes = task["metadata"].get("annotations") or {}
     if requested == described or TaskPhase(plan.status["phase"]).active:
         # (The shim asks only while no run is under way; a request made otherwise waits.)
-        if requested or "run" in plan.status:
+        if RUN_ANNOTATION in notes or "run" in plan.status:  # the shim's task
             plan.status["run"] = described
         return False
     _new_run(plan)
