@@ -53,7 +53,7 @@ class WasiNNTaskStatus(BaseModel):
     phase: TaskPhase | None = None
     state: int | None = Field(
         default=None,
-        description="Propeller's numeric state (Pending 0 ... Failed 4, Interrupted 6).",
+        description="Propeller's numeric state (Pending 0 ... Failed 4; api/lifecycle.py).",
     )
     run: int | None = Field(
         default=None,
