@@ -13,7 +13,7 @@ from wasinn_operator.api.lifecycle import (
     TaskPhase,
     transition,
 )
-from wasinn_operator.api.times import GO_ZERO, format_time, parse_time, propeller_time
+from wasinn_operator.api.times import GO_ZERO, format_time, maybe_time, parse_time, propeller_time
 
 P = TaskPhase
 IDLE = [P.PENDING, P.COMPLETED, P.FAILED, P.SKIPPED, P.INTERRUPTED]
@@ -91,7 +91,8 @@ def test_one_time_format() -> None:
     assert parse_time(format_time(moment)) == moment
     assert parse_time("2026-01-02T03:04:05Z") == moment.replace(microsecond=0)
     assert parse_time("2026-01-02T05:04:05.000120+02:00") == moment
-    assert parse_time(None) is None and parse_time("") is None
+    assert maybe_time(None) is None and maybe_time("") is None
+    assert maybe_time("2026-01-02T03:04:05Z") == moment.replace(microsecond=0)
     # Fixed width: text order is time order.
     times = [moment + timedelta(microseconds=n * 999_999) for n in range(20)]
     assert sorted(map(format_time, times)) == list(map(format_time, times))

@@ -19,13 +19,15 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 time (any precision, `Z` or an offset) as an aware datetime; None for
-    None or ""."""
-    if not text:
-        return None
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time (any precision, `Z` or an offset) as an aware datetime."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def maybe_time(text: str | None) -> datetime | None:
+    """`parse_time`, with None for an unset time (None or "")."""
+    return parse_time(text) if text else None
 
 
 def propeller_time(moment: datetime | None) -> str:

@@ -14,56 +14,36 @@ is an `api.lifecycle` event:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
 from ..api.errors import describe_errors
-from ..api.lifecycle import STOPPED_ERROR, Event, transition
+from ..api.lifecycle import Event
 from ..api.policy import PolicyError, check_spec
-from ..api.status import (
-    RUN_ANNOTATION,
-    RUN_FIELDS,
-    START_ERROR_ANNOTATION,
-    described_run,
-    requested_run,
-)
 from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import format_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
-from .phases import ConditionType, Reason, TaskPhase, set_condition
+from .intents import new_run, stopped_run, suspend, take_run_request
+from .phases import ConditionType, Reason, TaskPhase
+from .plan import (
+    Facts,
+    Plan,
+    condition,
+    fail,
+    has_condition,
+    move,
+    reach_running,
+    schedule,
+)
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
 from .settings import OperatorSettings
 
+__all__ = ["Facts", "Plan", "reconcile", "stopped_run", "with_defaults"]
 # Failures another attempt cannot mend: the task fails at once instead of retrying.
 FINAL_REASONS = frozenset({FailureReason.INVALID_WASM, FailureReason.POLICY_VIOLATION})
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the cluster says, gathered by the handler before `reconcile`."""
-
-    now: datetime
-    pods: list[dict[str, Any]]
-    claim_exists: bool = True
-    ready_nodes: int = 1
-    wasm_problem: str | None = None
-
-
-@dataclass
-class Plan:
-    """What to do: the handler applies it in order (create, delete, status, events)."""
-
-    status: dict[str, Any]
-    create_configmap: dict[str, Any] | None = None
-    create_pod: dict[str, Any] | None = None
-    delete_pods: list[str] = field(default_factory=list)
-    delete_task: bool = False
-    requeue_after: float | None = None
-    events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) -> Plan:
@@ -80,7 +60,7 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError as exc:
         if not before.finished:
-            _fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
+            fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
     else:
         _step(task, with_defaults(spec, settings), facts, settings, plan, before)
     after = TaskPhase(plan.status["phase"])
@@ -113,13 +93,13 @@ def _step(
 ) -> None:
     status = plan.status
     status.setdefault("phase", phase.value)
-    if _take_run_request(task, facts, plan):
+    if take_run_request(task, facts, plan):
         _expire(spec, facts, plan)
         return  # it could not start
     phase = TaskPhase(status["phase"])
     if phase.finished and not spec.suspend and stopped_run(status):
-        _new_run(plan)  # resumed after a stop: Job-like, suspend and resume run it again
-        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+        new_run(plan)  # resumed after a stop: Job-like, suspend and resume run it again
+        condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     elif phase.finished:
         _expire(spec, facts, plan)
         return
@@ -130,18 +110,18 @@ def _step(
         # the operator stopped in between): adopt it rather than start another attempt.
         status.update(attempts=attempt_of(pod), podName=pod["metadata"]["name"])
         status.pop("retryAfter", None)
-        _schedule(plan)
+        schedule(plan)
     elif pod is not None and ended(pod) and status.get("phase") == TaskPhase.PENDING:
         pod = None  # its failure was recorded already; the retry is due or waiting
     if pod is not None and _absorb_pod(pod, spec, facts, settings, plan):
         return  # the attempt ended: Completed, Failed, or a retry scheduled
     if spec.suspend:
-        _suspend(pod, facts, plan)
+        suspend(pod, facts, plan)
         if TaskPhase(status["phase"]).finished:
             _expire(spec, facts, plan)
         return
-    if _has_condition(status, ConditionType.SUSPENDED, True):
-        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    if has_condition(status, ConditionType.SUSPENDED, True):
+        condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     if pod is not None:
         return  # the attempt is under way; Pod events move it along
     if status.get("podName") and status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
@@ -150,7 +130,7 @@ def _step(
     try:  # before every attempt: a task the policy refuses never gets a Pod
         check_spec(settings.policy, spec)
     except PolicyError as exc:
-        _fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
+        fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
         return
     if not _ready_to_start(spec, facts, settings, plan):
         return
@@ -175,8 +155,8 @@ def _ready_to_start(
     elif facts.wasm_problem:
         problem = (Reason.INVALID_WASM, facts.wasm_problem)
     if problem is not None:
-        _move(plan, Event.RETRY)
-        _condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
+        move(plan, Event.RETRY)
+        condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
         plan.requeue_after = settings.resync_seconds
         return False
     retry_after = status.get("retryAfter")
@@ -207,14 +187,14 @@ def _start_attempt(
             policy=settings.policy,
         )
     except TaskTooLargeError as exc:
-        _fail(plan, Reason.INVALID_WASM, str(exc), facts.now)
+        fail(plan, Reason.INVALID_WASM, str(exc), facts.now)
         return
     plan.create_configmap = build_wasm_configmap(task, spec)
     plan.status.update(attempts=attempt, podName=plan.create_pod["metadata"]["name"])
     plan.status.pop("retryAfter", None)
     plan.status.pop("nodeName", None)
-    _schedule(plan)
-    _condition(
+    schedule(plan)
+    condition(
         plan,
         ConditionType.SCHEDULED,
         False,
@@ -241,8 +221,8 @@ def _absorb_pod(
     if phase == "Pending":
         scheduled = pod_condition(pod, "PodScheduled")
         if scheduled and scheduled.get("status") == "False":
-            _move(plan, Event.RETRY)
-            _condition(
+            move(plan, Event.RETRY)
+            condition(
                 plan,
                 ConditionType.SCHEDULED,
                 False,
@@ -252,8 +232,8 @@ def _absorb_pod(
             )
         elif node:
             if status.get("phase") == TaskPhase.PENDING:
-                _move(plan, Event.SCHEDULE)
-            _condition(
+                move(plan, Event.SCHEDULE)
+            condition(
                 plan,
                 ConditionType.SCHEDULED,
                 True,
@@ -263,9 +243,9 @@ def _absorb_pod(
             )
         return False
     if phase == "Running":
-        _reach_running(plan)
+        reach_running(plan)
         status.setdefault("startTime", pod_status.get("startTime") or format_time(facts.now))
-        _condition(
+        condition(
             plan,
             ConditionType.SCHEDULED,
             True,
@@ -281,10 +261,10 @@ def _absorb_pod(
     _record_results(status, summary, exit_code, settings)
     if phase == "Succeeded":
         if status.get("phase") == TaskPhase.PENDING:
-            _move(plan, Event.SCHEDULE)
-        _move(plan, Event.SUCCEED)
+            move(plan, Event.SCHEDULE)
+        move(plan, Event.SUCCEED)
         status["completionTime"] = format_time(facts.now)
-        _condition(
+        condition(
             plan,
             ConditionType.COMPLETE,
             True,
@@ -299,9 +279,9 @@ def _absorb_pod(
     timed_out = reason is FailureReason.DEADLINE_EXCEEDED or exit_code == EXIT_TIMEOUT
     if pod_status.get("reason") == "DeadlineExceeded" or timed_out:
         message = f"timed out after {spec.timeout_seconds} s" if spec.timeout_seconds else error
-        _fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
+        fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
     elif reason in FINAL_REASONS:
-        _fail(plan, Reason(reason), error, facts.now)
+        fail(plan, Reason(reason), error, facts.now)
     else:
         _attempt_failed(spec, facts, settings, plan, error, exit_code)
     if TaskPhase(status["phase"]).finished:
@@ -324,7 +304,7 @@ def _attempt_failed(
     if exit_code is not None:
         status["exitCode"] = exit_code
     if failures > spec.backoff_limit:
-        _fail(
+        fail(
             plan,
             Reason.BACKOFF_LIMIT_EXCEEDED,
             f"{failures} failed attempt(s), backoffLimit {spec.backoff_limit}: {error}",
@@ -334,7 +314,7 @@ def _attempt_failed(
         return
     delay = min(settings.backoff_base_seconds * 2 ** (failures - 1), settings.backoff_max_seconds)
     status["retryAfter"] = format_time(facts.now + timedelta(seconds=delay))
-    _move(plan, Event.RETRY)
+    move(plan, Event.RETRY)
     plan.requeue_after = delay
     plan.events.append(
         (
@@ -342,65 +322,6 @@ def _attempt_failed(
             Reason.RETRYING.value,
             f"attempt {status.get('attempts')} failed ({error}); retrying in {delay:g} s",
         )
-    )
-
-
-def _take_run_request(task: dict[str, Any], facts: Facts, plan: Plan) -> bool:
-    """Start the run the shim requested (`wasinn.dev/run`) if the status describes an earlier
-    one; True when the request carries a start error (the run is then Failed)."""
-    requested, described = requested_run(task), described_run(task)
-    notes = task["metadata"].get("annotations") or {}
-    if requested == described or TaskPhase(plan.status["phase"]).active:
-        # (The shim asks only while no run is under way; a request made otherwise waits.)
-        if RUN_ANNOTATION in notes or "run" in plan.status:  # the shim's task
-            plan.status["run"] = described
-        return False
-    _new_run(plan)
-    plan.status["run"] = requested
-    error = notes.get(START_ERROR_ANNOTATION)
-    if error is None:
-        return False
-    _fail(plan, Reason.START_FAILED, error, facts.now)
-    return True
-
-
-def _new_run(plan: Plan) -> None:
-    for key in RUN_FIELDS:
-        plan.status.pop(key, None)
-    _move(plan, Event.START)
-
-
-def stopped_run(status: dict[str, Any]) -> bool:
-    """Whether the run was ended by a suspension (Interrupted: by an earlier version)."""
-    if status.get("phase") == TaskPhase.INTERRUPTED:
-        return True
-    failed = [c for c in status.get("conditions") or [] if c.get("type") == "Failed"]
-    return status.get("phase") == TaskPhase.FAILED and any(
-        c.get("reason") == Reason.STOPPED for c in failed
-    )
-
-
-def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
-    status = plan.status
-    phase = TaskPhase(status["phase"])
-    running = pod is not None and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
-    if running and pod is not None:
-        plan.delete_pods.append(pod["metadata"]["name"])
-    # A run under way ends Failed (Stopped), as Propeller records a stopped task: also when its
-    # Pod is already going (deleted by a reconcile whose status write lost a race), and when it
-    # waits between attempts or for a node. A task suspended before it ever started waits.
-    started = int(status.get("attempts", 0)) > 0 or int(status.get("run", 0)) > 0
-    if running or phase.active or (phase is TaskPhase.PENDING and started):
-        if phase is TaskPhase.PENDING and running:
-            _move(plan, Event.SCHEDULE)
-        _move(plan, Event.STOP if TaskPhase(status["phase"]).active else Event.FAIL)
-        status.update(error=STOPPED_ERROR, results="", completionTime=format_time(facts.now))
-        for key in ("retryAfter", "resultsTruncated"):
-            status.pop(key, None)
-        message = "spec.suspend is true: the run was stopped"
-        _condition(plan, ConditionType.FAILED, True, Reason.STOPPED, message, facts.now)
-    _condition(
-        plan, ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true", facts.now
     )
 
 
@@ -414,16 +335,6 @@ def _expire(spec: WasiNNTaskSpec, facts: Facts, plan: Plan) -> None:
         plan.delete_task = True
     else:
         plan.requeue_after = remaining
-
-
-def _fail(
-    plan: Plan, reason: Reason, message: str, now: datetime, error: str | None = None
-) -> None:
-    plan.status["error"] = error or message
-    plan.status["completionTime"] = format_time(now)
-    plan.status.pop("retryAfter", None)
-    _move(plan, Event.FAIL)
-    _condition(plan, ConditionType.FAILED, True, reason, message, now)
 
 
 def _record_results(
@@ -447,45 +358,6 @@ def _record_results(
         status["digest"] = summary.digest
 
 
-def _has_condition(status: dict[str, Any], kind: ConditionType, value: bool) -> bool:
-    return any(
-        c.get("type") == kind.value and c.get("status") == ("True" if value else "False")
-        for c in status.get("conditions") or []
-    )
-
-
-def _move(plan: Plan, *events: Event) -> None:
-    """Apply `events` to the plan's phase (`Refusal` for a move the lifecycle forbids: a bug)."""
-    phase = TaskPhase(plan.status.get("phase") or TaskPhase.PENDING)
-    for event in events:
-        phase = transition(phase, event)
-    plan.status["phase"] = phase.value
-
-
-def _schedule(plan: Plan) -> None:
-    """A Pod of a new attempt exists: an earlier attempt still on record ends first."""
-    if TaskPhase(plan.status["phase"]).active:
-        _move(plan, Event.RETRY)
-    _move(plan, Event.SCHEDULE)
-
-
-def _reach_running(plan: Plan) -> None:
-    """The Pod runs: Running, through Scheduled when its creation was not seen."""
-    phase = TaskPhase(plan.status["phase"])
-    if phase is TaskPhase.PENDING:
-        _move(plan, Event.SCHEDULE, Event.RUN)
-    elif phase is TaskPhase.SCHEDULED:
-        _move(plan, Event.RUN)
-
-
-def _condition(
-    plan: Plan, kind: ConditionType, value: bool, reason: Reason, message: str, now: datetime
-) -> None:
-    plan.status["conditions"] = set_condition(
-        list(plan.status.get("conditions") or []), kind, value, reason.value, message, now
-    )
-
-
 def _phase_message(status: dict[str, Any]) -> str:
     phase = status["phase"]
     if phase == TaskPhase.FAILED:
@@ -496,7 +368,7 @@ def _phase_message(status: dict[str, Any]) -> str:
         )
     if phase == TaskPhase.COMPLETED:
         return f"exit code {status.get('exitCode', 0)}"
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "False" and condition.get("type") == "Scheduled":
-            return f"{condition.get('reason')}: {condition.get('message')}"
+    for found in status.get("conditions") or []:
+        if found.get("status") == "False" and found.get("type") == "Scheduled":
+            return f"{found.get('reason')}: {found.get('message')}"
     return str(phase)

@@ -17,7 +17,7 @@ from typing import Any
 from ..api import WasmSource
 from ..api.lifecycle import REPORTED, TaskPhase
 from ..api.status import RUN_ANNOTATION, START_ERROR_ANNOTATION, described_run, requested_run
-from ..api.times import format_time, parse_time
+from ..api.times import format_time, maybe_time
 from .store import TaskRecord, now
 
 PREFIX = "wasinn.dev/"
@@ -76,8 +76,8 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
     wasm = spec.get("wasm") or {}
     phase = view_phase(obj)
     run = requested_run(obj)
-    created = parse_time(notes.get(CREATED)) or parse_time(meta.get("creationTimestamp")) or now()
-    updated = parse_time(notes.get(UPDATED)) or created
+    created = maybe_time(notes.get(CREATED)) or maybe_time(meta.get("creationTimestamp")) or now()
+    updated = maybe_time(notes.get(UPDATED)) or created
     if run != described_run(obj):  # not taken up yet: the previous run's status is not this one's
         status = {"error": notes.get(START_ERROR), "completionTime": notes.get(UPDATED)}
         if phase is not TaskPhase.FAILED:
@@ -96,8 +96,8 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
         results=status.get("results"),
         results_truncated=bool(status.get("resultsTruncated")),
         error=status.get("error") or "",
-        start_time=parse_time(status.get("startTime")),
-        finish_time=parse_time(status.get("completionTime")),
+        start_time=maybe_time(status.get("startTime")),
+        finish_time=maybe_time(status.get("completionTime")),
         created_at=created,
         updated_at=updated,
         run=run,

@@ -26,7 +26,7 @@ from .. import kubeclient
 from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
 from ..api.lifecycle import Event, Refusal, TaskPhase, transition
 from ..api.status import requested_run
-from ..api.times import parse_time
+from ..api.times import maybe_time
 from ..kubeclient import STALE_RETRIES, KubeClient
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
@@ -108,7 +108,7 @@ class KubernetesStore:
                 ),
                 {},
             )
-            beat = parse_time(ready.get("lastHeartbeatTime"))
+            beat = maybe_time(ready.get("lastHeartbeatTime"))
             found.append(
                 PropletRecord(
                     id=name,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.lifecycle import STOPPED_ERROR, Event, Refusal, TaskPhase, transition
-from ..api.times import format_time, parse_time
+from ..api.times import format_time, maybe_time
 from .errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
 from .store import Outcome, TaskRecord, now
 
@@ -113,7 +113,7 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
         if values.get(name) is not None:
             values[name] = json.loads(values[name])
     for name in TIME_COLUMNS:
-        values[name] = parse_time(values[name])
+        values[name] = maybe_time(values[name])
     values["phase"] = TaskPhase.of_state(values.pop("state"))
     values["daemon"] = bool(values["daemon"])
     values["unpublished"] = bool(values["unpublished"])
