@@ -125,8 +125,9 @@ class TaskStore(Protocol):
 
     def stop(self, task_id: str) -> TaskRecord:
         """Scheduled or Running → Failed with `STOPPED_ERROR` and empty results, ending the run
-        (its result is published, as a Propeller proplet reports a stopped task).
-        `ConflictError` when not Scheduled or Running."""
+        (its result is published, as a Propeller proplet reports a stopped task); the
+        kubernetes backend records the stop and the operator ends the run. `ConflictError`
+        when not Scheduled or Running."""
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
         """Mark a task that is not running Failed with `error`, as a new run whose result is
