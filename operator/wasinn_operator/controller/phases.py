@@ -39,7 +39,7 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     RETRYING = "Retrying"
     STOPPED = "Stopped"
-    START_FAILED = "StartFailed"
+    START_FAILED = FailureReason.START_FAILED.value  # also a start the shim recorded failed
 
 
 def set_condition(
