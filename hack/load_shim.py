@@ -31,8 +31,10 @@ from pathlib import Path
 
 import httpx
 
+from wasinn_operator.api.lifecycle import TaskPhase
+
 ROOT = Path(__file__).resolve().parent.parent
-FINISHED = (3, 4, 6)
+FINISHED = tuple(p.state for p in TaskPhase if p.finished)
 POLL = 0.02
 
 

@@ -26,9 +26,11 @@ from typing import Any
 
 from report import Row, row, summary
 
+from wasinn_operator.api.lifecycle import TaskPhase
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
-FINISHED = (3, 4, 6)  # Completed, Failed, Interrupted
+FINISHED = tuple(p.state for p in TaskPhase if p.finished)
 
 
 def _free_port() -> int:

@@ -152,8 +152,9 @@ def test_suspend_resume_and_delete(kubectl: Kubectl, operator_ns: tuple[str, Ope
     kubectl(
         "patch", "wnt", "spin", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}'
     )
-    st = wait_phase(kubectl, namespace, "spin", "Interrupted")
-    assert st["state"] == 6
+    st = wait_phase(kubectl, namespace, "spin", "Failed")
+    assert (st["state"], st["error"]) == (4, "task was stopped before completion")
+    assert condition(st, "Failed")["reason"] == "Stopped"
     assert condition(st, "Suspended")["status"] == "True"
     wait_until("the Pod to go", lambda: not pods(kubectl, namespace, "spin"), timeout=60)
     kubectl(

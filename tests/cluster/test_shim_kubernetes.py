@@ -16,11 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from wasinn_operator.api.lifecycle import STOPPED_ERROR, TaskPhase
+
 from ..conftest import Broker, Subscriber, broker, free_port
 from .conftest import REPO, Kubectl, wait_until
 from .operator_fixtures import Operator, crd, operator_ns, proplet_image
 
 pytestmark = pytest.mark.cluster
+FAILED, RUNNING = TaskPhase.FAILED.state, TaskPhase.RUNNING.state
 __all__ = ["broker", "crd", "operator_ns", "proplet_image"]  # fixtures used by name
 SEED_INPUTS = ["/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
 
@@ -153,12 +156,19 @@ def test_stop_interrupts_a_running_task(
     httpx.post(f"{shim}/tasks/{task_id}/start", timeout=30)
     wait_until(
         "Running",
-        lambda: httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json()["state"] == 2,
+        lambda: httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json()["state"] == RUNNING,
         timeout=180,
     )
     assert httpx.post(f"{shim}/tasks/{task_id}/stop", timeout=30).json() == {"stopped": True}
-    task = httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json()
-    assert task["state"] == 6
+    # The stop is an intent (spec.suspend); the operator ends the run as Propeller does: Failed.
+    task = wait_until(
+        "the stop to end the run",
+        lambda: (
+            (t := httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json())["state"] == FAILED and t
+        ),
+        timeout=90,
+    )
+    assert task["error"] == STOPPED_ERROR
     wait_until(
         "the Pod to go",
         lambda: (
@@ -178,4 +188,4 @@ def test_stop_interrupts_a_running_task(
         timeout=90,
     )
     time.sleep(3)
-    assert httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json()["state"] == 6
+    assert httpx.get(f"{shim}/tasks/{task_id}", timeout=30).json()["state"] == FAILED

@@ -23,6 +23,8 @@ import pytest
 import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
+from wasinn_operator.api.lifecycle import TaskPhase
+
 from ..apiserver import ControlPlane, MissingError, find_binaries
 from ..conftest import ROOT, Broker, free_port, missing
 from .kubeapi import Cluster
@@ -83,7 +85,8 @@ def kube(
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
 TOPIC_PREFIX = "m/dom/c/chan/"
 SHIM_ID = "shim-proplet-1"
-FINISHED = (3, 4, 6)
+FINISHED = tuple(p.state for p in TaskPhase if p.finished)
+FAILED, RUNNING = TaskPhase.FAILED.state, TaskPhase.RUNNING.state
 NODE = "openvino-node-1"
 OPENVINO_LABELS = {"wasinn.dev/openvino": "true"}
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from wasinn_operator.api.lifecycle import STOPPED_ERROR, TaskPhase
 from wasinn_operator.controller import handlers
 from wasinn_operator.controller.kube import Kube, StaleTaskError
 from wasinn_operator.controller.settings import OperatorSettings
 from wasinn_operator.shim import ConflictError
 from wasinn_operator.shim.kubernetes import KubernetesStore
-from wasinn_operator.shim.store import TaskState
 
 from .kubeapi import Cluster
 
@@ -65,7 +65,9 @@ def make_task(kube: Cluster, phase: str, suspend: bool, **status: Any) -> None:
         },
         "spec": {"wasm": {"url": "http://shim/artifacts/x"}, "suspend": suspend},
     })  # fmt: skip
-    kube.patch("wasinntasks", "t1", {"status": {"phase": phase, **status}}, subresource="status")
+    # (As the operator writes it: the status describes run request 1.)
+    status = {"phase": phase, "run": 1, **status}
+    kube.patch("wasinntasks", "t1", {"status": status}, subresource="status")
 
 
 def operator_writes_status(kube: Cluster, **status: Any) -> Callable[[], Any]:
@@ -94,7 +96,7 @@ def test_stop_loses_to_a_run_that_ended_first(
         shim.stop("t1")
     assert api.refused == 1
     task = stored(kube)
-    assert task["status"] == {"phase": "Completed", "results": "tiger cat"}
+    assert task["status"] == {"phase": "Completed", "run": 1, "results": "tiger cat"}
     assert task["spec"]["suspend"] is False
 
 
@@ -103,32 +105,63 @@ def test_stop_decides_again_when_the_operator_wrote_in_between(
 ) -> None:
     shim, api = store
     make_task(kube, "Scheduled", suspend=False)
-    # After the suspend lands, the operator records the Pod running before the shim's status write.
-    api.before += [lambda: None, operator_writes_status(kube, phase="Running", nodeName="n1")]
+    # The operator records the Pod running before the shim's suspend lands.
+    api.before.append(operator_writes_status(kube, phase="Running", nodeName="n1"))
     record = shim.stop("t1")
-    assert api.refused == 1
-    assert (record.state, record.error) == (TaskState.INTERRUPTED, "stopped")
+    assert (api.refused, api.writes) == (1, 1)
+    # A stop is an intent: the operator ends the run; the shim writes no status.
+    assert record.phase is TaskPhase.RUNNING
     task = stored(kube)
     assert task["spec"]["suspend"] is True
-    assert task["status"]["nodeName"] == "n1"  # the operator's write is kept
-    assert task["status"]["phase"] == "Interrupted"
+    assert task["status"] == {"phase": "Running", "run": 1, "nodeName": "n1"}
 
 
 def test_start_decides_again_and_keeps_one_run(
     kube: Cluster, store: tuple[KubernetesStore, Interleaved]
 ) -> None:
     shim, api = store
-    make_task(kube, "Interrupted", suspend=True, error="stopped")
-    # The operator's late reaction to the stop lands before the shim's reset.
+    make_task(kube, "Failed", suspend=True, error=STOPPED_ERROR)
+    # The operator's late reaction to the stop lands before the shim's run request.
     suspended = [{"type": "Suspended", "status": "True"}]
     api.before.append(operator_writes_status(kube, conditions=suspended))
     record = shim.start("t1")
-    assert api.refused == 1
-    assert record.state == TaskState.PENDING and record.run == 2
+    assert (api.refused, api.writes) == (1, 1)
+    # Queued for the operator, which resets the status when it takes the request up.
+    assert record.phase is TaskPhase.SCHEDULED and record.run == 2
+    assert (record.error, record.results) == ("", None)
     task = stored(kube)
     assert task["spec"]["suspend"] is False
     assert task["metadata"]["annotations"]["wasinn.dev/run"] == "2"
-    assert "error" not in task["status"]
+    assert task["status"] == {
+        "phase": "Failed",
+        "run": 1,
+        "error": STOPPED_ERROR,
+        "conditions": suspended,
+    }
+
+
+def test_a_start_error_is_recorded_as_intent(
+    kube: Cluster, store: tuple[KubernetesStore, Interleaved]
+) -> None:
+    shim, _ = store
+    make_task(kube, "Completed", suspend=True)
+    record = shim.fail("t1", "no file and no image_url")
+    assert (record.phase, record.error, record.run) == (
+        TaskPhase.FAILED,
+        "no file and no image_url",
+        2,
+    )
+    assert record.unpublished
+    task = stored(kube)
+    notes = task["metadata"]["annotations"]
+    assert (notes["wasinn.dev/run"], notes["wasinn.dev/start-error"]) == (
+        "2",
+        "no file and no image_url",
+    )
+    assert task["status"] == {"phase": "Completed", "run": 1}
+    # A new start clears it: the next run request carries no error.
+    shim.start("t1")
+    assert "wasinn.dev/start-error" not in stored(kube)["metadata"]["annotations"]
 
 
 def test_a_task_that_keeps_changing_is_a_conflict(

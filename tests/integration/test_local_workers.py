@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHELSEA, SHIM_BACKENDS, Shim, ShimBackend, complain_wasm, flood_wasm
+from wasinn_operator.api.lifecycle import STOPPED_ERROR
+
+from .conftest import (
+    CHELSEA,
+    FAILED,
+    SHIM_BACKENDS,
+    Shim,
+    ShimBackend,
+    complain_wasm,
+    flood_wasm,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -99,12 +109,12 @@ def test_task_env_does_not_reach_the_next_task(shim: Shim, classify_b64: str) ->
 def test_stop_kills_the_worker(shim: Shim, spin_wasm: bytes, classify_b64: str) -> None:
     task_id, pid = started(shim, spin_wasm)
     assert shim.http.post(f"/tasks/{task_id}/stop").json() == {"stopped": True}
-    assert shim.wait_state(task_id, (6,))["error"] == "stopped"
+    assert shim.wait_state(task_id, (FAILED,))["error"] == STOPPED_ERROR
     wait_workers(shim, lambda pids: pid not in pids)
     run(shim, classify_b64, inputs=CHELSEA)
     replacement = workers(shim)
     assert len(replacement) == 1 and replacement != [pid]
-    assert shim.task(task_id)["state"] == 6  # the stop stands
+    assert shim.task(task_id)["state"] == FAILED  # the stop stands
 
 
 def test_killed_worker_fails_its_task(shim: Shim, spin_wasm: bytes, classify_b64: str) -> None:

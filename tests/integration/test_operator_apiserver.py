@@ -146,8 +146,9 @@ def test_suspend_and_resume(kube: Cluster, operator: OperatorProcess) -> None:
     kube.set_pod_phase("long-1", "Running", node="n1")
     wait_status(kube, "long", "Running", lambda s: s.get("phase") == "Running")
     kube.patch("wasinntasks", "long", {"spec": {"suspend": True}})
-    st = wait_status(kube, "long", "Interrupted", lambda s: s.get("phase") == "Interrupted")
-    assert st["state"] == 6
+    st = wait_status(kube, "long", "Failed", lambda s: s.get("phase") == "Failed")
+    assert (st["state"], st["error"]) == (4, "task was stopped before completion")
+    assert condition(st, "Failed")["reason"] == "Stopped"
     # A running Pod's deletion is graceful: it stays, marked, until its kubelet confirms.
     pod = kube.wait_for(
         lambda: (p := kube.find("pods", "long-1")) and p["metadata"].get("deletionTimestamp") and p,

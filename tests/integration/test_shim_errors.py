@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Shim
+from wasinn_operator.api.lifecycle import STOPPED_ERROR
+
+from .conftest import FAILED, Shim
 
 pytestmark = pytest.mark.integration
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
@@ -188,7 +190,8 @@ def test_start_needs_a_module_and_no_double_start(shim: Shim, spin_wasm: bytes) 
     error(shim.http.post(f"/tasks/{task_id}/start"), 409, "already")
     error(shim.http.put(f"/tasks/{task_id}", json={"name": "renamed"}), 409, "running")
     assert shim.http.post(f"/tasks/{task_id}/stop").json() == {"stopped": True}
-    stopped = shim.wait_state(task_id, (6,))
+    stopped = shim.wait_state(task_id, (FAILED,))
+    assert stopped["error"] == STOPPED_ERROR
     assert stopped["name"] == "spin"
     assert shim.http.delete(f"/tasks/{task_id}").status_code == 204
 

@@ -16,8 +16,18 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from wasinn_operator.api.lifecycle import STOPPED_ERROR
+
 from ..conftest import Broker, Subscriber
-from .conftest import CHELSEA, SHIM_ID, TOPIC_PREFIX, Shim, mqtt_env
+from .conftest import (
+    CHELSEA,
+    FAILED,
+    RUNNING,
+    SHIM_ID,
+    TOPIC_PREFIX,
+    Shim,
+    mqtt_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,14 +135,22 @@ def test_manager_stop_ends_a_running_task(
 ) -> None:
     shim = make_shim(**mqtt_env(broker))
     spin = str(uuid.uuid4())
-    manager.send(
-        "control/manager/start",
-        {"id": spin, "name": "spin", "file": base64.b64encode(spin_wasm).decode()},
-    )
-    shim.wait_state(spin, (2,), timeout=60)
-    manager.send("control/manager/stop", {"id": spin, "proplet_id": SHIM_ID, "broadcast": False})
-    stopped = shim.wait_state(spin, (6,), timeout=60)
-    assert stopped["error"] == "stopped"
+    results = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/results")
+    try:
+        manager.send(
+            "control/manager/start",
+            {"id": spin, "name": "spin", "file": base64.b64encode(spin_wasm).decode()},
+        )
+        shim.wait_state(spin, (RUNNING,), timeout=60)
+        stop = {"id": spin, "proplet_id": SHIM_ID, "broadcast": False}
+        manager.send("control/manager/stop", stop)
+        # As Propeller's proplet reports a stopped task, and its manager records it: Failed.
+        payload = result_for(results, spin)
+    finally:
+        results.close()
+    assert (payload["error"], payload["results"]) == (STOPPED_ERROR, "")
+    stopped = shim.wait_state(spin, (FAILED,), timeout=60)
+    assert stopped["error"] == STOPPED_ERROR and "results" not in stopped
     # The run is gone: the proplet counts no running task, and the task can run again.
     deadline = time.monotonic() + 30
     while shim.http.get("/proplets").json()["proplets"][0]["task_count"] and (
@@ -141,7 +159,7 @@ def test_manager_stop_ends_a_running_task(
         time.sleep(0.1)
     assert shim.http.get("/proplets").json()["proplets"][0]["task_count"] == 0
     assert shim.http.post(f"/tasks/{spin}/start").status_code == 200
-    shim.wait_state(spin, (2,), timeout=60)
+    shim.wait_state(spin, (RUNNING,), timeout=60)
     assert shim.http.post(f"/tasks/{spin}/stop").status_code == 200
 
 

@@ -7,8 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
+from wasinn_operator.api.lifecycle import STOPPED_ERROR
+
 from .conftest import (
     CHELSEA,
+    FAILED,
     TOPIC_PREFIX,
     DurableSubscriber,
     PersistentBroker,
@@ -93,7 +96,7 @@ def test_shim_restart_loses_no_task_or_result(
             # shim; the restarted shim sees the run still going and can stop it.
             assert spun["state"] == 2, spun
             assert shim.http.post(f"/tasks/{spin}/stop").json() == {"stopped": True}
-            assert shim.wait_state(spin, (6,))["error"] == "stopped"
+            assert shim.wait_state(spin, (FAILED,))["error"] == STOPPED_ERROR
         # The shim still runs tasks.
         shim.http.post(f"/tasks/{done}/start").raise_for_status()
         again = shim.wait_state(done)

@@ -16,7 +16,7 @@ from wasinn_operator.api import RunSummary
 from wasinn_operator.api.errors import describe_errors
 from wasinn_operator.api.summary import FailureReason
 from wasinn_operator.api.task import sha256_digest
-from wasinn_operator.api.times import kube_time, parse_time
+from wasinn_operator.api.times import format_time, parse_time
 from wasinn_operator.controller.settings import OperatorSettings, add_arguments
 
 pytestmark = pytest.mark.unit
@@ -52,11 +52,12 @@ def test_describe_errors_names_the_whole_and_drops_request_parts() -> None:
     assert describe_errors(Whole()) == "exactly one source; cli_args.0: bad flag"
 
 
-def test_kube_time_is_utc_seconds_with_a_z() -> None:
+def test_times_are_utc_microseconds_with_a_z() -> None:
+    """One form for status, annotations and Propeller JSON (tests/unit/test_lifecycle.py)."""
     moment = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone(timedelta(hours=2)))
-    assert kube_time(moment) == "2026-01-02T01:04:05Z"
+    assert format_time(moment) == "2026-01-02T01:04:05.000678Z"
     assert parse_time("2026-01-02T01:04:05Z") == datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)
-    assert parse_time(kube_time(moment)) == moment.replace(microsecond=0)
+    assert parse_time(format_time(moment)) == moment
 
 
 def test_the_summary_carries_its_reason() -> None:

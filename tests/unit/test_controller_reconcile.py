@@ -18,6 +18,7 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 UID = "6a0c9f1e-1111-4222-8333-444455556666"
 SETTINGS = OperatorSettings(results_cap=64)
+OBSERVED = {"observedGeneration": 3, "propellerId": "p-9"}
 
 
 def task(
@@ -150,7 +151,7 @@ def test_success_records_results() -> None:
     assert plan.status["results"] == ("1. tiger cat (282)\n" * 10)[:64]
     assert plan.status["resultsTruncated"] is True
     assert plan.status["digest"] == "sha256:" + "c" * 64
-    assert plan.status["completionTime"] == "2026-11-25T12:00:00Z"
+    assert plan.status["completionTime"] == "2026-11-25T12:00:00.000000Z"
     assert "error" not in plan.status
     assert condition(plan, "Complete")["status"] == "True"
     assert plan.events[-1] == ("Normal", "Completed", "exit code 0")
@@ -163,7 +164,7 @@ def test_failure_retries_with_backoff_then_gives_up() -> None:
     plan = run(task(spec, status), pods=[pod(1, "Failed", **terminated(1, summary))])
     assert plan.status["phase"] == "Pending"
     assert plan.status["failedAttempts"] == 1
-    assert plan.status["retryAfter"] == "2026-11-25T12:00:10Z"
+    assert plan.status["retryAfter"] == "2026-11-25T12:00:10.000000Z"
     assert plan.requeue_after == 10
     assert plan.events[0][:2] == ("Warning", "Retrying")
     waiting = run(task(spec, plan.status), pods=[pod(1, "Failed", **terminated(1, summary))])
@@ -255,27 +256,55 @@ def test_log_tail_when_the_proplet_wrote_no_summary() -> None:
     assert plan.status["exitCode"] == 2
 
 
-def test_suspend_interrupts_and_resume_restarts() -> None:
-    status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
+def test_suspend_stops_the_run_and_resume_restarts() -> None:
+    status = {"phase": "Running", "attempts": 1, "podName": "cat-1", "results": "partial"}
     plan = run(task({"suspend": True}, status), pods=[pod(1, "Running", node="n1")])
     assert plan.delete_pods == ["cat-1"]
-    assert (plan.status["phase"], plan.status["state"]) == ("Interrupted", 6)
-    assert condition(plan, "Suspended")["status"] == "True"
-    assert plan.events[-1][:2] == ("Warning", "Interrupted")
-    assert (plan.status["error"], plan.status["completionTime"]) == (
-        "stopped",
-        "2026-11-25T12:00:00Z",
+    # As Propeller records a stopped task: Failed (4), its error, no results.
+    assert (plan.status["phase"], plan.status["state"]) == ("Failed", 4)
+    assert (plan.status["error"], plan.status["results"]) == (
+        "task was stopped before completion",
+        "",
     )
-    # The Pod is gone; the task stays Interrupted while suspended.
+    assert plan.status["completionTime"] == "2026-11-25T12:00:00.000000Z"
+    assert condition(plan, "Failed")["reason"] == "Stopped"
+    assert condition(plan, "Suspended")["status"] == "True"
+    assert plan.events[-1][:2] == ("Warning", "Failed")
+    # The Pod is gone; the task stays Failed while suspended.
     still = run(task({"suspend": True}, plan.status))
-    assert still.status["phase"] == "Interrupted"
+    assert still.status == plan.status
     assert still.create_pod is None
     resumed = run(task({"suspend": False}, still.status))
     assert resumed.create_pod is not None
     assert resumed.create_pod["metadata"]["name"] == "cat-2"
+    assert resumed.status["phase"] == "Scheduled"
     assert condition(resumed, "Suspended")["status"] == "False"
+    assert not any(c["type"] == "Failed" for c in resumed.status["conditions"])
     assert resumed.status.get("failedAttempts", 0) == 0
-    assert "error" not in resumed.status and "completionTime" not in resumed.status
+    assert not {"error", "completionTime", "results"} & set(resumed.status)
+
+
+def test_a_run_that_failed_by_itself_is_not_resumed() -> None:
+    status = {"phase": "Failed", "attempts": 1, "error": "exited with code 1"}
+    plan = run(task({"suspend": False}, status))
+    assert plan.create_pod is None and plan.status["phase"] == "Failed"
+
+
+def test_an_earlier_versions_interrupted_run_resumes() -> None:
+    status = {"phase": "Interrupted", "attempts": 1, "error": "stopped"}
+    assert run(task({"suspend": True}, status)).status["phase"] == "Interrupted"
+    resumed = run(task({"suspend": False}, status))
+    assert resumed.create_pod is not None and resumed.status["phase"] == "Scheduled"
+
+
+def test_suspend_while_waiting_for_the_next_attempt() -> None:
+    status = {"phase": "Pending", "attempts": 1, "failedAttempts": 1, "retryAfter": "x"}
+    plan = run(task({"suspend": True, "backoffLimit": 3}, status), pods=[pod(1, "Failed")])
+    assert (plan.status["phase"], plan.status["error"]) == (
+        "Failed",
+        "task was stopped before completion",
+    )
+    assert "retryAfter" not in plan.status
 
 
 def test_suspend_while_the_pod_is_already_going() -> None:
@@ -285,7 +314,70 @@ def test_suspend_while_the_pod_is_already_going() -> None:
     status = {"phase": "Running", "attempts": 1, "podName": "cat-1"}
     plan = run(task({"suspend": True}, status), pods=[going])
     assert plan.delete_pods == []
-    assert (plan.status["phase"], plan.status["error"]) == ("Interrupted", "stopped")
+    assert (plan.status["phase"], plan.status["error"]) == (
+        "Failed",
+        "task was stopped before completion",
+    )
+
+
+def requested(body: dict[str, Any], run_id: int, **notes: str) -> dict[str, Any]:
+    """`body` with the shim's run request `run_id` (and its other annotations)."""
+    body["metadata"]["annotations"] = {"wasinn.dev/run": str(run_id), **notes}
+    return body
+
+
+def test_a_run_request_starts_a_new_run() -> None:
+    done = {
+        "phase": "Completed",
+        "run": 1,
+        "attempts": 1,
+        "podName": "cat-1",
+        "results": "tiger cat",
+        "completionTime": "2026-11-25T11:00:00Z",
+        "conditions": [{"type": "Complete", "status": "True"}],
+    }
+    old = pod(1, "Succeeded", node="n1", **terminated(0, {"stdout": "tiger cat"}))
+    # The request the status describes: nothing to do.
+    same = run(requested(task({"suspend": False}, done), 1), pods=[old])
+    assert same.create_pod is None and same.status == {**done, "state": 3, **OBSERVED}
+    plan = run(requested(task({"suspend": False}, done), 2), pods=[old])
+    assert plan.create_pod is not None
+    assert plan.create_pod["metadata"]["name"] == "cat-2"
+    assert (plan.status["phase"], plan.status["run"], plan.status["attempts"]) == (
+        "Scheduled",
+        2,
+        2,
+    )
+    assert not {"results", "completionTime"} & set(plan.status)
+    assert [c["type"] for c in plan.status["conditions"]] == ["Scheduled"]
+
+
+def test_a_start_error_fails_the_requested_run() -> None:
+    body = task({"suspend": True}, {"phase": "Pending", "run": 0})
+    plan = run(requested(body, 1, **{"wasinn.dev/start-error": "no file and no image_url"}))
+    assert plan.create_pod is None
+    assert (plan.status["phase"], plan.status["state"], plan.status["run"]) == ("Failed", 4, 1)
+    assert plan.status["error"] == "no file and no image_url"
+    assert condition(plan, "Failed")["reason"] == "StartFailed"
+
+
+def test_a_stop_before_the_operator_took_the_request_up() -> None:
+    body = task({"suspend": True}, {"phase": "Completed", "run": 1, "attempts": 1})
+    plan = run(requested(body, 2))
+    assert plan.create_pod is None
+    assert (plan.status["phase"], plan.status["run"]) == ("Failed", 2)
+    assert plan.status["error"] == "task was stopped before completion"
+
+
+def test_a_task_never_started_stays_pending_while_suspended() -> None:
+    # The shim's task (it has the run annotation): the status says which request it describes,
+    # so the next one is told apart from it.
+    plan = run(requested(task({"suspend": True}), 0))
+    assert (plan.status["phase"], plan.status["run"]) == ("Pending", 0)
+    again = run(requested(task({"suspend": True}, plan.status), 0))
+    assert again.status == plan.status
+    # A kubectl task has none.
+    assert "run" not in run(task({"suspend": True})).status
 
 
 def test_a_pod_whose_status_write_was_lost_is_adopted() -> None:
@@ -305,7 +397,7 @@ def test_a_pod_whose_status_write_was_lost_is_adopted() -> None:
     status = {"phase": "Pending", "attempts": 0}
     plan = run(task({"suspend": True}, status), pods=[pod(1, "Running", node="n1")])
     assert plan.delete_pods == ["cat-1"]
-    assert plan.status["phase"] == "Interrupted"
+    assert plan.status["phase"] == "Failed"
 
 
 def test_suspended_before_start() -> None:

@@ -324,5 +324,5 @@ def test_a_refused_start_message_is_recorded_failed(service: TaskService) -> Non
         service.accept("mgr-1", body)
     assert service.accept("mgr-1", body, None, str(caught.value))
     record = service.store.get("mgr-1")
-    assert (record.state, record.inputs) == (4, [])
+    assert (record.phase.state, record.inputs) == (4, [])
     assert record.error == f"inputs: 1025 entries; at most {MAX_ITEMS} are accepted"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from wasinn_operator.api.lifecycle import TaskPhase
 from wasinn_operator.api.propeller import (
     StartMessage,
     StopMessage,
     Task,
     TaskInput,
-    TaskState,
     from_task_spec,
     to_task_spec,
     wasm_source,
@@ -166,7 +166,7 @@ def test_artifacts_follow_task_references(service: TaskService) -> None:
 
 
 def test_record_to_task() -> None:
-    record = TaskRecord(id="i", name="n", state=TaskState.FAILED, error="boom", inputs=[1])
+    record = TaskRecord(id="i", name="n", phase=TaskPhase.FAILED, error="boom", inputs=[1])
     task = record.to_task()
     assert (task.state, task.error, task.inputs, task.env) == (4, "boom", [1], None)
 

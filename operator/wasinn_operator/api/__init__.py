@@ -1,7 +1,8 @@
 """Data models shared by the proplet, the operator and the shim."""
 
 from .crd import GROUP, KIND, PLURAL, PROPELLER_ID_LABEL, VERSION, ModelsVolume, WasiNNTaskSpec
-from .propeller import Task, TaskInput, TaskState, from_task_spec, to_task_spec, wasm_source
+from .lifecycle import Event, Refusal, TaskPhase, transition
+from .propeller import Task, TaskInput, from_task_spec, to_task_spec, wasm_source
 from .summary import RunSummary
 from .task import ENV_NAME, TaskSpec, WasmSource
 
@@ -12,15 +13,18 @@ __all__ = [
     "PLURAL",
     "PROPELLER_ID_LABEL",
     "VERSION",
+    "Event",
     "ModelsVolume",
+    "Refusal",
     "RunSummary",
     "Task",
     "TaskInput",
+    "TaskPhase",
     "TaskSpec",
-    "TaskState",
     "WasiNNTaskSpec",
     "WasmSource",
     "from_task_spec",
     "to_task_spec",
+    "transition",
     "wasm_source",
 ]

@@ -123,8 +123,9 @@ class WasiNNTaskSpec(TaskSpec):
     )
     suspend: bool = Field(
         default=False,
-        description="true keeps the task from starting, or stops a running attempt (phase"
-        " Interrupted); false lets it run. Propeller's start and stop set it.",
+        description="true keeps the task from starting, or stops its run (the Pod is deleted;"
+        " phase Failed, reason Stopped); false lets it run, and runs a stopped task again."
+        " Propeller's start and stop set it.",
     )
 
     @model_validator(mode="after")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
-from enum import IntEnum
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -24,9 +23,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from .lifecycle import PROPELLER_STATES, TaskPhase
 from .task import ENV_NAME, TaskSpec, WasmSource
+from .times import ZERO_TIME, propeller_time
 
-ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 UINT64_MAX = (1 << 64) - 1
 ARTIFACTS_PATH = "/artifacts"
 # Fields Go's `omitempty` drops when empty; `cli_args` is not among them (it is `null`).
@@ -50,21 +50,10 @@ WASM_BASE64 = (
 )
 
 
-class TaskState(IntEnum):
-    """Propeller's numeric task states (5 and 6 are v-new's)."""
-
-    PENDING = 0
-    SCHEDULED = 1
-    RUNNING = 2
-    COMPLETED = 3
-    FAILED = 4
-    SKIPPED = 5
-    INTERRUPTED = 6
-
-    @property
-    def active(self) -> bool:
-        """Queued or running: the task holds a worker (or will)."""
-        return self in (TaskState.SCHEDULED, TaskState.RUNNING)
+# Task.state: Propeller's number of a `TaskPhase` (the lifecycle's table).
+State = Annotated[
+    int, WithJsonSchema({"type": "integer", "enum": sorted(PROPELLER_STATES.values())})
+]
 
 
 def _env_names(env: dict[str, str] | None) -> dict[str, str] | None:
@@ -145,7 +134,7 @@ class Task(BaseModel):
 
     id: str
     name: str
-    state: TaskState = TaskState.PENDING
+    state: State = TaskPhase.PENDING.state
     image_url: str | None = None
     file: str | None = Field(default=None, description="base64 of the wasm module")
     cli_args: list[str] | None = None
@@ -173,7 +162,7 @@ class Task(BaseModel):
             if value is False or value in (None, "", [], {}):
                 data.pop(key, None)
         for key in ("start_time", "finish_time", "created_at", "updated_at"):
-            data[key] = rfc3339(getattr(self, key))
+            data[key] = propeller_time(getattr(self, key))
         return data
 
 
@@ -277,14 +266,6 @@ class StopMessage(_Addressed):
     """`control/manager/stop`: v-old sends the whole Task, v-new `{id, broadcast, proplet_id}`."""
 
     model_config = ConfigDict(extra="ignore")
-
-
-def rfc3339(moment: datetime | None) -> str:
-    """`2026-01-02T03:04:05.123456Z`; None and naive-zero become Go's zero time."""
-    if moment is None or moment == ZERO_TIME:
-        return "0001-01-01T00:00:00Z"
-    text = moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return text
 
 
 def artifact_path(digest: str) -> str:

@@ -1,4 +1,4 @@
-"""`status` of a WasiNNTask: every field the operator (and the shim) writes.
+"""`status` of a WasiNNTask: every field the operator (its only writer) writes.
 
 The CRD's status schema is generated from this model, and the API server prunes any field a
 structural schema does not list: a status field written anywhere must be declared here.
@@ -7,12 +7,32 @@ structural schema does not list: a status field written anywhere must be declare
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The task's phases, named as Propeller's states (controller/phases.py's TaskPhase values).
-Phase = Literal["Pending", "Scheduled", "Running", "Completed", "Failed", "Interrupted"]
+from .crd import GROUP
+from .lifecycle import TaskPhase
+
+# The shim's intents (the operator carries them out): a run request is a counter, bumped by
+# every start; a start that could not happen carries its error.
+RUN_ANNOTATION = f"{GROUP}/run"
+START_ERROR_ANNOTATION = f"{GROUP}/start-error"
+# Status fields a new run starts without ("attempts" stays: Pod names go on counting).
+RUN_FIELDS = (
+    "results",
+    "resultsTruncated",
+    "error",
+    "exitCode",
+    "startTime",
+    "completionTime",
+    "retryAfter",
+    "podName",
+    "nodeName",
+    "failedAttempts",
+    "conditions",
+    "digest",
+)
 
 
 class Condition(BaseModel):
@@ -30,10 +50,14 @@ class WasiNNTaskStatus(BaseModel):
     """What happened, at a glance (phase, exitCode) and in detail (conditions)."""
 
     model_config = ConfigDict(populate_by_name=True)
-    phase: Phase | None = None
+    phase: TaskPhase | None = None
     state: int | None = Field(
         default=None,
-        description="Propeller's numeric state (Pending 0 ... Failed 4, Interrupted 6).",
+        description="Propeller's numeric state (Pending 0 ... Failed 4; api/lifecycle.py).",
+    )
+    run: int | None = Field(
+        default=None,
+        description="The run request (annotation wasinn.dev/run) this status describes.",
     )
     conditions: list[Condition] | None = Field(
         default=None,
@@ -70,3 +94,18 @@ class WasiNNTaskStatus(BaseModel):
     observed_generation: int | None = Field(
         default=None, alias="observedGeneration", json_schema_extra={"format": "int64"}
     )
+
+
+def requested_run(task: dict[str, Any]) -> int:
+    """The run the shim last requested (0: never started, or not the shim's task)."""
+    notes = task["metadata"].get("annotations") or {}
+    return int(notes.get(RUN_ANNOTATION) or 0)
+
+
+def described_run(task: dict[str, Any]) -> int:
+    """The run request `status` describes; a status written before the operator recorded
+    requests (no `run`) describes the current one."""
+    status = task.get("status") or {}
+    if "run" in status:
+        return int(status["run"])
+    return requested_run(task) if status.get("phase") else 0

@@ -1,7 +1,9 @@
 """The kopf operator: WasiNNTask objects become proplet Pods, and Pods report back.
 
-`builders` and `reconcile` are pure (manifests and the state machine); `handlers` wires them to
-kopf; `kube` is the API access; `run` starts it all.
+`builders`, `reconcile`, `plan` and `intents` are pure (manifests, and each task's next step,
+whose phase changes are `api.lifecycle` events; `intents` carries out the shim's run requests,
+start errors and stops); `handlers` wires them to kopf; `kube` is the API access; `run` starts
+it all.
 """
 
 from .builders import build_pod, build_wasm_configmap, pod_name, proplet_task

@@ -18,12 +18,14 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
+from ..api.lifecycle import TaskPhase
+from ..api.status import described_run, requested_run
 from ..kubeclient import STALE_RETRIES, in_cluster
 from . import metrics
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
 from .pods import attempt_in_progress
-from .reconcile import Facts, reconcile
+from .reconcile import Facts, reconcile, stopped_run
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
@@ -116,9 +118,11 @@ async def resync_loop(operator: Operator) -> None:
         await asyncio.sleep(settings.resync_seconds)
         try:
             for task in await operator.api.list_tasks(settings.namespaces):
-                meta, status = task["metadata"], task.get("status") or {}
-                finished = status.get("phase") in ("Completed", "Failed")
-                if finished and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
+                meta = task["metadata"]
+                if (
+                    _settled(task)
+                    and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None
+                ):
                     continue
                 await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"])
         except Exception:  # keep resyncing whatever one round hit
@@ -195,11 +199,10 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
     meta = task["metadata"]
     now = datetime.now(UTC)
     pods = await kube.pods(meta["namespace"], meta["uid"])
-    phase = (task.get("status") or {}).get("phase")
     # Only a start decision reads the other facts; a suspended task (the shim creates every
     # task suspended) makes none.
     suspended = bool((task.get("spec") or {}).get("suspend"))
-    if phase in ("Completed", "Failed") or suspended or attempt_in_progress(task, pods):
+    if _settled(task) or suspended or attempt_in_progress(task, pods):
         return Facts(now=now, pods=pods)
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
@@ -215,6 +218,16 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
         ),
         wasm_problem=await kube.wasm_problem(meta["namespace"], spec),
     )
+
+
+def _settled(task: dict[str, Any]) -> bool:
+    """Finished, with no new run requested and no resume of a stopped run due."""
+    status = task.get("status") or {}
+    if not TaskPhase(status.get("phase") or TaskPhase.PENDING).finished:
+        return False
+    if requested_run(task) != described_run(task):
+        return False
+    return bool((task.get("spec") or {}).get("suspend")) or not stopped_run(status)
 
 
 def _merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
-from ..api.times import kube_time
+from ..api.times import format_time
 from ..kubeclient import ConflictError, KubeClient, KubeError, NotFoundError
 from .builders import TASK_UID_LABEL
 
@@ -129,7 +129,7 @@ class Kube:
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
     ) -> None:
         """Merge-patch the status subresource of the task as read at `resource_version`;
-        `StaleTaskError` when it changed since (the shim writes status too)."""
+        `StaleTaskError` when it changed since (the shim records its intents on the task)."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -144,7 +144,7 @@ class Kube:
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
         meta = task["metadata"]
-        stamp = kube_time(datetime.now(UTC))
+        stamp = format_time(datetime.now(UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

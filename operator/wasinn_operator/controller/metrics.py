@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..api.times import parse_time
+from ..api.times import maybe_time
 from .phases import TaskPhase
 
 TASK_DURATION = Histogram(
@@ -74,4 +74,4 @@ def serve(port: int) -> None:
 
 
 def _time(value: str | None) -> datetime | None:
-    return parse_time(value) if value else None
+    return maybe_time(value)

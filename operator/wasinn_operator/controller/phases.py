@@ -1,4 +1,4 @@
-"""Task phases (named and numbered as Propeller's states) and Job-style conditions."""
+"""Job-style conditions and their reasons; the phases are `api.lifecycle`'s."""
 
 from __future__ import annotations
 
@@ -6,39 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from ..api.lifecycle import TaskPhase
 from ..api.summary import FailureReason
-from ..api.times import kube_time
+from ..api.times import format_time
 
-
-class TaskPhase(StrEnum):
-    """The task's phase; `state` is Propeller's number for it."""
-
-    PENDING = "Pending"
-    SCHEDULED = "Scheduled"
-    RUNNING = "Running"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    INTERRUPTED = "Interrupted"
-
-    @property
-    def state(self) -> int:
-        """Propeller's numeric state."""
-        return PROPELLER_STATES[self]
-
-    @property
-    def finished(self) -> bool:
-        """Completed or Failed: nothing more will run."""
-        return self in (TaskPhase.COMPLETED, TaskPhase.FAILED)
-
-
-PROPELLER_STATES = {
-    TaskPhase.PENDING: 0,
-    TaskPhase.SCHEDULED: 1,
-    TaskPhase.RUNNING: 2,
-    TaskPhase.COMPLETED: 3,
-    TaskPhase.FAILED: 4,
-    TaskPhase.INTERRUPTED: 6,
-}
+__all__ = ["ConditionType", "Reason", "TaskPhase", "set_condition"]
 
 
 class ConditionType(StrEnum):
@@ -66,6 +38,8 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     RETRYING = "Retrying"
+    STOPPED = "Stopped"
+    START_FAILED = FailureReason.START_FAILED.value  # also a start the shim recorded failed
 
 
 def set_condition(
@@ -90,9 +64,9 @@ def set_condition(
                     "status": value,
                     "reason": reason,
                     "message": message,
-                    "lastTransitionTime": kube_time(now)
+                    "lastTransitionTime": format_time(now)
                     if changed
-                    else condition.get("lastTransitionTime", kube_time(now)),
+                    else condition.get("lastTransitionTime", format_time(now)),
                 }
             )
         else:
@@ -104,7 +78,7 @@ def set_condition(
                 "status": value,
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": kube_time(now),
+                "lastTransitionTime": format_time(now),
             }
         )
     return result

@@ -1,61 +1,49 @@
-"""The task state machine, as a pure function of the task, its Pods and cluster facts.
+"""A task's next step, as a pure function of the task, its Pods and cluster facts.
 
 `reconcile` returns a `Plan` (status to write, Pod/ConfigMap to create, Pods to delete, the
 task to delete, events, when to look again); the handlers gather facts and carry plans out.
 Being level-triggered, it gives the same answer however often it runs, so an operator that
-restarts mid-task picks up the existing Pod instead of making a second one.
+restarts mid-task picks up the existing Pod instead of making a second one. Every phase change
+is an `api.lifecycle` event:
 
-    Pending --pod created--> Scheduled --pod running--> Running --succeeded--> Completed
-       ^  \\                      \\                         \\--failed--> Pending (retry, backoff)
-       |   \\--claim/node/wasm missing: stays Pending with a reason      \\--> Failed (limit,
-       |   \\--the task policy refuses it: Failed (PolicyViolation)           deadline, bad wasm)
-       +--resume-- Interrupted <--suspend (Pod deleted)-- Scheduled/Running
+    run request (wasinn.dev/run) or resume --START--> Pending --Pod created: SCHEDULE-->
+    Scheduled --Pod running: RUN--> Running --succeeded: SUCCEED--> Completed
+    an attempt failed or cannot be placed --RETRY--> Pending (backoff), or --FAIL--> Failed
+    (limit, deadline, bad wasm, policy, a start error); suspension --STOP--> Failed (Stopped)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..api import PROPELLER_ID_LABEL, RunSummary, WasiNNTaskSpec
 from ..api.errors import describe_errors
+from ..api.lifecycle import Event
 from ..api.policy import PolicyError, check_spec
 from ..api.summary import EXIT_TIMEOUT, FailureReason
-from ..api.times import kube_time, parse_time
+from ..api.times import format_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
-from .phases import ConditionType, Reason, TaskPhase, set_condition
+from .intents import new_run, stopped_run, suspend, take_run_request
+from .phases import ConditionType, Reason, TaskPhase
+from .plan import (
+    Facts,
+    Plan,
+    condition,
+    fail,
+    has_condition,
+    move,
+    reach_running,
+    schedule,
+)
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
 from .settings import OperatorSettings
 
+__all__ = ["Facts", "Plan", "reconcile", "stopped_run", "with_defaults"]
 # Failures another attempt cannot mend: the task fails at once instead of retrying.
 FINAL_REASONS = frozenset({FailureReason.INVALID_WASM, FailureReason.POLICY_VIOLATION})
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the cluster says, gathered by the handler before `reconcile`."""
-
-    now: datetime
-    pods: list[dict[str, Any]]
-    claim_exists: bool = True
-    ready_nodes: int = 1
-    wasm_problem: str | None = None
-
-
-@dataclass
-class Plan:
-    """What to do: the handler applies it in order (create, delete, status, events)."""
-
-    status: dict[str, Any]
-    create_configmap: dict[str, Any] | None = None
-    create_pod: dict[str, Any] | None = None
-    delete_pods: list[str] = field(default_factory=list)
-    delete_task: bool = False
-    requeue_after: float | None = None
-    events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) -> Plan:
@@ -71,7 +59,8 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError as exc:
-        _fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
+        if not before.finished:
+            fail(plan, Reason.INVALID_WASM, f"invalid spec: {describe_errors(exc)}", facts.now)
     else:
         _step(task, with_defaults(spec, settings), facts, settings, plan, before)
     after = TaskPhase(plan.status["phase"])
@@ -104,7 +93,14 @@ def _step(
 ) -> None:
     status = plan.status
     status.setdefault("phase", phase.value)
-    if phase.finished:
+    if take_run_request(task, facts, plan):
+        _expire(spec, facts, plan)
+        return  # it could not start
+    phase = TaskPhase(status["phase"])
+    if phase.finished and not spec.suspend and stopped_run(status):
+        new_run(plan)  # resumed after a stop: Job-like, suspend and resume run it again
+        condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    elif phase.finished:
         _expire(spec, facts, plan)
         return
     attempts = int(status.get("attempts", 0))
@@ -114,21 +110,18 @@ def _step(
         # the operator stopped in between): adopt it rather than start another attempt.
         status.update(attempts=attempt_of(pod), podName=pod["metadata"]["name"])
         status.pop("retryAfter", None)
-        _set(plan, TaskPhase.SCHEDULED)
+        schedule(plan)
     elif pod is not None and ended(pod) and status.get("phase") == TaskPhase.PENDING:
         pod = None  # its failure was recorded already; the retry is due or waiting
     if pod is not None and _absorb_pod(pod, spec, facts, settings, plan):
         return  # the attempt ended: Completed, Failed, or a retry scheduled
     if spec.suspend:
-        _suspend(pod, facts, plan)
+        suspend(pod, facts, plan)
+        if TaskPhase(status["phase"]).finished:
+            _expire(spec, facts, plan)
         return
-    if status.get("phase") == TaskPhase.INTERRUPTED:
-        _set(plan, TaskPhase.PENDING)
-        status.pop("error", None)
-        status.pop("completionTime", None)
-        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
-    elif _has_condition(status, ConditionType.SUSPENDED, True):
-        _condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
+    if has_condition(status, ConditionType.SUSPENDED, True):
+        condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     if pod is not None:
         return  # the attempt is under way; Pod events move it along
     if status.get("podName") and status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
@@ -137,7 +130,7 @@ def _step(
     try:  # before every attempt: a task the policy refuses never gets a Pod
         check_spec(settings.policy, spec)
     except PolicyError as exc:
-        _fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
+        fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
         return
     if not _ready_to_start(spec, facts, settings, plan):
         return
@@ -162,8 +155,8 @@ def _ready_to_start(
     elif facts.wasm_problem:
         problem = (Reason.INVALID_WASM, facts.wasm_problem)
     if problem is not None:
-        _set(plan, TaskPhase.PENDING)
-        _condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
+        move(plan, Event.RETRY)
+        condition(plan, ConditionType.SCHEDULED, False, problem[0], problem[1], facts.now)
         plan.requeue_after = settings.resync_seconds
         return False
     retry_after = status.get("retryAfter")
@@ -194,14 +187,14 @@ def _start_attempt(
             policy=settings.policy,
         )
     except TaskTooLargeError as exc:
-        _fail(plan, Reason.INVALID_WASM, str(exc), facts.now)
+        fail(plan, Reason.INVALID_WASM, str(exc), facts.now)
         return
     plan.create_configmap = build_wasm_configmap(task, spec)
     plan.status.update(attempts=attempt, podName=plan.create_pod["metadata"]["name"])
     plan.status.pop("retryAfter", None)
     plan.status.pop("nodeName", None)
-    _set(plan, TaskPhase.SCHEDULED)
-    _condition(
+    schedule(plan)
+    condition(
         plan,
         ConditionType.SCHEDULED,
         False,
@@ -228,8 +221,8 @@ def _absorb_pod(
     if phase == "Pending":
         scheduled = pod_condition(pod, "PodScheduled")
         if scheduled and scheduled.get("status") == "False":
-            _set(plan, TaskPhase.PENDING)
-            _condition(
+            move(plan, Event.RETRY)
+            condition(
                 plan,
                 ConditionType.SCHEDULED,
                 False,
@@ -238,8 +231,9 @@ def _absorb_pod(
                 facts.now,
             )
         elif node:
-            _set(plan, TaskPhase.SCHEDULED)
-            _condition(
+            if status.get("phase") == TaskPhase.PENDING:
+                move(plan, Event.SCHEDULE)
+            condition(
                 plan,
                 ConditionType.SCHEDULED,
                 True,
@@ -249,9 +243,9 @@ def _absorb_pod(
             )
         return False
     if phase == "Running":
-        _set(plan, TaskPhase.RUNNING)
-        status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
-        _condition(
+        reach_running(plan)
+        status.setdefault("startTime", pod_status.get("startTime") or format_time(facts.now))
+        condition(
             plan,
             ConditionType.SCHEDULED,
             True,
@@ -262,13 +256,15 @@ def _absorb_pod(
         return False
     if phase not in ("Succeeded", "Failed"):
         return False
-    status.setdefault("startTime", pod_status.get("startTime") or kube_time(facts.now))
+    status.setdefault("startTime", pod_status.get("startTime") or format_time(facts.now))
     summary, exit_code = run_summary(pod)
     _record_results(status, summary, exit_code, settings)
     if phase == "Succeeded":
-        _set(plan, TaskPhase.COMPLETED)
-        status["completionTime"] = kube_time(facts.now)
-        _condition(
+        if status.get("phase") == TaskPhase.PENDING:
+            move(plan, Event.SCHEDULE)
+        move(plan, Event.SUCCEED)
+        status["completionTime"] = format_time(facts.now)
+        condition(
             plan,
             ConditionType.COMPLETE,
             True,
@@ -283,9 +279,9 @@ def _absorb_pod(
     timed_out = reason is FailureReason.DEADLINE_EXCEEDED or exit_code == EXIT_TIMEOUT
     if pod_status.get("reason") == "DeadlineExceeded" or timed_out:
         message = f"timed out after {spec.timeout_seconds} s" if spec.timeout_seconds else error
-        _fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
+        fail(plan, Reason.DEADLINE_EXCEEDED, message, facts.now)
     elif reason in FINAL_REASONS:
-        _fail(plan, Reason(reason), error, facts.now)
+        fail(plan, Reason(reason), error, facts.now)
     else:
         _attempt_failed(spec, facts, settings, plan, error, exit_code)
     if TaskPhase(status["phase"]).finished:
@@ -308,7 +304,7 @@ def _attempt_failed(
     if exit_code is not None:
         status["exitCode"] = exit_code
     if failures > spec.backoff_limit:
-        _fail(
+        fail(
             plan,
             Reason.BACKOFF_LIMIT_EXCEEDED,
             f"{failures} failed attempt(s), backoffLimit {spec.backoff_limit}: {error}",
@@ -317,8 +313,8 @@ def _attempt_failed(
         )
         return
     delay = min(settings.backoff_base_seconds * 2 ** (failures - 1), settings.backoff_max_seconds)
-    status["retryAfter"] = kube_time(facts.now + timedelta(seconds=delay))
-    _set(plan, TaskPhase.PENDING)
+    status["retryAfter"] = format_time(facts.now + timedelta(seconds=delay))
+    move(plan, Event.RETRY)
     plan.requeue_after = delay
     plan.events.append(
         (
@@ -326,25 +322,6 @@ def _attempt_failed(
             Reason.RETRYING.value,
             f"attempt {status.get('attempts')} failed ({error}); retrying in {delay:g} s",
         )
-    )
-
-
-def _suspend(pod: dict[str, Any] | None, facts: Facts, plan: Plan) -> None:
-    status = plan.status
-    running = pod is not None and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
-    if running and pod is not None:
-        plan.delete_pods.append(pod["metadata"]["name"])
-    # A run under way ends Interrupted, also when its Pod is already going (deleted by a
-    # reconcile whose status write lost a race and is now decided again).
-    if running or status.get("phase") in (TaskPhase.SCHEDULED, TaskPhase.RUNNING):
-        _set(plan, TaskPhase.INTERRUPTED)
-        status["error"] = "stopped"
-        status["completionTime"] = kube_time(facts.now)
-        status.pop("retryAfter", None)
-    elif status.get("phase") != TaskPhase.INTERRUPTED:
-        _set(plan, TaskPhase.PENDING)
-    _condition(
-        plan, ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true", facts.now
     )
 
 
@@ -358,16 +335,6 @@ def _expire(spec: WasiNNTaskSpec, facts: Facts, plan: Plan) -> None:
         plan.delete_task = True
     else:
         plan.requeue_after = remaining
-
-
-def _fail(
-    plan: Plan, reason: Reason, message: str, now: datetime, error: str | None = None
-) -> None:
-    plan.status["error"] = error or message
-    plan.status["completionTime"] = kube_time(now)
-    plan.status.pop("retryAfter", None)
-    _set(plan, TaskPhase.FAILED)
-    _condition(plan, ConditionType.FAILED, True, reason, message, now)
 
 
 def _record_results(
@@ -391,25 +358,6 @@ def _record_results(
         status["digest"] = summary.digest
 
 
-def _has_condition(status: dict[str, Any], kind: ConditionType, value: bool) -> bool:
-    return any(
-        c.get("type") == kind.value and c.get("status") == ("True" if value else "False")
-        for c in status.get("conditions") or []
-    )
-
-
-def _set(plan: Plan, phase: TaskPhase) -> None:
-    plan.status["phase"] = phase.value
-
-
-def _condition(
-    plan: Plan, kind: ConditionType, value: bool, reason: Reason, message: str, now: datetime
-) -> None:
-    plan.status["conditions"] = set_condition(
-        list(plan.status.get("conditions") or []), kind, value, reason.value, message, now
-    )
-
-
 def _phase_message(status: dict[str, Any]) -> str:
     phase = status["phase"]
     if phase == TaskPhase.FAILED:
@@ -420,7 +368,7 @@ def _phase_message(status: dict[str, Any]) -> str:
         )
     if phase == TaskPhase.COMPLETED:
         return f"exit code {status.get('exitCode', 0)}"
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "False" and condition.get("type") == "Scheduled":
-            return f"{condition.get('reason')}: {condition.get('message')}"
+    for found in status.get("conditions") or []:
+        if found.get("status") == "False" and found.get("type") == "Scheduled":
+            return f"{found.get('reason')}: {found.get('message')}"
     return str(phase)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from ..api import RunSummary
-from .store import Outcome, TaskState
+from .store import Outcome, TaskPhase
 
 STDERR_TAIL = 4096
 PROPLET_LOG = "wasinn proplet: "
@@ -66,10 +66,10 @@ def outcome(summary_file: Path, stdout: bytes, over: bool, stderr: bytes, code: 
         error = f"the runner ended with code {code} without a summary" + (
             f": {tail}" if tail else ""
         )
-        return Outcome(TaskState.FAILED, results or None, error, over)
-    state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
+        return Outcome(TaskPhase.FAILED, results or None, error, over)
+    state = TaskPhase.COMPLETED if summary.state == "Completed" else TaskPhase.FAILED
     error = summary.error or ""
-    if state is TaskState.FAILED and tail and tail.splitlines()[-1] not in error:
+    if state is TaskPhase.FAILED and tail and tail.splitlines()[-1] not in error:
         error = f"{error}: {tail}" if error else tail
     # Not the summary's flag: it also says that its copy of stdout was cut to fit the
     # termination message. The pipe carries all of the guest's stdout, so `over` is exact.

@@ -1,49 +1,31 @@
 """How a Propeller task is written on a WasiNNTask, and read back: pure mapping, no API calls.
 
 Fields with a place in the spec go there; the rest (the Propeller name, inputs and CLI args as
-given, times, the run counter, the MQTT outbox mark, the proplet a manager addressed) are
-annotations. The operator's `status` gives the state, results and errors.
+given, times, the MQTT outbox mark, the proplet a manager addressed) are annotations. The shim
+records intent only: a run request (`wasinn.dev/run`, a counter) with `spec.suspend: false`, a
+stop as `spec.suspend: true`, a start that failed as `wasinn.dev/start-error`. The operator, the
+only writer of `status`, carries them out and says in `status.run` which request the status
+describes; until it has, a task reads as its request says (queued, or failed to start).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..api import WasmSource
-from ..api.times import parse_time as kube_parse_time
-from .store import TaskRecord, TaskState, now
+from ..api.lifecycle import REPORTED, TaskPhase
+from ..api.status import RUN_ANNOTATION, START_ERROR_ANNOTATION, described_run, requested_run
+from ..api.times import format_time, maybe_time
+from .store import TaskRecord, now
 
 PREFIX = "wasinn.dev/"
 NAME, CREATED, UPDATED = PREFIX + "propeller-name", PREFIX + "created-at", PREFIX + "updated-at"
 INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "image-url"
-RUN, PUBLISHED, PROPLET = PREFIX + "run", PREFIX + "published-run", PREFIX + "proplet-id"
-PHASES = {
-    "Pending": TaskState.PENDING,
-    "Scheduled": TaskState.SCHEDULED,
-    "Running": TaskState.RUNNING,
-    "Completed": TaskState.COMPLETED,
-    "Failed": TaskState.FAILED,
-    "Interrupted": TaskState.INTERRUPTED,
-}
-FINISHED = (TaskState.COMPLETED, TaskState.FAILED)
+PUBLISHED, PROPLET = PREFIX + "published-run", PREFIX + "proplet-id"
+RUN, START_ERROR = RUN_ANNOTATION, START_ERROR_ANNOTATION
 WASM_KEYS = tuple(f.alias or n for n, f in WasmSource.model_fields.items())
-# Status fields a new run starts without ("attempts" stays: Pod names go on counting).
-RUN_FIELDS = (
-    "results",
-    "resultsTruncated",
-    "error",
-    "exitCode",
-    "startTime",
-    "completionTime",
-    "retryAfter",
-    "podName",
-    "nodeName",
-    "failedAttempts",
-    "conditions",
-    "digest",
-)
 
 
 def task_spec(record: TaskRecord, artifacts_url: str) -> dict[str, Any]:
@@ -72,18 +54,38 @@ def task_annotations(record: TaskRecord) -> dict[str, str | None]:
     }
 
 
+def view_phase(obj: dict[str, Any]) -> TaskPhase:
+    """The task's phase as Propeller's clients see it: a request the operator has not taken
+    up yet is queued (Scheduled), or Failed when it could not start; a started run that waits
+    (for a node, for its next attempt) is Scheduled too, as in Propeller a started task is
+    never Pending again."""
+    status = obj.get("status") or {}
+    requested = requested_run(obj)
+    if requested != described_run(obj):
+        return TaskPhase.FAILED if START_ERROR in annotations_of(obj) else TaskPhase.SCHEDULED
+    phase = TaskPhase(status.get("phase") or TaskPhase.PENDING)
+    if phase is TaskPhase.PENDING and requested > 0:
+        return TaskPhase.SCHEDULED
+    return phase
+
+
 def to_record(obj: dict[str, Any]) -> TaskRecord:
     """The Propeller task a WasiNNTask object holds."""
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     notes = annotations_of(obj)
     wasm = spec.get("wasm") or {}
-    state = PHASES.get(status.get("phase") or "Pending", TaskState.PENDING)
-    run = int(notes.get(RUN, "0"))
-    created = parse_time(notes.get(CREATED)) or parse_time(meta.get("creationTimestamp")) or now()
+    phase = view_phase(obj)
+    run = requested_run(obj)
+    created = maybe_time(notes.get(CREATED)) or maybe_time(meta.get("creationTimestamp")) or now()
+    updated = maybe_time(notes.get(UPDATED)) or created
+    if run != described_run(obj):  # not taken up yet: the previous run's status is not this one's
+        status = {"error": notes.get(START_ERROR), "completionTime": notes.get(UPDATED)}
+        if phase is not TaskPhase.FAILED:
+            status = {}
     return TaskRecord(
         id=meta["name"],
         name=notes.get(NAME, meta["name"]),
-        state=state,
+        phase=phase,
         image_url=notes.get(IMAGE) or "",
         digest=wasm.get("digest", "") if "url" in wasm else "",
         cli_args=json.loads(notes[CLI_ARGS]) if CLI_ARGS in notes else spec.get("cliArgs"),
@@ -94,20 +96,13 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
         results=status.get("results"),
         results_truncated=bool(status.get("resultsTruncated")),
         error=status.get("error") or "",
-        start_time=parse_time(status.get("startTime")),
-        finish_time=parse_time(status.get("completionTime")),
+        start_time=maybe_time(status.get("startTime")),
+        finish_time=maybe_time(status.get("completionTime")),
         created_at=created,
-        updated_at=parse_time(notes.get(UPDATED)) or created,
+        updated_at=updated,
         run=run,
-        unpublished=state in FINISHED and notes.get(PUBLISHED) != str(run),
+        unpublished=phase in REPORTED and notes.get(PUBLISHED) != str(run),
     )
-
-
-def active(obj: dict[str, Any]) -> bool:
-    """Started and not finished: the operator owns the task until it ends."""
-    phase = (obj.get("status") or {}).get("phase") or "Pending"
-    suspended = bool((obj.get("spec") or {}).get("suspend"))
-    return not suspended and phase not in ("Completed", "Failed", "Interrupted")
 
 
 def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -116,10 +111,5 @@ def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def iso(value: datetime) -> str:
-    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 time, or None."""
-    return kube_parse_time(value) if value else None
+    """A time as annotations hold it (`api.times`' one form)."""
+    return format_time(value)

@@ -1,15 +1,18 @@
 """The kubernetes backend: each Propeller task is a WasiNNTask; the objects are the truth.
 
 The shim keeps no task state: a task is the object named after its Propeller id, labelled
-`wasinn.dev/propeller-id` (the mapping is in `kubemap`). A task is created suspended
-(Propeller's Pending), `start` resets its status and unsuspends it, `stop` suspends it
-(Interrupted); the operator runs it and writes phase, results and errors to `status`. Modules
-live in the shim's artifact store and reach Pods by URL, with their digest checked.
+`wasinn.dev/propeller-id` (the mapping is in `kubemap`). The operator is the only writer of
+`status`; the shim records intent and decides it with `api.lifecycle` on the task as it reads:
+a task is created suspended (Propeller's Pending), `start` is a run request (`wasinn.dev/run`
+bumped, `spec.suspend: false`), `stop` suspends the task (the operator deletes the Pod and ends
+the run Failed, `task was stopped before completion`), and a start that could not happen is
+recorded as a run request with `wasinn.dev/start-error`, which the operator turns into a Failed
+run. Modules live in the shim's artifact store and reach Pods by URL, with their digest checked.
 
 The operator writes the same objects, so every read-decide-write here carries the
 resourceVersion it decided on and is decided again on a fresh read when the API server refuses
 it (409): no write of either side is lost, and a stop that loses the race to a finishing run
-says so (409 to the REST client) instead of overwriting its result.
+says so (409 to the REST client) instead of ending it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 from .. import kubeclient
 from ..api import GROUP, PLURAL, PROPELLER_ID_LABEL, VERSION
+from ..api.lifecycle import Event, Refusal, TaskPhase, transition
+from ..api.status import requested_run
+from ..api.times import maybe_time
 from ..kubeclient import STALE_RETRIES, KubeClient
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
@@ -28,18 +34,16 @@ from .kubemap import (
     PROPLET,
     PUBLISHED,
     RUN,
-    RUN_FIELDS,
+    START_ERROR,
     UPDATED,
     WASM_KEYS,
-    active,
-    annotations_of,
     iso,
-    parse_time,
     task_annotations,
     task_spec,
     to_record,
+    view_phase,
 )
-from .store import PropletRecord, TaskRecord, TaskState, now
+from .store import PropletRecord, TaskRecord, now
 
 
 class _StaleError(Exception):
@@ -70,11 +74,11 @@ class KubernetesStore:
         records = self._records()
         return records[offset : offset + limit], len(records)
 
-    def counts(self) -> dict[TaskState, int]:
-        """Tasks per state."""
-        counts: dict[TaskState, int] = {}
+    def counts(self) -> dict[TaskPhase, int]:
+        """Tasks per phase."""
+        counts: dict[TaskPhase, int] = {}
         for record in self._records():
-            counts[record.state] = counts.get(record.state, 0) + 1
+            counts[record.phase] = counts.get(record.phase, 0) + 1
         return counts
 
     def digests(self) -> set[str]:
@@ -91,7 +95,7 @@ class KubernetesStore:
         running: dict[str, int] = {}
         for obj in self._objects():
             status = obj.get("status") or {}
-            if status.get("phase") in ("Scheduled", "Running") and status.get("nodeName"):
+            if TaskPhase(status.get("phase") or "Pending").active and status.get("nodeName"):
                 running[status["nodeName"]] = running.get(status["nodeName"], 0) + 1
         found = []
         for node in nodes.get("items") or []:
@@ -104,7 +108,7 @@ class KubernetesStore:
                 ),
                 {},
             )
-            beat = parse_time(ready.get("lastHeartbeatTime"))
+            beat = maybe_time(ready.get("lastHeartbeatTime"))
             found.append(
                 PropletRecord(
                     id=name,
@@ -166,8 +170,7 @@ class KubernetesStore:
         """Write the spec fields of a task that is not running."""
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
-            if active(obj):
-                raise ConflictError(f"task {record.id} is running: stop it before changing it")
+            _decide(obj, Event.UPDATE)
             spec = task_spec(record, self._artifacts_url)
             # A merge patch merges objects: keys left out would stay, so null them (an `image`
             # and a new `url` would both be set, and a replaced `env` would keep old variables).
@@ -199,60 +202,41 @@ class KubernetesStore:
         return record
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
-        """A new run: reset the status and unsuspend (the operator takes it from there)."""
+        """Request a new run and unsuspend: the operator resets the status and runs it."""
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
-            if active(obj):
-                raise ConflictError(f"task {task_id} is already scheduled or running")
+            _decide(obj, Event.START)
             if not (obj.get("spec") or {}).get("wasm"):
                 raise BadRequestError(f"task {task_id} has no wasm module")
-            run = int(annotations_of(obj).get(RUN, "0")) + 1
-            reset = {**dict.fromkeys(RUN_FIELDS), "phase": "Pending", "state": 0}
-            obj = self._patch_status(task_id, reset, obj)
-            notes = {RUN: str(run), UPDATED: iso(now()), PROPLET: proplet_id or None}
+            notes = {
+                RUN: str(requested_run(obj) + 1),
+                START_ERROR: None,
+                UPDATED: iso(now()),
+                PROPLET: proplet_id or None,
+            }
             patch = {"metadata": {"annotations": notes}, "spec": {"suspend": False}}
             return self._patch(task_id, patch, obj)
 
         return to_record(self._decide(task_id, change))
 
     def stop(self, task_id: str) -> TaskRecord:
-        """Suspend a started task: the operator deletes its Pod; the state is Interrupted."""
+        """Suspend a started task: the operator deletes its Pod and ends the run Failed."""
 
         def suspend(obj: dict[str, Any]) -> dict[str, Any]:
-            if not active(obj):
-                raise ConflictError(f"task {task_id} is not scheduled or running")
+            _decide(obj, Event.STOP)
             return self._patch(task_id, {"spec": {"suspend": True}}, obj)
 
-        def interrupt(obj: dict[str, Any]) -> dict[str, Any]:
-            # Suspended now, so no new attempt starts; an end the operator recorded first (the
-            # run finished meanwhile, or it interrupted the run itself) stands.
-            if (obj.get("status") or {}).get("phase") in ("Completed", "Failed", "Interrupted"):
-                return obj
-            ended = {"phase": "Interrupted", "state": 6, "error": "stopped"}
-            return self._patch_status(task_id, {**ended, "completionTime": iso(now())}, obj)
-
-        self._decide(task_id, suspend)
-        return to_record(self._decide(task_id, interrupt))
+        return to_record(self._decide(task_id, suspend))
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
-        """Record a run that could not start as Failed (its result is then published)."""
+        """Record a run that could not start: a run request carrying its error, which the
+        operator writes as a Failed run (its result is then published)."""
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
-            if active(obj):
-                raise ConflictError(f"task {task_id} is scheduled or running")
-            run = int(annotations_of(obj).get(RUN, "0")) + 1
-            failed = {
-                **dict.fromkeys(RUN_FIELDS),
-                "phase": "Failed",
-                "state": 4,
-                "error": error,
-                "completionTime": iso(now()),
-            }
-            # Status first, as in start: the run counter moves last, so a retry after a stale
-            # write counts the run once, and the outbox never sees the new run number on the
-            # previous run's result.
-            obj = self._patch_status(task_id, failed, obj)
-            return self._patch(task_id, {"metadata": {"annotations": {RUN: str(run)}}}, obj)
+            _decide(obj, Event.START)
+            notes = {RUN: str(requested_run(obj) + 1), START_ERROR: error, UPDATED: iso(now())}
+            patch = {"metadata": {"annotations": notes}, "spec": {"suspend": True}}
+            return self._patch(task_id, patch, obj)
 
         return to_record(self._decide(task_id, change))
 
@@ -320,14 +304,6 @@ class KubernetesStore:
         """Merge-patch the task (as `read`, when given); the object as written."""
         return self._write(self._custom.patch_namespaced_custom_object, task_id, patch, read)
 
-    def _patch_status(
-        self, task_id: str, status: dict[str, Any], read: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Merge-patch the status of the task as `read`; the object as written."""
-        return self._write(
-            self._custom.patch_namespaced_custom_object_status, task_id, {"status": status}, read
-        )
-
     def _write(
         self, fn: Any, task_id: str, patch: dict[str, Any], read: dict[str, Any] | None
     ) -> dict[str, Any]:
@@ -363,3 +339,12 @@ def _shim_error(exc: kubeclient.KubeError) -> ShimError:
     elif isinstance(exc, kubeclient.InvalidError):
         kind = BadRequestError
     return kind(str(exc))
+
+
+def _decide(obj: dict[str, Any], event: Event) -> None:
+    """`ConflictError` (409, with the lifecycle's reason) unless the task as read allows
+    `event`."""
+    try:
+        transition(view_phase(obj), event)
+    except Refusal as exc:
+        raise ConflictError(exc.about(obj["metadata"]["name"])) from None

@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..api import RunSummary
+from ..api.lifecycle import STOPPED_ERROR
 from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
 from ..api.summary import OUTPUT_LIMIT
@@ -46,7 +47,7 @@ from .errors import UnavailableError
 from .fresh import drain, outcome
 from .pool import Pool
 from .sqlite import TaskDB
-from .store import Outcome, PropletRecord, TaskRecord, TaskState, now
+from .store import Outcome, PropletRecord, TaskPhase, TaskRecord, now
 from .workers import IdleWorkers, Worker, WorkerDiedError
 
 INTERRUPTED = "interrupted: the shim stopped while the task was running"
@@ -108,9 +109,9 @@ class LocalBackend:
         self._keeper.start()
 
     def _recover(self) -> None:
-        for record in self.db.in_state(TaskState.RUNNING):
-            self._record(record.id, record.run, Outcome(TaskState.FAILED, error=INTERRUPTED), True)
-        for record in self.db.in_state(TaskState.SCHEDULED):
+        for record in self.db.in_phase(TaskPhase.RUNNING):
+            self._record(record.id, record.run, Outcome(TaskPhase.FAILED, error=INTERRUPTED), True)
+        for record in self.db.in_phase(TaskPhase.SCHEDULED):
             self._pool.put((record.id, record.run))
 
     # The TaskStore protocol.
@@ -159,7 +160,7 @@ class LocalBackend:
     def digests(self) -> set[str]:
         return self.db.digests()
 
-    def counts(self) -> dict[TaskState, int]:
+    def counts(self) -> dict[TaskPhase, int]:
         return self.db.counts()
 
     def proplets(self) -> list[PropletRecord]:
@@ -237,7 +238,7 @@ class LocalBackend:
             result = self._run(record)
         except Exception as exc:  # a bug or an OS failure fails the task, not the pool
             log.exception("running task %s failed", task_id)
-            result = Outcome(TaskState.FAILED, error=f"shim: {type(exc).__name__}: {exc}")
+            result = Outcome(TaskPhase.FAILED, error=f"shim: {type(exc).__name__}: {exc}")
         if not self._closing.is_set():
             self._record(task_id, run, result, publish=not record.daemon)
 
@@ -254,7 +255,7 @@ class LocalBackend:
             if result.error:
                 error += f" (the run's error: {result.error})"
             try:
-                self.db.finish(task_id, run, Outcome(TaskState.FAILED, error=error), publish)
+                self.db.finish(task_id, run, Outcome(TaskPhase.FAILED, error=error), publish)
             except UnavailableError:
                 if not again:
                     log.warning("task %s: its end waits for the database: %s", task_id, exc)
@@ -274,7 +275,7 @@ class LocalBackend:
     def _stale(self, record: TaskRecord) -> bool:
         """Whether the run was stopped or superseded, or the shim is closing (under the lock)."""
         current = self.db.get(record.id)
-        return self._closing.is_set() or current.run != record.run or not current.state.active
+        return self._closing.is_set() or current.run != record.run or not current.phase.active
 
     def _run(self, record: TaskRecord) -> Outcome:
         local = str(self.artifacts.path(record.digest)) if record.digest else None
@@ -287,7 +288,7 @@ class LocalBackend:
             return self._run_fresh(record, task_json)
         with self._lock:
             if self._stale(record):
-                return Outcome(TaskState.INTERRUPTED, error="stopped")
+                return Outcome(TaskPhase.FAILED, error=STOPPED_ERROR)
             worker = self._idle.take() or Worker(self._child_env(), self._workdir)
             self._children[record.id] = worker.process
         try:
@@ -295,7 +296,7 @@ class LocalBackend:
         except (WorkerDiedError, ValueError) as exc:
             # A stopped task's worker died too: the next task starts a new one.
             worker.close()
-            return Outcome(TaskState.FAILED, error=str(exc))
+            return Outcome(TaskPhase.FAILED, error=str(exc))
         finally:
             with self._lock:
                 if self._children.get(record.id) is worker.process:
@@ -305,7 +306,7 @@ class LocalBackend:
             worker.close()
         else:
             self._idle.give(worker)
-        state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
+        state = TaskPhase.COMPLETED if summary.state == "Completed" else TaskPhase.FAILED
         return Outcome(state, summary.stdout, summary.error or "", summary.stdout_truncated)
 
     def _run_fresh(self, record: TaskRecord, task_json: str) -> Outcome:
@@ -318,7 +319,7 @@ class LocalBackend:
             command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"]
             with self._lock:
                 if self._stale(record):
-                    return Outcome(TaskState.INTERRUPTED, error="stopped")
+                    return Outcome(TaskPhase.FAILED, error=STOPPED_ERROR)
                 child = subprocess.Popen(
                     command,
                     env=env,

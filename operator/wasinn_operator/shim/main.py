@@ -32,7 +32,7 @@ from .config import ShimConfig, config_from_args
 from .errors import ShimError
 from .local import LocalBackend
 from .service import TaskService
-from .store import TaskState, TaskStore
+from .store import TaskPhase, TaskStore
 
 log = logging.getLogger("wasinn.shim")
 
@@ -82,8 +82,8 @@ class TaskCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("wasinn_shim_tasks", "Tasks by state", labels=["state"])
         counts = self.store.counts()
-        for state in TaskState:
-            family.add_metric([state.name.lower()], counts.get(state, 0))
+        for phase in TaskPhase:
+            family.add_metric([phase.name.lower()], counts.get(phase, 0))
         yield family
 
 

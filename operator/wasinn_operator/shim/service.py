@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..api.lifecycle import TaskPhase
 from ..api.policy import PROPELLER_FIELDS, PolicyError, Resolve, TaskPolicy, check_task
 from ..api.propeller import (
     Health,
@@ -31,7 +32,6 @@ from ..api.propeller import (
     Task,
     TaskInput,
     TaskPage,
-    TaskState,
 )
 from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
@@ -154,7 +154,8 @@ class TaskService:
             self.store.start(task_id)
 
     def stop(self, task_id: str) -> None:
-        """End a scheduled or running task (state Interrupted)."""
+        """End a scheduled or running task: Failed (4), error `task was stopped before
+        completion`, as Propeller records a stopped task."""
         self.store.stop(task_id)
 
     def results(self, task_id: str) -> Any:
@@ -207,7 +208,7 @@ class TaskService:
                     self._apply(record, body)
                 self.store.add(record)
             else:
-                if record.state.active:
+                if record.phase.active:
                     return False
                 if error is None:
                     self._apply(record, body)
@@ -233,7 +234,7 @@ class TaskService:
                 record: TaskRecord | None = self.store.get(task_id)
             except NotFoundError:
                 record = None
-            if record is not None and record.state.active:
+            if record is not None and record.phase.active:
                 return False  # a redelivered start: accept() ignores it
             try:
                 self._admit(record, body)
@@ -311,9 +312,9 @@ class TaskService:
         except (ShimError, OSError) as exc:  # the module stays; the operation succeeded
             log.warning("could not remove module %s: %s", old, exc)
 
-    def task_state(self, task_id: str) -> TaskState:
-        """The task's state (for the bridge and tests)."""
-        return self.store.get(task_id).state
+    def task_phase(self, task_id: str) -> TaskPhase:
+        """The task's phase (for the bridge and tests)."""
+        return self.store.get(task_id).phase
 
 
 def check_module_name(filename: str) -> None:

@@ -1,4 +1,5 @@
-"""The local backend's task table: one SQLite file, every transition a conditional UPDATE.
+"""The local backend's task table: one SQLite file; every change of a task's phase is
+`api.lifecycle.transition` applied inside one transaction (read, decide, write).
 
 The file is checked before it is used: an empty (0-byte) file, a file that is not SQLite and a
 database whose `PRAGMA quick_check` fails are refused (`UnusableDatabaseError`) rather than
@@ -9,16 +10,21 @@ write succeeds (a full disk) or for good (corruption: a restart then refuses the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..api.lifecycle import STOPPED_ERROR, Event, Refusal, TaskPhase, transition
+from ..api.times import format_time, maybe_time
 from .errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
-from .store import Outcome, TaskRecord, TaskState, now
+from .store import Outcome, TaskRecord, now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -73,7 +79,6 @@ LIST_COLUMNS = ", ".join(c for c in ("seq", *COLUMNS) if c != "results")
 SPEC_COLUMNS = ("name", "image_url", "digest", "cli_args", "inputs", "env", "daemon", "updated_at")
 JSON_COLUMNS = ("cli_args", "inputs", "env", "results")
 TIME_COLUMNS = ("start_time", "finish_time", "created_at", "updated_at")
-ACTIVE = (int(TaskState.SCHEDULED), int(TaskState.RUNNING))
 HEADER = b"SQLite format 3\0"
 CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 OUTBOX_BATCH = 64
@@ -85,20 +90,16 @@ class UnusableDatabaseError(ValueError):
 
 def _time(moment: datetime | None) -> str | None:
     # Fixed width with microseconds, so text order is time order (the page order).
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+    return None if moment is None else format_time(moment)
 
 
 def _to_row(record: TaskRecord) -> dict[str, Any]:
-    row: dict[str, Any] = {name: getattr(record, name) for name in COLUMNS}
+    row: dict[str, Any] = {name: getattr(record, name) for name in COLUMNS if name != "state"}
     for name in JSON_COLUMNS:
         row[name] = None if row[name] is None else json.dumps(row[name])
     for name in TIME_COLUMNS:
         row[name] = _time(row[name])
-    row["state"] = int(record.state)
+    row["state"] = record.phase.state
     row["daemon"] = int(record.daemon)
     row["unpublished"] = int(record.unpublished)
     row["results_truncated"] = int(record.results_truncated)
@@ -112,8 +113,8 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
         if values.get(name) is not None:
             values[name] = json.loads(values[name])
     for name in TIME_COLUMNS:
-        values[name] = _parse_time(values[name])
-    values["state"] = TaskState(values["state"])
+        values[name] = maybe_time(values[name])
+    values["phase"] = TaskPhase.of_state(values.pop("state"))
     values["daemon"] = bool(values["daemon"])
     values["unpublished"] = bool(values["unpublished"])
     values["results_truncated"] = bool(values["results_truncated"])
@@ -199,15 +200,42 @@ class TaskDB:
             ).fetchall()
         return [_from_row(r) for r in rows], total
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One read-decide-write, atomic (the lock orders this process's threads; the
+        transaction makes the write all or nothing)."""
+        with self._lock:
+            self._exec("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._exec("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.rollback()
+                raise
+
+    def _move(self, task_id: str, *events: Event) -> tuple[TaskRecord, TaskPhase]:
+        """The task and its phase after `events` (in a transaction); `ConflictError` with the
+        lifecycle's reason when its phase refuses one of them."""
+        record = self.get(task_id)
+        phase = record.phase
+        try:
+            for event in events:
+                phase = transition(phase, event)
+        except Refusal as exc:
+            raise ConflictError(exc.about(task_id)) from None
+        return record, phase
+
+    def _update(self, task_id: str, **values: Any) -> None:
+        sets = ", ".join(f"{name} = :{name}" for name in values)
+        self._exec(f"UPDATE tasks SET {sets} WHERE id = :id", {**values, "id": task_id})
+
     def save(self, record: TaskRecord) -> None:
         row = _to_row(record)
-        sets = ", ".join(f"{n} = :{n}" for n in SPEC_COLUMNS)
-        with self._lock:
-            cursor = self._exec(
-                f"UPDATE tasks SET {sets} WHERE id = :id AND state NOT IN {ACTIVE}", row
-            )
-            if cursor.rowcount == 0:
-                self._refuse(record.id, "cannot be changed while it is scheduled or running")
+        with self._transaction():
+            self._move(record.id, Event.UPDATE)
+            self._update(record.id, **{n: row[n] for n in SPEC_COLUMNS})
 
     def delete(self, task_id: str) -> TaskRecord:
         with self._lock:
@@ -216,85 +244,103 @@ class TaskDB:
             return record
 
     def start(self, task_id: str, proplet_id: str) -> TaskRecord:
-        with self._lock:
-            cursor = self._exec(
-                "UPDATE tasks SET state = ?, run = run + 1, results = NULL, error = '', "
-                "results_truncated = 0, start_time = NULL, finish_time = NULL, unpublished = 0, "
-                "proplet_id = ?, "
-                f"updated_at = ? WHERE id = ? AND state NOT IN {ACTIVE}",
-                (int(TaskState.SCHEDULED), proplet_id, _time(now()), task_id),
+        """A new run, queued for a worker: START then SCHEDULE."""
+        with self._transaction():
+            record, phase = self._move(task_id, Event.START, Event.SCHEDULE)
+            self._update(
+                task_id,
+                state=phase.state,
+                run=record.run + 1,
+                results=None,
+                error="",
+                results_truncated=0,
+                start_time=None,
+                finish_time=None,
+                unpublished=0,
+                proplet_id=proplet_id,
+                updated_at=_time(now()),
             )
-            if cursor.rowcount == 0:
-                self._refuse(task_id, "is already scheduled or running")
-            return self.get(task_id)
+        return self.get(task_id)
 
     def claim(self, task_id: str, run: int) -> TaskRecord | None:
         """Scheduled → Running for run `run`; None when it was stopped, deleted or re-run."""
-        with self._lock:
+        with self._transaction():
+            try:
+                record, phase = self._move(task_id, Event.RUN)
+            except (NotFoundError, ConflictError):
+                return None
+            if record.run != run:
+                return None
             moment = _time(now())
-            cursor = self._exec(
-                "UPDATE tasks SET state = ?, start_time = ?, updated_at = ? "
-                "WHERE id = ? AND run = ? AND state = ?",
-                (int(TaskState.RUNNING), moment, moment, task_id, run, int(TaskState.SCHEDULED)),
-            )
-            return self.get(task_id) if cursor.rowcount else None
+            self._update(task_id, state=phase.state, start_time=moment, updated_at=moment)
+        return self.get(task_id)
 
     def finish(self, task_id: str, run: int, outcome: Outcome, publish: bool) -> bool:
         """Record run `run`'s end, unless the run was stopped or superseded meanwhile."""
-        moment = _time(now())
-        cursor = self._exec(
-            "UPDATE tasks SET state = ?, results = ?, results_truncated = ?, error = ?, "
-            "finish_time = ?, updated_at = ?, "
-            f"unpublished = ? WHERE id = ? AND run = ? AND state IN {ACTIVE}",
-            (
-                int(outcome.state),
-                json.dumps(outcome.results),
-                int(outcome.truncated),
-                outcome.error,
-                moment,
-                moment,
-                int(publish),
+        event = Event.SUCCEED if outcome.phase is TaskPhase.COMPLETED else Event.FAIL
+        with self._transaction():
+            try:
+                record, phase = self._move(task_id, event)
+            except (NotFoundError, ConflictError):
+                return False
+            if record.run != run:
+                return False
+            moment = _time(now())
+            self._update(
                 task_id,
-                run,
-            ),
-        )
-        return cursor.rowcount > 0
+                state=phase.state,
+                results=json.dumps(outcome.results),
+                results_truncated=int(outcome.truncated),
+                error=outcome.error,
+                finish_time=moment,
+                updated_at=moment,
+                unpublished=int(publish),
+            )
+        return True
 
     def stop(self, task_id: str) -> TaskRecord:
-        with self._lock:
+        """The run ends Failed with `STOPPED_ERROR` and empty results, published like any
+        other end (a daemon's excepted), as Propeller's proplet reports a stopped task."""
+        with self._transaction():
+            record, phase = self._move(task_id, Event.STOP)
             moment = _time(now())
-            cursor = self._exec(
-                "UPDATE tasks SET state = ?, error = 'stopped', finish_time = ?, updated_at = ? "
-                f"WHERE id = ? AND state IN {ACTIVE}",
-                (int(TaskState.INTERRUPTED), moment, moment, task_id),
+            self._update(
+                task_id,
+                state=phase.state,
+                results=json.dumps(""),
+                results_truncated=0,
+                error=STOPPED_ERROR,
+                finish_time=moment,
+                updated_at=moment,
+                unpublished=int(not record.daemon),
             )
-            if cursor.rowcount == 0:
-                self._refuse(task_id, "is not scheduled or running")
-            return self.get(task_id)
+        return self.get(task_id)
 
     def fail(self, task_id: str, error: str, proplet_id: str) -> TaskRecord:
-        with self._lock:
+        """A new run that could not start: START then FAIL, its result published."""
+        with self._transaction():
+            record, phase = self._move(task_id, Event.START, Event.FAIL)
             moment = _time(now())
-            cursor = self._exec(
-                "UPDATE tasks SET state = ?, run = run + 1, results = NULL, error = ?, "
-                "results_truncated = 0, start_time = NULL, finish_time = ?, updated_at = ?, "
-                "unpublished = 1, "
-                f"proplet_id = ? WHERE id = ? AND state NOT IN {ACTIVE}",
-                (int(TaskState.FAILED), error, moment, moment, proplet_id, task_id),
+            self._update(
+                task_id,
+                state=phase.state,
+                run=record.run + 1,
+                results=None,
+                error=error,
+                results_truncated=0,
+                start_time=None,
+                finish_time=moment,
+                updated_at=moment,
+                unpublished=1,
+                proplet_id=proplet_id,
             )
-            if cursor.rowcount == 0:
-                self._refuse(task_id, "is scheduled or running")
-            return self.get(task_id)
+        return self.get(task_id)
 
-    def _refuse(self, task_id: str, why: str) -> None:
-        self.get(task_id)  # NotFoundError first
-        raise ConflictError(f"task {task_id} {why}")
-
-    def in_state(self, state: TaskState) -> list[TaskRecord]:
-        """The tasks in `state` (without their results)."""
+    def in_phase(self, phase: TaskPhase) -> list[TaskRecord]:
+        """The tasks in `phase` (without their results)."""
         rows = self._exec(
             f"SELECT {LIST_COLUMNS} FROM tasks WHERE state = ? ORDER BY created_at, seq",
-            (int(state),),
+            (phase.state,),
         ).fetchall()
         return [_from_row(r) for r in rows]
 
@@ -314,9 +360,9 @@ class TaskDB:
         rows = self._exec("SELECT DISTINCT digest FROM tasks WHERE digest != ''").fetchall()
         return {str(r[0]) for r in rows}
 
-    def counts(self) -> dict[TaskState, int]:
+    def counts(self) -> dict[TaskPhase, int]:
         rows = self._exec("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
-        return {TaskState(r[0]): int(r[1]) for r in rows}
+        return {TaskPhase.of_state(r[0]): int(r[1]) for r in rows}
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
 """The backend interface: where tasks live and how they run.
 
 The service talks only to a `TaskStore`. The local backend implements it with SQLite and a
-worker pool; the kubernetes backend implements it on WasiNNTask objects (start = unsuspend,
-stop = suspend, results = status). Both must pass tests/integration/test_shim_*.py.
+worker pool; the kubernetes backend implements it on WasiNNTask objects (start and stop are
+intents the operator carries out; results = status). Both decide with `api.lifecycle`, and
+both must pass tests/integration/test_shim_*.py.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ..api.propeller import Task, TaskState
+from ..api.lifecycle import TaskPhase
+from ..api.propeller import Task
 
-__all__ = ["Outcome", "PropletRecord", "TaskRecord", "TaskState", "TaskStore", "now"]
+__all__ = ["Outcome", "PropletRecord", "TaskPhase", "TaskRecord", "TaskStore", "now"]
 
 
 def now() -> datetime:
@@ -27,7 +29,7 @@ class TaskRecord:
 
     id: str
     name: str
-    state: TaskState = TaskState.PENDING
+    phase: TaskPhase = TaskPhase.PENDING
     image_url: str = ""
     digest: str = ""  # sha256:<hex> of the task's file in the artifact store; "" = none
     cli_args: list[str] | None = None
@@ -54,7 +56,7 @@ class TaskRecord:
         return Task(
             id=self.id,
             name=self.name,
-            state=self.state,
+            state=self.phase.state,
             image_url=self.image_url or None,
             file=file,
             cli_args=self.cli_args,
@@ -74,9 +76,9 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended: its state, results (the guest's stdout) and error."""
+    """How a run ended: its phase, results (the guest's stdout) and error."""
 
-    state: TaskState
+    phase: TaskPhase
     results: str | None = None
     error: str = ""
     truncated: bool = False  # `results` is the start of a longer output
@@ -122,8 +124,10 @@ class TaskStore(Protocol):
         the backend then executes. `ConflictError` when already Scheduled or Running."""
 
     def stop(self, task_id: str) -> TaskRecord:
-        """Scheduled or Running → Interrupted, ending the run; no result is published.
-        `ConflictError` when not Scheduled or Running."""
+        """Scheduled or Running → Failed with `STOPPED_ERROR` and empty results, ending the run
+        (its result is published, as a Propeller proplet reports a stopped task); the
+        kubernetes backend records the stop and the operator ends the run. `ConflictError`
+        when not Scheduled or Running."""
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
         """Mark a task that is not running Failed with `error`, as a new run whose result is
@@ -142,8 +146,8 @@ class TaskStore(Protocol):
     def digests(self) -> set[str]:
         """Digests of every stored file some task refers to (the artifact store keeps these)."""
 
-    def counts(self) -> dict[TaskState, int]:
-        """How many tasks are in each state."""
+    def counts(self) -> dict[TaskPhase, int]:
+        """How many tasks are in each phase."""
 
     def proplets(self) -> list[PropletRecord]:
         """The backend's workers."""
