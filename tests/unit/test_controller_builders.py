@@ -111,6 +111,7 @@ def test_proplet_task_env_carries_the_spec() -> None:
         "timeoutSeconds": 30,
         "engine": "wasmtime-cli",
         "device": "AUTO",
+        "modelSources": [],
     }
     assert pod["spec"]["activeDeadlineSeconds"] == 30
     assert pod["metadata"]["labels"]["wasinn.dev/propeller-id"] == "p-1"

@@ -198,9 +198,10 @@ def check_sources(sources: Sequence[ModelSource], origins: Sequence[str], where:
 
 
 def check_origin(origin: str) -> str:
-    """An allowed-origin setting, checked: a URI prefix with its scheme."""
+    """An allowed-origin setting, checked: a URI prefix with its scheme (`pvc://` alone: every
+    claim of the task's namespace)."""
     scheme, sep, rest = origin.partition("://")
-    if not sep or scheme not in SCHEMES or not rest:
+    if not sep or scheme not in SCHEMES or not (rest or scheme == "pvc"):
         raise ValueError(
             f"allowed model origin {origin!r} must start with https://, http://, oci:// or "
             "pvc:// and name a host, registry or claim"

@@ -174,13 +174,13 @@ class TaskPolicy:
                 raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
             values: dict[str, Any] = {_JSON_FIELDS[k]: v for k, v in data.items()}
             for key, name in (
-                ("allow_host_dirs", "allowHostDirs"),
-                ("allow_model_origins", "allowModelOrigins"),
+                ("allow_host_dirs", "allowHostDirs must be a list of paths"),
+                ("allow_model_origins", "allowModelOrigins must be a list of URI prefixes"),
             ):
                 if key in values:
                     items = values[key]
                     if not isinstance(items, list) or not all(isinstance(d, str) for d in items):
-                        raise ValueError(f"{name} must be a list of strings")
+                        raise ValueError(name)
                     values[key] = tuple(items)
             for key in ("default_timeout", "max_timeout"):
                 if key in values:

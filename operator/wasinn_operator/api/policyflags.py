@@ -123,7 +123,4 @@ def policy_from_settings(
                 values[attr] = parse_size(text, where)
         except FlagError as exc:
             raise ValueError(str(exc)) from None
-    try:
-        return TaskPolicy(**values)
-    except ValueError as exc:
-        raise ValueError(f"task policy: {exc}") from None
+    return TaskPolicy(**values)
