@@ -11,7 +11,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import requests
 
 from wasinn_operator.api.modelsource import ModelSource
 from wasinn_operator.models.remote import ModelFetchError, entry_dir, fetch_source
-from wasinn_operator.runtime import DirMount, Outcome, Runtime, RuntimeConfig, RunSpec
+from wasinn_operator.runtime import DirMount, Outcome, RunSpec, Runtime, RuntimeConfig
 
 from ..conftest import free_port
 from ..httpfiles import SimpleIndex, serving
@@ -172,7 +171,7 @@ def test_oci_failures_cache_nothing(
         assert expected in str(info.value), expected
         assert cached(tmp_path) == [], expected
     untitled = push(registry, "models/untitled", "v1", {"": b"x"})
-    with pytest.raises(ModelFetchError, match="org.opencontainers.image.title"):
+    with pytest.raises(ModelFetchError, match=r"org\.opencontainers\.image\.title"):
         fetch_source(
             ModelSource(name="m", uri=f"oci://{registry}/models/untitled:v1", sha256=untitled),
             tmp_path,
@@ -292,7 +291,8 @@ def test_proplet_runs_a_task_on_a_model_from_the_registry(
     proc, summary = proplet(task, models_dir, tmp_path, {})
     assert summary["reason"] == "PolicyViolation"
     assert str(summary["error"]).startswith(
-        f"modelSources[0].uri: oci://{registry}/models/effnet:v2: origin not allowed (allowed: none)"
+        f"modelSources[0].uri: oci://{registry}/models/effnet:v2: origin not allowed "
+        "(allowed: none)"
     )
     assert not (tmp_path / "model-cache").exists()
     allowed = {"allowModelOrigins": [f"oci://{registry}/models"]}
