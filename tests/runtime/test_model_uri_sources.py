@@ -313,3 +313,62 @@ def test_proplet_runs_a_task_on_a_model_from_the_registry(
     assert summary["reason"] == "FetchFailed"
     assert "over the 1048576-byte limit" in str(summary["error"])
     assert cached(tmp_path / "model-cache") == [digest.removeprefix("sha256:")]
+
+
+def test_wasinn_run_model_option(
+    effnet: dict[str, bytes], guest_path: Callable[[str], Path], models_dir: Path, tmp_path: Path
+) -> None:
+    labels = effnet["labels.txt"]
+    xml, weights = effnet["model.xml"], effnet["model.bin"]
+    tensors = models_dir / "efficientnet-lite0" / "tensors"
+    with serving(SimpleIndex({"model.xml": xml, "model.bin": weights, "labels.txt": labels})) as s:
+        # https/http sources are one file each: three sources make one directory each.
+        options = [
+            f"--model=xml@{sha(xml)}={s.url}/files/model.xml",
+            "--model",
+            f"labels@{sha(labels)}={s.url}/files/labels.txt",
+        ]
+        command = [
+            sys.executable, "-m", "wasinn_operator.cli", "run", "--cache-dir", str(tmp_path),
+            *options, "--dir", f"{tensors}::/tensors", str(guest_path("classify-c")),
+            "--model-dir", "/models/xml", "/tensors/chelsea.rgb.f32",
+        ]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        # The IR's weights are not there: the guest fails to read /models/xml/model.bin, which
+        # shows /models/xml is the fetched directory.
+        assert proc.returncode != 0
+        assert "model.bin" in proc.stderr
+        assert (entry_dir(tmp_path, sha(xml)[7:]) / "model.xml").read_bytes() == xml
+        bad = [*command]
+        bad[bad.index(options[0])] = f"--model=xml@{sha(b'x')}={s.url}/files/model.xml"
+        proc = subprocess.run(bad, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2
+        assert "wasinn run: --model xml: " in proc.stderr and "digest mismatch" in proc.stderr
+        pvc = [*command]
+        pvc[pvc.index(options[0])] = "--model=x=pvc://claim/dir"
+        proc = subprocess.run(pvc, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2
+        assert "pvc:// sources work in a cluster only" in proc.stderr
+
+
+def test_wasinn_run_classifies_with_a_model_from_the_registry(
+    registry: str,
+    effnet: dict[str, bytes],
+    guest_path: Callable[[str], Path],
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    digest = push(registry, "models/effnet", "cli", effnet)
+    tensors = models_dir / "efficientnet-lite0" / "tensors"
+    command = [
+        sys.executable, "-m", "wasinn_operator.cli", "run", "--cache-dir", str(tmp_path),
+        "--model", f"net@{digest}=oci://{registry}/models/effnet:cli",
+        "--dir", f"{tensors}::/tensors", str(guest_path("classify-c")),
+        "--model", "net", "/tensors/chelsea.rgb.f32",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "WASINN_MODELS_DIR"}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1. tiger cat (282)" in proc.stdout
