@@ -11,17 +11,20 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
+from wasinn_operator.api import TaskSpec
 from wasinn_operator.api.modelsource import ModelSource
 from wasinn_operator.models.remote import ModelFetchError, entry_dir, fetch_source
+from wasinn_operator.proplet.sources import prepare_sources
 from wasinn_operator.runtime import DirMount, Outcome, RunSpec, Runtime, RuntimeConfig
 
 from ..conftest import free_port
@@ -372,3 +375,72 @@ def test_wasinn_run_classifies_with_a_model_from_the_registry(
     )
     assert proc.returncode == 0, proc.stderr
     assert "1. tiger cat (282)" in proc.stdout
+
+
+@contextmanager
+def token_gate(upstream: str) -> Iterator[tuple[str, list[str]]]:
+    """A registry front that wants a bearer token (the distribution token flow) from its own
+    token service, given for user:secret only, and forwards GETs to the real registry."""
+    seen: list[str] = []
+    token = "t0k3n"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(f"{self.path.split('?')[0]} {self.headers.get('Authorization', '-')}")
+            if self.path.startswith("/token"):
+                if self.headers.get("Authorization") != "Basic dXNlcjpzZWNyZXQ=":
+                    self.send_error(401)
+                    return
+                self._reply(200, json.dumps({"token": token}).encode(), {})
+                return
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                realm = f"http://{self.headers['Host']}/token"
+                challenge = f'Bearer realm="{realm}",service="gate",scope="repository:m:pull"'
+                self._reply(401, b"{}", {"WWW-Authenticate": challenge})
+                return
+            forwarded = requests.get(
+                f"http://{upstream}{self.path}",
+                headers={"Accept": self.headers.get("Accept", "*/*")},
+                timeout=30,
+            )
+            self._reply(forwarded.status_code, forwarded.content, {})
+
+        def _reply(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(code)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_bearer_token_flow(registry: str, tmp_path: Path) -> None:
+    files = {"model.onnx": b"onnx bytes behind a token"}
+    digest = push(registry, "models/private", "v1", files)
+    with token_gate(registry) as (gate, seen):
+        source = ModelSource(name="p", uri=f"oci://{gate}/models/private:v1", sha256=digest)
+        with pytest.raises(ModelFetchError, match="token"):
+            fetch_source(source, tmp_path, 1 << 20)  # anonymous: the token service says 401
+        assert cached(tmp_path) == []
+        auth = tmp_path / "config.json"
+        auth.write_text(json.dumps({"auths": {gate: {"username": "user", "password": "secret"}}}))
+        task = TaskSpec.model_validate(
+            {"wasm": {"path": "/a"}, "modelSources": [source.model_dump()]}
+        )
+        ready = prepare_sources(task, tmp_path, 1 << 20, tmp_path / "pvcs", registry_auth=auth)
+        assert (ready["p"] / "model.onnx").read_bytes() == files["model.onnx"]
+    assert "/v2/models/private/manifests/v1 Bearer t0k3n" in seen
+    assert "/token Basic dXNlcjpzZWNyZXQ=" in seen
