@@ -129,7 +129,22 @@ def _parse_oci(uri: str, rest: str) -> Location:
 class ModelSource(BaseModel):
     """A model fetched by URI and verified by digest, mounted read-only at /models/NAME."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The API server checks the scheme and the digest too (the operator parses the rest).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.uri.matches('^(https?|oci|pvc)://')",
+                    "message": "uri must start with https://, oci:// or pvc://",
+                },
+                {
+                    "rule": "self.uri.startsWith('pvc://') || has(self.sha256)",
+                    "message": "sha256 is required for https and oci sources",
+                },
+            ]
+        },
+    )
     name: str = Field(
         pattern=MODEL_NAME.pattern,
         description="The model's name: the guest sees it at /models/NAME and loads it by name.",

@@ -182,7 +182,12 @@ class TaskSpec(BaseModel):
         alias="modelSources",
         description="Models fetched by URI and digest (https, oci, pvc), each mounted read-only"
         " at /models/NAME; the task policy's allowModelOrigins says which origins may be named.",
-        json_schema_extra={"maxItems": MAX_SOURCES},
+        json_schema_extra={
+            "maxItems": MAX_SOURCES,
+            # Names are unique: each is one directory under /models.
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
     )
 
     @field_validator("env")
