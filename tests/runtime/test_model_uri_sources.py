@@ -444,3 +444,16 @@ def test_bearer_token_flow(registry: str, tmp_path: Path) -> None:
         assert (ready["p"] / "model.onnx").read_bytes() == files["model.onnx"]
     assert "/v2/models/private/manifests/v1 Bearer t0k3n" in seen
     assert "/token Basic dXNlcjpzZWNyZXQ=" in seen
+
+
+def test_pvc_sources_are_the_operators_mounts(models_dir: Path, tmp_path: Path) -> None:
+    pvcs = tmp_path / "pvcs"
+    (pvcs / "shared").mkdir(parents=True)
+    task = TaskSpec.model_validate(
+        {"wasm": {"path": "/a"}, "modelSources": [{"name": "shared", "uri": "pvc://team/x"}]}
+    )
+    assert prepare_sources(task, tmp_path / "cache", 1, pvcs) == {"shared": pvcs / "shared"}
+    with pytest.raises(ModelFetchError) as info:
+        prepare_sources(task, tmp_path / "cache", 1, tmp_path / "elsewhere")
+    assert str(info.value).startswith("modelSources[0] (shared): pvc://team/x: not mounted at ")
+    assert "pvc:// sources work in a cluster" in str(info.value)
