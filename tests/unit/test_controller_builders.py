@@ -270,10 +270,12 @@ def test_model_cache_claim_replaces_the_empty_dir() -> None:
     )
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    assert pod["spec"]["securityContext"]["fsGroup"] == 65532  # the proplet may write it
     assert not any(v["name"].startswith("model-pvc") for v in pod["spec"]["volumes"])
 
 
 def test_no_sources_no_extra_volumes() -> None:
     pod = pod_for({"wasm": {"url": "http://shim/artifacts/x"}})
     assert [v["name"] for v in pod["spec"]["volumes"]] == ["models", "tmp"]
+    assert "fsGroup" not in pod["spec"]["securityContext"]
     assert "WASINN_MODEL_CACHE" not in env_of(pod)

@@ -230,6 +230,9 @@ def build_pod(
         pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
     if service_account:
         pod["spec"]["serviceAccountName"] = service_account
+    if model_cache_claim and any(v["name"] == "model-cache" for v in volumes):
+        # The proplet (non-root) writes the shared cache claim: make its files the group's.
+        pod["spec"]["securityContext"]["fsGroup"] = PROPLET_UID
     return pod
 
 
