@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .cachedir import default_cache_dir
@@ -40,6 +40,10 @@ wasmtime flags:
 wasinn options (before the wasmtime flags):
   --models-dir DIR                  preopen DIR read-only at /models and register each model
                                     subdirectory by name (default: $WASINN_MODELS_DIR)
+  --model NAME@sha256:HEX=URI       fetch a model (https://HOST/.../FILE or
+                                    oci://REGISTRY/REPO:TAG, whose layers are its files) into
+                                    <cache>/models/sha256/HEX once, verify it and mount it
+                                    read-only at /models/NAME, registered as NAME (repeatable)
   --precision f32|bf16|f16          OpenVINO inference precision (default: the device's)
   --target-fallback cpu|auto        use this target when the requested device is absent
   --cache-dir DIR | --no-cache      compiled-module and model caches (default: %s)
@@ -89,6 +93,7 @@ def _run(argv: list[str]) -> int:
 
     try:
         models_dir, cache_dir, precision, fallback, sizes, rest = _wasinn_options(argv)
+        sources = _model_sources(argv[: len(argv) - len(rest)])
         parsed = parse_wasm_args(rest)
         if models_dir is None and os.environ.get("WASINN_MODELS_DIR"):
             models_dir = Path(os.environ["WASINN_MODELS_DIR"])
@@ -106,6 +111,16 @@ def _run(argv: list[str]) -> int:
             sys.stderr.write(f"wasinn run: models directory {str(models_dir)!r} does not exist\n")
             return 2
         spec.models_dir = models_dir.resolve()
+    if sources:
+        from .models.remote import ModelFetchError, fetch_source  # noqa: PLC0415
+
+        try:
+            for source in sources:
+                where = cache_dir or default_cache_dir()
+                spec.add_model(source.name, fetch_source(source, where, 1 << 40))
+        except ModelFetchError as exc:
+            sys.stderr.write(f"wasinn run: --model {source.name}: {exc}\n")
+            return 2
     if "--output-limit" in sizes:
         spec.stdout_limit = spec.stderr_limit = sizes["--output-limit"]
     spec.max_graph_bytes = sizes.get("--max-graph-bytes")
@@ -143,7 +158,9 @@ def _wasinn_options(
             value, i = argv[i + 1], i + 2
         else:
             raise FlagError(f"{flag} needs a value")
-        if flag == "--models-dir":
+        if flag == "--model":
+            pass  # `_model_sources` reads them
+        elif flag == "--models-dir":
             models_dir = Path(value).expanduser()
         elif flag == "--cache-dir":
             cache_dir = Path(value).expanduser()
@@ -161,6 +178,31 @@ def _wasinn_options(
     if precision is not None and precision not in ("f32", "fp32", "bf16", "f16", "fp16"):
         raise FlagError(f"--precision: {precision!r} is not f32, bf16 or f16")
     return models_dir, cache_dir, precision, fallback, sizes, argv[i:]
+
+
+def _model_sources(options: list[str]) -> list[Any]:
+    """The `--model NAME@sha256:HEX=URI` options among wasinn's own (FlagError if malformed)."""
+    from .api.modelsource import ModelSourceError, parse_cli_source  # noqa: PLC0415
+    from .api.wasmflags import FlagError  # noqa: PLC0415
+
+    texts = [
+        options[i + 1] if options[i] == "--model" else options[i].partition("=")[2]
+        for i in range(len(options))
+        if options[i] == "--model" or options[i].startswith("--model=")
+    ]
+    sources = []
+    for text in texts:
+        try:
+            source = parse_cli_source(text)
+        except ModelSourceError as exc:
+            raise FlagError(str(exc)) from None
+        if source.location.scheme == "pvc":
+            raise FlagError(f"--model {text!r}: pvc:// sources work in a cluster only")
+        sources.append(source)
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise FlagError("--model: a name is given twice")
+    return sources
 
 
 def _implicit_run(args: list[str], commands: set[str]) -> bool:

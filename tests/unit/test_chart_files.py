@@ -565,6 +565,7 @@ def test_full_values_reach_the_pods() -> None:
     assert json.loads(operator_env["WASINN_PROPLET_RESOURCES"])["limits"] == {"memory": "2Gi"}
     assert operator_env["WASINN_PROPLET_TIMEOUT_SECONDS"] == "600"
     assert operator_env["WASINN_PROPLET_ENGINE"] == "wasmtime-cli"
+    assert operator_env["WASINN_MODEL_CACHE_CLAIM"] == "model-cache"
     shim = find(objects, "Deployment", f"{RELEASE}-shim")
     policy = TaskPolicy(
         allow_host_dirs=("/data/shared", "/scratch"),
@@ -573,6 +574,8 @@ def test_full_values_reach_the_pods() -> None:
         default_max_memory=256 << 20,
         max_memory=2 << 30,
         max_field_bytes=16384,
+        allow_model_origins=("https://models.example/", "oci://registry.example/models", "pvc://"),
+        max_model_bytes=2 << 30,
     )
     # The operator and the shim read the same task policy.
     assert policy_from_settings(operator_env) == policy

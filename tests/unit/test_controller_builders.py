@@ -111,6 +111,7 @@ def test_proplet_task_env_carries_the_spec() -> None:
         "timeoutSeconds": 30,
         "engine": "wasmtime-cli",
         "device": "AUTO",
+        "modelSources": [],
     }
     assert pod["spec"]["activeDeadlineSeconds"] == 30
     assert pod["metadata"]["labels"]["wasinn.dev/propeller-id"] == "p-1"
@@ -222,3 +223,59 @@ def test_service_account_setting() -> None:
     )
     assert pod["spec"]["serviceAccountName"] == "runner"
     assert proplet_task(task(spec), WasiNNTaskSpec.model_validate(spec))["id"] == UID
+
+
+SOURCES = [
+    {"name": "effnet", "uri": "oci://reg.example/models/effnet:v1", "sha256": DIGEST},
+    {"name": "ocr", "uri": "https://models.example/ocr/model.onnx", "sha256": DIGEST},
+    {"name": "shared", "uri": "pvc://team-models/detectors/v2"},
+]
+
+
+def test_model_sources_reach_the_proplet_and_its_volumes() -> None:
+    spec = {"wasm": {"url": "http://shim/artifacts/x"}, "modelSources": SOURCES}
+    pod = pod_for(spec)
+    assert json.loads(env_of(pod)["WASINN_TASK"])["modelSources"] == SOURCES
+    assert env_of(pod)["WASINN_MODEL_CACHE"] == "/var/cache/wasinn-models"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", "emptyDir": {}}
+    assert volumes["model-pvc-0"]["persistentVolumeClaim"] == {
+        "claimName": "team-models",
+        "readOnly": True,
+    }
+    mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
+    assert mounts["model-cache"] == {"name": "model-cache", "mountPath": "/var/cache/wasinn-models"}
+    assert mounts["model-pvc-0"] == {
+        "name": "model-pvc-0",
+        "mountPath": "/var/run/wasinn/model-pvcs/shared",
+        "readOnly": True,
+        "subPath": "detectors/v2",
+    }
+    # The models volume is unchanged: read-only at /models.
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+
+
+def test_model_cache_claim_replaces_the_empty_dir() -> None:
+    spec = {"wasm": {"url": "http://shim/artifacts/x"}, "modelSources": SOURCES[:1]}
+    body = task(spec)
+    pod = build_pod(
+        body,
+        WasiNNTaskSpec.model_validate(spec),
+        1,
+        image="reg/proplet:1",
+        pull_policy="Never",
+        label=("wasinn.dev/openvino", "true"),
+        claim="models",
+        model_cache_claim="model-cache",
+    )
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    assert pod["spec"]["securityContext"]["fsGroup"] == 65532  # the proplet may write it
+    assert not any(v["name"].startswith("model-pvc") for v in pod["spec"]["volumes"])
+
+
+def test_no_sources_no_extra_volumes() -> None:
+    pod = pod_for({"wasm": {"url": "http://shim/artifacts/x"}})
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["models", "tmp"]
+    assert "fsGroup" not in pod["spec"]["securityContext"]
+    assert "WASINN_MODEL_CACHE" not in env_of(pod)

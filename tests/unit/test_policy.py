@@ -343,5 +343,6 @@ def test_settings_flags_win_over_the_environment() -> None:
 def test_describe_says_what_tasks_may_have() -> None:
     assert STRICT.describe() == (
         "host directories: none; deadline 300 s (at most 3600 s); linear memory 512 MiB "
-        "(at most 4 GiB); cli_args, args and env each at most 64 KiB"
+        "(at most 4 GiB); cli_args, args and env each at most 64 KiB; model origins: none "
+        "(models up to 4 GiB)"
     )

@@ -218,3 +218,26 @@ def test_external_command_from_the_parsed_flags(tmp_path: Path) -> None:
         external_command(
             "wasmtime", (48, 0, 8), smuggled, task_flags(smuggled), tmp_path / "t.wasm", None
         )
+
+
+def test_external_command_mounts_model_sources(tmp_path: Path, models_dir: Path) -> None:
+    spec = TaskSpec.model_validate({"wasm": {"path": "/a"}})
+    # The proplet hands wasmtime a link named after the source (graphs are named by basename).
+    link = tmp_path / "sources" / "net"
+    link.parent.mkdir()
+    link.symlink_to(models_dir / "efficientnet-lite0", target_is_directory=True)
+    onnx = tmp_path / "sources" / "ocr"
+    onnx.symlink_to(models_dir / "ppocr-cls-onnx", target_is_directory=True)
+    modern = external_command(
+        "wasmtime", (48, 0, 8), spec, task_flags(spec), tmp_path / "t.wasm", None, None,
+        {"net": link, "ocr": onnx},
+    )  # fmt: skip
+    assert modern[modern.index("--dir") :][:6] == [
+        "--dir", f"{link}::/models/net", "-S", f"nn-graph=openvino::{link}",
+        "--dir", f"{onnx}::/models/ocr",
+    ]  # fmt: skip
+    old = external_command(
+        "wasmtime", (12, 0, 0), spec, task_flags(spec), tmp_path / "t.wasm", None, None,
+        {"net": link},
+    )  # fmt: skip
+    assert ["--mapdir", f"/models/net::{link}"] == old[old.index("--mapdir") :][:2]

@@ -154,7 +154,11 @@ priorityClassName: {{ . }}
 - name: WASINN_ALLOW_HOST_DIRS
   value: {{ join ":" . | quote }}
 {{- end }}
-{{- range $key, $env := dict "defaultTimeout" "WASINN_DEFAULT_TIMEOUT" "maxTimeout" "WASINN_MAX_TIMEOUT" "defaultMaxMemory" "WASINN_DEFAULT_MAX_MEMORY" "maxMemory" "WASINN_MAX_MEMORY" "maxFieldBytes" "WASINN_MAX_FIELD_BYTES" }}
+{{- with .Values.policy.allowModelOrigins }}
+- name: WASINN_ALLOW_MODEL_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- range $key, $env := dict "defaultTimeout" "WASINN_DEFAULT_TIMEOUT" "maxTimeout" "WASINN_MAX_TIMEOUT" "defaultMaxMemory" "WASINN_DEFAULT_MAX_MEMORY" "maxMemory" "WASINN_MAX_MEMORY" "maxFieldBytes" "WASINN_MAX_FIELD_BYTES" "maxModelBytes" "WASINN_MAX_MODEL_BYTES" }}
 {{- $value := index $.Values.policy $key }}
 {{- if not (kindIs "invalid" $value) }}
 - name: {{ $env }}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .modelsource import ModelSource, ModelSourceError, check_origin, check_sources
 from .wasmflags import (
     Dir,
     Duration,
@@ -47,6 +48,7 @@ POLICY_ENV = "WASINN_POLICY"
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 3600.0
 DEFAULT_MAX_MEMORY = 512 << 20
+MAX_MODEL_BYTES = 4 << 30
 MAX_MEMORY = 4 << 30
 MAX_FIELD_BYTES = 64 << 10
 # Names a task's env may not set: the loader's and the engines' own settings (the external
@@ -118,8 +120,14 @@ class TaskPolicy:
     default_max_memory: int = DEFAULT_MAX_MEMORY
     max_memory: int = MAX_MEMORY
     max_field_bytes: int = MAX_FIELD_BYTES
+    allow_model_origins: tuple[str, ...] = ()
+    max_model_bytes: int = MAX_MODEL_BYTES
 
     def __post_init__(self) -> None:
+        for origin in self.allow_model_origins:
+            check_origin(origin)
+        if self.max_model_bytes <= 0:
+            raise ValueError("the model size limit must be positive")
         for path in self.allow_host_dirs:
             if not path.startswith("/"):
                 raise ValueError(f"allowed host directory {path!r} is not an absolute path")
@@ -148,6 +156,8 @@ class TaskPolicy:
                 "defaultMaxMemoryBytes": self.default_max_memory,
                 "maxMemoryBytes": self.max_memory,
                 "maxFieldBytes": self.max_field_bytes,
+                "allowModelOrigins": list(self.allow_model_origins),
+                "maxModelBytes": self.max_model_bytes,
             },
             separators=(",", ":"),
         )
@@ -163,15 +173,19 @@ class TaskPolicy:
             if unknown:
                 raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
             values: dict[str, Any] = {_JSON_FIELDS[k]: v for k, v in data.items()}
-            if "allow_host_dirs" in values:
-                dirs = values["allow_host_dirs"]
-                if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
-                    raise ValueError("allowHostDirs must be a list of paths")
-                values["allow_host_dirs"] = tuple(dirs)
+            for key, name in (
+                ("allow_host_dirs", "allowHostDirs must be a list of paths"),
+                ("allow_model_origins", "allowModelOrigins must be a list of URI prefixes"),
+            ):
+                if key in values:
+                    items = values[key]
+                    if not isinstance(items, list) or not all(isinstance(d, str) for d in items):
+                        raise ValueError(name)
+                    values[key] = tuple(items)
             for key in ("default_timeout", "max_timeout"):
                 if key in values:
                     values[key] = float(_number(values[key], key))
-            for key in ("default_max_memory", "max_memory", "max_field_bytes"):
+            for key in ("default_max_memory", "max_memory", "max_field_bytes", "max_model_bytes"):
                 if key in values:
                     values[key] = int(_number(values[key], key))
             return cls(**values)
@@ -185,7 +199,9 @@ class TaskPolicy:
             f"{format_seconds(self.default_timeout)} (at most {format_seconds(self.max_timeout)}); "
             f"linear memory {format_size(self.default_max_memory)} (at most "
             f"{format_size(self.max_memory)}); cli_args, args and env each at most "
-            f"{format_size(self.max_field_bytes)}"
+            f"{format_size(self.max_field_bytes)}; model origins: "
+            f"{_listing(self.allow_model_origins)} (models up to "
+            f"{format_size(self.max_model_bytes)})"
         )
 
 
@@ -196,6 +212,8 @@ _JSON_FIELDS = {
     "defaultMaxMemoryBytes": "default_max_memory",
     "maxMemoryBytes": "max_memory",
     "maxFieldBytes": "max_field_bytes",
+    "allowModelOrigins": "allow_model_origins",
+    "maxModelBytes": "max_model_bytes",
 }
 
 
@@ -299,6 +317,7 @@ def check_spec(policy: TaskPolicy, spec: WasiNNTaskSpec, resolve: Resolve | None
         raise PolicyError(
             f"spec.models.subPath: {sub}: must be a relative path inside the claim, without '..'"
         )
+    check_model_sources(policy, spec.model_sources, "spec.modelSources")
     for index, toleration in enumerate(spec.tolerations):
         key = str(toleration.get("key") or "")
         if key in CONTROL_PLANE_TAINTS or (not key and toleration.get("operator") == "Exists"):
@@ -307,6 +326,14 @@ def check_spec(policy: TaskPolicy, spec: WasiNNTaskSpec, resolve: Resolve | None
                 "task to control-plane nodes (allowed: tolerations of other taints)"
             )
     return limits
+
+
+def check_model_sources(policy: TaskPolicy, sources: Sequence[ModelSource], where: str) -> None:
+    """PolicyError unless every model source's origin is allowed (none is by default)."""
+    try:
+        check_sources(sources, policy.allow_model_origins, where)
+    except ModelSourceError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def lexical(path: str) -> str:

@@ -16,6 +16,7 @@ from .policy import (
     DEFAULT_TIMEOUT,
     MAX_FIELD_BYTES,
     MAX_MEMORY,
+    MAX_MODEL_BYTES,
     MAX_TIMEOUT,
     TaskPolicy,
 )
@@ -28,7 +29,11 @@ SETTINGS = (
     ("--default-max-memory", "WASINN_DEFAULT_MAX_MEMORY", "default_max_memory"),
     ("--max-memory", "WASINN_MAX_MEMORY", "max_memory"),
     ("--max-field-bytes", "WASINN_MAX_FIELD_BYTES", "max_field_bytes"),
+    ("--allow-model-origin", "WASINN_ALLOW_MODEL_ORIGINS", "allow_model_origins"),
+    ("--max-model-bytes", "WASINN_MAX_MODEL_BYTES", "max_model_bytes"),
 )
+# Origins are URLs, which hold colons: their variable is comma-separated.
+LISTS = {"allow_host_dirs": os.pathsep, "allow_model_origins": ","}
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +76,21 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest cli_args, args (inputs) and env of a task, each ($WASINN_MAX_FIELD_BYTES, "
         f"else {format_size(MAX_FIELD_BYTES)})",
     )
+    group.add_argument(
+        "--allow-model-origin",
+        action="append",
+        dest="allow_model_origins",
+        metavar="URI",
+        help="let tasks name model sources under this URI prefix, e.g. https://models.example/ "
+        "or oci://registry.example/models (repeatable; default $WASINN_ALLOW_MODEL_ORIGINS, "
+        "comma-separated, else none)",
+    )
+    group.add_argument(
+        "--max-model-bytes",
+        metavar="SIZE",
+        help="largest model source a task may fetch ($WASINN_MAX_MODEL_BYTES, else "
+        f"{format_size(MAX_MODEL_BYTES)})",
+    )
 
 
 def policy_env(args: argparse.Namespace) -> dict[str, str]:
@@ -79,7 +99,7 @@ def policy_env(args: argparse.Namespace) -> dict[str, str]:
     for _flag, variable, attr in SETTINGS:
         value = getattr(args, attr, None)
         if value:
-            found[variable] = os.pathsep.join(value) if isinstance(value, list) else str(value)
+            found[variable] = LISTS[attr].join(value) if isinstance(value, list) else str(value)
     return found
 
 
@@ -95,8 +115,8 @@ def policy_from_settings(
             continue
         where = f"{flag} ({variable})"
         try:
-            if attr == "allow_host_dirs":
-                values[attr] = tuple(p for p in text.split(os.pathsep) if p)
+            if attr in LISTS:
+                values[attr] = tuple(p.strip() for p in text.split(LISTS[attr]) if p.strip())
             elif attr.endswith("timeout"):
                 values[attr] = parse_duration(text, where)
             else:

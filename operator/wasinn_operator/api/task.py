@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from .modelsource import MAX_SOURCES, ModelSource
+
 # Kubernetes' rule for environment variable names (a C identifier plus '-' and '.').
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 DIGEST = r"^sha256:[0-9a-f]{64}$"
@@ -173,6 +175,19 @@ class TaskSpec(BaseModel):
         default="CPU",
         description="OpenVINO device for named models; GPU and NPU request the Intel"
         " device-plugin resources gpu.intel.com/i915 and npu.intel.com/accel.",
+    )
+
+    model_sources: list[ModelSource] = Field(
+        default_factory=list,
+        alias="modelSources",
+        description="Models fetched by URI and digest (https, oci, pvc), each mounted read-only"
+        " at /models/NAME; the task policy's allowModelOrigins says which origins may be named.",
+        json_schema_extra={
+            "maxItems": MAX_SOURCES,
+            # Names are unique: each is one directory under /models.
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
     )
 
     @field_validator("env")

@@ -60,6 +60,7 @@ ENGINE_SWITCHES = frozenset({"--allow-precompiled"})
 WASINN_VALUE_OPTIONS = frozenset(
     {
         "--models-dir",
+        "--model",
         "--cache-dir",
         "--precision",
         "--target-fallback",

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec, WasmSource
+from ..api.modelsource import PVC_SOURCES_DIR
 from ..api.policy import POLICY_ENV, TaskPolicy
 
 CONTAINER = "proplet"
@@ -19,6 +20,9 @@ PROPLET_UID = 65532
 WASM_DIR = "/wasm"
 WASM_FILE = "module.wasm"
 TERMINATION_LOG = "/dev/termination-log"
+# Where the proplet fetches model sources (an emptyDir, or the cache claim); the guest sees each
+# model read-only at /models/NAME, never this directory.
+MODEL_CACHE_DIR = "/var/cache/wasinn-models"
 MAX_TASK_ENV_BYTES = 100_000
 TASK_LABEL = "wasinn.dev/task"
 TASK_UID_LABEL = "wasinn.dev/task-uid"
@@ -91,6 +95,7 @@ def proplet_task(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any]:
         "timeoutSeconds": spec.timeout_seconds,
         "engine": spec.engine,
         "device": spec.device,
+        "modelSources": [s.model_dump(exclude_none=True) for s in spec.model_sources],
     }
 
 
@@ -126,11 +131,14 @@ def build_pod(
     claim: str,
     service_account: str | None = None,
     policy: TaskPolicy | None = None,
+    model_cache_claim: str | None = None,
 ) -> dict[str, Any]:
     """The Pod for one attempt of a task; its proplet applies `policy` (default: the strict one)
     to the task again. The Pod meets the `restricted` Pod Security Standard whatever the spec
     holds: non-root, no privilege escalation, every capability dropped, RuntimeDefault seccomp,
-    only claim, emptyDir and ConfigMap volumes, no API token, a read-only root filesystem."""
+    only claim, emptyDir and ConfigMap volumes, no API token, a read-only root filesystem.
+    Model sources are fetched by the proplet into an emptyDir (or `model_cache_claim`); each
+    `pvc://` source is its claim's subPath, mounted read-only."""
     meta = task["metadata"]
     task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
     if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
@@ -155,6 +163,9 @@ def build_pod(
     ]
     if models.sub_path:
         mounts[0]["subPath"] = models.sub_path
+    source_volumes, source_mounts, source_env = _model_source_volumes(spec, model_cache_claim)
+    volumes += source_volumes
+    mounts += source_mounts
     wasm_volume = _wasm_volume(task, spec)
     if wasm_volume is not None:
         volumes.append(wasm_volume)
@@ -195,6 +206,7 @@ def build_pod(
                         {"name": "WASINN_TERMINATION_LOG", "value": TERMINATION_LOG},
                         {"name": "HOME", "value": "/tmp"},
                         {"name": POLICY_ENV, "value": (policy or TaskPolicy()).to_json()},
+                        *source_env,
                     ],
                     "resources": _resources(spec),
                     "volumeMounts": mounts,
@@ -218,6 +230,9 @@ def build_pod(
         pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
     if service_account:
         pod["spec"]["serviceAccountName"] = service_account
+    if model_cache_claim and any(v["name"] == "model-cache" for v in volumes):
+        # The proplet (non-root) writes the shared cache claim: make its files the group's.
+        pod["spec"]["securityContext"]["fsGroup"] = PROPLET_UID
     return pod
 
 
@@ -244,6 +259,36 @@ def _wasm_volume(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] |
         items = [{"key": ref.key, "path": WASM_FILE}]
         return {"name": "wasm", "configMap": {"name": ref.name, "items": items}}
     return None
+
+
+def _model_source_volumes(
+    spec: WasiNNTaskSpec, cache_claim: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    """Volumes, mounts and env for the task's model sources: one cache for the fetched ones,
+    one read-only claim volume per `pvc://` source (at PVC_SOURCES_DIR/NAME)."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: list[dict[str, str]] = []
+    fetched = [s for s in spec.model_sources if s.location.scheme != "pvc"]
+    if fetched:
+        cache: dict[str, Any] = (
+            {"persistentVolumeClaim": {"claimName": cache_claim}}
+            if cache_claim
+            else {"emptyDir": {}}
+        )
+        volumes.append({"name": "model-cache", **cache})
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
+        env.append({"name": "WASINN_MODEL_CACHE", "value": MODEL_CACHE_DIR})
+    for index, source in enumerate(s for s in spec.model_sources if s not in fetched):
+        location = source.location
+        name = f"model-pvc-{index}"
+        claim = {"claimName": location.host, "readOnly": True}
+        volumes.append({"name": name, "persistentVolumeClaim": claim})
+        mount = {"name": name, "mountPath": f"{PVC_SOURCES_DIR}/{source.name}", "readOnly": True}
+        if location.path:
+            mount["subPath"] = location.path
+        mounts.append(mount)
+    return volumes, mounts, env
 
 
 def _resources(spec: WasiNNTaskSpec) -> dict[str, Any]:

@@ -185,6 +185,7 @@ def _start_attempt(
             claim=settings.models_claim,
             service_account=settings.service_account,
             policy=settings.policy,
+            model_cache_claim=settings.model_cache_claim,
         )
     except TaskTooLargeError as exc:
         fail(plan, Reason.INVALID_WASM, str(exc), facts.now)

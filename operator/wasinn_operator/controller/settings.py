@@ -27,6 +27,7 @@ class OperatorSettings:
     proplet_image: str = "localhost/wasinn-proplet:dev"
     pull_policy: str = "IfNotPresent"
     models_claim: str = "models"
+    model_cache_claim: str | None = None  # None: each Pod fetches into an emptyDir
     results_cap: int = 16384
     resync_seconds: float = 10.0
     backoff_base_seconds: float = 10.0
@@ -70,6 +71,7 @@ class OperatorSettings:
             proplet_image=get("PROPLET_IMAGE", cls.proplet_image),
             pull_policy=get("PULL_POLICY", cls.pull_policy),
             models_claim=get("MODELS_CLAIM", cls.models_claim),
+            model_cache_claim=environ.get("WASINN_MODEL_CACHE_CLAIM") or None,
             results_cap=int(get("RESULTS_CAP", str(cls.results_cap))),
             resync_seconds=float(get("RESYNC_SECONDS", str(cls.resync_seconds))),
             backoff_base_seconds=float(get("BACKOFF_BASE_SECONDS", str(cls.backoff_base_seconds))),
@@ -97,6 +99,7 @@ class OperatorSettings:
             "WASINN_PROPLET_IMAGE": args.proplet_image,
             "WASINN_PULL_POLICY": args.pull_policy,
             "WASINN_MODELS_CLAIM": args.models_claim,
+            "WASINN_MODEL_CACHE_CLAIM": args.model_cache_claim,
             "WASINN_RESULTS_CAP": _text(args.results_cap),
             "WASINN_RESYNC_SECONDS": _text(args.resync_seconds),
             "WASINN_METRICS_PORT": _text(args.metrics_port),
@@ -134,6 +137,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-claim",
         help="default models PersistentVolumeClaim ($WASINN_MODELS_CLAIM, else models)",
+    )
+    parser.add_argument(
+        "--model-cache-claim",
+        help="PersistentVolumeClaim where task Pods cache fetched model sources "
+        "($WASINN_MODEL_CACHE_CLAIM, else an emptyDir per Pod)",
     )
     parser.add_argument(
         "--results-cap",

@@ -80,9 +80,11 @@ def run_embedded(
     models_dir: Path | None,
     outputs: Outputs,
     limits: Limits | None = None,
+    sources: dict[str, Path] | None = None,
 ) -> RunResult:
     """Run with the in-process engine; `flags` are the task's (`task_flags`), `limits` (the
-    policy's) bound the deadline and memory."""
+    policy's) bound the deadline and memory, `sources` (NAME -> directory) are the task's
+    fetched models, read-only at /models/NAME."""
     try:
         parsed = resolve(flags)
     except (FlagError, ModelError) as exc:
@@ -91,6 +93,8 @@ def run_embedded(
     spec.args = list(task.args)
     spec.env.update(task.env)
     spec.models_dir = models_dir
+    for name, directory in (sources or {}).items():
+        spec.add_model(name, directory)
     spec.nn_target = DEVICE_TARGETS[task.device]
     spec.stdout_limit = spec.stderr_limit = outputs.limit
     if task.timeout_seconds is not None:
@@ -128,6 +132,7 @@ def external_command(
     wasm_path: Path,
     models_dir: Path | None,
     limits: Limits | None = None,
+    sources: dict[str, Path] | None = None,
 ) -> list[str]:
     """The command line Propeller's host runtime would build, adapted to this wasmtime.
 
@@ -150,6 +155,8 @@ def external_command(
         tokens += ["-W", f"max-memory-size={limits.max_memory_bytes}"]
     if models_dir is not None:
         tokens += _models_flags(models_dir, version)
+    for name, directory in (sources or {}).items():
+        tokens += _source_flags(name, directory, version)
     for key, value in task.env.items():
         if key.startswith("-"):  # it would read as a flag
             raise FlagError(f"env: {key!r}: a variable name must not start with '-'")
@@ -190,6 +197,17 @@ def _models_flags(models_dir: Path, version: tuple[int, ...]) -> list[str]:
     return flags
 
 
+def _source_flags(name: str, directory: Path, version: tuple[int, ...]) -> list[str]:
+    # `directory` is named NAME (a link to the cache entry): wasmtime names graphs by basename.
+    guest = f"{MODELS_GUEST_DIR}/{name}"
+    if version[0] < 14:
+        return ["--mapdir", f"{guest}::{directory}"]
+    flags = ["--dir", f"{directory}::{guest}"]
+    if all((directory / f).is_file() for f in ("model.xml", "model.bin")):
+        flags += ["-S", f"nn-graph=openvino::{directory}"]
+    return flags
+
+
 def openvino_library_env(cache_dir: Path) -> dict[str, str]:
     """LD_LIBRARY_PATH entries so wasmtime's OpenVINO backend finds the wheel's libopenvino_c.
 
@@ -225,16 +243,26 @@ def run_external(
     outputs: Outputs,
     cache_dir: Path,
     limits: Limits | None = None,
+    sources: dict[str, Path] | None = None,
 ) -> RunResult:
-    """Run with an external wasmtime CLI in a child process; `limits` bound deadline and memory."""
+    """Run with an external wasmtime CLI in a child process; `limits` bound deadline and memory,
+    `sources` (NAME -> directory) are the fetched models, at /models/NAME."""
     version = wasmtime_version(binary)
     timeout = limits.timeout_seconds if limits is not None else task.timeout_seconds
     result = RunResult(outcome=Outcome.ERROR, exit_code=1, digest="")
     with tempfile.TemporaryDirectory(prefix="wasinn-") as tmp:
         wasm_path = Path(tmp) / f"{task.id or 'task'}.wasm"
         wasm_path.write_bytes(wasm)
+        links = Path(tmp) / "sources"
+        named: dict[str, Path] = {}
+        for name, directory in (sources or {}).items():
+            links.mkdir(exist_ok=True)
+            (links / name).symlink_to(directory, target_is_directory=True)
+            named[name] = links / name
         try:
-            command = external_command(binary, version, task, flags, wasm_path, models_dir, limits)
+            command = external_command(
+                binary, version, task, flags, wasm_path, models_dir, limits, named
+            )
         except FlagError as exc:
             raise TaskError(f"cliArgs: {exc}") from None
         env = {**os.environ, **openvino_library_env(cache_dir)}

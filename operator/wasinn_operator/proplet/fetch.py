@@ -140,7 +140,7 @@ def _oci_pull(
     registry = _registry(reference)
     insecure = registry.split(":")[0] in LOCAL_REGISTRIES or registry in insecure_registries
     client = oras.client.OrasClient(insecure=insecure)
-    credentials = _credentials(registry, registry_auth)
+    credentials = registry_credentials(registry, registry_auth)
     if credentials is not None:
         client.set_basic_auth(*credentials)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +174,7 @@ def _wasm_layer(layers: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _credentials(registry: str, auth_file: Path | None) -> tuple[str, str] | None:
+def registry_credentials(registry: str, auth_file: Path | None) -> tuple[str, str] | None:
     """Username and password for `registry` from a docker config JSON (a mounted Secret)."""
     if auth_file is None or not auth_file.is_file():
         return None

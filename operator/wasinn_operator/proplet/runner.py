@@ -23,14 +23,24 @@ from pydantic import ValidationError
 
 from ..api import RunSummary, TaskSpec
 from ..api.errors import describe_errors
-from ..api.policy import POLICY_ENV, Limits, PolicyError, TaskPolicy, check_task
+from ..api.modelsource import PVC_SOURCES_DIR
+from ..api.policy import (
+    POLICY_ENV,
+    Limits,
+    PolicyError,
+    TaskPolicy,
+    check_model_sources,
+    check_task,
+)
 from ..api.summary import EXIT_TASK_ERROR, FailureReason
 from ..api.task import MAX_WASM_BYTES, sha256_digest
 from ..api.wasmflags import WasmFlags
+from ..models.remote import ModelFetchError
 from ..mqtt import RESULTS_TOPIC, MQTTError, MQTTSettings, publish_once, results_payload
 from ..runtime import RunResult, Runtime, RuntimeConfig, default_cache_dir, fd_sink
 from .engines import Outputs, TaskError, run_embedded, run_external, task_flags
 from .fetch import FetchError, fetch_wasm
+from .sources import prepare_sources
 
 DEFAULT_MODELS_DIR = Path("/models")
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
@@ -52,6 +62,8 @@ class PropletConfig:
     mqtt: MQTTSettings | None = None
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     insecure_registries: tuple[str, ...] = ()  # plain-http OCI registries besides localhost
+    model_cache: Path | None = None  # where model sources are fetched (None: cache_dir)
+    model_pvcs_dir: Path = Path(PVC_SOURCES_DIR)  # where the operator mounts pvc:// sources
     parent_pid: int = 0  # the process that started this one; its end ends this one (0: none)
 
     @classmethod
@@ -83,6 +95,10 @@ class PropletConfig:
                 r for r in environ.get("WASINN_INSECURE_REGISTRIES", "").split(",") if r
             ),
             parent_pid=int(environ.get("WASINN_PARENT_PID") or 0),
+            model_cache=Path(environ["WASINN_MODEL_CACHE"])
+            if environ.get("WASINN_MODEL_CACHE")
+            else None,
+            model_pvcs_dir=Path(environ.get("WASINN_MODEL_PVCS_DIR") or PVC_SOURCES_DIR),
         )
 
 
@@ -131,6 +147,7 @@ def run_task(
         return summary
     try:  # before anything else: a refused task fetches and runs nothing
         limits = check_task(config.policy, task.cli_args, task.env, task.args, task.timeout_seconds)
+        check_model_sources(config.policy, task.model_sources, "modelSources")
     except PolicyError as exc:
         summary.error, summary.reason = str(exc), FailureReason.POLICY_VIOLATION
         return summary
@@ -142,10 +159,22 @@ def run_task(
     except FetchError as exc:
         summary.error, summary.reason = f"fetching the module: {exc}", exc.reason
         return summary
+    try:
+        sources = prepare_sources(
+            task,
+            config.model_cache or config.cache_dir,
+            config.policy.max_model_bytes,
+            config.model_pvcs_dir,
+            registry_auth=config.registry_auth,
+            insecure_registries=config.insecure_registries,
+        )
+    except ModelFetchError as exc:
+        summary.error, summary.reason = f"fetching a model: {exc}", FailureReason.FETCH_FAILED
+        return summary
     summary.digest = sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
-        result = _run(engine, task, flags, wasm, config, outputs, runtime, limits)
+        result = _run(engine, task, flags, wasm, config, outputs, runtime, limits, sources)
     except TaskError as exc:
         summary.error, summary.reason = str(exc), exc.reason
         return summary
@@ -201,10 +230,11 @@ def _run(
     outputs: Outputs,
     runtime: Runtime | None,
     limits: Limits,
+    sources: dict[str, Path],
 ) -> RunResult:
     if engine == "embedded":
         runtime = runtime or new_runtime(config)
-        return run_embedded(runtime, task, flags, wasm, config.models_dir, outputs, limits)
+        return run_embedded(runtime, task, flags, wasm, config.models_dir, outputs, limits, sources)
     binary = config.external_runtime or shutil.which("wasmtime")
     if binary is None:
         raise TaskError(
@@ -212,7 +242,7 @@ def _run(
             FailureReason.ENGINE_ERROR,
         )
     return run_external(
-        binary, task, flags, wasm, config.models_dir, outputs, config.cache_dir, limits
+        binary, task, flags, wasm, config.models_dir, outputs, config.cache_dir, limits, sources
     )
 
 

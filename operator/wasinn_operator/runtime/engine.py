@@ -40,7 +40,7 @@ from .nn.host import MODULE as NN_MODULE
 from .nn.host import NNHost
 from .nn.models import NamedModel, scan_models_dir
 from .nn.openvino import DEFAULT_GRAPH_CACHE_BYTES, BackendConfig, OpenVINOBackend
-from .sealed import SealedDir, load_key
+from .sealed import KEY_FILE, SealedDir, load_key
 from .spec import (
     EXIT_HOST_ERROR,
     EXIT_TIMEOUT,
@@ -60,6 +60,8 @@ HOSTCALL_LIMIT = (
     "four wasi:nn interfaces"
 )
 NO_DEADLINE = 1 << 62
+# The sealed compiled-code caches under the cache directory; guests never see them.
+SEALED_DIRS = ("modules", "openvino")
 DEFAULT_MODULE_CACHE_BYTES = 1 << 30
 DEFAULT_MODEL_CACHE_BYTES = 2 << 30
 # What a run on behalf of a tenant gets when nobody asked for a limit (`RuntimeConfig.for_tenants`):
@@ -192,7 +194,11 @@ class Runtime:
             None
             if cache is None
             else SealedDir.open(
-                cache / "modules", key, "wasmtime module", ".cwasm", self.config.module_cache_bytes
+                cache / SEALED_DIRS[0],
+                key,
+                "wasmtime module",
+                ".cwasm",
+                self.config.module_cache_bytes,
             ),
             settings="epoch_interruption,memory_may_move=false",
         )
@@ -201,7 +207,7 @@ class Runtime:
                 blobs=None
                 if cache is None
                 else SealedDir.open(
-                    cache / "openvino",
+                    cache / SEALED_DIRS[1],
                     key,
                     "openvino model",
                     ".blob",
@@ -420,20 +426,28 @@ class Runtime:
         for mount in mounts:
             if not mount.host.is_dir():
                 raise ValueError(f"--dir: {str(mount.host)!r} is not a directory")
-            self._refuse_cache(mount.host)
+            self._refuse_cache(mount)
             wasi.preopen_dir(str(mount.host), mount.guest, fs_mutable=not mount.read_only)
         return wasi
 
-    def _refuse_cache(self, host: Path) -> None:
-        """Never preopen the compiled-code caches (or the key that seals them) to a guest."""
+    def _refuse_cache(self, mount: DirMount) -> None:
+        """Never preopen the compiled-code caches (or the key that seals them) to a guest, nor
+        anything in the cache writable. Read-only mounts of the rest (the fetched models under
+        `<cache>/models`) are fine: only the host writes them."""
         cache = self.config.cache_dir
         if cache is None:
             return
-        mount, root = host.resolve(), cache.resolve()
-        if mount == root or root in mount.parents:
+        host, root = mount.host.resolve(), cache.resolve()
+        inside = host == root or root in host.parents
+        if not inside:
+            return
+        sealed = [root / name for name in (*SEALED_DIRS, KEY_FILE)]
+        touches = any(host == p or p in host.parents or host in p.parents for p in sealed)
+        if touches or not mount.read_only:
             raise ValueError(
-                f"--dir: {str(host)!r} is inside the compiled-code cache {str(cache)!r}, which "
-                "guests may never reach"
+                f"--dir: {str(mount.host)!r} is inside the compiled-code cache {str(cache)!r}, "
+                "which guests may never reach"
+                + ("" if touches else " writable (fetched models there are mounted read-only)")
             )
 
     def _models(self, spec: RunSpec) -> dict[str, NamedModel]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..api.summary import EXIT_HOST_ERROR, EXIT_TIMEOUT, EXIT_TRAP, OUTPUT_LIMIT, FailureReason
 from ..api.task import sha256_digest
 from .nn.abi import ExecutionTarget
-from .nn.models import NamedModel
+from .nn.models import NamedModel, detect_encoding
 
 MODELS_GUEST_DIR = "/models"
 DEFAULT_OUTPUT_LIMIT = OUTPUT_LIMIT
@@ -74,6 +74,15 @@ class RunSpec:
     def digest(self) -> str:
         """`sha256:<hex>` of the module bytes."""
         return sha256_digest(self.wasm)
+
+    def add_model(self, name: str, directory: Path) -> None:
+        """A fetched model source: `directory` preopened read-only at /models/NAME (the guest
+        resolves paths there to this preopen, the longest matching one), and registered by
+        name when it holds model files (it wins over a models-directory model of that name)."""
+        self.dirs.append(DirMount(directory, f"{MODELS_GUEST_DIR}/{name}", read_only=True))
+        encoding = detect_encoding(directory)
+        if encoding is not None:
+            self.models.append(NamedModel(name=name, encoding=encoding, path=directory))
 
 
 @dataclass
