@@ -31,6 +31,7 @@ from .conftest import (
     SHIM_ID,
     TOPIC_PREFIX,
     Shim,
+    ShimBackend,
     mqtt_env,
 )
 
@@ -320,7 +321,11 @@ def test_the_task_name_is_the_export_called(
 
 
 def test_propeller_configuration_names(
-    make_shim: Callable[..., Shim], broker: Broker, manager: Manager, classify_b64: str
+    make_shim: Callable[..., Shim],
+    broker: Broker,
+    manager: Manager,
+    classify_b64: str,
+    backend: ShimBackend,
 ) -> None:
     # Propeller's proplet settings (proplet/src/config.rs); the proplet id is the entity id.
     entity = str(uuid.uuid4())
@@ -354,7 +359,8 @@ def test_propeller_configuration_names(
     assert isinstance(metrics, dict) and metrics["memory_metrics"]["rss_bytes"] > 0
     task_metrics = by_topic["control/proplet/task_metrics"]
     assert isinstance(task_metrics, dict) and task_metrics["task_id"] == task_id
-    assert [p["id"] for p in shim.http.get("/proplets").json()["proplets"]] == [entity]
+    if backend.name == "local":  # REST lists the shim itself as the proplet (kubernetes: nodes)
+        assert [p["id"] for p in shim.http.get("/proplets").json()["proplets"]] == [entity]
 
 
 def test_half_configured_mqtt_fails_at_start(tmp_path: Path) -> None:
@@ -366,3 +372,45 @@ def test_half_configured_mqtt_fails_at_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "missing channel_id/PROPLET_CHANNEL_ID, api_key/PROPLET_API_KEY" in done.stderr
+
+
+def test_latent_task_answers_invocations(
+    make_shim: Callable[..., Shim], broker: Broker, manager: Manager
+) -> None:
+    # proplet/src/service.rs handle_start_command (latent: stored, not run) and
+    # handle_invoke_command (InvokeResultMessage on control/proplet/invoke_results).
+    module = wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32)'
+        " (i32.add (local.get 0) (local.get 1))))"
+    )
+    answers = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/invoke_results")
+    shim = make_shim(**mqtt_env(broker))
+    task_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        manager.send(
+            "control/manager/start",
+            {"id": task_id, "name": "add", "inputs": ["1", "2"], "latent": True,
+             "file": base64.b64encode(module).decode(), "proplet_id": SHIM_ID},
+        )  # fmt: skip
+        shim.wait_state(task_id, (0,), timeout=60)  # stored, not run
+        invoke = {"proplet_id": SHIM_ID, "broadcast": False}
+        manager.send(
+            "control/manager/invoke",
+            {**invoke, "id": task_id, "invocation_id": "inv-1", "inputs": ["2", "40"]},
+        )
+        manager.send("control/manager/invoke", {**invoke, "id": other, "invocation_id": "inv-2"})
+        manager.send("control/manager/invoke", {**invoke, "id": task_id, "invocation_id": "inv-3"})
+        messages = answers.wait_for(3, timeout=120)
+    finally:
+        answers.close()
+    by_id = {p["invocation_id"]: p for _, p in messages if isinstance(p, dict)}
+    assert by_id["inv-1"] == {
+        "task_id": task_id, "invocation_id": "inv-1", "proplet_id": SHIM_ID,
+        "results": "42\n", "error": None,
+    }  # fmt: skip
+    assert by_id["inv-2"]["results"] == ""
+    assert by_id["inv-2"]["error"] == (
+        f"task {other} has not been precompiled; deploy it as a latent task first"
+    )
+    assert by_id["inv-3"]["results"] == "3\n"  # no inputs: the task's own
+    assert shim.task(task_id)["state"] == 0  # invocations do not run the task itself

@@ -7,9 +7,10 @@ produced while the broker is down (or lost in flight) is sent after it returns: 
 Proplet mode: `control/proplet/create` once (with metadata), `control/proplet/alive` every
 interval with an offline last will, `control/proplet/metrics` every metrics interval, tasks from
 `control/manager/start` (those addressed to this proplet) run as tasks whose id is the
-manager's, `control/manager/stop` ends them (Failed, published as their result); an
-`image_url` without a `file` is fetched over http(s) directly, or else with the registry chunk
-protocol. paho reconnects with backoff (1 s to 30 s).
+manager's, `control/manager/stop` ends them (Failed, published as their result); latent tasks
+wait for `control/manager/invoke` (see `invoke.py`); an `image_url` without a `file` is fetched
+over http(s) directly, or else with the registry chunk protocol. paho reconnects with backoff
+(1 s to 30 s).
 
 Threads: paho's network thread only parses and queues (it never touches the store: a store
 call there can block the acknowledgements other threads wait for); manager messages run on
@@ -24,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -31,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from ..api.propeller import StartMessage, StopMessage, TaskInput
+from ..api.propeller import InvokeMessage, StartMessage, StopMessage, TaskInput
 from ..mqtt import RESULTS_TOPIC, MQTTSettings, results_payload
 from . import httpfetch
 from .announce import (
@@ -45,12 +47,14 @@ from .announce import (
     task_metrics_message,
 )
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
+from .invoke import INVOKE_RESULTS_TOPIC, Invoker
 from .jsonbody import parse_json
 from .registry import CHUNKS_TOPIC, REQUEST_TOPIC, RegistryError, RegistryFetcher
 from .service import TaskService
 
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
+INVOKE_TOPIC = "control/manager/invoke"
 REGISTRY_TIMEOUT = 60.0
 log = logging.getLogger("wasinn.shim.mqtt")
 
@@ -65,12 +69,14 @@ class Bridge:
         *,
         proplet: bool = True,
         registry: CollectorRegistry | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.proplet = proplet
         self.namespace = settings.namespace
         self._sampler = ProcessSampler()
+        self.invoker = Invoker(service, models_dir)
         self.id = settings.instance_id
         self.fetcher = RegistryFetcher(
             lambda body: self._publish(REQUEST_TOPIC, body), service.artifacts.max_bytes
@@ -146,7 +152,7 @@ class Bridge:
         self._connected.set()
         self._up.set(1)
         if self.proplet:
-            for suffix in (START_TOPIC, STOP_TOPIC, CHUNKS_TOPIC):
+            for suffix in (START_TOPIC, STOP_TOPIC, INVOKE_TOPIC, CHUNKS_TOPIC):
                 client.subscribe(self.settings.topic(suffix), qos=self.settings.qos)
             if not self._announced:
                 self._announced = True
@@ -173,6 +179,8 @@ class Bridge:
             self._jobs.put(lambda: self._start(payload))
         elif message.topic == self.settings.topic(STOP_TOPIC):
             self._jobs.put(lambda: self._stop(payload))
+        elif message.topic == self.settings.topic(INVOKE_TOPIC):
+            self._jobs.put(lambda: self._invoke(payload))
 
     # Loops.
     def _outbox(self) -> None:
@@ -258,10 +266,29 @@ class Bridge:
 
     def _accept(self, message: StartMessage, wasm: bytes | None, error: str | None = None) -> None:
         body = _body(message)
+        latent = message.latent and error is None
         try:
-            self.service.accept(message.id, body, wasm, error)
+            self.service.accept(message.id, body, wasm, error, run=not latent)
         except ShimError as exc:
             self.service.accept(message.id, body, None, str(exc))
+            return
+        if latent:
+            self.invoker.deployed(message.id)
+
+    def _invoke(self, payload: Mapping[str, Any]) -> None:
+        try:
+            message = InvokeMessage.model_validate(payload)
+        except ValidationError as exc:
+            log.warning("ignoring an invalid invoke message: %s", exc)
+            return
+        if message.addressed_to(self.id):
+            # Its own thread: an invocation runs a module, which must not hold up a stop.
+            threading.Thread(target=self._answer, args=(message,), daemon=True).start()
+
+    def _answer(self, message: InvokeMessage) -> None:
+        answer = self.invoker.invoke(message, self.id)
+        if not self._publish(INVOKE_RESULTS_TOPIC, answer):
+            log.warning("invoke %s: the result was not acknowledged", message.id)
 
     def _stop(self, payload: Mapping[str, Any]) -> None:
         try:
@@ -271,6 +298,8 @@ class Bridge:
             return
         if not message.addressed_to(self.id):
             return
+        if self.invoker.forget(message.id):
+            return  # a latent task: no run to end (and, as in Propeller, no result)
         try:
             self.service.stop(message.id)
         except (NotFoundError, ConflictError) as exc:

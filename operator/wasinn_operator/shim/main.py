@@ -143,6 +143,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             service,
             proplet=config.proplet,
             registry=registry,
+            models_dir=config.models_dir,
         )
         service.checks.add("mqtt", bridge.problem)
 
