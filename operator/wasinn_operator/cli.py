@@ -65,8 +65,8 @@ Runs one task and reports it. Settings (environment):
   WASINN_POLICY                    the task policy, JSON (default: the strict one; see
                                    docs/security.md)
   PROPLET_EXTERNAL_WASM_RUNTIME    a wasmtime CLI to run tasks with (or EXTERNAL_WASM_RUNTIME)
-  PROPLET_MQTT_ADDRESS, PROPLET_DOMAIN_ID, PROPLET_CHANNEL_ID, PROPLET_CLIENT_ID,
-  PROPLET_CLIENT_KEY, PROPLET_INSTANCE_ID   publish the result to Propeller over MQTT
+  PROPLET_MQTT_ADDRESS, PROPLET_TENANT_ID, PROPLET_CHANNEL_ID, PROPLET_ENTITY_ID,
+  PROPLET_API_KEY (or config.toml's [proplet])   publish the result to Propeller over MQTT
 Exit code: 0 on success, else the guest's non-zero code or 1.
 """
 

@@ -1,8 +1,10 @@
 """Propeller's MQTT conventions: settings, topics, and a publisher that retries.
 
-Settings come from `PROPLET_*` environment variables, with `config.toml`'s `[proplet]` section
-(domain_id, channel_id, client_id, client_key) as the fallback Propeller uses. Every topic is
-under `m/{domain_id}/c/{channel_id}/`; the username is the client id and the password its key.
+Settings come from `PROPLET_*` environment variables, with the `[proplet]` section of
+`config.toml` (`PROPLET_CONFIG_FILE`, `PROPLET_CONFIG_SECTION`) as the fallback, as Propeller's
+proplet reads them: tenant_id, channel_id, entity_id, api_key; the older names domain_id,
+client_id and client_key are read too. Every topic is under `m/{tenant_id}/c/{channel_id}/`; the
+username is the entity id and the password its API key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 RESULTS_TOPIC = "control/proplet/results"
+# (Propeller's name, the older name) of each setting, as environment variable suffixes and keys.
+NAMES = {
+    "tenant_id": ("tenant_id", "domain_id"),
+    "channel_id": ("channel_id",),
+    "entity_id": ("entity_id", "client_id"),
+    "api_key": ("api_key", "client_key"),
+}
 
 
 class MQTTError(Exception):
@@ -42,6 +51,8 @@ class MQTTSettings:
     timeout: float = 30.0
     instance_id: str = ""
     liveliness_interval: float = 10.0
+    metrics_interval: float = 10.0
+    namespace: str = "default"
 
     def topic(self, suffix: str) -> str:
         """`m/{domain}/c/{channel}/{suffix}`."""
@@ -51,23 +62,37 @@ class MQTTSettings:
     def from_env(
         cls, environ: Mapping[str, str], config_file: Path | None = Path("config.toml")
     ) -> MQTTSettings | None:
-        """Settings if the environment (or config.toml) names a broker channel, else None."""
-        section: dict[str, Any] = {}
-        if config_file is not None and config_file.is_file():
-            try:
-                section = tomllib.loads(config_file.read_text()).get("proplet", {})
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise MQTTError(f"{config_file}: {exc}") from None
+        """Settings if the environment (or config.toml) names a broker channel, else None.
 
-        def get(name: str, default: str = "") -> str:
-            return environ.get(f"PROPLET_{name.upper()}") or str(section.get(name, default))
+        A half configuration is an error naming what is missing: a tenant or channel without
+        the other, an address or credentials without both, an entity id without its key (or the
+        reverse). `config_file` is the default; `PROPLET_CONFIG_FILE` overrides it.
+        """
+        section = _config_section(environ, config_file)
 
-        domain, channel = get("domain_id"), get("channel_id")
-        if not (domain and channel):
-            if environ.get("PROPLET_MQTT_ADDRESS"):
-                raise MQTTError("PROPLET_MQTT_ADDRESS is set but PROPLET_DOMAIN_ID or "
-                                "PROPLET_CHANNEL_ID is missing")  # fmt: skip
+        def get(name: str) -> str:
+            for alias in NAMES[name]:
+                value = environ.get(f"PROPLET_{alias.upper()}") or section.get(alias)
+                if value:
+                    return str(value)
+            return ""
+
+        found = {name: get(name) for name in NAMES}
+        given = [f"PROPLET_{n.upper()}" for n, v in found.items() if v] + (
+            ["PROPLET_MQTT_ADDRESS"] if environ.get("PROPLET_MQTT_ADDRESS") else []
+        )
+        if not given:
             return None
+        required = ["tenant_id", "channel_id"]
+        if found["entity_id"] or found["api_key"]:
+            required += ["entity_id", "api_key"]  # credentials come in pairs
+        missing = [n for n in required if not found[n]]
+        if missing:
+            names = ", ".join(f"{n}/PROPLET_{n.upper()}" for n in missing)
+            raise MQTTError(
+                f"MQTT is half configured ({', '.join(given)} given): missing {names} "
+                f"(PROPLET_* variables or the [proplet] section of config.toml)"
+            )
         address = urlparse(environ.get("PROPLET_MQTT_ADDRESS") or "tcp://localhost:1883")
         if address.scheme not in ("tcp", "mqtt") or not address.hostname:
             raise MQTTError(f"PROPLET_MQTT_ADDRESS {address.geturl()!r} is not tcp://HOST:PORT")
@@ -75,22 +100,50 @@ class MQTTSettings:
             qos = int(environ.get("PROPLET_MQTT_QOS", "2"))
             timeout = _seconds(environ.get("PROPLET_MQTT_TIMEOUT", "30s"))
             interval = _seconds(environ.get("PROPLET_LIVELINESS_INTERVAL", "10s"))
+            metrics = _seconds(environ.get("PROPLET_METRICS_INTERVAL", "10"))
         except ValueError as exc:
             raise MQTTError(f"PROPLET_* setting: {exc}") from None
         if qos not in (0, 1, 2):
             raise MQTTError(f"PROPLET_MQTT_QOS {qos} is not 0, 1 or 2")
+        namespace = (
+            environ.get("PROPLET_MANAGER_K8S_NAMESPACE")
+            or environ.get("PROPLET_NAMESPACE")
+            or "default"
+        )
         return cls(
             host=address.hostname,
             port=address.port or 1883,
-            domain_id=domain,
-            channel_id=channel,
-            client_id=get("client_id"),
-            client_key=get("client_key"),
+            domain_id=found["tenant_id"],
+            channel_id=found["channel_id"],
+            client_id=found["entity_id"],
+            client_key=found["api_key"],
             qos=qos,
             timeout=timeout,
-            instance_id=environ.get("PROPLET_INSTANCE_ID") or f"wasinn-{uuid.uuid4()}",
+            # The proplet id a manager knows: the entity id (a UUID), unless overridden.
+            instance_id=environ.get("PROPLET_INSTANCE_ID")
+            or found["entity_id"]
+            or str(uuid.uuid4()),
             liveliness_interval=interval,
+            metrics_interval=metrics,
+            namespace=namespace,
         )
+
+
+def _config_section(environ: Mapping[str, str], default: Path | None) -> dict[str, Any]:
+    """The `[proplet]` section (or `PROPLET_CONFIG_SECTION`) of the config file, if any."""
+    named = environ.get("PROPLET_CONFIG_FILE")
+    path = Path(named) if named else default
+    if path is None or not (path.is_file() or named):
+        return {}
+    name = environ.get("PROPLET_CONFIG_SECTION") or "proplet"
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise MQTTError(f"PROPLET_CONFIG_FILE {path}: {exc}") from None
+    section = document.get(name, {})
+    if not isinstance(section, dict):
+        raise MQTTError(f"{path}: [{name}] is not a table")
+    return section
 
 
 def _seconds(text: str) -> float:
@@ -112,7 +165,10 @@ def _set_on_connect(event: threading.Event) -> Any:
 def results_payload(
     task_id: str, proplet_id: str, results: object, error: str | None
 ) -> dict[str, Any]:
-    """Propeller's `control/proplet/results` message."""
+    """Propeller's `control/proplet/results` message: `results` is a string, `""` when there
+    are none (a failed run), as the Rust proplet sends it."""
+    if results is None:
+        results = ""
     return {"task_id": task_id, "proplet_id": proplet_id, "results": results, "error": error}
 
 

@@ -65,3 +65,24 @@ def test_unreachable_broker_does_not_fail_the_task(
     assert "MQTT: publishing to 127.0.0.1" in stderr
     assert "failed after 5 attempts" in stderr
     assert json.loads((tmp_path / "term").read_text())["state"] == "Completed"
+
+
+def test_propeller_names_and_entity_id(
+    broker: Broker, guest_path: Callable[[str], Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # Propeller's proplet settings (proplet/src/config.rs): the entity id is the proplet id.
+    subscriber = Subscriber(broker.port, "m/ten/c/chan/control/proplet/results")
+    entity = "7d1c8d2e-0000-4000-8000-0000000000e1"
+    try:
+        task = {"wasm": {"path": str(guest_path("classify-c"))},
+                "args": ["/models/efficientnet-lite0/tensors/coffee.rgb.f32"]}  # fmt: skip
+        run_proplet(
+            task, models_dir, tmp_path, PROPLET_MQTT_ADDRESS=f"tcp://127.0.0.1:{broker.port}",
+            PROPLET_DOMAIN_ID="", PROPLET_CLIENT_ID="", PROPLET_CLIENT_KEY="",
+            PROPLET_INSTANCE_ID="", PROPLET_TENANT_ID="ten", PROPLET_ENTITY_ID=entity,
+            PROPLET_API_KEY="secret",
+        )  # fmt: skip
+        [(_, payload)] = subscriber.wait_for(1)
+    finally:
+        subscriber.close()
+    assert isinstance(payload, dict) and payload["proplet_id"] == entity

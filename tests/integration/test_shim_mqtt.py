@@ -5,15 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wasinn_operator.api.lifecycle import STOPPED_ERROR
@@ -26,6 +31,7 @@ from .conftest import (
     SHIM_ID,
     TOPIC_PREFIX,
     Shim,
+    ShimBackend,
     mqtt_env,
 )
 
@@ -97,8 +103,13 @@ def test_manager_start_runs_a_task_and_publishes(
     try:
         announced = control.wait_for(2, timeout=30)
         bodies = [p for _, p in announced]
-        assert {"proplet_id": SHIM_ID, "namespace": ""} in bodies
-        assert {"status": "alive", "proplet_id": SHIM_ID, "namespace": ""} in bodies
+        # proplet/src/service.rs publish_discovery / publish_liveliness: the namespace
+        # defaults to "default"; the discovery carries the proplet's metadata.
+        created = next(p for t, p in announced if t.endswith("/control/proplet/create"))
+        assert isinstance(created, dict)
+        assert created["proplet_id"] == SHIM_ID and created["namespace"] == "default"
+        assert created["metadata"]["os"] and created["metadata"]["wasm_runtime"]
+        assert {"status": "alive", "proplet_id": SHIM_ID, "namespace": "default"} in bodies
         other, mine = str(uuid.uuid4()), str(uuid.uuid4())
         task = {
             "name": "classify",
@@ -209,3 +220,197 @@ def test_bad_start_message_fails_the_task_visibly(
         results.close()
     assert "WebAssembly" in payload["error"]
     assert shim.task(task_id)["state"] == 4
+
+
+class _ModuleServer:
+    """Serves one module over http on 127.0.0.1, as an `image_url` would point to."""
+
+    def __init__(self, module: bytes) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = module if self.path == "/m.wasm" else b""
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def test_http_image_url_is_fetched_directly(
+    make_shim: Callable[..., Shim],
+    broker: Broker,
+    manager: Manager,
+    guest_path: Callable[[str], Path],
+) -> None:
+    wasm = guest_path("classify-c").read_bytes()
+    server = _ModuleServer(wasm)
+    results = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/results")
+    shim = make_shim(**mqtt_env(broker), WASINN_SHIM_FETCH_PRIVATE="1")
+    try:
+        good, missing = str(uuid.uuid4()), str(uuid.uuid4())
+        task = {"name": "classify", "inputs": CHELSEA}
+        manager.send(
+            "control/manager/start", {**task, "id": good, "image_url": f"{server.url}/m.wasm"}
+        )
+        manager.send(
+            "control/manager/start", {**task, "id": missing, "image_url": f"{server.url}/no"}
+        )
+        assert "tiger cat" in result_for(results, good)["results"]
+        failed = result_for(results, missing)
+    finally:
+        results.close()
+        server.close()
+    assert base64.b64decode(shim.task(good)["file"]) == wasm
+    assert failed["results"] == ""  # a string, as Propeller's Go and Rust types want
+    assert "fetching image_url: GET" in failed["error"] and "HTTP 404" in failed["error"]
+
+
+def test_http_image_url_on_an_internal_address_is_refused(
+    make_shim: Callable[..., Shim], broker: Broker, manager: Manager
+) -> None:
+    results = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/results")
+    make_shim(**mqtt_env(broker))
+    try:
+        task_id = str(uuid.uuid4())
+        manager.send(
+            "control/manager/start",
+            {"id": task_id, "name": "x", "image_url": "http://127.0.0.1:9/m.wasm"},
+        )
+        payload = result_for(results, task_id)
+    finally:
+        results.close()
+    assert "an internal address: refused" in payload["error"]
+
+
+def test_the_task_name_is_the_export_called(
+    make_shim: Callable[..., Shim], broker: Broker, manager: Manager
+) -> None:
+    # Propeller's runtimes call the export named after the task, with the inputs as its
+    # arguments (proplet/src/runtime/wasmtime_runtime.rs), and fall back to _start.
+    module = wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32)'
+        " (i32.add (local.get 0) (local.get 1)))"
+        ' (func (export "_start")))'
+    )
+    results = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/results")
+    make_shim(**mqtt_env(broker))
+    try:
+        task_id = str(uuid.uuid4())
+        manager.send(
+            "control/manager/start",
+            {"id": task_id, "name": "add", "inputs": ["2", "40"],
+             "file": base64.b64encode(module).decode()},
+        )  # fmt: skip
+        payload = result_for(results, task_id)
+    finally:
+        results.close()
+    assert payload["error"] is None, payload
+    assert payload["results"] == "42\n"
+
+
+def test_propeller_configuration_names(
+    make_shim: Callable[..., Shim],
+    broker: Broker,
+    manager: Manager,
+    classify_b64: str,
+    backend: ShimBackend,
+) -> None:
+    # Propeller's proplet settings (proplet/src/config.rs); the proplet id is the entity id.
+    entity = str(uuid.uuid4())
+    env = {
+        "PROPLET_MQTT_ADDRESS": f"tcp://127.0.0.1:{broker.port}",
+        "PROPLET_TENANT_ID": "dom", "PROPLET_CHANNEL_ID": "chan",
+        "PROPLET_ENTITY_ID": entity, "PROPLET_API_KEY": "secret",
+        "PROPLET_MANAGER_K8S_NAMESPACE": "edge", "PROPLET_METRICS_INTERVAL": "1",
+    }  # fmt: skip
+    control = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/#")
+    shim = make_shim(**env)
+    try:
+        task_id = str(uuid.uuid4())
+        manager.send(
+            "control/manager/start",
+            {"id": task_id, "name": "classify", "inputs": CHELSEA, "file": classify_b64,
+             "proplet_id": entity},
+        )  # fmt: skip
+        payload = result_for(control, task_id)
+        topics = {t.removeprefix(TOPIC_PREFIX) for t, _ in control.wait_for(1)}
+        while not {"control/proplet/metrics", "control/proplet/task_metrics"} <= topics:
+            messages = control.wait_for(len(control.messages) + 1, timeout=60)
+            topics = {t.removeprefix(TOPIC_PREFIX) for t, _ in messages}
+        by_topic = {t.removeprefix(TOPIC_PREFIX): p for t, p in control.messages}
+    finally:
+        control.close()
+    assert payload["proplet_id"] == entity and "tiger cat" in payload["results"]
+    assert by_topic["control/proplet/create"]["proplet_id"] == entity  # type: ignore[index]
+    assert by_topic["control/proplet/alive"]["namespace"] == "edge"  # type: ignore[index]
+    metrics = by_topic["control/proplet/metrics"]
+    assert isinstance(metrics, dict) and metrics["memory_metrics"]["rss_bytes"] > 0
+    task_metrics = by_topic["control/proplet/task_metrics"]
+    assert isinstance(task_metrics, dict) and task_metrics["task_id"] == task_id
+    if backend.name == "local":  # REST lists the shim itself as the proplet (kubernetes: nodes)
+        assert [p["id"] for p in shim.http.get("/proplets").json()["proplets"]] == [entity]
+
+
+def test_half_configured_mqtt_fails_at_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROPLET_")}
+    env |= {"PROPLET_TENANT_ID": "dom", "PROPLET_ENTITY_ID": str(uuid.uuid4())}
+    done = subprocess.run(
+        [sys.executable, "-m", "wasinn_operator.cli", "shim", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "missing channel_id/PROPLET_CHANNEL_ID, api_key/PROPLET_API_KEY" in done.stderr
+
+
+def test_latent_task_answers_invocations(
+    make_shim: Callable[..., Shim], broker: Broker, manager: Manager
+) -> None:
+    # proplet/src/service.rs handle_start_command (latent: stored, not run) and
+    # handle_invoke_command (InvokeResultMessage on control/proplet/invoke_results).
+    module = wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32)'
+        " (i32.add (local.get 0) (local.get 1))))"
+    )
+    answers = Subscriber(broker.port, TOPIC_PREFIX + "control/proplet/invoke_results")
+    shim = make_shim(**mqtt_env(broker))
+    task_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        manager.send(
+            "control/manager/start",
+            {"id": task_id, "name": "add", "inputs": ["1", "2"], "latent": True,
+             "file": base64.b64encode(module).decode(), "proplet_id": SHIM_ID},
+        )  # fmt: skip
+        shim.wait_state(task_id, (0,), timeout=60)  # stored, not run
+        invoke = {"proplet_id": SHIM_ID, "broadcast": False}
+        manager.send(
+            "control/manager/invoke",
+            {**invoke, "id": task_id, "invocation_id": "inv-1", "inputs": ["2", "40"]},
+        )
+        manager.send("control/manager/invoke", {**invoke, "id": other, "invocation_id": "inv-2"})
+        manager.send("control/manager/invoke", {**invoke, "id": task_id, "invocation_id": "inv-3"})
+        messages = answers.wait_for(3, timeout=120)
+    finally:
+        answers.close()
+    by_id = {p["invocation_id"]: p for _, p in messages if isinstance(p, dict)}
+    assert by_id["inv-1"] == {
+        "task_id": task_id, "invocation_id": "inv-1", "proplet_id": SHIM_ID,
+        "results": "42\n", "error": None,
+    }  # fmt: skip
+    assert by_id["inv-2"]["results"] == ""
+    assert by_id["inv-2"]["error"] == (
+        f"task {other} has not been precompiled; deploy it as a latent task first"
+    )
+    assert by_id["inv-3"]["results"] == "3\n"  # no inputs: the task's own
+    assert shim.task(task_id)["state"] == 0  # invocations do not run the task itself

@@ -490,8 +490,9 @@ def test_mqtt_with_the_bundled_broker() -> None:
     objects = render(CHART / "ci" / "mqtt-values.yaml")
     shim_env = env(find(objects, "Deployment", f"{RELEASE}-shim"))
     assert shim_env["PROPLET_MQTT_ADDRESS"] == f"tcp://{RELEASE}-mosquitto.{NAMESPACE}.svc:1883"
-    assert shim_env["PROPLET_DOMAIN_ID"] == "d0c2a3f1-0000-4000-8000-000000000001"
-    assert shim_env["PROPLET_CLIENT_KEY"] == {
+    # Propeller's proplet names (proplet/src/config.rs).
+    assert shim_env["PROPLET_TENANT_ID"] == "d0c2a3f1-0000-4000-8000-000000000001"
+    assert shim_env["PROPLET_API_KEY"] == {
         "secretKeyRef": {"name": f"{RELEASE}-mqtt", "key": "client-key"}
     }
     mosquitto = find(objects, "Deployment", f"{RELEASE}-mosquitto")
@@ -507,7 +508,7 @@ def test_mqtt_with_an_existing_secret_and_results_only() -> None:
     objects = render(CHART / "ci" / "mqtt-existing-secret-values.yaml")
     assert not [o for o in objects if o["metadata"]["name"].endswith("-mosquitto")]
     shim = find(objects, "Deployment", f"{RELEASE}-shim")
-    assert env(shim)["PROPLET_CLIENT_ID"] == {
+    assert env(shim)["PROPLET_ENTITY_ID"] == {
         "secretKeyRef": {"name": "supermq-credentials", "key": "id"}
     }
     assert "--no-proplet" in container(shim)["args"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -105,12 +106,48 @@ def test_mqtt_settings_from_env_and_config(tmp_path: Path) -> None:
     assert (settings.client_id, settings.client_key) == ("u", "k")
     assert settings.liveliness_interval == 0.5
     assert settings.topic("control/proplet/results") == "m/d/c/c/control/proplet/results"
+    # The old client id is the entity id, and so the proplet id; the namespace as Propeller's
+    # proplet defaults it.
+    assert settings.instance_id == "u" and settings.namespace == "default"
+    anonymous = MQTTSettings.from_env({"PROPLET_TENANT_ID": "t", "PROPLET_CHANNEL_ID": "c"}, None)
+    assert anonymous is not None and uuid.UUID(anonymous.instance_id)  # no entity: a random UUID
+
+
+def test_mqtt_settings_propeller_names(tmp_path: Path) -> None:
+    # Propeller's proplet (proplet/src/config.rs): PROPLET_TENANT_ID, _CHANNEL_ID, _ENTITY_ID,
+    # _API_KEY, or the same keys in the [proplet] section of PROPLET_CONFIG_FILE (config.toml).
+    entity = str(uuid.uuid4())
+    env = {"PROPLET_TENANT_ID": "t", "PROPLET_CHANNEL_ID": "c", "PROPLET_ENTITY_ID": entity,
+           "PROPLET_API_KEY": "k", "PROPLET_MANAGER_K8S_NAMESPACE": "edge",
+           "PROPLET_METRICS_INTERVAL": "5"}  # fmt: skip
+    settings = MQTTSettings.from_env(env, None)
+    assert settings is not None
+    assert (settings.domain_id, settings.client_id, settings.client_key) == ("t", entity, "k")
+    assert settings.instance_id == entity  # the proplet id is the entity id
+    assert (settings.namespace, settings.metrics_interval) == ("edge", 5.0)
+    config = tmp_path / "proplet.toml"
+    config.write_text(
+        f'[edge]\ntenant_id = "t2"\nchannel_id = "c2"\nentity_id = "{entity}"\napi_key = "k2"\n'
+    )
+    settings = MQTTSettings.from_env(
+        {"PROPLET_CONFIG_FILE": str(config), "PROPLET_CONFIG_SECTION": "edge"}, None
+    )
+    assert settings is not None
+    assert settings.topic("x") == "m/t2/c/c2/x"
+    assert (settings.client_id, settings.client_key) == (entity, "k2")
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PROPLET_MQTT_ADDRESS": "tcp://h:1"}, "PROPLET_DOMAIN_ID or PROPLET_CHANNEL_ID"),
+        ({"PROPLET_MQTT_ADDRESS": "tcp://h:1"},
+         "missing tenant_id/PROPLET_TENANT_ID, channel_id/PROPLET_CHANNEL_ID"),
+        ({"PROPLET_TENANT_ID": "t", "PROPLET_ENTITY_ID": "e"},
+         r"\(PROPLET_TENANT_ID, PROPLET_ENTITY_ID given\): missing "
+         "channel_id/PROPLET_CHANNEL_ID, api_key/PROPLET_API_KEY"),
+        ({"PROPLET_DOMAIN_ID": "d", "PROPLET_CHANNEL_ID": "c", "PROPLET_CLIENT_KEY": "k"},
+         "missing entity_id/PROPLET_ENTITY_ID"),
+        ({"PROPLET_CONFIG_FILE": "/nonexistent/config.toml"}, "PROPLET_CONFIG_FILE"),
         ({"PROPLET_DOMAIN_ID": "d", "PROPLET_CHANNEL_ID": "c", "PROPLET_MQTT_ADDRESS": "h:1"},
          "is not tcp://HOST:PORT"),
         ({"PROPLET_DOMAIN_ID": "d", "PROPLET_CHANNEL_ID": "c", "PROPLET_MQTT_QOS": "3"},

@@ -1,6 +1,15 @@
 """Data models shared by the proplet, the operator and the shim."""
 
-from .crd import GROUP, KIND, PLURAL, PROPELLER_ID_LABEL, VERSION, ModelsVolume, WasiNNTaskSpec
+from .crd import (
+    GROUP,
+    KIND,
+    PLURAL,
+    PROPELLER_ID_LABEL,
+    PROPELLER_NAME_ANNOTATION,
+    VERSION,
+    ModelsVolume,
+    WasiNNTaskSpec,
+)
 from .lifecycle import Event, Refusal, TaskPhase, transition
 from .propeller import Task, TaskInput, from_task_spec, to_task_spec, wasm_source
 from .summary import RunSummary
@@ -12,6 +21,7 @@ __all__ = [
     "KIND",
     "PLURAL",
     "PROPELLER_ID_LABEL",
+    "PROPELLER_NAME_ANNOTATION",
     "VERSION",
     "Event",
     "ModelsVolume",

@@ -23,6 +23,8 @@ KIND = "WasiNNTask"
 SHORT_NAMES = ("wnt",)
 CATEGORIES = ("wasinn",)
 PROPELLER_ID_LABEL = "wasinn.dev/propeller-id"
+# The Propeller task name of a task the shim wrote (its object is named after the task id).
+PROPELLER_NAME_ANNOTATION = "wasinn.dev/propeller-name"
 DESCRIPTION = (
     "A WebAssembly inference task (wasi-nn) run as a Pod on an OpenVINO-capable node, with the"
     " models volume mounted read-only."

@@ -259,7 +259,19 @@ class _Addressed(BaseModel):
 
 
 class StartMessage(TaskInput, _Addressed):
-    """`control/manager/start`: a Task, addressed."""
+    """`control/manager/start`: a Task, addressed; a latent one waits for invocations."""
+
+    latent: StrictBool = False
+
+
+class InvokeMessage(_Addressed):
+    """`control/manager/invoke`: run latent task `id` once, with these inputs (none: its own)
+    and env (added to its own); answered on `control/proplet/invoke_results`."""
+
+    model_config = ConfigDict(extra="ignore")
+    invocation_id: str = ""
+    inputs: list[Input] | None = None
+    env: Env | None = None
 
 
 class StopMessage(_Addressed):

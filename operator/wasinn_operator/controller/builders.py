@@ -11,7 +11,15 @@ import hashlib
 import json
 from typing import Any
 
-from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec, WasmSource
+from ..api import (
+    GROUP,
+    KIND,
+    PROPELLER_ID_LABEL,
+    PROPELLER_NAME_ANNOTATION,
+    VERSION,
+    WasiNNTaskSpec,
+    WasmSource,
+)
 from ..api.modelsource import PVC_SOURCES_DIR
 from ..api.policy import POLICY_ENV, TaskPolicy
 
@@ -86,7 +94,8 @@ def proplet_task(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any]:
     meta = task["metadata"]
     return {
         "id": (meta.get("labels") or {}).get(PROPELLER_ID_LABEL) or meta["uid"],
-        "name": meta["name"],
+        # Propeller's name where the shim wrote one: runtimes call the export named after it.
+        "name": (meta.get("annotations") or {}).get(PROPELLER_NAME_ANNOTATION) or meta["name"],
         "wasm": wasm,
         "cliArgs": spec.cli_args,
         "args": spec.args,

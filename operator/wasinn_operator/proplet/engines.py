@@ -91,6 +91,7 @@ def run_embedded(
         raise TaskError(f"cliArgs: {exc}") from None
     spec = parsed.to_spec(wasm, program_name=f"{task.id or 'task'}.wasm")
     spec.args = list(task.args)
+    spec.export = task.name or None
     spec.env.update(task.env)
     spec.models_dir = models_dir
     for name, directory in (sources or {}).items():

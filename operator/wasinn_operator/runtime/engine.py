@@ -472,22 +472,33 @@ class Runtime:
         spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance, out: _Capture
     ) -> None:
         exports = instance.exports(store)
-        if spec.invoke is None:
-            start = exports.get("_start")
-            if not isinstance(start, wasmtime.Func):
-                raise ValueError("the module exports no _start function (use --invoke NAME)")
-            start(store)
-            return
+        name = spec.invoke
+        # Propeller's runtimes call the export named after the task when there is one.
+        if (
+            name is None
+            and spec.export not in (None, "", "_start")
+            and isinstance(exports.get(spec.export or ""), wasmtime.Func)
+        ):
+            name = spec.export
+        if name is None:
+            for entry in ("_start", "main", "run"):  # Propeller's fallbacks, command first
+                start = exports.get(entry)
+                if isinstance(start, wasmtime.Func) and (
+                    entry == "_start" or not start.type(store).params
+                ):
+                    start(store)
+                    return
+            raise ValueError("the module exports no _start function (use --invoke NAME)")
         init = exports.get("_initialize")
         if isinstance(init, wasmtime.Func):
             init(store)
-        func = exports.get(spec.invoke)
+        func = exports.get(name)
         if not isinstance(func, wasmtime.Func):
-            raise ValueError(f"--invoke: the module exports no function {spec.invoke!r}")
+            raise ValueError(f"--invoke: the module exports no function {name!r}")
         params = func.type(store).params
         if len(params) != len(spec.args):
             raise ValueError(
-                f"--invoke {spec.invoke}: takes {len(params)} argument(s), got {len(spec.args)}"
+                f"--invoke {name}: takes {len(params)} argument(s), got {len(spec.args)}"
             )
         values = [_parse_value(ty, arg) for ty, arg in zip(params, spec.args, strict=True)]
         returned = func(store, *values)

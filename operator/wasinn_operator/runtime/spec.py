@@ -59,6 +59,9 @@ class RunSpec:
     nn: bool | None = None
     nn_target: ExecutionTarget = ExecutionTarget.CPU
     invoke: str | None = None
+    # Without `invoke`: the export to call when the module has one (Propeller calls the
+    # export named after the task), else the module runs as a command.
+    export: str | None = None
     program_name: str = "main.wasm"
     timeout: float | None = None
     max_memory: int | None = None

@@ -4,10 +4,17 @@ Outbox: a finished run is recorded in the task store as unpublished; this loop p
 `control/proplet/results` and marks it only after the broker's PUBACK/PUBCOMP, so a result
 produced while the broker is down (or lost in flight) is sent after it returns: at least once.
 
-Proplet mode: `control/proplet/create` once, `control/proplet/alive` every interval with an
-offline last will, tasks from `control/manager/start` (those addressed to this proplet) run as
-tasks whose id is the manager's, `control/manager/stop` ends them; an `image_url` without a
-`file` is fetched with the registry chunk protocol. paho reconnects with backoff (1 s to 30 s).
+Proplet mode: `control/proplet/create` once (with metadata), `control/proplet/alive` every
+interval with an offline last will, `control/proplet/metrics` every metrics interval, tasks from
+`control/manager/start` (those addressed to this proplet) run as tasks whose id is the
+manager's, `control/manager/stop` ends them (Failed, published as their result); latent tasks
+wait for `control/manager/invoke` (see `invoke.py`); an `image_url` without a `file` is fetched
+over http(s) directly, or else with the registry chunk protocol. paho reconnects with backoff
+(1 s to 30 s).
+
+Threads: paho's network thread only parses and queues (it never touches the store: a store
+call there can block the acknowledgements other threads wait for); manager messages run on
+the manager thread, results and task metrics go out on the outbox thread.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -25,17 +33,28 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from ..api.propeller import StartMessage, StopMessage, TaskInput
+from ..api.propeller import InvokeMessage, StartMessage, StopMessage, TaskInput
 from ..mqtt import RESULTS_TOPIC, MQTTSettings, results_payload
+from . import httpfetch
+from .announce import (
+    ALIVE_TOPIC,
+    CREATE_TOPIC,
+    METRICS_TOPIC,
+    TASK_METRICS_TOPIC,
+    ProcessSampler,
+    alive_message,
+    create_message,
+    task_metrics_message,
+)
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
+from .invoke import INVOKE_RESULTS_TOPIC, Invoker
 from .jsonbody import parse_json
 from .registry import CHUNKS_TOPIC, REQUEST_TOPIC, RegistryError, RegistryFetcher
 from .service import TaskService
 
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
-CREATE_TOPIC = "control/proplet/create"
-ALIVE_TOPIC = "control/proplet/alive"
+INVOKE_TOPIC = "control/manager/invoke"
 REGISTRY_TIMEOUT = 60.0
 log = logging.getLogger("wasinn.shim.mqtt")
 
@@ -49,13 +68,15 @@ class Bridge:
         service: TaskService,
         *,
         proplet: bool = True,
-        namespace: str = "",
         registry: CollectorRegistry | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.proplet = proplet
-        self.namespace = namespace
+        self.namespace = settings.namespace
+        self._sampler = ProcessSampler()
+        self.invoker = Invoker(service, models_dir)
         self.id = settings.instance_id
         self.fetcher = RegistryFetcher(
             lambda body: self._publish(REQUEST_TOPIC, body), service.artifacts.max_bytes
@@ -75,6 +96,7 @@ class Bridge:
         if proplet:
             self._threads += [
                 threading.Thread(target=self._heartbeat, name="wasinn-alive", daemon=True),
+                threading.Thread(target=self._metrics, name="wasinn-metrics", daemon=True),
                 threading.Thread(target=self._run_jobs, name="wasinn-manager", daemon=True),
             ]
 
@@ -83,7 +105,7 @@ class Bridge:
         if self.settings.client_id:
             client.username_pw_set(self.settings.client_id, self.settings.client_key)
         if self.proplet:
-            will = {"status": "offline", "proplet_id": self.id}
+            will = {"status": "offline", "proplet_id": self.id, "namespace": self.namespace}
             client.will_set(self.settings.topic(ALIVE_TOPIC), json.dumps(will), self.settings.qos)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
@@ -130,11 +152,11 @@ class Bridge:
         self._connected.set()
         self._up.set(1)
         if self.proplet:
-            for suffix in (START_TOPIC, STOP_TOPIC, CHUNKS_TOPIC):
+            for suffix in (START_TOPIC, STOP_TOPIC, INVOKE_TOPIC, CHUNKS_TOPIC):
                 client.subscribe(self.settings.topic(suffix), qos=self.settings.qos)
             if not self._announced:
                 self._announced = True
-                self._send(CREATE_TOPIC, {"proplet_id": self.id, "namespace": self.namespace})
+                self._send(CREATE_TOPIC, create_message(self.id, self.namespace))
             self._send(ALIVE_TOPIC, self._alive())
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, code: Any, _p: object) -> None:
@@ -157,6 +179,8 @@ class Bridge:
             self._jobs.put(lambda: self._start(payload))
         elif message.topic == self.settings.topic(STOP_TOPIC):
             self._jobs.put(lambda: self._stop(payload))
+        elif message.topic == self.settings.topic(INVOKE_TOPIC):
+            self._jobs.put(lambda: self._invoke(payload))
 
     # Loops.
     def _outbox(self) -> None:
@@ -183,12 +207,22 @@ class Bridge:
             store.mark_published(record.id, record.run)
             self._published.inc()
             sent += 1
+            if self.proplet:
+                metrics = task_metrics_message(
+                    record.id, self.id, record.start_time, record.finish_time
+                )
+                self._send(TASK_METRICS_TOPIC, metrics)
         return sent
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self.settings.liveliness_interval):
             if self._connected.is_set():
                 self._send(ALIVE_TOPIC, self._alive())
+
+    def _metrics(self) -> None:
+        while not self._stopping.wait(self.settings.metrics_interval):
+            if self._connected.is_set():
+                self._send(METRICS_TOPIC, self._sampler.metrics_message(self.id, self.namespace))
 
     def _run_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -215,9 +249,16 @@ class Bridge:
         self._accept(message, message.wasm_bytes())
 
     def _fetch_and_run(self, message: StartMessage) -> None:
-        assert message.image_url is not None
+        url = message.image_url
+        assert url is not None
         try:
-            wasm = self.fetcher.fetch(message.image_url, REGISTRY_TIMEOUT)
+            if httpfetch.is_http_url(url):
+                wasm = httpfetch.fetch(url, self.service.artifacts.max_bytes)
+            else:
+                wasm = self.fetcher.fetch(url, REGISTRY_TIMEOUT)
+        except httpfetch.FetchError as exc:
+            self._accept(message, None, f"fetching image_url: {exc}")
+            return
         except RegistryError as exc:
             self._accept(message, None, f"fetching image_url through the registry: {exc}")
             return
@@ -225,10 +266,29 @@ class Bridge:
 
     def _accept(self, message: StartMessage, wasm: bytes | None, error: str | None = None) -> None:
         body = _body(message)
+        latent = message.latent and error is None
         try:
-            self.service.accept(message.id, body, wasm, error)
+            self.service.accept(message.id, body, wasm, error, run=not latent)
         except ShimError as exc:
             self.service.accept(message.id, body, None, str(exc))
+            return
+        if latent:
+            self.invoker.deployed(message.id)
+
+    def _invoke(self, payload: Mapping[str, Any]) -> None:
+        try:
+            message = InvokeMessage.model_validate(payload)
+        except ValidationError as exc:
+            log.warning("ignoring an invalid invoke message: %s", exc)
+            return
+        if message.addressed_to(self.id):
+            # Its own thread: an invocation runs a module, which must not hold up a stop.
+            threading.Thread(target=self._answer, args=(message,), daemon=True).start()
+
+    def _answer(self, message: InvokeMessage) -> None:
+        answer = self.invoker.invoke(message, self.id)
+        if not self._publish(INVOKE_RESULTS_TOPIC, answer):
+            log.warning("invoke %s: the result was not acknowledged", message.id)
 
     def _stop(self, payload: Mapping[str, Any]) -> None:
         try:
@@ -236,15 +296,18 @@ class Bridge:
         except ValidationError as exc:
             log.warning("ignoring an invalid stop message: %s", exc)
             return
-        if message.addressed_to(self.id):
-            try:
-                self.service.stop(message.id)
-            except (NotFoundError, ConflictError) as exc:
-                log.info("stop %s: %s", message.id, exc)
+        if not message.addressed_to(self.id):
+            return
+        if self.invoker.forget(message.id):
+            return  # a latent task: no run to end (and, as in Propeller, no result)
+        try:
+            self.service.stop(message.id)
+        except (NotFoundError, ConflictError) as exc:
+            log.info("stop %s: %s", message.id, exc)
 
     # Publishing.
     def _alive(self) -> dict[str, str]:
-        return {"status": "alive", "proplet_id": self.id, "namespace": self.namespace}
+        return alive_message(self.id, self.namespace)
 
     def _send(self, suffix: str, body: Mapping[str, Any]) -> None:
         """Fire and forget (announcements; losing one is harmless)."""

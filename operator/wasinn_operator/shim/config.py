@@ -73,7 +73,6 @@ class ShimConfig:
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     instance_id: str | None = None  # PROPLET_INSTANCE_ID; None: one kept in data_dir
     mqtt: MQTTSettings | None = None  # the broker channel, when the environment names one
-    mqtt_namespace: str = ""  # PROPLET_NAMESPACE
     build: BuildInfo = field(default_factory=BuildInfo)
 
 
@@ -203,7 +202,6 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         policy=policy_from_settings(os.environ, args),
         instance_id=os.environ.get("PROPLET_INSTANCE_ID") or None,
         mqtt=MQTTSettings.from_env(os.environ),
-        mqtt_namespace=os.environ.get("PROPLET_NAMESPACE", ""),
         build=BuildInfo.from_env(os.environ),
     )
 

@@ -14,14 +14,14 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..api import WasmSource
+from ..api import PROPELLER_NAME_ANNOTATION, WasmSource
 from ..api.lifecycle import REPORTED, TaskPhase
 from ..api.status import RUN_ANNOTATION, START_ERROR_ANNOTATION, described_run, requested_run
 from ..api.times import format_time, maybe_time
 from .store import TaskRecord, now
 
 PREFIX = "wasinn.dev/"
-NAME, CREATED, UPDATED = PREFIX + "propeller-name", PREFIX + "created-at", PREFIX + "updated-at"
+NAME, CREATED, UPDATED = PROPELLER_NAME_ANNOTATION, PREFIX + "created-at", PREFIX + "updated-at"
 INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "image-url"
 PUBLISHED, PROPLET = PREFIX + "published-run", PREFIX + "proplet-id"
 RUN, START_ERROR = RUN_ANNOTATION, START_ERROR_ANNOTATION

@@ -87,15 +87,19 @@ class TaskCollector(Collector):
         yield family
 
 
-def instance_id(data_dir: Path, given: str | None = None) -> str:
-    """`given` (PROPLET_INSTANCE_ID), else an id kept in the data directory (stable across
-    restarts)."""
+def instance_id(data_dir: Path, given: str | None = None, mqtt: MQTTSettings | None = None) -> str:
+    """The proplet id: `given` (PROPLET_INSTANCE_ID), else the MQTT entity id (the id a
+    Propeller manager knows this proplet by), else a UUID kept in the data directory (stable
+    across restarts). Managers want a UUID, so an id stored as `wasinn-<uuid>` by older shims
+    loses its prefix."""
     if given:
         return given
+    if mqtt is not None and mqtt.client_id:
+        return mqtt.client_id
     path = data_dir / "instance-id"
     if not path.is_file():
-        replace_file(path, f"wasinn-{uuid.uuid4()}\n".encode())  # 0600, never half written
-    ident = path.read_text().strip()
+        replace_file(path, f"{uuid.uuid4()}\n".encode())  # 0600, never half written
+    ident = path.read_text().strip().removeprefix("wasinn-")
     if not ident:
         raise ValueError(f"{path} is empty: remove it to get a new instance id")
     return ident
@@ -110,7 +114,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
     artifacts = ArtifactStore(
         config.artifacts_dir or config.data_dir / "artifacts", config.max_wasm_bytes
     )
-    ident = instance_id(config.data_dir, config.instance_id)
+    ident = instance_id(config.data_dir, config.instance_id, mqtt)
     store = BACKENDS[config.backend](config, artifacts, ident)
     # Local tasks run on this machine, so their host paths are resolved here (symlinks too);
     # the kubernetes backend's run in Pods, whose files the shim cannot see.
@@ -139,7 +143,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             service,
             proplet=config.proplet,
             registry=registry,
-            namespace=config.mqtt_namespace,
+            models_dir=config.models_dir,
         )
         service.checks.add("mqtt", bridge.problem)
 

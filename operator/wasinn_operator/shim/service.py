@@ -187,11 +187,17 @@ class TaskService:
 
     # Tasks from a Propeller manager (MQTT).
     def accept(
-        self, task_id: str, body: TaskInput, wasm: bytes | None = None, error: str | None = None
+        self,
+        task_id: str,
+        body: TaskInput,
+        wasm: bytes | None = None,
+        error: str | None = None,
+        *,
+        run: bool = True,
     ) -> bool:
         """Create or replace task `task_id` from a manager's start, then run it (or, with
         `error` or when the policy refuses it, record it Failed so the manager hears why it
-        could not run).
+        could not run). `run=False` (a latent task, run by invocations) only stores it.
 
         Returns False (and changes nothing) when that task is already scheduled or running:
         a redelivered start message must not run it twice. With `error`, the body (which may
@@ -219,10 +225,10 @@ class TaskService:
             self._write(self.store.save, record, old)
             if error is None and not (record.digest or record.image_url):
                 error = "the start message holds no file and no image_url"
-            if error is None:
-                self.store.start(task_id)
-            else:
+            if error is not None:
                 self.store.fail(task_id, error)
+            elif run:
+                self.store.start(task_id)
             return True
 
     def refuse_start(self, task_id: str, body: TaskInput) -> bool:

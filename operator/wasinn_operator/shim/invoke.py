@@ -1,0 +1,125 @@
+"""Invocations of latent tasks (`control/manager/invoke`), as Propeller's proplet runs them.
+
+A latent task's start stores it without running it; each invocation runs the stored module
+once with the invocation's inputs (or the task's own, when it sends none) and env (added to
+the task's), in a `wasinn proplet run` child of its own under the service's task policy, and
+answers `{task_id, invocation_id, proplet_id, results, error}` on
+`control/proplet/invoke_results`. Invocations run on this machine whatever the backend (they
+are answered while the manager waits), at most `SLOTS` at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..api.policy import POLICY_ENV
+from ..api.propeller import InvokeMessage, to_task_spec, wasm_source
+from .errors import NotFoundError, ShimError
+from .fresh import drain, outcome
+from .service import TaskService
+from .store import TaskPhase
+
+INVOKE_RESULTS_TOPIC = "control/proplet/invoke_results"
+RESULTS_LIMIT = 1 << 20
+SLOTS = 2
+# Settings of the shim that a task's runner must not see (it would publish to MQTT itself).
+PRIVATE_ENV = ("PROPLET_", "EXTERNAL_WASM_RUNTIME", "WASINN_TASK", "WASINN_TERMINATION_LOG")
+
+
+def not_latent(task_id: str) -> str:
+    """The error Propeller's proplet gives (its manager then tries another proplet)."""
+    return f"task {task_id} has not been precompiled; deploy it as a latent task first"
+
+
+class Invoker:
+    """Runs invocations of the latent tasks this proplet was started with."""
+
+    def __init__(self, service: TaskService, models_dir: Path | None) -> None:
+        self.service = service
+        self.models_dir = models_dir
+        self._latent: set[str] = set()
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(SLOTS)
+
+    def deployed(self, task_id: str) -> None:
+        """Task `task_id` is latent: stored, waiting for invocations."""
+        with self._lock:
+            self._latent.add(task_id)
+
+    def forget(self, task_id: str) -> bool:
+        """Task `task_id` is latent no more (stopped); whether it was."""
+        with self._lock:
+            if task_id in self._latent:
+                self._latent.discard(task_id)
+                return True
+            return False
+
+    def invoke(self, message: InvokeMessage, proplet_id: str) -> dict[str, Any]:
+        """Run one invocation; the `invoke_results` message that answers it."""
+        results, error = "", None
+        try:
+            results = self._run(message)
+        except ShimError as exc:
+            error = str(exc)
+        return {
+            "task_id": message.id,
+            "invocation_id": message.invocation_id,
+            "proplet_id": proplet_id,
+            "results": results,
+            "error": error,
+        }
+
+    def _run(self, message: InvokeMessage) -> str:
+        with self._lock:
+            latent = message.id in self._latent
+        if not latent:
+            raise ShimError(not_latent(message.id))
+        try:
+            record = self.service.store.get(message.id)
+        except NotFoundError:
+            self.forget(message.id)
+            raise ShimError(not_latent(message.id)) from None
+        if not record.digest:
+            raise ShimError(f"task {message.id} has no module")
+        task = record.to_task()
+        if message.inputs:
+            task.inputs = list(message.inputs)
+        task.env = {**(task.env or {}), **(message.env or {})}
+        local = str(self.service.artifacts.path(record.digest))
+        spec = to_task_spec(task, wasm_source(record.digest, None, local_path=local))
+        spec.engine = "embedded"
+        with self._slots:
+            state, stdout, error = self._child(spec.model_dump_json(by_alias=True))
+        if state is not TaskPhase.COMPLETED:
+            raise ShimError(error or "the invocation failed")
+        return stdout
+
+    def _child(self, task_json: str) -> tuple[TaskPhase, str, str]:
+        """Run the task in a `wasinn proplet run` child (the local backend's fresh run)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
+        env["WASINN_PARENT_PID"] = str(os.getpid())
+        env[POLICY_ENV] = self.service.policy.to_json()
+        if self.models_dir is not None:
+            env["WASINN_MODELS_DIR"] = str(self.models_dir)
+        with tempfile.TemporaryDirectory(prefix="wasinn-invoke-") as tmp:
+            task_file, summary_file = Path(tmp) / "task.json", Path(tmp) / "summary.json"
+            task_file.write_text(task_json)
+            env |= {"WASINN_TASK_FILE": str(task_file), "WASINN_TERMINATION_LOG": str(summary_file)}
+            child = subprocess.Popen(
+                [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"],
+                env=env,
+                cwd=tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            stdout, over, stderr = drain(child, RESULTS_LIMIT)
+            ended = outcome(summary_file, stdout, over, stderr, child.wait())
+        return ended.phase, ended.results or "", ended.error
