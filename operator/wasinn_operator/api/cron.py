@@ -100,9 +100,15 @@ def parse(expression: str) -> Schedule:
         raise CronError(
             f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
         )
-    sets = [_field(part, *spec) for part, spec in zip(parts, FIELDS, strict=True)]
+    minutes, hours, days, months, weekdays = (
+        _field(part, *spec) for part, spec in zip(parts, FIELDS, strict=True)
+    )
     return Schedule(
-        *sets,
+        minutes,
+        hours,
+        days,
+        months,
+        weekdays,
         any_day=parts[2] in ("*", "?"),
         any_weekday=parts[4] in ("*", "?"),
         zone=zone,
