@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from wasinn_operator.shim.taskfields import redact
 
 from wasinn_operator.api.lifecycle import STOPPED_ERROR
