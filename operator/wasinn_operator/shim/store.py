@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..api.lifecycle import TaskPhase
 from ..api.propeller import Task
+from ..api.times import ZERO_TIME
 from . import taskfields
 
 __all__ = ["Outcome", "PropletRecord", "TaskPhase", "TaskRecord", "TaskStore", "now"]
@@ -73,7 +74,8 @@ class TaskRecord:
             start_time=self.start_time or Task.model_fields["start_time"].default,
             finish_time=self.finish_time or Task.model_fields["finish_time"].default,
             created_at=self.created_at,
-            updated_at=self.updated_at,
+            # Go's zero time until the task changes, as Propeller's CreateTask leaves it.
+            updated_at=self.updated_at if self.updated_at != self.created_at else ZERO_TIME,
             fields=taskfields.to_json(self.extra),
         )
 
