@@ -57,7 +57,7 @@ from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
 from .service import MAX_PAGE, TaskService, check_module_name
 from .taskfields import parse_metadata_filter
 from .uploads import receive_multipart
-from .validation import MAX_TASK_PAGE, check_id
+from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
 
 STATUS: dict[type[ShimError], int] = {
     BadRequestError: 400,
@@ -89,6 +89,11 @@ UPLOAD_BODY = {
         }
     },
 }
+# Task ids where Propeller checks them (get, delete, start, stop, results): the schema says so,
+# `check_id` answers 400 with the reason.
+TaskId = Annotated[
+    str, Path(description="the task's UUID", json_schema_extra={"pattern": UUID.pattern})
+]
 BEARER = HTTPBearer(auto_error=False, description="the shim's token, when one is configured")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -172,7 +177,7 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Task}, **_errors(400, 404)},
     )
-    async def get_task(task_id: str) -> Response:
+    async def get_task(task_id: TaskId) -> Response:
         check_id(task_id)
         return _json(await call(service.get, task_id))
 
@@ -217,7 +222,7 @@ def create_app(
         dependencies=guarded,
         responses={204: {"description": "deleted"}, **_errors(400, 404)},
     )
-    async def delete_task(task_id: str) -> Response:
+    async def delete_task(task_id: TaskId) -> Response:
         check_id(task_id)
         await call(service.delete, task_id)
         return Response(status_code=204)
@@ -227,7 +232,7 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Started}, **_errors(400, 404, 409)},
     )
-    async def start_task(task_id: str) -> Response:
+    async def start_task(task_id: TaskId) -> Response:
         check_id(task_id)
         await call(service.start, task_id)
         return _json(Started(started=True))
@@ -237,7 +242,7 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Stopped}, **_errors(400, 404, 409)},
     )
-    async def stop_task(task_id: str) -> Response:
+    async def stop_task(task_id: TaskId) -> Response:
         check_id(task_id)
         await call(service.stop, task_id)
         return _json(Stopped(stopped=True))
@@ -247,7 +252,7 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Results}, **_errors(400, 404)},
     )
-    async def task_results(task_id: str) -> Response:
+    async def task_results(task_id: TaskId) -> Response:
         check_id(task_id)
         return JSONAnswer({"results": await call(service.results, task_id)})
 
@@ -257,7 +262,11 @@ def create_app(
     async def list_proplets(
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(100, ge=0, le=MAX_PAGE),
-        status: str | None = Query(None, description="active or inactive"),
+        status: str | None = Query(
+            None,
+            description="active or inactive (else 400)",
+            json_schema_extra={"enum": list(PROPLET_STATUSES)},
+        ),
     ) -> Response:
         page = await call(service.proplets, offset, limit, status)
         proplets = [p.to_json() for p in page.proplets]
@@ -359,6 +368,11 @@ def _install_openapi(app: FastAPI) -> None:
             create = TaskInput.model_json_schema()
             create["properties"]["name"] = {"type": "string", "minLength": 1, "title": "Name"}
             schemas["TaskCreate"] = create | {"title": "TaskCreate", "required": ["name"]}
+            # `?metadata=` is a JSON object in the query (ReadMetadataQuery in Propeller).
+            for parameter in schema["paths"]["/tasks"]["get"]["parameters"]:
+                if parameter["name"] == "metadata":
+                    parameter.pop("schema", None)
+                    parameter["content"] = {"application/json": {"schema": {"type": "object"}}}
             # Validation errors are answered 400 (as Propeller v-new does), never 422.
             for operation in (op for path in schema["paths"].values() for op in path.values()):
                 operation.get("responses", {}).pop("422", None)

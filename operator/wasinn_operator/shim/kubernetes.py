@@ -149,7 +149,8 @@ class KubernetesStore:
                 "name": record.id,
                 "labels": {PROPELLER_ID_LABEL: record.id},
                 "annotations": {
-                    **task_annotations(record),
+                    # None removes an annotation in a patch; a create would store "" instead.
+                    **{k: v for k, v in task_annotations(record).items() if v is not None},
                     CREATED: iso(record.created_at),
                     RUN: str(record.run),
                     PUBLISHED: str(record.run),
