@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from wasinn_operator.shim.taskfields import redact
-
 from wasinn_operator.api.lifecycle import STOPPED_ERROR
+from wasinn_operator.shim.taskfields import redact
 
 from .conftest import FAILED, Shim
 
