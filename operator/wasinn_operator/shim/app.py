@@ -42,6 +42,7 @@ from ..api.propeller import (
     TaskPage,
 )
 from ..api.task import DIGEST
+from . import taskfields
 from .bodies import JSONAnswer, task_input
 from .errors import (
     BadRequestError,
@@ -55,7 +56,7 @@ from .errors import (
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
 from .service import MAX_PAGE, TaskService, check_module_name
-from .taskfields import parse_metadata_filter
+
 from .uploads import receive_multipart
 from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
 
@@ -166,7 +167,7 @@ def create_app(
             None, description='a JSON object, e.g. {"team":"a"}: tasks whose metadata has each key'
         ),
     ) -> Response:
-        wanted = parse_metadata_filter(request.query_params.getlist("metadata"))
+        wanted = taskfields.parse_metadata_filter(request.query_params.getlist("metadata"))
         page = await call(service.list, offset, limit, wanted)
         return JSONAnswer(
             page.model_dump(mode="json") | {"tasks": [t.to_json() for t in page.tasks]}
@@ -368,6 +369,9 @@ def _install_openapi(app: FastAPI) -> None:
             create = TaskInput.model_json_schema()
             create["properties"]["name"] = {"type": "string", "minLength": 1, "title": "Name"}
             schemas["TaskCreate"] = create | {"title": "TaskCreate", "required": ["name"]}
+            for name in ("Task", "CreatedTask"):  # Propeller's other fields (taskfields)
+                if name in schemas:
+                    schemas[name]["properties"].update(taskfields.SCHEMA)
             # `?metadata=` is a JSON object in the query (ReadMetadataQuery in Propeller).
             for parameter in schema["paths"]["/tasks"]["get"]["parameters"]:
                 if parameter["name"] == "metadata":

@@ -49,6 +49,27 @@ PLAIN = (
     "monitoring_profile",
 )
 REDACTED = "<REDACTED>"
+# How `to_json` answers the fields, for the OpenAPI document.
+_TEXT, _FLAG, _OBJECT = {"type": "string"}, {"type": "boolean"}, {"type": "object"}
+SCHEMA: dict[str, dict[str, Any]] = {
+    "kind": _TEXT,
+    "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+    "schedule": _TEXT,
+    "timezone": _TEXT,
+    "is_recurring": _FLAG,
+    "next_run": {"type": "string", "format": "date-time"},
+    "metadata": _OBJECT,
+    "latent": _FLAG,
+    "mode": _TEXT,
+    "encrypted": _FLAG,
+    "kbs_resource_path": _TEXT,
+    "broadcast": _FLAG,
+    "depends_on": {"type": "array", "items": _TEXT},
+    "run_if": {"type": "string", "enum": list(RUN_IF)},
+    "workflow_id": _TEXT,
+    "job_id": _TEXT,
+    "monitoring_profile": _OBJECT,
+}
 
 
 def apply(extra: dict[str, Any], body: TaskInput, proplet_id: str, *, creating: bool) -> None:
