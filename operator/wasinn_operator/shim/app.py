@@ -56,7 +56,6 @@ from .errors import (
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
 from .service import MAX_PAGE, TaskService, check_module_name
-
 from .uploads import receive_multipart
 from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
 
