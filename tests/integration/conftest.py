@@ -310,8 +310,13 @@ class Shim:
         return str(response.json()["id"])
 
     def tasks(self) -> list[dict[str, Any]]:
-        page = self.http.get("/tasks", params={"limit": 1000}).json()
-        return list(page["tasks"])
+        """Every task, newest first (pages of at most 100, as in Propeller)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.http.get("/tasks", params={"offset": len(found), "limit": 100}).json()
+            found += page["tasks"]
+            if not page["tasks"] or len(found) >= page["total"]:
+                return found
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import wasmtime
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wasinn_operator.api.lifecycle import STOPPED_ERROR
+from wasinn_operator.shim.taskfields import redact
 
 from ..conftest import Broker, Subscriber
 from .conftest import (
@@ -201,7 +202,7 @@ def test_image_url_through_the_registry_protocol(
     assert "tiger cat" in payload["results"], payload
     task = shim.task(task_id)
     assert task["image_url"] == "registry.example/classify:1"
-    assert base64.b64decode(task["file"]) == wasm
+    assert task["file"] == redact(base64.b64encode(wasm).decode())  # as Propeller answers it
 
 
 def test_bad_start_message_fails_the_task_visibly(

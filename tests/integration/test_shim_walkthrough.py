@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from wasinn_operator.shim.taskfields import redact
 
 from ..conftest import Broker, Subscriber
 from .conftest import CHELSEA, SHIM_ID, TOPIC_PREFIX, Shim, ShimBackend, mqtt_env
@@ -49,12 +52,13 @@ def test_seed_walkthrough(
         assert task["env"] == {"MODEL_NAME": "efficientnet-lite0"}
         assert task["inputs"] == CHELSEA
         assert task["daemon"] is False
-        assert "file" not in task  # never echoed: only GET /tasks/{id} carries the module
-        assert shim.task(task_id)["file"] == classify_b64
+        # Never echoed whole: redacted as Propeller does (manager/api/redact.go).
+        assert task["file"] == redact(classify_b64)
+        assert shim.task(task_id)["file"] == redact(classify_b64)
         # jq -r '.tasks[] | select(.name=="classify-chelsea") | .id'
         listed = shim.http.get("/tasks").json()
         assert [t["id"] for t in listed["tasks"] if t["name"] == "classify-chelsea"] == [task_id]
-        assert all("file" not in t for t in listed["tasks"])
+        assert all(t.get("file") in (None, redact(classify_b64)) for t in listed["tasks"])
         started = shim.http.post(f"/tasks/{task_id}/start")
         assert (started.status_code, started.json()) == (200, {"started": True})
         # poll .state and .results
@@ -66,9 +70,9 @@ def test_seed_walkthrough(
         assert final["start_time"] != "0001-01-01T00:00:00Z"
         assert final["finish_time"] >= final["start_time"]
         assert shim.http.get(f"/tasks/{task_id}/results").json() == {"results": final["results"]}
-        # Listings leave results (and modules) out; GET the task or its results for them.
+        # Listings leave results out (and redact modules); GET the task or its results.
         [listed] = [t for t in shim.tasks() if t["id"] == task_id]
-        assert "results" not in listed and "file" not in listed
+        assert "results" not in listed and listed["file"] == redact(classify_b64)
         assert listed["state"] == 3
         # The results topic carries the same result, in Propeller's shape; on MQTT the proplet is
         # the shim (the one a Propeller manager knows), whichever worker ran the task.
@@ -87,10 +91,11 @@ def test_seed_walkthrough(
 def test_inputs_as_numbers_and_a_failing_run(
     make_shim: Callable[..., Shim], classify_b64: str
 ) -> None:
-    """v-old's uint64 `inputs` are accepted; a guest's failure is state 4 with its error."""
+    """Numeric `inputs` are kept as their JSON text (Propeller's pkg/task FlexStrings), so Go
+    clients can read them; a guest's failure is state 4 with its error."""
     shim = make_shim()
     task_id = shim.create("bad-args", file=classify_b64, inputs=[7, 18446744073709551615])
-    assert shim.task(task_id)["inputs"] == [7, 18446744073709551615]
+    assert shim.task(task_id)["inputs"] == ["7", "18446744073709551615"]
     shim.http.post(f"/tasks/{task_id}/start").raise_for_status()
     final = shim.wait_state(task_id)
     assert final["state"] == 4
@@ -107,7 +112,7 @@ def test_upload_rerun_and_delete(
     files = {"file": ("classify.wasm", wasm, "application/wasm")}
     uploaded = shim.http.put(f"/tasks/{task_id}/upload", files=files)
     assert uploaded.status_code == 200, uploaded.text
-    assert "file" not in uploaded.json()  # the module is not echoed back
+    assert uploaded.json()["file"] == redact(base64.b64encode(wasm).decode())  # never whole
     for _ in range(2):
         shim.http.post(f"/tasks/{task_id}/start").raise_for_status()
         final = shim.wait_state(task_id)
@@ -133,14 +138,14 @@ def test_put_replaces_env_and_keeps_the_rest(
     assert task.status_code == 200, task.text
     for seen in (task.json(), shim.task(task_id)):
         assert (seen["env"], seen["inputs"]) == ({"KEEP": "3"}, CHELSEA)
-    assert shim.task(task_id)["file"] == classify_b64
+    assert shim.task(task_id)["file"] == redact(classify_b64)
 
 
 def test_pages_are_ordered_and_complete(
     backend: ShimBackend, make_shim: Callable[..., Shim]
 ) -> None:
     shim = make_shim()
-    ids = [shim.create(f"t{i}") for i in range(7)]
+    ids = [shim.create(f"t{i}") for i in range(7)][::-1]  # newest first, as Propeller lists
     seen: list[str] = []
     for offset in range(0, 8, 3):
         page = shim.http.get("/tasks", params={"offset": offset, "limit": 3}).json()
@@ -151,7 +156,8 @@ def test_pages_are_ordered_and_complete(
     proplets = shim.http.get("/proplets").json()
     assert proplets["total"] == 1
     proplet = proplets["proplets"][0]
-    assert set(proplet) == {"id", "name", "task_count", "alive", "alive_history"}
+    # Propeller's PropletView (pkg/proplet/proplet.go).
+    assert set(proplet) == {"id", "name", "task_count", "alive", "last_alive_at", "metadata"}
     assert proplet["alive"] is True
     if backend.name == "kubernetes":  # the OpenVINO-labelled, Ready node
         assert (proplet["id"], proplet["name"]) == (backend.node, backend.node)

@@ -28,7 +28,8 @@ EXPECTED: dict[tuple[Event, TaskPhase], TaskPhase] = {
     **{(Event.FAIL, p): P.FAILED for p in (P.PENDING, *ACTIVE)},
     **{(Event.RETRY, p): P.PENDING for p in (P.PENDING, *ACTIVE)},
     **{(Event.STOP, p): P.FAILED for p in ACTIVE},
-    **{(Event.UPDATE, p): p for p in IDLE},
+    # Propeller's UpdateTask changes a task in any state (its running attempt goes on).
+    **{(Event.UPDATE, p): p for p in P},
 }
 REFUSED = {
     Event.START: "is already scheduled or running",
@@ -38,7 +39,7 @@ REFUSED = {
     Event.FAIL: "has finished already",
     Event.RETRY: "has finished already",
     Event.STOP: "is not scheduled or running",
-    Event.UPDATE: "cannot be changed while it is scheduled or running",
+    Event.UPDATE: "cannot be changed",
 }
 
 

@@ -115,7 +115,8 @@ TABLE: dict[tuple[Event, TaskPhase], TaskPhase] = {
     **{(Event.RETRY, p): _P.PENDING for p in (_P.PENDING, _P.SCHEDULED, _P.RUNNING)},
     (Event.STOP, _P.SCHEDULED): _P.FAILED,
     (Event.STOP, _P.RUNNING): _P.FAILED,
-    **{(Event.UPDATE, p): p for p in _IDLE},
+    # Propeller updates a task in any state; a running attempt keeps the spec it started with.
+    **{(Event.UPDATE, p): p for p in _P},
 }
 _WHY: dict[Event, str] = {
     Event.START: "is already scheduled or running",
@@ -125,7 +126,7 @@ _WHY: dict[Event, str] = {
     Event.FAIL: "has finished already",
     Event.RETRY: "has finished already",
     Event.STOP: "is not scheduled or running",
-    Event.UPDATE: "cannot be changed while it is scheduled or running",
+    Event.UPDATE: "cannot be changed",  # never: Propeller updates a task in any state
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -75,13 +76,18 @@ def _base64(value: str | None) -> str | None:
     return value
 
 
-def _integral(value: Any) -> Any:
-    # JSON has one number type: 7.0 is the integer 7 (as JSON Schema's "integer" says).
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+def _input_text(value: Any) -> Any:
+    # Propeller keeps inputs as strings (pkg/task FlexStrings): a number becomes its literal
+    # JSON text, exactly as sent ("1.50" stays "1.50"; the decoder keeps it in `json_text`).
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return getattr(value, "json_text", None) or json.dumps(value)
+    return value
 
 
 Input = Annotated[
-    Annotated[StrictInt, Field(ge=0, le=UINT64_MAX)] | StrictStr, BeforeValidator(_integral)
+    StrictStr,
+    BeforeValidator(_input_text),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
 ]
 Env = Annotated[
     dict[str, str],
@@ -108,7 +114,9 @@ class TaskInput(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore")
-    name: str | None = Field(default=None, min_length=1)
+    name: str | None = Field(
+        default=None, description="required on create; on update, missing or empty keeps the name"
+    )
     image_url: str | None = None
     file: File | None = None
     cli_args: list[str] | None = Field(
@@ -123,6 +131,24 @@ class TaskInput(BaseModel):
         "are reserved",
     )
     daemon: StrictBool | None = None
+    # Propeller's other task fields (shim/taskfields.py keeps and checks them).
+    kind: StrictStr | None = None
+    priority: StrictInt | None = Field(default=None, description="0-100; 0 means 50")
+    schedule: StrictStr | None = Field(default=None, description="a five-field cron expression")
+    timezone: StrictStr | None = None
+    is_recurring: StrictBool | None = None
+    metadata: dict[str, Any] | None = None
+    latent: StrictBool | None = None
+    mode: StrictStr | None = None
+    encrypted: StrictBool | None = None
+    kbs_resource_path: StrictStr | None = None
+    proplet_id: StrictStr | None = None
+    broadcast: StrictBool | None = None
+    depends_on: list[StrictStr] | None = None
+    run_if: StrictStr | None = Field(default=None, description="'success' or 'failure'")
+    workflow_id: StrictStr | None = None
+    job_id: StrictStr | None = None
+    monitoring_profile: dict[str, Any] | None = None
 
     def wasm_bytes(self) -> bytes | None:
         """The decoded `file`, or None when absent or empty."""
@@ -136,9 +162,13 @@ class Task(BaseModel):
     name: str
     state: State = TaskPhase.PENDING.state
     image_url: str | None = None
-    file: str | None = Field(default=None, description="base64 of the wasm module")
+    file: str | None = Field(
+        default=None,
+        description="the module's base64 redacted as Propeller does: its first and last 10 "
+        "characters around <REDACTED>",
+    )
     cli_args: list[str] | None = None
-    inputs: list[Input] | None = None
+    inputs: list[str] | None = None
     env: dict[str, str] | None = None
     daemon: bool = False
     proplet_id: str | None = None
@@ -153,6 +183,12 @@ class Task(BaseModel):
     finish_time: datetime = ZERO_TIME
     created_at: datetime = ZERO_TIME
     updated_at: datetime = ZERO_TIME
+    fields: dict[str, Any] = Field(
+        default_factory=dict,
+        exclude=True,
+        description="Propeller's other fields (kind, priority, schedule, next_run, metadata, "
+        "...), rendered by shim/taskfields.py",
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The wire form: Go's omitempty fields dropped when empty, times in RFC 3339."""
@@ -163,7 +199,7 @@ class Task(BaseModel):
                 data.pop(key, None)
         for key in ("start_time", "finish_time", "created_at", "updated_at"):
             data[key] = propeller_time(getattr(self, key))
-        return data
+        return data | self.fields
 
 
 class CreatedTask(Task):
@@ -182,13 +218,22 @@ class TaskPage(BaseModel):
 
 
 class Proplet(BaseModel):
-    """A worker; `alive` means a heartbeat within the last 10 s."""
+    """A worker as Propeller shows it (its PropletView): `alive` means a heartbeat within the
+    last 10 s, `last_alive_at` is the last one (absent before any)."""
 
     id: str
     name: str
     task_count: int
     alive: bool
-    alive_history: list[datetime]
+    last_alive_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: `last_alive_at` in RFC 3339, left out when there is none."""
+        data = self.model_dump(mode="json", exclude={"last_alive_at"})
+        if self.last_alive_at is not None:
+            data["last_alive_at"] = propeller_time(self.last_alive_at)
+        return data
 
 
 class PropletPage(BaseModel):

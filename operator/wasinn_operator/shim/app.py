@@ -5,8 +5,8 @@ Every error, including validation errors of FastAPI itself and unknown routes, i
 
 Bodies are decoded strictly (`bodies`, `jsonbody`): what cannot be stored is a 400, never a
 500. A module never sits in memory whole: a JSON `file` is decoded and an upload is parsed into
-the artifact store as it arrives (`uploads`), and `GET /tasks/{id}` streams the stored file into
-its answer, the only one that carries `file`.
+the artifact store as it arrives (`uploads`); answers carry it only redacted, as Propeller's do.
+Ids in paths must be UUIDs and task pages hold 1 to 100 tasks (400 otherwise, as in Propeller).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from ..api.propeller import (
     TaskPage,
 )
 from ..api.task import DIGEST
-from .bodies import JSONAnswer, task_input, with_file
+from . import taskfields
+from .bodies import JSONAnswer, task_input
 from .errors import (
     BadRequestError,
     ConflictError,
@@ -56,6 +57,7 @@ from .errors import (
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
 from .service import MAX_PAGE, TaskService, check_module_name
 from .uploads import receive_multipart
+from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
 
 STATUS: dict[type[ShimError], int] = {
     BadRequestError: 400,
@@ -63,7 +65,6 @@ STATUS: dict[type[ShimError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     TooLargeError: 413,
-    UnsupportedMediaError: 415,
     UnavailableError: 503,
 }
 RETRY_AFTER = "5"  # seconds, on 503: a full disk or a failing database may recover
@@ -88,6 +89,11 @@ UPLOAD_BODY = {
         }
     },
 }
+# Task ids where Propeller checks them (get, delete, start, stop, results): the schema says so,
+# `check_id` answers 400 with the reason.
+TaskId = Annotated[
+    str, Path(description="the task's UUID", json_schema_extra={"pattern": UUID.pattern})
+]
 BEARER = HTTPBearer(auto_error=False, description="the shim's token, when one is configured")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -139,7 +145,7 @@ def create_app(
         status_code=201,
         dependencies=guarded,
         openapi_extra={"requestBody": CREATE_BODY},
-        responses={201: {"model": CreatedTask}, **_errors(400, 409, 413, 415)},
+        responses={201: {"model": CreatedTask}, **_errors(400, 409, 413)},
     )
     async def create_task(request: Request) -> Response:
         body, module = await task_input(request, service.artifacts)
@@ -153,25 +159,33 @@ def create_app(
 
     @app.get("/tasks", dependencies=guarded, responses={200: {"model": TaskPage}, **_errors(400)})
     async def list_tasks(
-        offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=0, le=MAX_PAGE)
+        request: Request,
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        limit: int = Query(100, ge=1, le=MAX_TASK_PAGE),
+        metadata: str | None = Query(
+            None, description='a JSON object, e.g. {"team":"a"}: tasks whose metadata has each key'
+        ),
     ) -> Response:
-        page = await call(service.list, offset, limit)
+        wanted = taskfields.parse_metadata_filter(request.query_params.getlist("metadata"))
+        page = await call(service.list, offset, limit, wanted)
         return JSONAnswer(
             page.model_dump(mode="json") | {"tasks": [t.to_json() for t in page.tasks]}
         )
 
     @app.get(
-        "/tasks/{task_id}", dependencies=guarded, responses={200: {"model": Task}, **_errors(404)}
+        "/tasks/{task_id}",
+        dependencies=guarded,
+        responses={200: {"model": Task}, **_errors(400, 404)},
     )
-    async def get_task(task_id: str) -> Response:
-        task, module = await call(service.get_with_module, task_id)
-        return _json(task) if module is None else with_file(task, module)
+    async def get_task(task_id: TaskId) -> Response:
+        check_id(task_id)
+        return _json(await call(service.get, task_id))
 
     @app.put(
         "/tasks/{task_id}",
         dependencies=guarded,
         openapi_extra={"requestBody": UPDATE_BODY},
-        responses={200: {"model": Task}, **_errors(400, 404, 409, 413, 415)},
+        responses={200: {"model": Task}, **_errors(400, 404, 409, 413)},
     )
     async def update_task(task_id: str, request: Request) -> Response:
         body, module = await task_input(request, service.artifacts)
@@ -185,7 +199,7 @@ def create_app(
         "/tasks/{task_id}/upload",
         dependencies=guarded,
         openapi_extra={"requestBody": UPLOAD_BODY},
-        responses={200: {"model": Task}, **_errors(400, 404, 409, 413, 415)},
+        responses={200: {"model": Task}, **_errors(400, 404, 409, 413)},
     )
     async def upload_task(task_id: str, request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
@@ -206,9 +220,10 @@ def create_app(
         "/tasks/{task_id}",
         status_code=204,
         dependencies=guarded,
-        responses={204: {"description": "deleted"}, **_errors(404)},
+        responses={204: {"description": "deleted"}, **_errors(400, 404)},
     )
-    async def delete_task(task_id: str) -> Response:
+    async def delete_task(task_id: TaskId) -> Response:
+        check_id(task_id)
         await call(service.delete, task_id)
         return Response(status_code=204)
 
@@ -217,34 +232,45 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Started}, **_errors(400, 404, 409)},
     )
-    async def start_task(task_id: str) -> Response:
+    async def start_task(task_id: TaskId) -> Response:
+        check_id(task_id)
         await call(service.start, task_id)
         return _json(Started(started=True))
 
     @app.post(
         "/tasks/{task_id}/stop",
         dependencies=guarded,
-        responses={200: {"model": Stopped}, **_errors(404, 409)},
+        responses={200: {"model": Stopped}, **_errors(400, 404, 409)},
     )
-    async def stop_task(task_id: str) -> Response:
+    async def stop_task(task_id: TaskId) -> Response:
+        check_id(task_id)
         await call(service.stop, task_id)
         return _json(Stopped(stopped=True))
 
     @app.get(
         "/tasks/{task_id}/results",
         dependencies=guarded,
-        responses={200: {"model": Results}, **_errors(404)},
+        responses={200: {"model": Results}, **_errors(400, 404)},
     )
-    async def task_results(task_id: str) -> Response:
+    async def task_results(task_id: TaskId) -> Response:
+        check_id(task_id)
         return JSONAnswer({"results": await call(service.results, task_id)})
 
     @app.get(
         "/proplets", dependencies=guarded, responses={200: {"model": PropletPage}, **_errors(400)}
     )
     async def list_proplets(
-        offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=0, le=MAX_PAGE)
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        limit: int = Query(100, ge=0, le=MAX_PAGE),
+        status: str | None = Query(
+            None,
+            description="active or inactive (else 400)",
+            json_schema_extra={"enum": list(PROPLET_STATUSES)},
+        ),
     ) -> Response:
-        return _json(await call(service.proplets, offset, limit))
+        page = await call(service.proplets, offset, limit, status)
+        proplets = [p.to_json() for p in page.proplets]
+        return JSONAnswer(page.model_dump(mode="json") | {"proplets": proplets})
 
     @app.get(
         "/proplets/{proplet_id}",
@@ -252,7 +278,7 @@ def create_app(
         responses={200: {"model": Proplet}, **_errors(404)},
     )
     async def get_proplet(proplet_id: str) -> Response:
-        return _json(await call(service.proplet, proplet_id))
+        return JSONAnswer((await call(service.proplet, proplet_id)).to_json())
 
     @app.get("/health", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> Response:
@@ -342,6 +368,14 @@ def _install_openapi(app: FastAPI) -> None:
             create = TaskInput.model_json_schema()
             create["properties"]["name"] = {"type": "string", "minLength": 1, "title": "Name"}
             schemas["TaskCreate"] = create | {"title": "TaskCreate", "required": ["name"]}
+            for name in ("Task", "CreatedTask"):  # Propeller's other fields (taskfields)
+                if name in schemas:
+                    schemas[name]["properties"].update(taskfields.SCHEMA)
+            # `?metadata=` is a JSON object in the query (ReadMetadataQuery in Propeller).
+            for parameter in schema["paths"]["/tasks"]["get"]["parameters"]:
+                if parameter["name"] == "metadata":
+                    parameter.pop("schema", None)
+                    parameter["content"] = {"application/json": {"schema": {"type": "object"}}}
             # Validation errors are answered 400 (as Propeller v-new does), never 422.
             for operation in (op for path in schema["paths"].values() for op in path.values()):
                 operation.get("responses", {}).pop("422", None)

@@ -2,25 +2,21 @@
 module in memory.
 
 `task_input` reads a JSON task: strictly parsed (`jsonbody`), its `file` decoded into the
-artifact store a slice at a time, the raw body released as soon as it is decoded. `with_file`
-answers a task with its module streamed from disk as base64. `JSONAnswer` renders whatever was
-stored, even text an earlier version let in.
+artifact store a slice at a time, the raw body released as soon as it is decoded. `JSONAnswer`
+renders whatever was stored, even text an earlier version let in.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..api.propeller import Task, TaskInput
+from ..api.propeller import TaskInput
 from .artifacts import ArtifactStore, ModuleUpload
 from .errors import BadRequestError, UnsupportedMediaError
 from .httpbits import describe
@@ -42,26 +38,6 @@ class JSONAnswer(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return render(content)
-
-
-def with_file(task: Task, module: BinaryIO) -> Response:
-    """The task with its module's base64 as `file`, streamed from the stored file."""
-    size = os.fstat(module.fileno()).st_size
-    head = render(task.to_json())
-    prefix, suffix = head[:-1] + b',"file":"', b'"}'
-    length = len(prefix) + 4 * ((size + 2) // 3) + len(suffix)
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            yield prefix
-            while chunk := await run_in_threadpool(module.read, FILE_CHUNK):
-                yield base64.b64encode(chunk)
-            yield suffix
-        finally:
-            module.close()
-
-    headers = {"Content-Length": str(length)}
-    return StreamingResponse(body(), media_type="application/json", headers=headers)
 
 
 async def task_input(

@@ -332,5 +332,7 @@ class Bridge:
 
 
 def _body(message: StartMessage) -> TaskInput:
-    """The task fields of a start message (its module travels separately)."""
-    return TaskInput.model_validate(message.model_dump(exclude={"file"}, exclude_unset=True))
+    """The task fields of a start message (its module travels separately; `proplet_id` and
+    `broadcast` address the message, they are not the task's own)."""
+    addressing = {"file", "proplet_id", "broadcast"}
+    return TaskInput.model_validate(message.model_dump(exclude=addressing, exclude_unset=True))

@@ -27,8 +27,9 @@ class TooLargeError(ShimError):
     """The body or the module exceeds the configured limit (413)."""
 
 
-class UnsupportedMediaError(ShimError):
-    """Wrong Content-Type, or bytes that are not a WebAssembly module (415)."""
+class UnsupportedMediaError(BadRequestError):
+    """Wrong Content-Type, or bytes that are not a WebAssembly module (400, as Propeller
+    answers both)."""
 
 
 class UnavailableError(ShimError):

@@ -1,8 +1,10 @@
 """Strict JSON for request bodies and MQTT messages: what is parsed can be stored and answered.
 
-Python's `json` accepts what cannot be stored or sent back: lone UTF-16 surrogates (`"\\udc80"`
-becomes a str that SQLite and UTF-8 encoding refuse), `NaN`/`Infinity`, and nesting deep enough
-to exhaust the recursion limit. Here each is a `BadRequestError` that says where.
+Numbers keep their JSON text (`JSONInt`, `JSONFloat`), so that a field Propeller stores as
+text gets exactly what was sent. Python's `json` accepts what cannot be stored or sent back:
+lone UTF-16 surrogates (`"\\udc80"` becomes a str that SQLite and UTF-8 encoding refuse),
+`NaN`/`Infinity`, and nesting deep enough to exhaust the recursion limit. Here each is a
+`BadRequestError` that says where.
 """
 
 from __future__ import annotations
@@ -22,6 +24,31 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+class JSONInt(int):
+    """An integer that remembers its JSON text (`-0` stays `-0`)."""
+
+    json_text: str
+
+
+class JSONFloat(float):
+    """A number with a fraction or exponent that remembers its JSON text (`1.50`, `1e400`),
+    which Propeller keeps as given where it stores numbers as text (task inputs)."""
+
+    json_text: str
+
+
+def _int(text: str) -> JSONInt:
+    value = JSONInt(text)
+    value.json_text = text
+    return value
+
+
+def _float(text: str) -> JSONFloat:
+    value = JSONFloat(text)
+    value.json_text = text
+    return value
+
+
 def parse_json(raw: bytes | bytearray | str) -> Any:
     """The document in `raw` (UTF-8), or `BadRequestError` naming the problem and its place.
 
@@ -39,7 +66,7 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
         if isinstance(raw, bytearray):
             raw.clear()
     try:
-        document = json.loads(text, parse_constant=_no_constant)
+        document = json.loads(text, parse_constant=_no_constant, parse_int=_int, parse_float=_float)
     except RecursionError:
         raise BadRequestError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:

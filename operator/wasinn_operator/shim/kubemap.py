@@ -1,7 +1,8 @@
 """How a Propeller task is written on a WasiNNTask, and read back: pure mapping, no API calls.
 
 Fields with a place in the spec go there; the rest (the Propeller name, inputs and CLI args as
-given, times, the MQTT outbox mark, the proplet a manager addressed) are annotations. The shim
+given, times, the MQTT outbox mark, the proplet a manager or client addressed, and Propeller's
+other task fields as one JSON object) are annotations. The shim
 records intent only: a run request (`wasinn.dev/run`, a counter) with `spec.suspend: false`, a
 stop as `spec.suspend: true`, a start that failed as `wasinn.dev/start-error`. The operator, the
 only writer of `status`, carries them out and says in `status.run` which request the status
@@ -25,6 +26,7 @@ NAME, CREATED, UPDATED = PROPELLER_NAME_ANNOTATION, PREFIX + "created-at", PREFI
 INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "image-url"
 PUBLISHED, PROPLET = PREFIX + "published-run", PREFIX + "proplet-id"
 RUN, START_ERROR = RUN_ANNOTATION, START_ERROR_ANNOTATION
+FIELDS = PREFIX + "propeller-fields"  # Propeller's other task fields (shim/taskfields.py), JSON
 WASM_KEYS = tuple(f.alias or n for n, f in WasmSource.model_fields.items())
 
 
@@ -51,6 +53,8 @@ def task_annotations(record: TaskRecord) -> dict[str, str | None]:
         INPUTS: json.dumps(record.inputs),
         CLI_ARGS: json.dumps(record.cli_args),
         IMAGE: record.image_url or None,
+        FIELDS: json.dumps(record.extra, separators=(",", ":")) if record.extra else None,
+        PROPLET: record.proplet_id or None,
     }
 
 
@@ -102,6 +106,7 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
         updated_at=updated,
         run=run,
         unpublished=phase in REPORTED and notes.get(PUBLISHED) != str(run),
+        extra=json.loads(notes[FIELDS]) if notes.get(FIELDS) else {},
     )
 
 

@@ -28,6 +28,7 @@ from ..api.lifecycle import Event, Refusal, TaskPhase, transition
 from ..api.status import requested_run
 from ..api.times import maybe_time
 from ..kubeclient import STALE_RETRIES, KubeClient
+from . import taskfields
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
     CREATED,
@@ -69,9 +70,11 @@ class KubernetesStore:
         """The task."""
         return to_record(self._object(task_id))
 
-    def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
-        """A page in creation order."""
-        records = self._records()
+    def page(
+        self, offset: int, limit: int, metadata: dict[str, Any] | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        """A page, newest first, of the tasks whose metadata matches."""
+        records = [r for r in reversed(self._records()) if taskfields.matches(r.extra, metadata)]
         return records[offset : offset + limit], len(records)
 
     def counts(self) -> dict[TaskPhase, int]:
@@ -146,7 +149,8 @@ class KubernetesStore:
                 "name": record.id,
                 "labels": {PROPELLER_ID_LABEL: record.id},
                 "annotations": {
-                    **task_annotations(record),
+                    # None removes an annotation in a patch; a create would store "" instead.
+                    **{k: v for k, v in task_annotations(record).items() if v is not None},
                     CREATED: iso(record.created_at),
                     RUN: str(record.run),
                     PUBLISHED: str(record.run),
@@ -167,9 +171,11 @@ class KubernetesStore:
             raise ConflictError(f"task {record.id} exists already") from None
 
     def save(self, record: TaskRecord) -> None:
-        """Write the spec fields of a task that is not running."""
+        """Write the spec fields and annotations of a task."""
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
+            # Also while it runs (as Propeller allows): the operator made the running attempt's
+            # Pod from the spec it had then, so only later attempts and runs see the change.
             _decide(obj, Event.UPDATE)
             spec = task_spec(record, self._artifacts_url)
             # A merge patch merges objects: keys left out would stay, so null them (an `image`
@@ -208,12 +214,9 @@ class KubernetesStore:
             _decide(obj, Event.START)
             if not (obj.get("spec") or {}).get("wasm"):
                 raise BadRequestError(f"task {task_id} has no wasm module")
-            notes = {
-                RUN: str(requested_run(obj) + 1),
-                START_ERROR: None,
-                UPDATED: iso(now()),
-                PROPLET: proplet_id or None,
-            }
+            notes = {RUN: str(requested_run(obj) + 1), START_ERROR: None, UPDATED: iso(now())}
+            if proplet_id:  # a manager's addressing; else the task's own proplet_id stays
+                notes[PROPLET] = proplet_id
             patch = {"metadata": {"annotations": notes}, "spec": {"suspend": False}}
             return self._patch(task_id, patch, obj)
 

@@ -10,7 +10,8 @@ must not take the shim down: `stop` kills the task's worker, a dead worker fails
 the next task starts a new worker. A worker is recycled after `worker_max_tasks` tasks or above
 `worker_max_rss` bytes, to bound memory. With `fresh_process`, every task is a `wasinn proplet
 run` child of its own instead, as a Pod is. The pool (`pool.py`) runs `workers` tasks at once,
-and lets a task that runs past `long_after` seconds give its slot to the next one.
+higher `priority` first, and lets a task that runs past `long_after` seconds give its slot to
+the next one.
 
 Faults: a database that fails (full disk, I/O error) fails no thread. A task the pool cannot
 claim stays Scheduled and is tried again; a run whose result cannot be written is recorded
@@ -36,12 +37,14 @@ import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..api import RunSummary
 from ..api.lifecycle import STOPPED_ERROR
 from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
 from ..api.summary import OUTPUT_LIMIT
+from . import taskfields
 from .artifacts import ArtifactStore
 from .errors import UnavailableError
 from .fresh import drain, outcome
@@ -112,7 +115,7 @@ class LocalBackend:
         for record in self.db.in_phase(TaskPhase.RUNNING):
             self._record(record.id, record.run, Outcome(TaskPhase.FAILED, error=INTERRUPTED), True)
         for record in self.db.in_phase(TaskPhase.SCHEDULED):
-            self._pool.put((record.id, record.run))
+            self._pool.put((record.id, record.run), taskfields.priority(record.extra))
 
     # The TaskStore protocol.
     def add(self, record: TaskRecord) -> None:
@@ -121,8 +124,10 @@ class LocalBackend:
     def get(self, task_id: str) -> TaskRecord:
         return self.db.get(task_id)
 
-    def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
-        return self.db.page(offset, limit)
+    def page(
+        self, offset: int, limit: int, metadata: dict[str, Any] | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        return self.db.page(offset, limit, metadata)
 
     def save(self, record: TaskRecord) -> None:
         self.db.save(record)
@@ -134,7 +139,7 @@ class LocalBackend:
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
         record = self.db.start(task_id, proplet_id or self.proplet_id)
-        self._pool.put((record.id, record.run))
+        self._pool.put((record.id, record.run), taskfields.priority(record.extra))
         return record
 
     def stop(self, task_id: str) -> TaskRecord:

@@ -8,12 +8,16 @@ jobs make a short one wait (for a slot to end: the task deadline bounds that). S
 run more than `slots` at once, so a burst does not oversubscribe the CPU or start more warm
 workers than `slots`.
 
+Queued jobs start highest priority first (Propeller's task `priority`), in queue order among
+equals.
+
 A job's failure (any exception) is logged and ends that job only: a pool thread never dies of
 one, so the pool keeps running through a full disk or a failing database.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -47,7 +51,10 @@ class Pool(Generic[Job]):
         self.long_slots = max(0, long_slots)
         self.long_after = long_after
         self._handle = handle
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        # (-priority, order, job): the highest priority first, then first come first served;
+        # `order` is unique, so jobs themselves are never compared.
+        self._queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
+        self._order = itertools.count()
         self._state = threading.Condition()
         self._free = self.slots  # slots no thread holds
         self._long = 0  # jobs running past `long_after`, off the slots
@@ -62,9 +69,9 @@ class Pool(Generic[Job]):
         for thread in [*self._threads, self._watcher]:
             thread.start()
 
-    def put(self, job: Job) -> None:
-        """Queue a job."""
-        self._queue.put(job)
+    def put(self, job: Job, priority: int = 0) -> None:
+        """Queue a job; a higher `priority` runs before lower ones still queued."""
+        self._queue.put((-priority, next(self._order), job))
 
     def running(self) -> int:
         """Jobs running now."""
@@ -85,7 +92,7 @@ class Pool(Generic[Job]):
             self._closing = True
             self._state.notify_all()
         for _ in self._threads:
-            self._queue.put(None)
+            self._queue.put((-(1 << 62), next(self._order), None))  # before any job
         deadline = time.monotonic() + timeout
         for thread in [*self._threads, self._watcher]:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -94,7 +101,7 @@ class Pool(Generic[Job]):
     def _serve(self) -> None:
         me = threading.get_ident()
         while self._take_slot():
-            job = self._queue.get()
+            _, _, job = self._queue.get()
             if job is None or self._closing:
                 return
             with self._state:

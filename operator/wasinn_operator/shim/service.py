@@ -7,8 +7,9 @@ is about to refer to; it removes only a module an operation here stopped referri
 task is checked against the task policy (`api/policy.py`) before anything of it is stored or
 run: on create, update, upload and start, and for a manager's MQTT start.
 
-Answers never carry the module (`file`) or, in listings, the results: a page of tasks stays small
-whatever the tasks hold. `health()` checks every dependency (see `health.py`).
+Answers carry the module (`file`) only redacted, as Propeller does, and listings leave out the
+results: a page of tasks stays small whatever the tasks hold. `health()` checks every
+dependency (see `health.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..api.lifecycle import TaskPhase
 from ..api.policy import PROPELLER_FIELDS, PolicyError, Resolve, TaskPolicy, check_task
@@ -33,11 +34,13 @@ from ..api.propeller import (
     TaskInput,
     TaskPage,
 )
+from . import taskfields
 from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
-from .store import TaskRecord, TaskStore, now
+from .store import PropletRecord, TaskRecord, TaskStore, now
+from .validation import check_task_limit, proplet_alive_filter
 
 MAX_PAGE = 1000
 # What one task may hold besides its module (stored, and answered in every listing).
@@ -72,57 +75,50 @@ class TaskService:
         self.checks = HealthChecks(
             store, artifacts, min_free_bytes, disk_paths or [artifacts.directory], build
         )
+        self._redact = taskfields.Redactor()
 
     # Tasks.
     def create(
         self, body: TaskInput, task_id: str | None = None, module: ModuleUpload | None = None
     ) -> Task:
         """A new Pending task; `name` is required, the id is a fresh UUID unless given;
-        `module` (received already) becomes its file."""
+        `module` (received already) becomes its file. Its `updated_at` stays Go's zero time
+        until it is changed, as in Propeller."""
         if not body.name:
             raise BadRequestError("name: a task needs a non-empty name")
         self._admit(None, body)
         with self._lock:
             record = TaskRecord(id=task_id or str(uuid.uuid4()), name=body.name)
-            self._apply(record, body, module)
+            record.updated_at = record.created_at
+            self._apply(record, body, module, creating=True)
             self._write(self.store.add, record, "")
-            return record.to_task()
+            return self._task(record)
 
-    def list(self, offset: int, limit: int) -> TaskPage:
-        """A page in creation order, without results and files (GET a task, or its results,
-        for those)."""
+    def list(self, offset: int, limit: int, metadata: dict[str, Any] | None = None) -> TaskPage:
+        """A page, newest first, of the tasks whose metadata has every key of `metadata`,
+        without results (GET a task, or its results, for those)."""
         _check_page(offset, limit)
-        records, total = self.store.page(offset, limit)
-        tasks = [dataclasses.replace(r, results=None).to_task() for r in records]
+        check_task_limit(limit)
+        records, total = self.store.page(offset, limit, metadata)
+        tasks = [self._task(dataclasses.replace(r, results=None)) for r in records]
         return TaskPage(offset=offset, limit=limit, total=total, tasks=tasks)
 
     def get(self, task_id: str) -> Task:
-        """The task (without its file)."""
-        return self.store.get(task_id).to_task()
-
-    def get_with_module(self, task_id: str) -> tuple[Task, BinaryIO | None]:
-        """The task and its module's file, open (None without one), for an answer that
-        carries the file: it stays readable even if the module is removed meanwhile."""
-        record = self.store.get(task_id)
-        module = None
-        if record.digest:
-            try:
-                module = self.artifacts.open(record.digest)
-            except NotFoundError:
-                module = None
-        return record.to_task(), module
+        """The task (its file redacted)."""
+        return self._task(self.store.get(task_id))
 
     def update(self, task_id: str, body: TaskInput, module: ModuleUpload | None = None) -> Task:
-        """Apply every field present in the body (Propeller v-old applied only some); a null
-        `name` leaves the name as it is; `module` (received already) replaces the file."""
+        """Apply every field present in the body (Propeller applies only some); a missing or
+        empty `name` leaves the name as it is; `module` (received already) replaces the file.
+        A running task may be changed too: its running attempt keeps what it started with."""
         with self._lock:
             record = self.store.get(task_id)
             self._admit(record, body)
             old = record.digest
-            self._apply(record, body, module)
+            self._apply(record, body, module, creating=False)
             record.updated_at = now()
-            self._write(self.store.save, record, old)
-            return record.to_task()
+            self._write(self.store.save, record, self._releasable(record, old))
+            return self._task(record)
 
     def upload(self, task_id: str, filename: str, module: ModuleUpload) -> Task:
         """Set the task's module from a multipart upload (`file`, a `.wasm` name)."""
@@ -133,8 +129,23 @@ class TaskService:
             old = record.digest
             record.digest = module.commit()
             record.updated_at = now()
-            self._write(self.store.save, record, old)
-            return record.to_task()
+            self._write(self.store.save, record, self._releasable(record, old))
+            return self._task(record)
+
+    def _releasable(self, record: TaskRecord, old: str) -> str:
+        # A running attempt may still read the module it started with: keep it (a later
+        # change or delete of an idle task lets it go).
+        return "" if record.phase.active else old
+
+    def _task(self, record: TaskRecord) -> Task:
+        """The Propeller task, its module (when it has one) redacted as Propeller does."""
+        file = None
+        if record.digest:
+            try:
+                file = self._redact(record.digest, self.artifacts.open)
+            except (NotFoundError, OSError):
+                file = None
+        return record.to_task(file)
 
     def delete(self, task_id: str) -> None:
         """Delete the task (ending its run) and its module when no other task uses it."""
@@ -143,13 +154,22 @@ class TaskService:
             self._release(record.digest, "")
 
     def start(self, task_id: str) -> None:
-        """Queue a run; without a module (file, upload or image_url) that is a conflict."""
+        """Queue a run; without a module (file, upload or image_url) that is a conflict. A
+        task addressed to a proplet this service does not have is not found (404), as in
+        Propeller; an encrypted one needs a key broker, which the shim has not (400)."""
         with self._lock:
             record = self.store.get(task_id)
             if not (record.digest or record.image_url):
                 raise ConflictError(
                     f"task {task_id} has no wasm module: set `file`, upload one, or set `image_url`"
                 )
+            if record.extra.get("encrypted"):
+                raise BadRequestError(
+                    "encrypted: encrypted modules need a key broker service, which this shim "
+                    "does not have; store the module unencrypted"
+                )
+            if record.proplet_id and record.phase == TaskPhase.PENDING:
+                self.proplet(record.proplet_id)  # NotFoundError when no such proplet
             self._admit(record, TaskInput())  # stored under an older, wider policy?
             self.store.start(task_id)
 
@@ -162,22 +182,24 @@ class TaskService:
         """The task's results (the guest's stdout), None before it finished."""
         return self.store.get(task_id).results
 
-    def proplets(self, offset: int, limit: int) -> PropletPage:
-        """The backend's workers."""
+    def proplets(self, offset: int, limit: int, status: str | None = None) -> PropletPage:
+        """The backend's workers; `status` active or inactive keeps the alive or the other
+        ones (anything else is a 400, as in Propeller)."""
         _check_page(offset, limit)
-        found = self.store.proplets()
+        alive = proplet_alive_filter(status)
+        found = [p for p in self.store.proplets() if alive is None or p.alive == alive]
         return PropletPage(
             offset=offset,
             limit=limit,
             total=len(found),
-            proplets=[Proplet(**vars(p)) for p in found[offset : offset + limit]],
+            proplets=[_proplet(p) for p in found[offset : offset + limit]],
         )
 
     def proplet(self, proplet_id: str) -> Proplet:
         """One worker."""
         for found in self.store.proplets():
             if found.id == proplet_id:
-                return Proplet(**vars(found))
+                return _proplet(found)
         raise NotFoundError(f"proplet {proplet_id} not found")
 
     def health(self) -> Health:
@@ -211,7 +233,7 @@ class TaskService:
             except NotFoundError:
                 record = TaskRecord(id=task_id, name=(body.name or task_id)[:1024])
                 if error is None:
-                    self._apply(record, body)
+                    self._apply(record, body, creating=True)
                 self.store.add(record)
             else:
                 if record.phase.active:
@@ -276,11 +298,21 @@ class TaskService:
             raise BadRequestError(str(exc)) from None
 
     def _apply(
-        self, record: TaskRecord, body: TaskInput, module: ModuleUpload | None = None
+        self,
+        record: TaskRecord,
+        body: TaskInput,
+        module: ModuleUpload | None = None,
+        *,
+        creating: bool = False,
     ) -> None:
         given = body.model_fields_set
         if body.name:
             record.name = body.name
+        if "proplet_id" in given:
+            record.proplet_id = body.proplet_id or ""
+        extra = dict(record.extra)
+        taskfields.apply(extra, body, record.proplet_id, creating=creating)
+        record.extra = extra
         if "image_url" in given:
             record.image_url = body.image_url or ""
         if "cli_args" in given:
@@ -341,6 +373,17 @@ def _check_size(record: TaskRecord) -> None:
             f"name, image_url, cli_args, inputs and env: {size} bytes as JSON; at most "
             f"{MAX_SPEC_BYTES} are accepted"
         )
+
+
+def _proplet(found: PropletRecord) -> Proplet:
+    history = found.alive_history
+    return Proplet(
+        id=found.id,
+        name=found.name,
+        task_count=found.task_count,
+        alive=found.alive,
+        last_alive_at=history[-1] if history else None,
+    )
 
 
 def _check_page(offset: int, limit: int) -> None:

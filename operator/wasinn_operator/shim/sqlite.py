@@ -23,6 +23,7 @@ from typing import Any
 
 from ..api.lifecycle import STOPPED_ERROR, Event, Refusal, TaskPhase, transition
 from ..api.times import format_time, maybe_time
+from . import taskfields
 from .errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
 from .store import Outcome, TaskRecord, now
 
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   updated_at TEXT NOT NULL,
   run INTEGER NOT NULL,
   unpublished INTEGER NOT NULL,
-  results_truncated INTEGER NOT NULL DEFAULT 0
+  results_truncated INTEGER NOT NULL DEFAULT 0,
+  extra TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS tasks_order ON tasks (created_at, seq);
 CREATE INDEX IF NOT EXISTS tasks_outbox ON tasks (unpublished) WHERE unpublished = 1;
@@ -73,11 +75,25 @@ COLUMNS = (
     "run",
     "unpublished",
     "results_truncated",
+    "extra",
 )
 # Listings leave the results out: a page of tasks stays small whatever the tasks printed.
 LIST_COLUMNS = ", ".join(c for c in ("seq", *COLUMNS) if c != "results")
-SPEC_COLUMNS = ("name", "image_url", "digest", "cli_args", "inputs", "env", "daemon", "updated_at")
-JSON_COLUMNS = ("cli_args", "inputs", "env", "results")
+SPEC_COLUMNS = (
+    "name",
+    "image_url",
+    "digest",
+    "cli_args",
+    "inputs",
+    "env",
+    "daemon",
+    "proplet_id",
+    "extra",
+    "updated_at",
+)
+JSON_COLUMNS = ("cli_args", "inputs", "env", "results", "extra")
+# Newest first, as Propeller lists tasks; `seq` orders tasks created in the same microsecond.
+NEWEST_FIRST = "ORDER BY created_at DESC, seq DESC"
 TIME_COLUMNS = ("start_time", "finish_time", "created_at", "updated_at")
 HEADER = b"SQLite format 3\0"
 CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
@@ -118,7 +134,12 @@ def _from_row(row: sqlite3.Row) -> TaskRecord:
     values["daemon"] = bool(values["daemon"])
     values["unpublished"] = bool(values["unpublished"])
     values["results_truncated"] = bool(values["results_truncated"])
+    values.setdefault("extra", {})
     return TaskRecord(**values)
+
+
+def _metadata_matches(extra: str, wanted: str) -> bool:
+    return taskfields.matches(json.loads(extra), json.loads(wanted))
 
 
 class TaskDB:
@@ -191,12 +212,17 @@ class TaskDB:
             raise NotFoundError(f"task {task_id} not found")
         return _from_row(row)
 
-    def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
+    def page(
+        self, offset: int, limit: int, metadata: dict[str, Any] | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        where, params = "", tuple[str, ...]()
+        if metadata:
+            where, params = "WHERE metadata_matches(extra, ?)", (json.dumps(metadata),)
         with self._lock:
-            total = int(self._exec("SELECT COUNT(*) FROM tasks").fetchone()[0])
+            total = int(self._exec(f"SELECT COUNT(*) FROM tasks {where}", params).fetchone()[0])
             rows = self._exec(
-                f"SELECT {LIST_COLUMNS} FROM tasks ORDER BY created_at, seq LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT {LIST_COLUMNS} FROM tasks {where} {NEWEST_FIRST} LIMIT ? OFFSET ?",
+                (*params, limit, offset),
             ).fetchall()
         return [_from_row(r) for r in rows], total
 
@@ -392,6 +418,9 @@ def _open(path: Path) -> sqlite3.Connection:
         columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
         if "results_truncated" not in columns:  # a database of an earlier version
             db.execute("ALTER TABLE tasks ADD COLUMN results_truncated INTEGER NOT NULL DEFAULT 0")
+        if "extra" not in columns:  # before Propeller's other task fields were kept
+            db.execute("ALTER TABLE tasks ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'")
+        db.create_function("metadata_matches", 2, _metadata_matches, deterministic=True)
     except sqlite3.Error as exc:
         raise UnusableDatabaseError(f"the task database {path} cannot be used: {exc}") from None
     for suffix in ("", "-wal", "-shm"):  # private, also when an earlier version made them

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from ..api.lifecycle import TaskPhase
 from ..api.propeller import Task
+from ..api.times import ZERO_TIME
+from . import taskfields
 
 __all__ = ["Outcome", "PropletRecord", "TaskPhase", "TaskRecord", "TaskStore", "now"]
 
@@ -33,7 +35,7 @@ class TaskRecord:
     image_url: str = ""
     digest: str = ""  # sha256:<hex> of the task's file in the artifact store; "" = none
     cli_args: list[str] | None = None
-    inputs: list[int | str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     daemon: bool = False
     proplet_id: str = ""
@@ -46,13 +48,14 @@ class TaskRecord:
     run: int = 0  # bumped by every start: a result belongs to one run
     unpublished: bool = False  # a result awaits its MQTT publication
     results_truncated: bool = False  # the guest printed more than the results keep
+    extra: dict[str, Any] = field(default_factory=dict)  # Propeller's other fields (taskfields)
 
     def copy(self, **changes: Any) -> TaskRecord:
         """A copy with `changes` applied."""
         return replace(self, **changes)
 
     def to_task(self, file: str | None = None) -> Task:
-        """The Propeller Task; `file` is the module's base64 when the caller wants it."""
+        """The Propeller Task; `file` is the module's redacted base64 when the caller has it."""
         return Task(
             id=self.id,
             name=self.name,
@@ -60,7 +63,8 @@ class TaskRecord:
             image_url=self.image_url or None,
             file=file,
             cli_args=self.cli_args,
-            inputs=list(self.inputs) or None,
+            # Text, as Propeller keeps them (earlier versions stored numbers).
+            inputs=[i if isinstance(i, str) else str(i) for i in self.inputs] or None,
             env=dict(self.env) or None,
             daemon=self.daemon,
             proplet_id=self.proplet_id or None,
@@ -70,7 +74,9 @@ class TaskRecord:
             start_time=self.start_time or Task.model_fields["start_time"].default,
             finish_time=self.finish_time or Task.model_fields["finish_time"].default,
             created_at=self.created_at,
-            updated_at=self.updated_at,
+            # Go's zero time until the task changes, as Propeller's CreateTask leaves it.
+            updated_at=self.updated_at if self.updated_at != self.created_at else ZERO_TIME,
+            fields=taskfields.to_json(self.extra),
         )
 
 
@@ -92,14 +98,15 @@ class PropletRecord:
     name: str
     task_count: int
     alive: bool
-    alive_history: list[datetime]
+    alive_history: list[datetime]  # heartbeats, oldest first
 
 
 class TaskStore(Protocol):
     """Task records, their state transitions, their results and the MQTT outbox.
 
     Errors: `NotFoundError` for an unknown id, `ConflictError` for a transition the state forbids.
-    Every listing is ordered by `created_at` (ties by insertion), so pages are stable.
+    Every listing is ordered newest first by `created_at` (ties by insertion, later first), as
+    Propeller lists tasks, so pages are stable and new tasks come first.
     """
 
     def add(self, record: TaskRecord) -> None:
@@ -108,13 +115,17 @@ class TaskStore(Protocol):
     def get(self, task_id: str) -> TaskRecord:
         """The task."""
 
-    def page(self, offset: int, limit: int) -> tuple[list[TaskRecord], int]:
-        """Tasks `offset`..`offset+limit` in creation order, and the total count; the records
-        may leave out `results` (a listing never shows them)."""
+    def page(
+        self, offset: int, limit: int, metadata: dict[str, Any] | None = None
+    ) -> tuple[list[TaskRecord], int]:
+        """Tasks `offset`..`offset+limit`, newest first, of those whose metadata matches
+        `metadata` (`taskfields.matches`), and their count; the records may leave out
+        `results` (a listing never shows them)."""
 
     def save(self, record: TaskRecord) -> None:
-        """Write the spec fields (name, image_url, digest, cli_args, inputs, env, daemon,
-        updated_at) of an existing task. `ConflictError` while it is Scheduled or Running."""
+        """Write the spec fields (name, image_url, digest, cli_args, inputs, env, daemon, extra,
+        proplet_id, updated_at) of an existing task, also while it runs: the running attempt
+        keeps the spec it started with."""
 
     def remove(self, task_id: str) -> TaskRecord:
         """Delete the task, ending its run if any; returns what was deleted."""
