@@ -145,7 +145,8 @@ def test_a_refused_manager_start_is_published_failed_and_runs_nothing(
         manager.send("control/manager/start", {**start, "id": escape, "file": b64(guest("hello"))})
         payload = result_for(results, escape)
         message = f"cli_args: --dir /::/host: {NO_DIRS}"
-        assert (payload["error"], payload["results"]) == (message, None)
+        # results is a string ("" on failure), as Propeller's Go and Rust types want
+        assert (payload["error"], payload["results"]) == (message, "")
         task = shim.task(escape)
         assert (task["state"], task["error"]) == (4, message)
         # Nothing runnable was kept: no module, no flags, no env, no inputs.
