@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import IO
@@ -20,6 +21,20 @@ from .store import Outcome, TaskPhase
 
 STDERR_TAIL = 4096
 PROPLET_LOG = "wasinn proplet: "
+
+
+def spawn_proplet(env: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    """A `wasinn proplet run` child in its own session (so a stop can kill its whole group),
+    with stdout and stderr piped for `drain`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def drain(child: subprocess.Popen[bytes], limit: int) -> tuple[bytes, bool, bytes]:

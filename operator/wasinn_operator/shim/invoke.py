@@ -11,8 +11,6 @@ are answered while the manager waits), at most `SLOTS` at a time.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 from ..api.policy import POLICY_ENV
 from ..api.propeller import InvokeMessage, to_task_spec, wasm_source
 from .errors import NotFoundError, ShimError
-from .fresh import drain, outcome
+from .fresh import drain, outcome, spawn_proplet
 from .service import TaskService
 from .store import TaskPhase
 
@@ -111,15 +109,7 @@ class Invoker:
             task_file, summary_file = Path(tmp) / "task.json", Path(tmp) / "summary.json"
             task_file.write_text(task_json)
             env |= {"WASINN_TASK_FILE": str(task_file), "WASINN_TERMINATION_LOG": str(summary_file)}
-            child = subprocess.Popen(
-                [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"],
-                env=env,
-                cwd=tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            child = spawn_proplet(env, tmp)
             stdout, over, stderr = drain(child, RESULTS_LIMIT)
             ended = outcome(summary_file, stdout, over, stderr, child.wait())
         return ended.phase, ended.results or "", ended.error

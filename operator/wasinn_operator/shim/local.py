@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from datetime import datetime
@@ -47,7 +46,7 @@ from ..api.summary import OUTPUT_LIMIT
 from . import taskfields
 from .artifacts import ArtifactStore
 from .errors import UnavailableError
-from .fresh import drain, outcome
+from .fresh import drain, outcome, spawn_proplet
 from .pool import Pool
 from .sqlite import TaskDB
 from .store import Outcome, PropletRecord, TaskPhase, TaskRecord, now
@@ -321,19 +320,10 @@ class LocalBackend:
             task_file.write_text(task_json)
             env = self._child_env()
             env |= {"WASINN_TASK_FILE": str(task_file), "WASINN_TERMINATION_LOG": str(summary_file)}
-            command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"]
             with self._lock:
                 if self._stale(record):
                     return Outcome(TaskPhase.FAILED, error=STOPPED_ERROR)
-                child = subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=tmp,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                )
+                child = spawn_proplet(env, tmp)
                 self._children[record.id] = child
             try:
                 stdout, over, stderr = drain(child, OUTPUT_LIMIT)
