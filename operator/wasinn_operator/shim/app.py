@@ -11,8 +11,8 @@ its answer, the only one that carries `file`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from hmac import compare_digest
 from typing import Annotated, Any
 
@@ -54,7 +54,12 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
+from .jobs import JobService
+from .routes_jobs import add_job_routes
+from .routes_proplets import add_proplet_routes
+from .schedule import Ticker
 from .service import MAX_PAGE, TaskService, check_module_name
+from .taskmetrics import TaskMetricsStore
 from .uploads import receive_multipart
 
 STATUS: dict[type[ShimError], int] = {
@@ -111,12 +116,31 @@ def create_app(
     max_body: int = 140 << 20,
     registry: CollectorRegistry | None = None,
     lifespan: Lifespan | None = None,
+    jobs: JobService | None = None,
+    task_metrics: TaskMetricsStore | None = None,
 ) -> FastAPI:
-    """The shim's FastAPI application."""
+    """The shim's FastAPI application; `jobs` defaults to one whose groups live in memory,
+    `task_metrics` to an empty store. The scheduler's ticker runs for the app's lifetime."""
+    jobs = jobs or JobService(service, ":memory:")
+    task_metrics = task_metrics or TaskMetricsStore()
+    ticker = Ticker(jobs.advance)
+
+    @asynccontextmanager
+    async def scheduled(app: FastAPI) -> AsyncIterator[None]:
+        ticker.start()
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            ticker.stop()
+
     app = FastAPI(
         title="wasinn shim (Propeller manager API)",
         version=service.health().version,
-        lifespan=lifespan,
+        lifespan=scheduled,
         docs_url=None,
         redoc_url=None,
     )
@@ -210,6 +234,8 @@ def create_app(
     )
     async def delete_task(task_id: str) -> Response:
         await call(service.delete, task_id)
+        await call(jobs.forget, task_id)
+        task_metrics.forget(task_id)
         return Response(status_code=204)
 
     @app.post(
@@ -287,6 +313,8 @@ def create_app(
         path = await call(service.artifacts.path, digest)
         return FileResponse(path, media_type="application/wasm")
 
+    add_proplet_routes(app, service, task_metrics, guarded)
+    add_job_routes(app, jobs, guarded)
     _install_error_handlers(app)
     _install_openapi(app)
     return app

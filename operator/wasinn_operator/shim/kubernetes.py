@@ -256,6 +256,14 @@ class KubernetesStore:
 
         return to_record(self._decide(task_id, change))
 
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Not available: WasiNNTask phases have no Skipped (a CRD change); the dependent
+        stays Pending and the caller hears why."""
+        raise ConflictError(
+            f"task {task_id}: skipping ({reason}) needs the Skipped phase, which the "
+            "kubernetes backend does not have yet"
+        )
+
     def mark_published(self, task_id: str, run: int) -> None:
         """Mark run `run`'s result acknowledged by the broker (an annotation on the task)."""
         with contextlib.suppress(NotFoundError):  # deleted since: nothing left to mark

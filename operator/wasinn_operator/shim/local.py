@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -59,6 +61,7 @@ log = logging.getLogger("wasinn.shim.local")
 PRIVATE_ENV = ("PROPLET_", "EXTERNAL_WASM_RUNTIME", "WASINN_TASK", "WASINN_TERMINATION_LOG")
 WORKER_MAX_TASKS = 100
 WORKER_MAX_RSS = 2 << 30
+RunMetrics = Callable[[str, str, float, int, float], None]
 
 
 class LocalBackend:
@@ -78,8 +81,12 @@ class LocalBackend:
         worker_max_tasks: int = WORKER_MAX_TASKS,
         worker_max_rss: int = WORKER_MAX_RSS,
         policy: TaskPolicy | None = None,
+        run_metrics: RunMetrics | None = None,
     ) -> None:
+        """`run_metrics(task_id, proplet_id, cpu_seconds, rss_bytes, wall_seconds)` hears of
+        every run on a warm worker."""
         self.db = TaskDB(db_path)
+        self.run_metrics = run_metrics
         self.policy = policy or TaskPolicy()  # the proplets apply it again to every task
         self.fresh_process = fresh_process
         self.worker_max_tasks = max(1, worker_max_tasks)
@@ -143,6 +150,11 @@ class LocalBackend:
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
         record = self.db.fail(task_id, error, self.proplet_id)
+        self._notify()
+        return record
+
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        record = self.db.skip(task_id, reason)
         self._notify()
         return record
 
@@ -290,6 +302,7 @@ class LocalBackend:
                 return Outcome(TaskState.INTERRUPTED, error="stopped")
             worker = self._idle.take() or Worker(self._child_env(), self._workdir)
             self._children[record.id] = worker.process
+        cpu_before, started = worker.cpu_seconds(), time.monotonic()
         try:
             summary = RunSummary.model_validate(worker.run(task_json))
         except (WorkerDiedError, ValueError) as exc:
@@ -301,6 +314,10 @@ class LocalBackend:
                 if self._children.get(record.id) is worker.process:
                     del self._children[record.id]
         rss = worker.rss()
+        cpu_after = worker.cpu_seconds()
+        if self.run_metrics is not None and cpu_before is not None and cpu_after is not None:
+            wall = time.monotonic() - started
+            self.run_metrics(record.id, self.proplet_id, cpu_after - cpu_before, rss or 0, wall)
         if worker.tasks_run >= self.worker_max_tasks or (rss or 0) > self.worker_max_rss:
             worker.close()
         else:

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..api.policy import lexical
+from ..api.propeller import rfc3339
 from ..atomicfile import replace_file
 from ..mqtt import MQTTError, MQTTSettings
 from .app import create_app
@@ -30,9 +31,12 @@ from .artifacts import ArtifactStore, private_dir
 from .bridge import Bridge
 from .config import ShimConfig, config_from_args
 from .errors import ShimError
+from .jobs import JobService
 from .local import LocalBackend
+from .proplets import PropletRegistry
 from .service import TaskService
-from .store import TaskState, TaskStore
+from .store import TaskState, TaskStore, now
+from .taskmetrics import TaskMetricsStore
 
 log = logging.getLogger("wasinn.shim")
 
@@ -87,6 +91,36 @@ class TaskCollector(Collector):
         yield family
 
 
+def run_recorder(
+    task_metrics: TaskMetricsStore, proplets: PropletRegistry
+) -> Callable[[str, str, float, int, float], None]:
+    """What the local backend calls after each run: a task sample and a proplet sample."""
+
+    def record(task_id: str, proplet_id: str, cpu: float, rss: int, wall: float) -> None:
+        task_metrics.record_run(task_id, proplet_id, cpu, rss, wall)
+        proplets.record_metrics(
+            proplet_id,
+            {
+                "proplet_id": proplet_id,
+                "namespace": "",
+                "timestamp": rfc3339(now()),
+                "cpu_metrics": {
+                    "user_seconds": round(cpu, 6),
+                    "system_seconds": 0.0,
+                    "percent": round(100.0 * cpu / wall, 3) if wall > 0 else 0.0,
+                },
+                "memory_metrics": {
+                    "rss_bytes": rss,
+                    "heap_alloc_bytes": 0,
+                    "heap_sys_bytes": 0,
+                    "heap_inuse_bytes": 0,
+                },
+            },
+        )
+
+    return record
+
+
 def instance_id(data_dir: Path, given: str | None = None) -> str:
     """`given` (PROPLET_INSTANCE_ID), else an id kept in the data directory (stable across
     restarts)."""
@@ -129,6 +163,10 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
         build=config.build,
     )
     log.info("task policy: %s", config.policy.describe())
+    task_metrics = TaskMetricsStore()
+    if isinstance(store, LocalBackend):
+        store.run_metrics = run_recorder(task_metrics, service.registry)
+    jobs = JobService(service, config.data_dir / "jobs.db")
     registry = CollectorRegistry()
     registry.register(TaskCollector(store))
     bridge = None
@@ -153,11 +191,18 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             if bridge is not None:
                 bridge.stop()
             store.close()
+            jobs.close()
 
     # A base64 body is 4/3 of the module, plus room for the rest of the task.
     max_body = math.ceil(config.max_wasm_bytes * 4 / 3) + (1 << 20)
     app = create_app(
-        service, token=config.token, max_body=max_body, registry=registry, lifespan=lifespan
+        service,
+        token=config.token,
+        max_body=max_body,
+        registry=registry,
+        lifespan=lifespan,
+        jobs=jobs,
+        task_metrics=task_metrics,
     )
     return app, service
 

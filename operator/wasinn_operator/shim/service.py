@@ -37,6 +37,7 @@ from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
+from .proplets import PropletRegistry
 from .store import TaskRecord, TaskStore, now
 
 MAX_PAGE = 1000
@@ -69,6 +70,7 @@ class TaskService:
         self.policy = policy or TaskPolicy()
         self._resolve = resolve
         self._lock = threading.RLock()
+        self.registry = PropletRegistry(store.proplets)
         self.checks = HealthChecks(
             store, artifacts, min_free_bytes, disk_paths or [artifacts.directory], build
         )
@@ -164,7 +166,7 @@ class TaskService:
     def proplets(self, offset: int, limit: int) -> PropletPage:
         """The backend's workers."""
         _check_page(offset, limit)
-        found = self.store.proplets()
+        found = self.registry.proplets()
         return PropletPage(
             offset=offset,
             limit=limit,
@@ -174,10 +176,7 @@ class TaskService:
 
     def proplet(self, proplet_id: str) -> Proplet:
         """One worker."""
-        for found in self.store.proplets():
-            if found.id == proplet_id:
-                return Proplet(**vars(found))
-        raise NotFoundError(f"proplet {proplet_id} not found")
+        return Proplet(**vars(self.registry.get(proplet_id)))
 
     def health(self) -> Health:
         """Propeller's health answer and every dependency's check; commit and build time come

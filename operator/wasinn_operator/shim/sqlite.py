@@ -286,6 +286,20 @@ class TaskDB:
                 self._refuse(task_id, "is scheduled or running")
             return self.get(task_id)
 
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Pending → Skipped (a dependent whose run_if condition failed); no result is
+        published. `ConflictError` unless Pending."""
+        with self._lock:
+            moment = _time(now())
+            cursor = self._exec(
+                "UPDATE tasks SET state = ?, error = ?, finish_time = ?, updated_at = ? "
+                "WHERE id = ? AND state = ?",
+                (int(TaskState.SKIPPED), reason, moment, moment, task_id, int(TaskState.PENDING)),
+            )
+            if cursor.rowcount == 0:
+                self._refuse(task_id, "is not pending")
+            return self.get(task_id)
+
     def _refuse(self, task_id: str, why: str) -> None:
         self.get(task_id)  # NotFoundError first
         raise ConflictError(f"task {task_id} {why}")

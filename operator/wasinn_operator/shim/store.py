@@ -129,6 +129,10 @@ class TaskStore(Protocol):
         """Mark a task that is not running Failed with `error`, as a new run whose result is
         published (e.g. its module could not be fetched). `ConflictError` while it is active."""
 
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Pending → Skipped with `reason` as its error: a workflow or job task whose
+        `run_if` condition failed; no result is published. `ConflictError` unless Pending."""
+
     def unpublished(self) -> list[TaskRecord]:
         """Finished runs whose result is not yet acknowledged by the MQTT broker, oldest first
         (a backend may return only the first of them: the outbox asks again)."""

@@ -1,0 +1,93 @@
+"""The HTTP transport of jobs and workflows (`jobs.py`): decode, call `JobService`, encode.
+
+Codes follow Propeller's handlers (manager/api/transport.go, endpoint.go, responses.go):
+201 with `{"job_id", "tasks"}` and `Location: /jobs/{id}` for a new job, 201 `{"tasks"}` for a
+new workflow, 200 `{"message", "job_id"}` for start and stop, 200 JobPage for the list. One
+deliberate difference: `GET /jobs/{id}` answers 200 (Propeller answers 201, its create code).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.params import Depends
+from starlette.concurrency import run_in_threadpool
+
+from .bodies import JSONAnswer
+from .errors import UnsupportedMediaError
+from .jobs import JobService, decode_request
+from .jsonbody import parse_json
+from .service import MAX_PAGE
+
+MAX_OFFSET = (1 << 63) - 1
+JOB_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "execution_mode": {
+                        "type": "string",
+                        "enum": ["", "parallel", "sequential", "configurable"],
+                    },
+                    "tasks": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                },
+                "required": ["tasks"],
+            }
+        }
+    },
+}
+
+
+async def _json_body(request: Request) -> Any:
+    if "application/json" not in request.headers.get("content-type", ""):
+        raise UnsupportedMediaError("Content-Type must be application/json")
+    return parse_json(await request.body())
+
+
+def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> None:
+    """`/jobs` (create, list, get, start, stop) and `POST /workflows`."""
+    call = run_in_threadpool
+
+    @app.post("/jobs", status_code=201, dependencies=guarded,
+              openapi_extra={"requestBody": JOB_BODY})  # fmt: skip
+    async def create_job(request: Request) -> JSONAnswer:
+        body = decode_request(await _json_body(request))
+        job_id, tasks = await call(jobs.create, "job", body)
+        return JSONAnswer(
+            {"job_id": job_id, "tasks": tasks},
+            status_code=201,
+            headers={"Location": f"/jobs/{job_id}"},
+        )
+
+    @app.get("/jobs", dependencies=guarded)
+    async def list_jobs(
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        limit: int = Query(100, ge=0, le=MAX_PAGE),
+        status: str = "",
+    ) -> JSONAnswer:
+        return JSONAnswer(await call(jobs.list_jobs, offset, limit, status))
+
+    @app.get("/jobs/{job_id}", dependencies=guarded)
+    async def get_job(job_id: str) -> JSONAnswer:
+        return JSONAnswer({"job_id": job_id, "tasks": await call(jobs.job_tasks, job_id)})
+
+    @app.post("/jobs/{job_id}/start", dependencies=guarded)
+    async def start_job(job_id: str) -> JSONAnswer:
+        await call(jobs.start_job, job_id)
+        return JSONAnswer({"message": "job started", "job_id": job_id})
+
+    @app.post("/jobs/{job_id}/stop", dependencies=guarded)
+    async def stop_job(job_id: str) -> JSONAnswer:
+        await call(jobs.stop_job, job_id)
+        return JSONAnswer({"message": "job stopped", "job_id": job_id})
+
+    @app.post("/workflows", status_code=201, dependencies=guarded,
+              openapi_extra={"requestBody": JOB_BODY})  # fmt: skip
+    async def create_workflow(request: Request) -> JSONAnswer:
+        body = decode_request(await _json_body(request))
+        _, tasks = await call(jobs.create, "workflow", body)
+        return JSONAnswer({"tasks": tasks}, status_code=201)

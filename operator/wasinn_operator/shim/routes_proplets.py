@@ -1,0 +1,61 @@
+"""The HTTP transport of proplet details and task metrics: decode, call, encode.
+
+Routes and shapes follow Propeller's manager (manager/api/transport.go, responses.go):
+`GET /proplets/{id}/alive-history` (`{"offset","limit","total","history"}`),
+`GET /proplets/{id}/metrics` and `GET /tasks/{id}/metrics` (`{"offset","limit","total",
+"metrics"}`, an empty list when none), `GET /proplets/{id}/sdf` (an SDF document) and
+`DELETE /proplets/{id}` (204; 409 while it runs tasks).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Query
+from fastapi.params import Depends
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ..api.propeller import rfc3339
+from .bodies import JSONAnswer
+from .sdf import proplet_document
+from .service import MAX_PAGE, TaskService
+from .taskmetrics import TaskMetricsStore
+
+MAX_OFFSET = (1 << 63) - 1
+Offset = Query(0, ge=0, le=MAX_OFFSET)
+Limit = Query(100, ge=0, le=MAX_PAGE)
+
+
+def add_proplet_routes(
+    app: FastAPI, service: TaskService, metrics: TaskMetricsStore, guarded: list[Depends]
+) -> None:
+    """The proplet detail routes and `GET /tasks/{id}/metrics`."""
+    call = run_in_threadpool
+    registry = service.registry
+
+    @app.get("/proplets/{proplet_id}/alive-history", dependencies=guarded)
+    async def alive_history(proplet_id: str, offset: int = Offset, limit: int = Limit) -> Response:
+        beats, total = await call(registry.alive_history, proplet_id, offset, limit)
+        history = [rfc3339(beat) for beat in beats]
+        return JSONAnswer({"offset": offset, "limit": limit, "total": total, "history": history})
+
+    @app.get("/proplets/{proplet_id}/metrics", dependencies=guarded)
+    async def proplet_metrics(
+        proplet_id: str, offset: int = Offset, limit: int = Limit
+    ) -> Response:
+        samples, total = await call(registry.metrics, proplet_id, offset, limit)
+        return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})
+
+    @app.get("/proplets/{proplet_id}/sdf", dependencies=guarded)
+    async def proplet_sdf(proplet_id: str) -> Response:
+        return JSONAnswer(proplet_document(await call(registry.get, proplet_id)))
+
+    @app.delete("/proplets/{proplet_id}", status_code=204, dependencies=guarded)
+    async def delete_proplet(proplet_id: str) -> Response:
+        await call(registry.delete, proplet_id)
+        return Response(status_code=204)
+
+    @app.get("/tasks/{task_id}/metrics", dependencies=guarded)
+    async def task_metrics(task_id: str, offset: int = Offset, limit: int = Limit) -> Response:
+        # As Propeller: any id has a (maybe empty) page; its samples outlive nothing.
+        samples, total = metrics.page(task_id, offset, limit)
+        return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})
