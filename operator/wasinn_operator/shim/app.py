@@ -46,6 +46,7 @@ from .bodies import JSONAnswer, task_input, with_file
 from .errors import (
     BadRequestError,
     ConflictError,
+    InvocationError,
     NotFoundError,
     ShimError,
     TooLargeError,
@@ -57,6 +58,7 @@ from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
 from .jobs import JobService
 from .routes_jobs import add_job_routes
 from .routes_proplets import add_proplet_routes
+from .routes_tasks import add_task_routes
 from .schedule import Ticker
 from .service import MAX_PAGE, TaskService, check_module_name
 from .taskmetrics import TaskMetricsStore
@@ -69,6 +71,7 @@ STATUS: dict[type[ShimError], int] = {
     ConflictError: 409,
     TooLargeError: 413,
     UnsupportedMediaError: 415,
+    InvocationError: 502,
     UnavailableError: 503,
 }
 RETRY_AFTER = "5"  # seconds, on 503: a full disk or a failing database may recover
@@ -313,7 +316,8 @@ def create_app(
         path = await call(service.artifacts.path, digest)
         return FileResponse(path, media_type="application/wasm")
 
-    add_proplet_routes(app, service, task_metrics, guarded)
+    add_proplet_routes(app, service, guarded)
+    add_task_routes(app, service, task_metrics, guarded)
     add_job_routes(app, jobs, guarded)
     _install_error_handlers(app)
     _install_openapi(app)

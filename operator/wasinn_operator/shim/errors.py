@@ -31,6 +31,11 @@ class UnsupportedMediaError(ShimError):
     """Wrong Content-Type, or bytes that are not a WebAssembly module (415)."""
 
 
+class InvocationError(ShimError):
+    """An invocation of a latent task ran and failed (502: the run, not the request, failed);
+    the message is the run's error."""
+
+
 class UnavailableError(ShimError):
     """A dependency failed (the database, the artifact store's disk): the request may succeed
     later (503); the message names what failed."""

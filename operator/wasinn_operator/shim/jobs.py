@@ -274,13 +274,13 @@ def _check_group(tasks: list[GroupTask]) -> list[str]:
     ids = []
     for i, task in enumerate(tasks):
         if not task.name:
-            raise BadRequestError(f"tasks[{i}].name: a task needs a non-empty name")
+            raise BadRequestError(f"tasks.{i}.name: a task needs a non-empty name")
         if task.run_if and task.run_if not in RUN_IF:
-            raise BadRequestError(f"tasks[{i}].run_if: must be 'success' or 'failure'")
+            raise BadRequestError(f"tasks.{i}.run_if: must be 'success' or 'failure'")
         try:
             ids.append(str(uuid.UUID(task.id)) if task.id else str(uuid.uuid4()))
         except ValueError:
-            raise BadRequestError(f"tasks[{i}].id: {task.id!r} is not a UUID") from None
+            raise BadRequestError(f"tasks.{i}.id: {task.id!r} is not a UUID") from None
     if len(set(ids)) != len(ids):
         raise BadRequestError("tasks: two tasks have the same id")
     known = set(ids)
@@ -288,7 +288,7 @@ def _check_group(tasks: list[GroupTask]) -> list[str]:
         missing = [dep for dep in task.depends_on or [] if dep not in known]
         if missing:
             raise BadRequestError(
-                f"tasks[{i}].depends_on: {', '.join(missing)} is not a task of this request"
+                f"tasks.{i}.depends_on: {', '.join(missing)} is not a task of this request"
             )
     _check_acyclic({tid: list(t.depends_on or []) for tid, t in zip(ids, tasks, strict=True)})
     return ids

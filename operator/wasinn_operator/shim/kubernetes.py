@@ -39,7 +39,7 @@ from .kubemap import (
     task_spec,
     to_record,
 )
-from .store import PropletRecord, TaskRecord, TaskState, now
+from .store import Outcome, PropletRecord, TaskRecord, TaskState, now
 
 
 class _StaleError(Exception):
@@ -262,6 +262,13 @@ class KubernetesStore:
         raise ConflictError(
             f"task {task_id}: skipping ({reason}) needs the Skipped phase, which the "
             "kubernetes backend does not have yet"
+        )
+
+    def invoke(self, record: TaskRecord) -> Outcome:
+        """Not available: a Pod per invocation is not what a latent task promises (an
+        instance kept loaded); the caller hears why."""
+        raise ConflictError(
+            f"task {record.id}: invoking a latent task needs the local backend or a proplet"
         )
 
     def mark_published(self, task_id: str, run: int) -> None:

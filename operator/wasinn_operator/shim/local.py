@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -157,6 +158,11 @@ class LocalBackend:
         record = self.db.skip(task_id, reason)
         self._notify()
         return record
+
+    def invoke(self, record: TaskRecord) -> Outcome:
+        if self._closing.is_set():
+            raise UnavailableError("the shim is shutting down")
+        return self._run(record, invocation=f"invoke:{uuid.uuid4()}")
 
     def unpublished(self) -> list[TaskRecord]:
         return self.db.unpublished()
@@ -288,7 +294,10 @@ class LocalBackend:
         current = self.db.get(record.id)
         return self._closing.is_set() or current.run != record.run or not current.state.active
 
-    def _run(self, record: TaskRecord) -> Outcome:
+    def _run(self, record: TaskRecord, invocation: str = "") -> Outcome:
+        """Run the task's current run; with `invocation` (an id), an invocation of a latent
+        task instead, which no stop or newer run ends and whose worker is held under that id."""
+        key = invocation or record.id
         local = str(self.artifacts.path(record.digest)) if record.digest else None
         spec = to_task_spec(
             record.to_task(), wasm_source(record.digest, record.image_url, local_path=local)
@@ -296,12 +305,12 @@ class LocalBackend:
         spec.engine = "embedded"
         task_json = spec.model_dump_json(by_alias=True)
         if self.fresh_process:
-            return self._run_fresh(record, task_json)
+            return self._run_fresh(record, task_json, key)
         with self._lock:
-            if self._stale(record):
+            if key == record.id and self._stale(record):
                 return Outcome(TaskState.INTERRUPTED, error="stopped")
             worker = self._idle.take() or Worker(self._child_env(), self._workdir)
-            self._children[record.id] = worker.process
+            self._children[key] = worker.process
         cpu_before, started = worker.cpu_seconds(), time.monotonic()
         try:
             summary = RunSummary.model_validate(worker.run(task_json))
@@ -311,8 +320,8 @@ class LocalBackend:
             return Outcome(TaskState.FAILED, error=str(exc))
         finally:
             with self._lock:
-                if self._children.get(record.id) is worker.process:
-                    del self._children[record.id]
+                if self._children.get(key) is worker.process:
+                    del self._children[key]
         rss = worker.rss()
         cpu_after = worker.cpu_seconds()
         if self.run_metrics is not None and cpu_before is not None and cpu_after is not None:
@@ -325,7 +334,7 @@ class LocalBackend:
         state = TaskState.COMPLETED if summary.state == "Completed" else TaskState.FAILED
         return Outcome(state, summary.stdout, summary.error or "", summary.stdout_truncated)
 
-    def _run_fresh(self, record: TaskRecord, task_json: str) -> Outcome:
+    def _run_fresh(self, record: TaskRecord, task_json: str, key: str) -> Outcome:
         """The task in a `wasinn proplet run` child of its own."""
         with tempfile.TemporaryDirectory(prefix="wasinn-task-") as tmp:
             task_file, summary_file = Path(tmp) / "task.json", Path(tmp) / "summary.json"
@@ -334,7 +343,7 @@ class LocalBackend:
             env |= {"WASINN_TASK_FILE": str(task_file), "WASINN_TERMINATION_LOG": str(summary_file)}
             command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "run"]
             with self._lock:
-                if self._stale(record):
+                if key == record.id and self._stale(record):
                     return Outcome(TaskState.INTERRUPTED, error="stopped")
                 child = subprocess.Popen(
                     command,
@@ -345,12 +354,12 @@ class LocalBackend:
                     stderr=subprocess.PIPE,
                     start_new_session=True,
                 )
-                self._children[record.id] = child
+                self._children[key] = child
             try:
                 stdout, over, stderr = drain(child, OUTPUT_LIMIT)
                 code = child.wait()
             finally:
                 with self._lock:
-                    if self._children.get(record.id) is child:
-                        del self._children[record.id]
+                    if self._children.get(key) is child:
+                        del self._children[key]
             return outcome(summary_file, stdout, over, stderr, code)

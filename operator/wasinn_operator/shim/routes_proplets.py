@@ -1,4 +1,4 @@
-"""The HTTP transport of proplet details and task metrics: decode, call, encode.
+"""The HTTP transport of proplet details: decode, call, encode.
 
 Routes and shapes follow Propeller's manager (manager/api/transport.go, responses.go):
 `GET /proplets/{id}/alive-history` (`{"offset","limit","total","history"}`),
@@ -18,17 +18,14 @@ from ..api.propeller import rfc3339
 from .bodies import JSONAnswer
 from .sdf import proplet_document
 from .service import MAX_PAGE, TaskService
-from .taskmetrics import TaskMetricsStore
 
 MAX_OFFSET = (1 << 63) - 1
 Offset = Query(0, ge=0, le=MAX_OFFSET)
 Limit = Query(100, ge=0, le=MAX_PAGE)
 
 
-def add_proplet_routes(
-    app: FastAPI, service: TaskService, metrics: TaskMetricsStore, guarded: list[Depends]
-) -> None:
-    """The proplet detail routes and `GET /tasks/{id}/metrics`."""
+def add_proplet_routes(app: FastAPI, service: TaskService, guarded: list[Depends]) -> None:
+    """The proplet detail routes."""
     call = run_in_threadpool
     registry = service.registry
 
@@ -53,9 +50,3 @@ def add_proplet_routes(
     async def delete_proplet(proplet_id: str) -> Response:
         await call(registry.delete, proplet_id)
         return Response(status_code=204)
-
-    @app.get("/tasks/{task_id}/metrics", dependencies=guarded)
-    async def task_metrics(task_id: str, offset: int = Offset, limit: int = Limit) -> Response:
-        # As Propeller: any id has a (maybe empty) page; its samples outlive nothing.
-        samples, total = metrics.page(task_id, offset, limit)
-        return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,7 +35,7 @@ from ..api.propeller import (
 )
 from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
-from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
+from .errors import BadRequestError, ConflictError, InvocationError, NotFoundError, ShimError
 from .health import HealthChecks
 from .proplets import PropletRegistry
 from .store import TaskRecord, TaskStore, now
@@ -158,6 +158,24 @@ class TaskService:
     def stop(self, task_id: str) -> None:
         """End a scheduled or running task (state Interrupted)."""
         self.store.stop(task_id)
+
+    def invoke(self, task_id: str, inputs: Sequence[str] | None, env: dict[str, str] | None) -> str:
+        """Run a latent task now with these `inputs` (instead of its own, when given) and `env`
+        (over its own), and return what it printed; InvocationError when the run failed."""
+        record = self.store.get(task_id)
+        if not record.latent:
+            raise BadRequestError(f"task {task_id} is not a latent task and cannot be invoked")
+        if not (record.digest or record.image_url):
+            raise ConflictError(f"task {task_id} has no wasm module")
+        fields: dict[str, Any] = {"env": record.env | dict(env or {})}
+        if inputs is not None:
+            fields["inputs"] = list(inputs)
+        self._admit(record, TaskInput(**fields))
+        call = record.copy(**fields)
+        outcome = self.store.invoke(call)
+        if outcome.state != TaskState.COMPLETED:
+            raise InvocationError(outcome.error or f"the invocation ended {outcome.state.name}")
+        return outcome.results or ""
 
     def results(self, task_id: str) -> Any:
         """The task's results (the guest's stdout), None before it finished."""

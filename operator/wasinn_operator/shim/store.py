@@ -41,6 +41,7 @@ class TaskRecord:
     finish_time: datetime | None = None
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
+    latent: bool = False  # deployed to be invoked on demand (POST /tasks/{id}/invoke)
     run: int = 0  # bumped by every start: a result belongs to one run
     unpublished: bool = False  # a result awaits its MQTT publication
     results_truncated: bool = False  # the guest printed more than the results keep
@@ -132,6 +133,10 @@ class TaskStore(Protocol):
     def skip(self, task_id: str, reason: str) -> TaskRecord:
         """Pending → Skipped with `reason` as its error: a workflow or job task whose
         `run_if` condition failed; no result is published. `ConflictError` unless Pending."""
+
+    def invoke(self, record: TaskRecord) -> Outcome:
+        """Run `record` (a latent task, with one invocation's inputs and env) now, apart from
+        the task's own state and runs, and return how it ended."""
 
     def unpublished(self) -> list[TaskRecord]:
         """Finished runs whose result is not yet acknowledged by the MQTT broker, oldest first

@@ -1,0 +1,65 @@
+"""The HTTP transport of `GET /tasks/{id}/metrics` and `POST /tasks/{id}/invoke`.
+
+As Propeller (manager/api/transport.go, endpoint.go): metrics are a page
+`{"offset","limit","total","metrics"}` for any id (empty when none); invoke takes an optional
+JSON body `{"inputs": [...], "env": {...}}` (inputs as strings or numbers) and answers 200
+`{"invoked": true, "results": "<what the run printed>"}`. Differences: a task that is not
+latent is 400 and a failed run 502 with its error (Propeller answers 500 to both).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Query, Request
+from fastapi.params import Depends
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from ..api.propeller import Env, Input
+from .bodies import JSONAnswer
+from .errors import BadRequestError, UnsupportedMediaError
+from .httpbits import describe
+from .jsonbody import parse_json
+from .service import MAX_PAGE, TaskService
+from .taskmetrics import TaskMetricsStore
+
+MAX_OFFSET = (1 << 63) - 1
+
+
+class Invocation(BaseModel):
+    """`POST /tasks/{id}/invoke`'s body."""
+
+    model_config = ConfigDict(extra="ignore")
+    inputs: list[Input] | None = None  # strings or numbers (Propeller's FlexStrings)
+    env: Env | None = None
+
+
+def add_task_routes(
+    app: FastAPI, service: TaskService, metrics: TaskMetricsStore, guarded: list[Depends]
+) -> None:
+    """`GET /tasks/{id}/metrics` and `POST /tasks/{id}/invoke`."""
+    call = run_in_threadpool
+
+    @app.get("/tasks/{task_id}/metrics", dependencies=guarded)
+    async def task_metrics(
+        task_id: str,
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        limit: int = Query(100, ge=0, le=MAX_PAGE),
+    ) -> Response:
+        samples, total = metrics.page(task_id, offset, limit)
+        return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})
+
+    @app.post("/tasks/{task_id}/invoke", dependencies=guarded)
+    async def invoke_task(task_id: str, request: Request) -> Response:
+        raw = await request.body()
+        body = Invocation()
+        if raw:
+            if "application/json" not in request.headers.get("content-type", ""):
+                raise UnsupportedMediaError("Content-Type must be application/json")
+            try:
+                body = Invocation.model_validate(parse_json(raw))
+            except ValidationError as exc:
+                raise BadRequestError(describe(exc)) from None
+        inputs = [str(v) for v in body.inputs] if body.inputs is not None else None
+        results = await call(service.invoke, task_id, inputs, body.env)
+        return JSONAnswer({"invoked": True, "results": results})
