@@ -350,7 +350,7 @@ def test_task_metrics_page(world: World) -> None:
 def test_invoke_refuses_a_task_that_is_not_latent(world: World) -> None:
     task_id = world.http.post("/tasks", json={"name": "t"}).json()["id"]
     response = world.http.post(f"/tasks/{task_id}/invoke", json={"inputs": [1, "2"]})
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert "not a latent task" in response.json()["error"]
     assert world.http.post(f"/tasks/{uuid.uuid4()}/invoke").status_code == 404
     bad = world.http.post(f"/tasks/{task_id}/invoke", json={"inputs": {"a": 1}})

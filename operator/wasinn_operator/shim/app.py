@@ -55,7 +55,7 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
-from .jobs import JobService
+from .jobs import JobService, group_schemas
 from .routes_jobs import add_job_routes
 from .routes_proplets import add_proplet_routes
 from .routes_tasks import add_task_routes
@@ -374,6 +374,7 @@ def _install_openapi(app: FastAPI) -> None:
             create = TaskInput.model_json_schema()
             create["properties"]["name"] = {"type": "string", "minLength": 1, "title": "Name"}
             schemas["TaskCreate"] = create | {"title": "TaskCreate", "required": ["name"]}
+            schemas.update(group_schemas(create))
             # Validation errors are answered 400 (as Propeller v-new does), never 422.
             for operation in (op for path in schema["paths"].values() for op in path.values()):
                 operation.get("responses", {}).pop("422", None)

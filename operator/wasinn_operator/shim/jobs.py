@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..api.propeller import TaskInput, TaskState, rfc3339
+from ..api.propeller import Env, Input, TaskInput, TaskState, rfc3339
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .httpbits import describe
 from .service import TaskService, _check_page
@@ -77,6 +77,47 @@ class Member:
     kind: str  # "job" or "workflow"
     depends_on: list[str]
     run_if: str
+
+
+def group_schemas(task_create: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schemas of a job or workflow request and of an invocation's body, given
+    the schema of a task's creation."""
+    uuid_string = {"type": "string", "format": "uuid"}
+    null = {"type": "null"}
+    task = dict(task_create)
+    task["properties"] = task_create["properties"] | {
+        # Empty or absent: the shim picks one.
+        "id": {"anyOf": [uuid_string, {"type": "string", "maxLength": 0}, null]},
+        "depends_on": {"anyOf": [{"type": "array", "items": uuid_string}, null]},
+        "run_if": {"anyOf": [{"type": "string", "enum": ["", *RUN_IF]}, null]},
+    }
+    request = {
+        "title": "JobRequest",
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "execution_mode": {"type": "string", "enum": ["", *MODES]},
+            "tasks": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_GROUP,
+                "items": {"$ref": "#/components/schemas/GroupTask"},
+            },
+        },
+        "required": ["tasks"],
+    }
+    invocation = Invocation.model_json_schema()
+    return {"GroupTask": task | {"title": "GroupTask"}, "JobRequest": request,
+            "Invocation": invocation}  # fmt: skip
+
+
+class Invocation(BaseModel):
+    """`POST /tasks/{id}/invoke`'s body: inputs (strings or numbers, Propeller's FlexStrings)
+    instead of the task's own, env over its own."""
+
+    model_config = ConfigDict(extra="ignore")
+    inputs: list[Input] | None = None
+    env: Env | None = None
 
 
 def decode_request(data: Any) -> JobRequest:

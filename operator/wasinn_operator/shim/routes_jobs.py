@@ -8,12 +8,13 @@ deliberate difference: `GET /jobs/{id}` answers 200 (Propeller answers 201, its 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.params import Depends
 from starlette.concurrency import run_in_threadpool
 
+from .answers import JobCreated, JobMessage, JobPage, WorkflowCreated, errors
 from .bodies import JSONAnswer
 from .errors import UnsupportedMediaError
 from .jobs import JobService, decode_request
@@ -23,22 +24,7 @@ from .service import MAX_PAGE
 MAX_OFFSET = (1 << 63) - 1
 JOB_BODY = {
     "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "execution_mode": {
-                        "type": "string",
-                        "enum": ["", "parallel", "sequential", "configurable"],
-                    },
-                    "tasks": {"type": "array", "items": {"type": "object"}, "minItems": 1},
-                },
-                "required": ["tasks"],
-            }
-        }
-    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
 }
 
 
@@ -52,8 +38,13 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
     """`/jobs` (create, list, get, start, stop) and `POST /workflows`."""
     call = run_in_threadpool
 
-    @app.post("/jobs", status_code=201, dependencies=guarded,
-              openapi_extra={"requestBody": JOB_BODY})  # fmt: skip
+    @app.post(
+        "/jobs",
+        status_code=201,
+        dependencies=guarded,
+        openapi_extra={"requestBody": JOB_BODY},
+        responses={201: {"model": JobCreated}, **errors(400, 409, 413, 415)},
+    )
     async def create_job(request: Request) -> JSONAnswer:
         body = decode_request(await _json_body(request))
         job_id, tasks = await call(jobs.create, "job", body)
@@ -63,30 +54,47 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
             headers={"Location": f"/jobs/{job_id}"},
         )
 
-    @app.get("/jobs", dependencies=guarded)
+    @app.get("/jobs", dependencies=guarded, responses={200: {"model": JobPage}, **errors(400)})
     async def list_jobs(
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(100, ge=0, le=MAX_PAGE),
-        status: str = "",
+        status: Literal["", "pending", "running", "completed", "failed"] = "",
     ) -> JSONAnswer:
         return JSONAnswer(await call(jobs.list_jobs, offset, limit, status))
 
-    @app.get("/jobs/{job_id}", dependencies=guarded)
+    @app.get(
+        "/jobs/{job_id}",
+        dependencies=guarded,
+        responses={200: {"model": JobCreated}, **errors(404)},
+    )
     async def get_job(job_id: str) -> JSONAnswer:
         return JSONAnswer({"job_id": job_id, "tasks": await call(jobs.job_tasks, job_id)})
 
-    @app.post("/jobs/{job_id}/start", dependencies=guarded)
+    @app.post(
+        "/jobs/{job_id}/start",
+        dependencies=guarded,
+        responses={200: {"model": JobMessage}, **errors(400, 404, 409)},
+    )
     async def start_job(job_id: str) -> JSONAnswer:
         await call(jobs.start_job, job_id)
         return JSONAnswer({"message": "job started", "job_id": job_id})
 
-    @app.post("/jobs/{job_id}/stop", dependencies=guarded)
+    @app.post(
+        "/jobs/{job_id}/stop",
+        dependencies=guarded,
+        responses={200: {"model": JobMessage}, **errors(404, 409)},
+    )
     async def stop_job(job_id: str) -> JSONAnswer:
         await call(jobs.stop_job, job_id)
         return JSONAnswer({"message": "job stopped", "job_id": job_id})
 
-    @app.post("/workflows", status_code=201, dependencies=guarded,
-              openapi_extra={"requestBody": JOB_BODY})  # fmt: skip
+    @app.post(
+        "/workflows",
+        status_code=201,
+        dependencies=guarded,
+        openapi_extra={"requestBody": JOB_BODY},
+        responses={201: {"model": WorkflowCreated}, **errors(400, 409, 413, 415)},
+    )
     async def create_workflow(request: Request) -> JSONAnswer:
         body = decode_request(await _json_body(request))
         _, tasks = await call(jobs.create, "workflow", body)

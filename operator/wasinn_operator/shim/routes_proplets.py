@@ -2,8 +2,8 @@
 
 Routes and shapes follow Propeller's manager (manager/api/transport.go, responses.go):
 `GET /proplets/{id}/alive-history` (`{"offset","limit","total","history"}`),
-`GET /proplets/{id}/metrics` and `GET /tasks/{id}/metrics` (`{"offset","limit","total",
-"metrics"}`, an empty list when none), `GET /proplets/{id}/sdf` (an SDF document) and
+`GET /proplets/{id}/metrics` (`{"offset","limit","total","metrics"}`, an empty list when none,
+for any id), `GET /proplets/{id}/sdf` (an SDF document) and
 `DELETE /proplets/{id}` (204; 409 while it runs tasks).
 """
 
@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..api.propeller import rfc3339
+from .answers import AliveHistoryPage, MetricsPage, SDFDocument, errors
 from .bodies import JSONAnswer
 from .sdf import proplet_document
 from .service import MAX_PAGE, TaskService
@@ -29,24 +30,41 @@ def add_proplet_routes(app: FastAPI, service: TaskService, guarded: list[Depends
     call = run_in_threadpool
     registry = service.registry
 
-    @app.get("/proplets/{proplet_id}/alive-history", dependencies=guarded)
+    @app.get(
+        "/proplets/{proplet_id}/alive-history",
+        dependencies=guarded,
+        responses={200: {"model": AliveHistoryPage}, **errors(400, 404)},
+    )
     async def alive_history(proplet_id: str, offset: int = Offset, limit: int = Limit) -> Response:
         beats, total = await call(registry.alive_history, proplet_id, offset, limit)
         history = [rfc3339(beat) for beat in beats]
         return JSONAnswer({"offset": offset, "limit": limit, "total": total, "history": history})
 
-    @app.get("/proplets/{proplet_id}/metrics", dependencies=guarded)
+    @app.get(
+        "/proplets/{proplet_id}/metrics",
+        dependencies=guarded,
+        responses={200: {"model": MetricsPage}, **errors(400)},
+    )
     async def proplet_metrics(
         proplet_id: str, offset: int = Offset, limit: int = Limit
     ) -> Response:
         samples, total = await call(registry.metrics, proplet_id, offset, limit)
         return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})
 
-    @app.get("/proplets/{proplet_id}/sdf", dependencies=guarded)
+    @app.get(
+        "/proplets/{proplet_id}/sdf",
+        dependencies=guarded,
+        responses={200: {"model": SDFDocument}, **errors(404)},
+    )
     async def proplet_sdf(proplet_id: str) -> Response:
         return JSONAnswer(proplet_document(await call(registry.get, proplet_id)))
 
-    @app.delete("/proplets/{proplet_id}", status_code=204, dependencies=guarded)
+    @app.delete(
+        "/proplets/{proplet_id}",
+        status_code=204,
+        dependencies=guarded,
+        responses={204: {"description": "deleted"}, **errors(404, 409)},
+    )
     async def delete_proplet(proplet_id: str) -> Response:
         await call(registry.delete, proplet_id)
         return Response(status_code=204)

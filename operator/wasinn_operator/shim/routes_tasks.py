@@ -4,7 +4,7 @@ As Propeller (manager/api/transport.go, endpoint.go): metrics are a page
 `{"offset","limit","total","metrics"}` for any id (empty when none); invoke takes an optional
 JSON body `{"inputs": [...], "env": {...}}` (inputs as strings or numbers) and answers 200
 `{"invoked": true, "results": "<what the run printed>"}`. Differences: a task that is not
-latent is 400 and a failed run 502 with its error (Propeller answers 500 to both).
+latent is 409 and a failed run 502 with its error (Propeller answers 500 to both).
 """
 
 from __future__ import annotations
@@ -12,26 +12,23 @@ from __future__ import annotations
 from fastapi import FastAPI, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..api.propeller import Env, Input
+from .answers import Invoked, MetricsPage, errors
 from .bodies import JSONAnswer
 from .errors import BadRequestError, UnsupportedMediaError
 from .httpbits import describe
+from .jobs import Invocation
 from .jsonbody import parse_json
 from .service import MAX_PAGE, TaskService
 from .taskmetrics import TaskMetricsStore
 
 MAX_OFFSET = (1 << 63) - 1
-
-
-class Invocation(BaseModel):
-    """`POST /tasks/{id}/invoke`'s body."""
-
-    model_config = ConfigDict(extra="ignore")
-    inputs: list[Input] | None = None  # strings or numbers (Propeller's FlexStrings)
-    env: Env | None = None
+INVOKE_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Invocation"}}},
+}
 
 
 def add_task_routes(
@@ -40,7 +37,11 @@ def add_task_routes(
     """`GET /tasks/{id}/metrics` and `POST /tasks/{id}/invoke`."""
     call = run_in_threadpool
 
-    @app.get("/tasks/{task_id}/metrics", dependencies=guarded)
+    @app.get(
+        "/tasks/{task_id}/metrics",
+        dependencies=guarded,
+        responses={200: {"model": MetricsPage}, **errors(400)},
+    )
     async def task_metrics(
         task_id: str,
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
@@ -49,7 +50,12 @@ def add_task_routes(
         samples, total = metrics.page(task_id, offset, limit)
         return JSONAnswer({"offset": offset, "limit": limit, "total": total, "metrics": samples})
 
-    @app.post("/tasks/{task_id}/invoke", dependencies=guarded)
+    @app.post(
+        "/tasks/{task_id}/invoke",
+        dependencies=guarded,
+        openapi_extra={"requestBody": INVOKE_BODY},
+        responses={200: {"model": Invoked}, **errors(400, 404, 409, 415, 502)},
+    )
     async def invoke_task(task_id: str, request: Request) -> Response:
         raw = await request.body()
         body = Invocation()

@@ -164,7 +164,7 @@ class TaskService:
         (over its own), and return what it printed; InvocationError when the run failed."""
         record = self.store.get(task_id)
         if not record.latent:
-            raise BadRequestError(f"task {task_id} is not a latent task and cannot be invoked")
+            raise ConflictError(f"task {task_id} is not a latent task and cannot be invoked")
         if not (record.digest or record.image_url):
             raise ConflictError(f"task {task_id} has no wasm module")
         fields: dict[str, Any] = {"env": record.env | dict(env or {})}
