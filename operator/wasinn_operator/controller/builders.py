@@ -13,6 +13,7 @@ from typing import Any
 
 from ..api import GROUP, KIND, PROPELLER_ID_LABEL, VERSION, WasiNNTaskSpec, WasmSource
 from ..api.policy import POLICY_ENV, TaskPolicy
+from .nodes import Requirements, affinity, resources
 
 CONTAINER = "proplet"
 PROPLET_UID = 65532
@@ -24,7 +25,6 @@ TASK_LABEL = "wasinn.dev/task"
 TASK_UID_LABEL = "wasinn.dev/task-uid"
 ATTEMPT_LABEL = "wasinn.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "wasinn-operator"}
-DEVICE_RESOURCES = {"GPU": "gpu.intel.com/i915", "NPU": "npu.intel.com/accel"}
 
 
 class TaskTooLargeError(ValueError):
@@ -122,15 +122,16 @@ def build_pod(
     *,
     image: str,
     pull_policy: str,
-    label: tuple[str, str],
+    placement: Requirements,
     claim: str,
     service_account: str | None = None,
     policy: TaskPolicy | None = None,
 ) -> dict[str, Any]:
-    """The Pod for one attempt of a task; its proplet applies `policy` (default: the strict one)
-    to the task again. The Pod meets the `restricted` Pod Security Standard whatever the spec
-    holds: non-root, no privilege escalation, every capability dropped, RuntimeDefault seccomp,
-    only claim, emptyDir and ConfigMap volumes, no API token, a read-only root filesystem."""
+    """The Pod for one attempt of a task, placed by `placement` (nodes.requirements); its
+    proplet applies `policy` (default: the strict one) to the task again. The Pod meets the
+    `restricted` Pod Security Standard whatever the spec holds: non-root, no privilege
+    escalation, every capability dropped, RuntimeDefault seccomp, only claim, emptyDir and
+    ConfigMap volumes, no API token, a read-only root filesystem."""
     meta = task["metadata"]
     task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
     if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
@@ -172,8 +173,8 @@ def build_pod(
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 10,
-            "nodeSelector": {**spec.node_selector, label[0]: label[1]},
-            "tolerations": copy.deepcopy(spec.tolerations),
+            "nodeSelector": dict(placement.labels),
+            "tolerations": copy.deepcopy(placement.tolerations),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
@@ -196,7 +197,7 @@ def build_pod(
                         {"name": "HOME", "value": "/tmp"},
                         {"name": POLICY_ENV, "value": (policy or TaskPolicy()).to_json()},
                     ],
-                    "resources": _resources(spec),
+                    "resources": resources(spec.resources, placement),
                     "volumeMounts": mounts,
                     "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -214,6 +215,9 @@ def build_pod(
             "volumes": volumes,
         },
     }
+    node_affinity = affinity(placement)
+    if node_affinity is not None:
+        pod["spec"]["affinity"] = node_affinity
     if spec.timeout_seconds is not None:
         pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
     if service_account:
@@ -244,12 +248,3 @@ def _wasm_volume(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] |
         items = [{"key": ref.key, "path": WASM_FILE}]
         return {"name": "wasm", "configMap": {"name": ref.name, "items": items}}
     return None
-
-
-def _resources(spec: WasiNNTaskSpec) -> dict[str, Any]:
-    resources = copy.deepcopy(spec.resources)
-    device = DEVICE_RESOURCES.get(spec.device)
-    if device is not None:
-        # Extended resources are whole units set as limits; requests default to them.
-        resources.setdefault("limits", {})[device] = resources.get("limits", {}).get(device, 1)
-    return resources

@@ -7,7 +7,7 @@ restarts mid-task picks up the existing Pod instead of making a second one.
 
     Pending --pod created--> Scheduled --pod running--> Running --succeeded--> Completed
        ^  \\                      \\                         \\--failed--> Pending (retry, backoff)
-       |   \\--claim/node/wasm missing: stays Pending with a reason      \\--> Failed (limit,
+       |   \\--no claim/node/wasm yet: stays Pending with a reason      \\--> Failed (limit,
        |   \\--the task policy refuses it: Failed (PolicyViolation)           deadline, bad wasm)
        +--resume-- Interrupted <--suspend (Pod deleted)-- Scheduled/Running
 """
@@ -26,8 +26,9 @@ from ..api.policy import PolicyError, check_spec
 from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import kube_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
+from .nodes import explain_shortfall, requirements
 from .phases import ConditionType, Reason, TaskPhase, set_condition
-from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
+from .pods import attempt_of, current_pod, ended, pod_condition, run_summary, unschedulable
 from .settings import OperatorSettings
 
 # Failures another attempt cannot mend: the task fails at once instead of retrying.
@@ -41,7 +42,9 @@ class Facts:
     now: datetime
     pods: list[dict[str, Any]]
     claim_exists: bool = True
-    ready_nodes: int = 1
+    # The cluster's Nodes; None when not read (no start decision or unschedulable Pod needs
+    # them), which counts as placeable.
+    nodes: list[dict[str, Any]] | None = None
     wasm_problem: str | None = None
 
 
@@ -152,13 +155,8 @@ def _ready_to_start(
     problem: tuple[Reason, str] | None = None
     if not facts.claim_exists:
         problem = (Reason.MODEL_CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim!r} not found")
-    elif facts.ready_nodes == 0:
-        wanted = {**spec.node_selector, settings.label[0]: settings.label[1]}
-        selector = ",".join(f"{k}={v}" for k, v in wanted.items())
-        problem = (
-            Reason.UNSCHEDULABLE,
-            f"no Ready node matches {selector}; label a node with {settings.openvino_label}",
-        )
+    elif (shortfall := _shortfall(spec, facts, settings)) is not None:
+        problem = (Reason.UNSCHEDULABLE, shortfall)
     elif facts.wasm_problem:
         problem = (Reason.INVALID_WASM, facts.wasm_problem)
     if problem is not None:
@@ -188,7 +186,7 @@ def _start_attempt(
             attempt,
             image=settings.proplet_image,
             pull_policy=settings.pull_policy,
-            label=settings.label,
+            placement=requirements(spec, settings),
             claim=settings.models_claim,
             service_account=settings.service_account,
             policy=settings.policy,
@@ -226,15 +224,19 @@ def _absorb_pod(
     if node:
         status["nodeName"] = node
     if phase == "Pending":
-        scheduled = pod_condition(pod, "PodScheduled")
-        if scheduled and scheduled.get("status") == "False":
+        if unschedulable(pod):
+            # The scheduler's message counts nodes ("0/3 nodes are available: 1 Insufficient
+            # gpu.intel.com/i915, ..."); say by name what no node has, where the nodes tell.
+            scheduled = pod_condition(pod, "PodScheduled") or {}
+            said = scheduled.get("message") or "the scheduler found no node"
+            shortfall = _shortfall(spec, facts, settings)
             _set(plan, TaskPhase.PENDING)
             _condition(
                 plan,
                 ConditionType.SCHEDULED,
                 False,
                 Reason.UNSCHEDULABLE,
-                scheduled.get("message") or "the scheduler found no node",
+                f"{shortfall} (scheduler: {said})" if shortfall else said,
                 facts.now,
             )
         elif node:
@@ -291,6 +293,17 @@ def _absorb_pod(
     if TaskPhase(status["phase"]).finished:
         _expire(spec, facts, plan)
     return True
+
+
+def _shortfall(spec: WasiNNTaskSpec, facts: Facts, settings: OperatorSettings) -> str | None:
+    """What no node has for this task, with the fix for a missing OpenVINO label."""
+    if facts.nodes is None:
+        return None
+    shortfall = explain_shortfall(facts.nodes, requirements(spec, settings))
+    label = "=".join(settings.label)
+    if shortfall and f"no node has label {label}" in shortfall:
+        shortfall += f"; label a node with {label}"
+    return shortfall
 
 
 def _attempt_failed(
