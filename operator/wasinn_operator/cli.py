@@ -92,8 +92,8 @@ def _run(argv: list[str]) -> int:
     )
 
     try:
-        models_dir, cache_dir, precision, fallback, sizes, rest = _wasinn_options(argv)
-        sources = _model_sources(argv[: len(argv) - len(rest)])
+        models_dir, cache_dir, precision, fallback, sizes, models, rest = _wasinn_options(argv)
+        sources = _model_sources(models)
         parsed = parse_wasm_args(rest)
         if models_dir is None and os.environ.get("WASINN_MODELS_DIR"):
             models_dir = Path(os.environ["WASINN_MODELS_DIR"])
@@ -134,7 +134,15 @@ def _run(argv: list[str]) -> int:
 
 def _wasinn_options(
     argv: list[str],
-) -> tuple[Path | None, Path | None, str | None, ExecutionTarget | None, dict[str, int], list[str]]:
+) -> tuple[
+    Path | None,
+    Path | None,
+    str | None,
+    ExecutionTarget | None,
+    dict[str, int],
+    list[str],
+    list[str],
+]:
     from .api.wasmflags import WASINN_SWITCHES, WASINN_VALUE_OPTIONS, FlagError, parse_size  # noqa: PLC0415
     from .runtime import ExecutionTarget  # noqa: PLC0415
 
@@ -143,6 +151,7 @@ def _wasinn_options(
     precision = os.environ.get("WASINN_INFERENCE_PRECISION") or None
     fallback: ExecutionTarget | None = None
     sizes: dict[str, int] = {}
+    models: list[str] = []
     i = 0
     while i < len(argv):
         flag, eq, inline = argv[i].partition("=")
@@ -159,7 +168,7 @@ def _wasinn_options(
         else:
             raise FlagError(f"{flag} needs a value")
         if flag == "--model":
-            pass  # `_model_sources` reads them
+            models.append(value)
         elif flag == "--models-dir":
             models_dir = Path(value).expanduser()
         elif flag == "--cache-dir":
@@ -177,19 +186,14 @@ def _wasinn_options(
             sizes[flag] = parse_size(value, flag)
     if precision is not None and precision not in ("f32", "fp32", "bf16", "f16", "fp16"):
         raise FlagError(f"--precision: {precision!r} is not f32, bf16 or f16")
-    return models_dir, cache_dir, precision, fallback, sizes, argv[i:]
+    return models_dir, cache_dir, precision, fallback, sizes, models, argv[i:]
 
 
-def _model_sources(options: list[str]) -> list[Any]:
-    """The `--model NAME@sha256:HEX=URI` options among wasinn's own (FlagError if malformed)."""
+def _model_sources(texts: list[str]) -> list[Any]:
+    """The sources of the `--model NAME@sha256:HEX=URI` options (FlagError if malformed)."""
     from .api.modelsource import ModelSourceError, parse_cli_source  # noqa: PLC0415
     from .api.wasmflags import FlagError  # noqa: PLC0415
 
-    texts = [
-        options[i + 1] if options[i] == "--model" else options[i].partition("=")[2]
-        for i in range(len(options))
-        if options[i] == "--model" or options[i].startswith("--model=")
-    ]
     sources = []
     for text in texts:
         try:
