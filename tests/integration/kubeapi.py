@@ -4,7 +4,7 @@
 parts of a cluster the control plane does not run, as those components do it through the API:
 a kubelet registering its Node, a volume binding a claim, the scheduler binding a Pod
 (`pods/binding`), the kubelet writing Pod status (`pods/status`) and confirming a graceful
-deletion (a delete with grace period 0).
+deletion (a delete with grace period 0), the node lifecycle controller untainting a Ready Node.
 """
 
 from __future__ import annotations
@@ -184,17 +184,23 @@ class Cluster:
     # -- the rest of a cluster --
 
     def add_node(self, name: str, labels: Mapping[str, str] | None = None, *, ready: bool = True,
-                 kubelet_port: int = 10250) -> JSON:  # fmt: skip
-        """A Node as its kubelet registers it: Ready (or NotReady), at 127.0.0.1:kubelet_port."""
+                 kubelet_port: int = 10250,
+                 devices: Mapping[str, str] | None = None) -> JSON:  # fmt: skip
+        """A Node as its kubelet registers it: Ready (or NotReady), at 127.0.0.1:kubelet_port,
+        with the extended resources of `devices` as a device plugin reports them."""
         now = now_rfc3339()
         condition = {"type": "Ready", "status": "True" if ready else "False",
                      "reason": "KubeletReady" if ready else "KubeletNotReady",
                      "message": "kubelet is posting ready status",
                      "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
-        capacity = {"cpu": "4", "memory": "8Gi", "pods": "110"}
+        capacity = {"cpu": "4", "memory": "8Gi", "pods": "110", **(devices or {})}
         labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})}
-        self.create("nodes", {"metadata": {"name": name, "labels": labels}})
+        created = self.create("nodes", {"metadata": {"name": name, "labels": labels}})
         self.nodes.append(name)
+        if ready:  # the node lifecycle controller lifts the taint admission put on a new Node
+            taints = [t for t in (created.get("spec") or {}).get("taints") or []
+                      if t.get("key") != "node.kubernetes.io/not-ready"]  # fmt: skip
+            self.patch("nodes", name, [{"op": "add", "path": "/spec/taints", "value": taints}])
         status = {
             "conditions": [condition], "capacity": capacity, "allocatable": capacity,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},

@@ -1,16 +1,18 @@
 """The operator's whole lifecycle as a process against the real API server, with Pod phases
 driven by the test (playing scheduler and kubelet through the API): success, retries, deadline,
-suspend/resume, TTL, a late node label, a late claim, deletion, and garbage collection by
-Kubernetes' own collector."""
+suspend/resume, TTL, a late node label, placement by node features and device plugins, a late
+claim, deletion, and garbage collection by Kubernetes' own collector."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from .conftest import OperatorProcess
 from .kubeapi import Cluster
@@ -25,22 +27,34 @@ SUMMARY = {
     "digest": "sha256:" + "d" * 64,
 }
 WAIT = 120  # seconds: generous, the machine is shared and slow
+AMX = "feature.node.kubernetes.io/cpu-cpuid.AMXBF16"
+GPU = "gpu.intel.com/i915"
+
+
+@contextlib.contextmanager
+def running_operator(kube: Cluster, tmp_path: Path, **env: str) -> Iterator[OperatorProcess]:
+    """The operator watching the test's namespace; afterwards it must have exited cleanly."""
+    settings = {
+        "WASINN_PROPLET_IMAGE": "reg/proplet:test",
+        "WASINN_RESYNC_SECONDS": "0.5",
+        "WASINN_BACKOFF_BASE_SECONDS": "0.2",
+        **env,
+    }
+    process = OperatorProcess(tmp_path, kube.kubeconfig, kube.namespace, settings)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+    log = process.log.read_text()
+    assert process.exit_codes and set(process.exit_codes) == {0}, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture
 def operator(kube: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    env = {
-        "WASINN_PROPLET_IMAGE": "reg/proplet:test",
-        "WASINN_RESYNC_SECONDS": "0.5",
-        "WASINN_BACKOFF_BASE_SECONDS": "0.2",
-    }
-    process = OperatorProcess(tmp_path, kube.kubeconfig, kube.namespace, env)
-    process.start()
-    yield process
-    process.stop()
-    log = process.log.read_text()
-    assert process.exit_codes and set(process.exit_codes) == {0}, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+    with running_operator(kube, tmp_path) as process:
+        yield process
 
 
 def create(cluster: Cluster, name: str, **spec: Any) -> None:
@@ -189,6 +203,88 @@ def test_unschedulable_until_a_node_is_labelled(kube: Cluster, operator: Operato
     assert kube.find("pods", "waiting-1") is None
     kube.add_node("gpu-node", LABELS)
     wait_pod(kube, "waiting-1")
+
+
+def test_node_features_and_devices_place_the_pod(kube: Cluster, operator: OperatorProcess) -> None:
+    """A task asking for a GPU on an AMX node: while no node has them it waits Unschedulable,
+    naming both; a node that has them takes its Pod, which carries the device limit, the NFD
+    affinity and the device toleration; when the device goes before the scheduler placed the
+    Pod (FailedScheduling), the condition names the device again."""
+    kube.add_pvc("models")
+    kube.add_node("cpu-only", LABELS)
+    create(kube, "gpu-task", device="GPU", nodeFeatures=[AMX])
+    st = wait_status(
+        kube,
+        "gpu-task",
+        "Unschedulable",
+        lambda s: condition(s, "Scheduled").get("reason") == "Unschedulable",
+    )
+    assert condition(st, "Scheduled")["message"] == (
+        f"no node has label {AMX}=true; no node has {GPU}"
+    )
+    assert kube.find("pods", "gpu-task-1") is None
+
+    kube.add_node("gpu-node", {**LABELS, AMX: "true"}, devices={GPU: "1"})
+    pod = wait_pod(kube, "gpu-task-1")
+    spec = pod["spec"]
+    assert spec["containers"][0]["resources"]["limits"] == {GPU: "1"}
+    assert spec["nodeSelector"] == LABELS
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": AMX, "operator": "In", "values": ["true"]}]}
+    ]
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert (
+        json.loads(
+            next(e["value"] for e in spec["containers"][0]["env"] if e["name"] == "WASINN_TASK")
+        )["device"]
+        == "GPU"
+    )
+
+    gone = {"capacity": {GPU: "0"}, "allocatable": {GPU: "0"}}  # its device plugin stopped
+    kube.patch("nodes", "gpu-node", {"status": gone}, subresource="status")
+    kube.set_pod_phase("gpu-task-1", "Pending")  # the scheduler: PodScheduled False
+    st = wait_status(
+        kube,
+        "gpu-task",
+        "Unschedulable naming the device",
+        lambda s: "(scheduler: " in condition(s, "Scheduled").get("message", ""),
+    )
+    assert st["phase"] == "Pending"
+    scheduled = condition(st, "Scheduled")
+    assert scheduled["reason"] == "Unschedulable"
+    assert scheduled["message"].startswith(f"no node has {GPU} (scheduler: 0/1 nodes are")
+
+
+def test_a_node_change_places_a_waiting_task_without_a_resync(
+    kube: Cluster, tmp_path: Path
+) -> None:
+    """The operator watches nodes: with resyncs an hour apart, labelling a node is what makes
+    the waiting task's Pod."""
+    kube.add_pvc("models")
+    kube.add_node("plain", {})
+    with running_operator(kube, tmp_path, WASINN_RESYNC_SECONDS="3600"):
+        create(kube, "watcher", nodeFeatures=[AMX])
+        st = wait_status(
+            kube,
+            "watcher",
+            "Unschedulable",
+            lambda s: condition(s, "Scheduled").get("reason") == "Unschedulable",
+        )
+        assert condition(st, "Scheduled")["message"] == (
+            "no node has label wasinn.dev/openvino=true; no node has label "
+            f"{AMX}=true; label a node with wasinn.dev/openvino=true"
+        )
+        kube.patch("nodes", "plain", {"metadata": {"labels": {**LABELS, AMX: "true"}}})
+        pod = wait_pod(kube, "watcher-1")
+        assert pod["spec"]["nodeSelector"] == LABELS
+
+
+def test_the_api_server_refuses_node_features_that_are_not_nfd_labels(kube: Cluster) -> None:
+    with pytest.raises(ApiException) as refused:
+        create(kube, "picky", nodeFeatures=["kubernetes.io/hostname=n1"])
+    assert refused.value.status == 422
+    assert "spec.nodeFeatures[0]" in str(refused.value.body)
 
 
 def test_missing_claim_until_created(kube: Cluster, operator: OperatorProcess) -> None:

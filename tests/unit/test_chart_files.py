@@ -27,6 +27,7 @@ import yaml
 
 from wasinn_operator.api.policy import TaskPolicy
 from wasinn_operator.api.policyflags import policy_from_settings
+from wasinn_operator.controller.settings import OperatorSettings
 
 from ..conftest import missing
 from .test_pod_security import restricted_violations
@@ -184,6 +185,8 @@ def test_examples_match_the_crd_schema(example: Path) -> None:
         (lambda s: s["wasm"].update(digest="sha256:xyz"), "does not match"),
         (lambda s: s.update(timeoutSeconds=0), "less than the minimum"),
         (lambda s: s.update(unknownField=1), "Additional properties"),
+        (lambda s: s.update(nodeFeatures=["kubernetes.io/hostname=n1"]), "does not match"),
+        (lambda s: s.update(nodeFeatures=["feature.node.kubernetes.io/x"] * 17), "is too long"),
     ],
 )
 def test_crd_schema_check_rejects_bad_tasks(change: Any, expected: str) -> None:
@@ -367,6 +370,11 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
     assert operator_env["WASINN_MODELS_CLAIM"] == "models"
     assert operator_env["WASINN_OPENVINO_LABEL"] == "wasinn.dev/openvino=true"
     assert operator_env["WASINN_PROPLET_IMAGE"] == "localhost/wasinn-proplet:dev"
+    assert "WASINN_NODE_FEATURES" not in operator_env
+    assert (operator_env["WASINN_GPU_RESOURCE"], operator_env["WASINN_NPU_RESOURCE"]) == (
+        "gpu.intel.com/i915",
+        "npu.intel.com/accel",
+    )
     assert not set(operator_env) & PENDING_OPERATOR_ENV
 
     sh = container(shim)
@@ -567,6 +575,15 @@ def test_full_values_reach_the_pods() -> None:
     assert operator_env["WASINN_PROPLET_TIMEOUT_SECONDS"] == "600"
     assert operator_env["WASINN_PROPLET_ENGINE"] == "wasmtime-cli"
     assert operator_env["WASINN_MODEL_CACHE_CLAIM"] == "model-cache"
+    settings = OperatorSettings.from_env(operator_env)
+    assert settings.node_features == (
+        ("feature.node.kubernetes.io/cpu-cpuid.AVX512BF16", "true"),
+        ("feature.node.kubernetes.io/cpu-model.vendor_id", "Intel"),
+    )
+    assert (settings.gpu_resource, settings.npu_resource) == (
+        "gpu.intel.com/xe",
+        "npu.intel.com/accel",
+    )
     shim = find(objects, "Deployment", f"{RELEASE}-shim")
     policy = TaskPolicy(
         allow_host_dirs=("/data/shared", "/scratch"),

@@ -9,8 +9,15 @@ from typing import Any
 import pytest
 
 from wasinn_operator.api import WasiNNTaskSpec
-from wasinn_operator.controller import build_pod, build_wasm_configmap, pod_name, proplet_task
+from wasinn_operator.controller import (
+    OperatorSettings,
+    build_pod,
+    build_wasm_configmap,
+    pod_name,
+    proplet_task,
+)
 from wasinn_operator.controller.builders import TaskTooLargeError
+from wasinn_operator.controller.nodes import requirements
 
 pytestmark = pytest.mark.unit
 UID = "0b7c6f1e-1111-4222-8333-444455556666"
@@ -28,15 +35,21 @@ def task(
     }
 
 
-def pod_for(spec: dict[str, Any], attempt: int = 1, **kw: Any) -> dict[str, Any]:
+def pod_for(
+    spec: dict[str, Any],
+    attempt: int = 1,
+    settings: OperatorSettings | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     body = task(spec, **kw)
+    model = WasiNNTaskSpec.model_validate(spec)
     return build_pod(
         body,
-        WasiNNTaskSpec.model_validate(spec),
+        model,
         attempt,
         image="reg/proplet:1",
         pull_policy="Never",
-        label=("wasinn.dev/openvino", "true"),
+        placement=requirements(model, settings or OperatorSettings()),
         claim="models",
     )
 
@@ -147,8 +160,95 @@ def test_devices_request_plugin_resources(device: str, resource: str) -> None:
         "device": device,
         "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "500m"}},
     }
-    resources = container(pod_for(spec))["resources"]
-    assert resources == {"limits": {"memory": "1Gi", resource: 1}, "requests": {"cpu": "500m"}}
+    pod = pod_for(spec)
+    # A quantity string: what the API server returns, so the Pod compares equal after a read.
+    resources = container(pod)["resources"]
+    assert resources == {"limits": {"memory": "1Gi", resource: "1"}, "requests": {"cpu": "500m"}}
+    assert pod["spec"]["tolerations"] == [
+        {"key": resource, "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["spec"]["nodeSelector"] == {"wasinn.dev/openvino": "true"}
+    assert "affinity" not in pod["spec"]
+
+
+@pytest.mark.parametrize(
+    ("args", "resource"),
+    [
+        (["--target", "gpu", "/t.f32"], "gpu.intel.com/xe"),
+        (["--target=GPU", "/t.f32"], "gpu.intel.com/xe"),
+        (["--model", "m", "--target", "tpu"], "npu.intel.com/accel"),
+    ],
+)
+def test_a_guest_target_argument_requests_the_configured_device(
+    args: list[str], resource: str
+) -> None:
+    settings = OperatorSettings(gpu_resource="gpu.intel.com/xe")
+    pod = pod_for({"wasm": {"path": "/a"}, "args": args}, settings=settings)
+    assert container(pod)["resources"] == {"limits": {resource: "1"}}
+
+
+@pytest.mark.parametrize("args", [["--target", "cpu"], ["--target"], ["--targets", "gpu"]])
+def test_no_device_without_a_device_target(args: list[str]) -> None:
+    pod = pod_for({"wasm": {"path": "/a"}, "args": args, "device": "AUTO"})
+    assert container(pod)["resources"] == {}
+    assert pod["spec"]["tolerations"] == []
+
+
+def test_a_task_may_ask_for_more_devices() -> None:
+    spec = {
+        "wasm": {"path": "/a"},
+        "device": "GPU",
+        "resources": {"requests": {"gpu.intel.com/i915": 2}},
+        "tolerations": [{"key": "gpu.intel.com/i915", "operator": "Exists"}],
+    }
+    pod = pod_for(spec)
+    assert container(pod)["resources"] == {
+        "limits": {"gpu.intel.com/i915": "2"},
+        "requests": {"gpu.intel.com/i915": "2"},
+    }
+    # The task's own toleration of the device taint is kept, not doubled.
+    assert pod["spec"]["tolerations"] == [{"key": "gpu.intel.com/i915", "operator": "Exists"}]
+
+
+def test_node_features_become_required_node_affinity() -> None:
+    settings = OperatorSettings(
+        node_features=(("feature.node.kubernetes.io/cpu-cpuid.AVX512BF16", "true"),)
+    )
+    spec = {
+        "wasm": {"path": "/a"},
+        "nodeFeatures": [
+            "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+            "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16=true",  # the operator's already
+            "intel.feature.node.kubernetes.io/gpu=true",
+        ],
+    }
+    pod = pod_for(spec, settings=settings)
+    node_affinity = pod["spec"]["affinity"]["nodeAffinity"]
+    assert node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [
+            {
+                "matchExpressions": [
+                    {
+                        "key": "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
+                        "operator": "In",
+                        "values": ["true"],
+                    },
+                    {
+                        "key": "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+                        "operator": "In",
+                        "values": ["true"],
+                    },
+                    {
+                        "key": "intel.feature.node.kubernetes.io/gpu",
+                        "operator": "In",
+                        "values": ["true"],
+                    },
+                ]
+            }
+        ]
+    }
+    # The OpenVINO label stays the selector.
+    assert pod["spec"]["nodeSelector"] == {"wasinn.dev/openvino": "true"}
 
 
 def test_selector_tolerations_and_label_wins() -> None:
@@ -217,7 +317,7 @@ def test_service_account_setting() -> None:
         1,
         image="i",
         pull_policy="Always",
-        label=("l", "v"),
+        placement=requirements(WasiNNTaskSpec.model_validate(spec), OperatorSettings()),
         claim="c",
         service_account="runner",
     )
@@ -264,7 +364,7 @@ def test_model_cache_claim_replaces_the_empty_dir() -> None:
         1,
         image="reg/proplet:1",
         pull_policy="Never",
-        label=("wasinn.dev/openvino", "true"),
+        placement=requirements(WasiNNTaskSpec.model_validate(spec), OperatorSettings()),
         claim="models",
         model_cache_claim="model-cache",
     )

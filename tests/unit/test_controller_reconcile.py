@@ -90,7 +90,12 @@ def test_new_task_gets_its_first_pod() -> None:
     ("facts", "reason", "message"),
     [
         ({"claim_exists": False}, "ModelClaimNotFound", "PersistentVolumeClaim 'models' not found"),
-        ({"ready_nodes": 0}, "Unschedulable", "no Ready node matches wasinn.dev/openvino=true"),
+        (
+            {"nodes": []},
+            "Unschedulable",
+            "no node has label wasinn.dev/openvino=true; label a node with "
+            "wasinn.dev/openvino=true",
+        ),
         ({"wasm_problem": "ConfigMap 'g' has no key 'k'"}, "InvalidWasm", "has no key"),
     ],
 )

@@ -15,7 +15,8 @@ import pytest
 
 from wasinn_operator.api import WasiNNTaskSpec
 from wasinn_operator.api.policy import TaskPolicy
-from wasinn_operator.controller import build_pod
+from wasinn_operator.controller import OperatorSettings, build_pod
+from wasinn_operator.controller.nodes import requirements
 
 pytestmark = pytest.mark.unit
 RESTRICTED_VOLUMES = {
@@ -122,7 +123,7 @@ def build(spec: dict[str, Any], **settings: Any) -> dict[str, Any]:
         1,
         image="reg/proplet:1",
         pull_policy="IfNotPresent",
-        label=("wasinn.dev/openvino", "true"),
+        placement=requirements(WasiNNTaskSpec.model_validate(spec), OperatorSettings()),
         claim="models",
         **settings,
     )

@@ -8,11 +8,12 @@ The CRD is generated from these models by api/crdgen.py (`make generate`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from .nodefeatures import ALLOWED, FEATURE_MAX, FEATURE_PATTERN, MAX_FEATURES, parse_features
 from .task import NAME_MAX, PATH_MAX, TaskSpec, WasmSource
 
 GROUP = "wasinn.dev"
@@ -42,6 +43,12 @@ PRINTER_COLUMNS = (
 def _no_default(schema: dict[str, Any]) -> None:
     # The API server must leave the field unset: unset means the operator's default.
     schema.pop("default", None)
+
+
+NodeFeature = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "pattern": FEATURE_PATTERN, "maxLength": FEATURE_MAX}),
+]
 
 
 class ModelsVolume(BaseModel):
@@ -105,6 +112,14 @@ class WasiNNTaskSpec(TaskSpec):
         alias="nodeSelector",
         description="Extra node labels, merged with the operator's OpenVINO label.",
     )
+    node_features: list[NodeFeature] = Field(
+        default_factory=list,
+        alias="nodeFeatures",
+        description="Node Feature Discovery labels the node must carry, KEY or KEY=VALUE (KEY"
+        f" alone means KEY=true); only NFD's labels: {ALLOWED}. Added to the operator's own"
+        " (chart value nodeFeatures.required) as required node affinity.",
+        json_schema_extra={"maxItems": MAX_FEATURES},
+    )
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
     resources: dict[str, Any] = Field(
         default_factory=dict,
@@ -129,6 +144,12 @@ class WasiNNTaskSpec(TaskSpec):
         " phase Failed, reason Stopped); false lets it run, and runs a stopped task again."
         " Propeller's start and stop set it.",
     )
+
+    @field_validator("node_features")
+    @classmethod
+    def _nfd_labels(cls, features: list[str]) -> list[str]:
+        parse_features(features)
+        return features
 
     @model_validator(mode="after")
     def _module_unless_suspended(self) -> WasiNNTaskSpec:

@@ -173,8 +173,9 @@ class TaskSpec(BaseModel):
     engine: Literal["embedded", "wasmtime-cli"] = "embedded"
     device: Literal["CPU", "GPU", "NPU", "AUTO"] = Field(
         default="CPU",
-        description="OpenVINO device for named models; GPU and NPU request the Intel"
-        " device-plugin resources gpu.intel.com/i915 and npu.intel.com/accel.",
+        description="OpenVINO device for named models. GPU and NPU (like a guest argument"
+        " --target gpu or tpu) give the Pod a limit of one Intel device-plugin resource, the"
+        " operator's (default gpu.intel.com/i915, npu.intel.com/accel).",
     )
 
     model_sources: list[ModelSource] = Field(

@@ -22,6 +22,7 @@ from ..api import (
 )
 from ..api.modelsource import PVC_SOURCES_DIR
 from ..api.policy import POLICY_ENV, TaskPolicy
+from .nodes import Requirements, affinity, resources
 
 CONTAINER = "proplet"
 PROPLET_UID = 65532
@@ -36,7 +37,6 @@ TASK_LABEL = "wasinn.dev/task"
 TASK_UID_LABEL = "wasinn.dev/task-uid"
 ATTEMPT_LABEL = "wasinn.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "wasinn-operator"}
-DEVICE_RESOURCES = {"GPU": "gpu.intel.com/i915", "NPU": "npu.intel.com/accel"}
 
 
 class TaskTooLargeError(ValueError):
@@ -136,18 +136,19 @@ def build_pod(
     *,
     image: str,
     pull_policy: str,
-    label: tuple[str, str],
+    placement: Requirements,
     claim: str,
     service_account: str | None = None,
     policy: TaskPolicy | None = None,
     model_cache_claim: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod for one attempt of a task; its proplet applies `policy` (default: the strict one)
-    to the task again. The Pod meets the `restricted` Pod Security Standard whatever the spec
-    holds: non-root, no privilege escalation, every capability dropped, RuntimeDefault seccomp,
-    only claim, emptyDir and ConfigMap volumes, no API token, a read-only root filesystem.
-    Model sources are fetched by the proplet into an emptyDir (or `model_cache_claim`); each
-    `pvc://` source is its claim's subPath, mounted read-only."""
+    """The Pod for one attempt of a task, placed by `placement` (nodes.requirements); its
+    proplet applies `policy` (default: the strict one) to the task again. The Pod meets the
+    `restricted` Pod Security Standard whatever the spec holds: non-root, no privilege
+    escalation, every capability dropped, RuntimeDefault seccomp, only claim, emptyDir and
+    ConfigMap volumes, no API token, a read-only root filesystem. Model sources are fetched by
+    the proplet into an emptyDir (or `model_cache_claim`); each `pvc://` source is its claim's
+    subPath, mounted read-only."""
     meta = task["metadata"]
     task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
     if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
@@ -192,8 +193,8 @@ def build_pod(
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 10,
-            "nodeSelector": {**spec.node_selector, label[0]: label[1]},
-            "tolerations": copy.deepcopy(spec.tolerations),
+            "nodeSelector": dict(placement.labels),
+            "tolerations": copy.deepcopy(placement.tolerations),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
@@ -217,7 +218,7 @@ def build_pod(
                         {"name": POLICY_ENV, "value": (policy or TaskPolicy()).to_json()},
                         *source_env,
                     ],
-                    "resources": _resources(spec),
+                    "resources": resources(spec.resources, placement),
                     "volumeMounts": mounts,
                     "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -235,6 +236,9 @@ def build_pod(
             "volumes": volumes,
         },
     }
+    node_affinity = affinity(placement)
+    if node_affinity is not None:
+        pod["spec"]["affinity"] = node_affinity
     if spec.timeout_seconds is not None:
         pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
     if service_account:
@@ -298,12 +302,3 @@ def _model_source_volumes(
             mount["subPath"] = location.path
         mounts.append(mount)
     return volumes, mounts, env
-
-
-def _resources(spec: WasiNNTaskSpec) -> dict[str, Any]:
-    resources = copy.deepcopy(spec.resources)
-    device = DEVICE_RESOURCES.get(spec.device)
-    if device is not None:
-        # Extended resources are whole units set as limits; requests default to them.
-        resources.setdefault("limits", {})[device] = resources.get("limits", {}).get(device, 1)
-    return resources

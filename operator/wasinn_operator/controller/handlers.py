@@ -9,6 +9,8 @@ in kopf's memo, as an `Operator` with the API client and the locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from ..kubeclient import STALE_RETRIES, in_cluster
 from . import metrics
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
-from .pods import attempt_in_progress
+from .pods import attempt_in_progress, current_pod, unschedulable
 from .reconcile import Facts, reconcile, stopped_run
 from .settings import OperatorSettings
 
@@ -40,6 +42,9 @@ class Operator:
     kube: Kube | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     resync: asyncio.Task[None] | None = None
+    # A node change sets `wake` to resync at once; `nodes` holds what each node offered.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    nodes: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> Kube:
@@ -114,8 +119,11 @@ async def resync_loop(operator: Operator) -> None:
     because kopf guards per-object timers with a finalizer, and a finalizer would block
     deletions whenever the operator is down or uninstalled."""
     settings = operator.settings
+    wake = operator.wake
     while True:
-        await asyncio.sleep(settings.resync_seconds)
+        with contextlib.suppress(TimeoutError):  # a node change wakes it early
+            await asyncio.wait_for(wake.wait(), settings.resync_seconds)
+        wake.clear()
         try:
             for task in await operator.api.list_tasks(settings.namespaces):
                 meta = task["metadata"]
@@ -137,6 +145,38 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     if operator.resync is not None:
         operator.resync.cancel()
         operator.resync = None
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: kopf.RawEvent, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A node came, went, or changed what it offers (labels, allocatable resources, taints,
+    readiness): resync now, so tasks waiting as Unschedulable start or say what is still
+    missing without waiting for the next round. Heartbeats change none of these."""
+    operator = _operator(memo)
+    wake, seen = operator.wake, operator.nodes
+    node: dict[str, Any] = dict(event.get("object") or {})
+    if name is None:
+        return
+    if event.get("type") == "DELETED":
+        seen.pop(name, None)
+        wake.set()
+        return
+    offer = _offer(node)
+    if seen.get(name) == offer:
+        return
+    seen[name] = offer
+    if event.get("type") is not None:  # None: the initial listing, which the resync covers
+        wake.set()
+
+
+def _offer(node: dict[str, Any]) -> str:
+    meta: dict[str, Any] = node.get("metadata") or {}
+    spec: dict[str, Any] = node.get("spec") or {}
+    status: dict[str, Any] = node.get("status") or {}
+    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    offer = [meta.get("labels"), status.get("allocatable"), spec.get("taints"),
+             spec.get("unschedulable"), ready]  # fmt: skip
+    return json.dumps(offer, sort_keys=True)
 
 
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
@@ -199,11 +239,17 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
     meta = task["metadata"]
     now = datetime.now(UTC)
     pods = await kube.pods(meta["namespace"], meta["uid"])
+    status = task.get("status") or {}
     # Only a start decision reads the other facts; a suspended task (the shim creates every
-    # task suspended) makes none.
+    # task suspended) makes none. A Pod the scheduler cannot place needs the nodes alone, to
+    # say what none of them has.
     suspended = bool((task.get("spec") or {}).get("suspend"))
-    if _settled(task) or suspended or attempt_in_progress(task, pods):
+    if _settled(task) or suspended:
         return Facts(now=now, pods=pods)
+    if attempt_in_progress(task, pods):
+        pod = current_pod(pods, int(status.get("attempts", 0)))
+        waiting = pod is not None and unschedulable(pod)
+        return Facts(now=now, pods=pods, nodes=await kube.nodes() if waiting else None)
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError:
@@ -213,9 +259,7 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
         now=now,
         pods=pods,
         claim_exists=await kube.claim_exists(meta["namespace"], claim),
-        ready_nodes=await kube.ready_nodes(
-            {**spec.node_selector, settings.label[0]: settings.label[1]}
-        ),
+        nodes=await kube.nodes(),
         wasm_problem=await kube.wasm_problem(meta["namespace"], spec),
     )
 

@@ -71,19 +71,11 @@ class Kube:
             self.core.read_namespaced_persistent_volume_claim, name, namespace
         )
 
-    async def ready_nodes(self, selector: dict[str, str]) -> int:
-        """How many Ready, schedulable nodes carry every label of `selector`."""
-        found = await self._call(
-            self.core.list_node, label_selector=",".join(f"{k}={v}" for k, v in selector.items())
-        )
-        count = 0
-        for node in found.get("items") or []:
-            if (node.get("spec") or {}).get("unschedulable"):
-                continue
-            conditions = (node.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-                count += 1
-        return count
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every Node (labels, allocatable, taints, conditions): which can take a task, and
+        what none has when none can, are decided from them (controller/nodes.py)."""
+        found = await self._call(self.core.list_node)
+        return list(found.get("items") or [])
 
     async def wasm_problem(self, namespace: str, spec: WasiNNTaskSpec) -> str | None:
         """Why a configMapKeyRef module cannot be mounted, if it cannot."""

@@ -19,7 +19,9 @@ class Facts:
     now: datetime
     pods: list[dict[str, Any]]
     claim_exists: bool = True
-    ready_nodes: int = 1
+    # The cluster's Nodes; None when not read (no start decision or unschedulable Pod needs
+    # them), which counts as placeable.
+    nodes: list[dict[str, Any]] | None = None
     wasm_problem: str | None = None
 
 

@@ -57,6 +57,13 @@ def ended(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+def unschedulable(pod: dict[str, Any]) -> bool:
+    """Pending with PodScheduled False: the scheduler found no node for it (FailedScheduling)."""
+    scheduled = pod_condition(pod, "PodScheduled")
+    pending = (pod.get("status") or {}).get("phase", "Pending") == "Pending"
+    return pending and scheduled is not None and scheduled.get("status") == "False"
+
+
 def pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
     """The Pod's condition of type `kind`, if it has one."""
     for condition in (pod.get("status") or {}).get("conditions") or []:

@@ -10,6 +10,8 @@ is an `api.lifecycle` event:
     Scheduled --Pod running: RUN--> Running --succeeded: SUCCEED--> Completed
     an attempt failed or cannot be placed --RETRY--> Pending (backoff), or --FAIL--> Failed
     (limit, deadline, bad wasm, policy, a start error); suspension --STOP--> Failed (Stopped)
+    no claim, node or module yet: stays Pending with the reason (Unschedulable names what no
+    node has)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import format_time, parse_time
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .intents import new_run, stopped_run, suspend, take_run_request
+from .nodes import explain_shortfall, requirements
 from .phases import ConditionType, Reason, TaskPhase
 from .plan import (
     Facts,
@@ -38,7 +41,7 @@ from .plan import (
     reach_running,
     schedule,
 )
-from .pods import attempt_of, current_pod, ended, pod_condition, run_summary
+from .pods import attempt_of, current_pod, ended, pod_condition, run_summary, unschedulable
 from .settings import OperatorSettings
 
 __all__ = ["Facts", "Plan", "reconcile", "stopped_run", "with_defaults"]
@@ -145,13 +148,8 @@ def _ready_to_start(
     problem: tuple[Reason, str] | None = None
     if not facts.claim_exists:
         problem = (Reason.MODEL_CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim!r} not found")
-    elif facts.ready_nodes == 0:
-        wanted = {**spec.node_selector, settings.label[0]: settings.label[1]}
-        selector = ",".join(f"{k}={v}" for k, v in wanted.items())
-        problem = (
-            Reason.UNSCHEDULABLE,
-            f"no Ready node matches {selector}; label a node with {settings.openvino_label}",
-        )
+    elif (shortfall := _shortfall(spec, facts, settings)) is not None:
+        problem = (Reason.UNSCHEDULABLE, shortfall)
     elif facts.wasm_problem:
         problem = (Reason.INVALID_WASM, facts.wasm_problem)
     if problem is not None:
@@ -181,7 +179,7 @@ def _start_attempt(
             attempt,
             image=settings.proplet_image,
             pull_policy=settings.pull_policy,
-            label=settings.label,
+            placement=requirements(spec, settings),
             claim=settings.models_claim,
             service_account=settings.service_account,
             policy=settings.policy,
@@ -220,15 +218,19 @@ def _absorb_pod(
     if node:
         status["nodeName"] = node
     if phase == "Pending":
-        scheduled = pod_condition(pod, "PodScheduled")
-        if scheduled and scheduled.get("status") == "False":
+        if unschedulable(pod):
+            # The scheduler's message counts nodes ("0/3 nodes are available: 1 Insufficient
+            # gpu.intel.com/i915, ..."); say by name what no node has, where the nodes tell.
+            scheduled = pod_condition(pod, "PodScheduled") or {}
+            said = scheduled.get("message") or "the scheduler found no node"
+            shortfall = _shortfall(spec, facts, settings)
             move(plan, Event.RETRY)
             condition(
                 plan,
                 ConditionType.SCHEDULED,
                 False,
                 Reason.UNSCHEDULABLE,
-                scheduled.get("message") or "the scheduler found no node",
+                f"{shortfall} (scheduler: {said})" if shortfall else said,
                 facts.now,
             )
         elif node:
@@ -288,6 +290,17 @@ def _absorb_pod(
     if TaskPhase(status["phase"]).finished:
         _expire(spec, facts, plan)
     return True
+
+
+def _shortfall(spec: WasiNNTaskSpec, facts: Facts, settings: OperatorSettings) -> str | None:
+    """What no node has for this task, with the fix for a missing OpenVINO label."""
+    if facts.nodes is None:
+        return None
+    shortfall = explain_shortfall(facts.nodes, requirements(spec, settings))
+    label = "=".join(settings.label)
+    if shortfall and f"no node has label {label}" in shortfall:
+        shortfall += f"; label a node with {label}"
+    return shortfall
 
 
 def _attempt_failed(

@@ -9,14 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.nodefeatures import parse_features
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_env, policy_from_settings
 
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
+GPU_RESOURCE = "gpu.intel.com/i915"
+NPU_RESOURCE = "npu.intel.com/accel"
+# A device plugin's extended resource: VENDOR-DOMAIN/NAME, outside kubernetes.io.
+RESOURCE_NAME = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,20 @@ class OperatorSettings:
     proplet_engine: str = "embedded"
     # What tenants' tasks may choose; every task Pod gets it too (WASINN_POLICY).
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    # Node Feature Discovery labels every task's node must carry, as (key, value).
+    node_features: tuple[tuple[str, str], ...] = ()
+    # The device-plugin resources a task asking for a GPU (gpu) or an NPU (tpu) gets one of.
+    gpu_resource: str = GPU_RESOURCE
+    npu_resource: str = NPU_RESOURCE
 
     def __post_init__(self) -> None:
+        for name, value in (("GPU", self.gpu_resource), ("NPU", self.npu_resource)):
+            domain = value.partition("/")[0]
+            if len(value) > 253 or not RESOURCE_NAME.match(value) or _kubernetes_io(domain):
+                raise ValueError(
+                    f"WASINN_{name}_RESOURCE {value!r} is not a device-plugin resource name"
+                    " (VENDOR-DOMAIN/NAME outside kubernetes.io, e.g. gpu.intel.com/i915)"
+                )
         timeout = self.proplet_timeout_seconds
         if timeout is not None and timeout > self.policy.max_timeout:
             raise ValueError(
@@ -86,6 +107,9 @@ class OperatorSettings:
             else None,
             proplet_engine=_engine(environ.get("WASINN_PROPLET_ENGINE") or "embedded"),
             policy=policy_from_settings(environ),
+            node_features=_features(environ.get("WASINN_NODE_FEATURES") or ""),
+            gpu_resource=get("GPU_RESOURCE", GPU_RESOURCE),
+            npu_resource=get("NPU_RESOURCE", NPU_RESOURCE),
         )
 
     @classmethod
@@ -105,6 +129,9 @@ class OperatorSettings:
             "WASINN_METRICS_PORT": _text(args.metrics_port),
             "WASINN_HEALTH_PORT": _text(args.health_port),
             "WASINN_NAMESPACES": ",".join(args.namespace) if args.namespace else None,
+            "WASINN_NODE_FEATURES": ",".join(args.node_feature) if args.node_feature else None,
+            "WASINN_GPU_RESOURCE": args.gpu_resource,
+            "WASINN_NPU_RESOURCE": args.npu_resource,
             **policy_env(args),
         }
         merged = {**environ, **{k: v for k, v in given.items() if v}}
@@ -129,6 +156,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--openvino-label",
         help=f"node label KEY=VALUE of OpenVINO-capable nodes ($WASINN_OPENVINO_LABEL, else "
         f"{DEFAULT_LABEL})",
+    )
+    parser.add_argument(
+        "--node-feature",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="a Node Feature Discovery label every task's node must carry (repeatable; "
+        "$WASINN_NODE_FEATURES, comma-separated)",
+    )
+    parser.add_argument(
+        "--gpu-resource",
+        help=f"device-plugin resource of tasks asking for a GPU ($WASINN_GPU_RESOURCE, else "
+        f"{GPU_RESOURCE}; gpu.intel.com/xe for the xe driver)",
+    )
+    parser.add_argument(
+        "--npu-resource",
+        help=f"device-plugin resource of tasks asking for an NPU ($WASINN_NPU_RESOURCE, else "
+        f"{NPU_RESOURCE})",
     )
     parser.add_argument("--proplet-image", help="($WASINN_PROPLET_IMAGE)")
     parser.add_argument(
@@ -156,6 +200,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _features(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_features([item.strip() for item in text.split(",") if item.strip()])
+    except ValueError as exc:
+        raise ValueError(f"WASINN_NODE_FEATURES: {exc}") from None
+
+
+def _kubernetes_io(domain: str) -> bool:
+    return domain == "kubernetes.io" or domain.endswith(".kubernetes.io")
 
 
 def _json_object(text: str) -> dict[str, Any]:
