@@ -1,6 +1,8 @@
 """Model sources fetched by the host into a content-addressed cache: `<cache>/models/sha256/<hex>/`.
 
-An https source is one file, named after the URL's last segment; an OCI source is an artifact
+An https source is one file, named after the URL's last segment, unless that name ends in
+`.tar`, `.tar.gz`, `.tgz`, `.tar.xz` or `.zip`: then it is an archive whose files become the
+entry (`archive.py`; the digest is the archive's); an OCI source is an artifact
 whose layers are the model's files (named by `org.opencontainers.image.title`, as `oras push`
 writes them), read through the registry's v2 HTTP API: the manifest, whose sha256 must be the
 source's, then every blob, each checked against its descriptor's digest and size. Anonymous
@@ -25,6 +27,7 @@ from typing import Any
 import requests
 
 from ..api.modelsource import MODEL_NAME, Location, ModelSource
+from .archive import ArchiveError, is_archive, unpack
 
 HTTP_TIMEOUT = (10, 60)
 CHUNK = 1 << 16
@@ -72,9 +75,7 @@ def fetch_source(
             _fetch_url(source, location, staging, max_bytes)
         else:
             _fetch_oci(source, location, staging, max_bytes, credentials, insecure_registries)
-        for path in staging.iterdir():
-            path.chmod(0o444)
-        staging.chmod(0o555)
+        _seal(staging)
         try:
             staging.rename(target)
         except OSError:
@@ -87,9 +88,28 @@ def fetch_source(
     return target
 
 
+def _seal(root: Path) -> None:
+    """Make a finished entry read-only, files and (an archive's) directories, deepest first."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    root.chmod(0o555)
+
+
 def _fetch_url(source: ModelSource, location: Location, staging: Path, max_bytes: int) -> None:
-    digest = _download(requests.Session(), source.uri, staging / location.file_name, max_bytes, {})
-    _expect(source.uri, source.sha256 or "", digest)
+    name = location.file_name
+    if not is_archive(name):
+        digest = _download(requests.Session(), source.uri, staging / name, max_bytes, {})
+        _expect(source.uri, source.sha256 or "", digest)
+        return
+    # The digest pins the archive as published; it is checked before anything is unpacked.
+    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=".archive-") as tmp:
+        archive = Path(tmp) / name
+        digest = _download(requests.Session(), source.uri, archive, max_bytes, {})
+        _expect(source.uri, source.sha256 or "", digest)
+        try:
+            unpack(archive, staging, max_bytes)
+        except ArchiveError as exc:
+            raise ModelFetchError(f"{source.uri}: {exc}") from None
 
 
 def _download(
