@@ -575,7 +575,9 @@ def test_full_values_reach_the_pods() -> None:
     assert operator_env["WASINN_PROPLET_TIMEOUT_SECONDS"] == "600"
     assert operator_env["WASINN_PROPLET_ENGINE"] == "wasmtime-cli"
     assert operator_env["WASINN_MODEL_CACHE_CLAIM"] == "model-cache"
+    assert operator_env["WASINN_MODEL_CACHE_BYTES"] == "20Gi"
     settings = OperatorSettings.from_env(operator_env)
+    assert settings.model_cache_bytes == 20 << 30
     assert settings.node_features == (
         ("feature.node.kubernetes.io/cpu-cpuid.AVX512BF16", "true"),
         ("feature.node.kubernetes.io/cpu-model.vendor_id", "Intel"),

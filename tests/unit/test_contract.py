@@ -146,3 +146,7 @@ def test_a_bad_operator_setting_is_named() -> None:
         OperatorSettings.from_args(operator_args(), {"WASINN_PROPLET_ENGINE": "wamr"})
     with pytest.raises(ValueError, match="--max-timeout"):
         OperatorSettings.from_args(operator_args("--max-timeout", "soon"), {})
+    with pytest.raises(ValueError, match="WASINN_MODEL_CACHE_BYTES: 'lots' is not a size"):
+        OperatorSettings.from_args(operator_args("--model-cache-bytes", "lots"), {})
+    sized = OperatorSettings.from_args(operator_args("--model-cache-bytes", "50GiB"), {})
+    assert sized.model_cache_bytes == 50 << 30

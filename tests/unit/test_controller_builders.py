@@ -338,7 +338,12 @@ def test_model_sources_reach_the_proplet_and_its_volumes() -> None:
     assert json.loads(env_of(pod)["WASINN_TASK"])["modelSources"] == SOURCES
     assert env_of(pod)["WASINN_MODEL_CACHE"] == "/var/cache/wasinn-models"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["model-cache"] == {"name": "model-cache", "emptyDir": {}}
+    # Bounded disk by default: the emptyDir has the operator's model-cache size (20 GiB).
+    assert volumes["model-cache"] == {
+        "name": "model-cache",
+        "emptyDir": {"sizeLimit": "21474836480"},
+    }
+    assert "WASINN_MODEL_CACHE_BYTES" not in env_of(pod)  # the Pod's own cache is not trimmed
     assert volumes["model-pvc-0"]["persistentVolumeClaim"] == {
         "claimName": "team-models",
         "readOnly": True,
@@ -367,9 +372,12 @@ def test_model_cache_claim_replaces_the_empty_dir() -> None:
         placement=requirements(WasiNNTaskSpec.model_validate(spec), OperatorSettings()),
         claim="models",
         model_cache_claim="model-cache",
+        model_cache_bytes=50 << 30,
     )
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    # The shared claim outlives every Pod: each proplet trims it to the configured size.
+    assert env_of(pod)["WASINN_MODEL_CACHE_BYTES"] == str(50 << 30)
     assert pod["spec"]["securityContext"]["fsGroup"] == 65532  # the proplet may write it
     assert not any(v["name"].startswith("model-pvc") for v in pod["spec"]["volumes"])
 

@@ -141,14 +141,15 @@ def build_pod(
     service_account: str | None = None,
     policy: TaskPolicy | None = None,
     model_cache_claim: str | None = None,
+    model_cache_bytes: int = 20 << 30,
 ) -> dict[str, Any]:
     """The Pod for one attempt of a task, placed by `placement` (nodes.requirements); its
     proplet applies `policy` (default: the strict one) to the task again. The Pod meets the
     `restricted` Pod Security Standard whatever the spec holds: non-root, no privilege
     escalation, every capability dropped, RuntimeDefault seccomp, only claim, emptyDir and
     ConfigMap volumes, no API token, a read-only root filesystem. Model sources are fetched by
-    the proplet into an emptyDir (or `model_cache_claim`); each `pvc://` source is its claim's
-    subPath, mounted read-only."""
+    the proplet into an emptyDir of `model_cache_bytes` (or `model_cache_claim`, which the
+    proplet trims to that size); each `pvc://` source is its claim's subPath, read-only."""
     meta = task["metadata"]
     task_json = json.dumps(proplet_task(task, spec), separators=(",", ":"))
     if len(task_json.encode()) > MAX_TASK_ENV_BYTES:
@@ -173,7 +174,9 @@ def build_pod(
     ]
     if models.sub_path:
         mounts[0]["subPath"] = models.sub_path
-    source_volumes, source_mounts, source_env = _model_source_volumes(spec, model_cache_claim)
+    source_volumes, source_mounts, source_env = _model_source_volumes(
+        spec, model_cache_claim, model_cache_bytes
+    )
     volumes += source_volumes
     mounts += source_mounts
     wasm_volume = _wasm_volume(task, spec)
@@ -275,10 +278,11 @@ def _wasm_volume(task: dict[str, Any], spec: WasiNNTaskSpec) -> dict[str, Any] |
 
 
 def _model_source_volumes(
-    spec: WasiNNTaskSpec, cache_claim: str | None
+    spec: WasiNNTaskSpec, cache_claim: str | None, cache_bytes: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
-    """Volumes, mounts and env for the task's model sources: one cache for the fetched ones,
-    one read-only claim volume per `pvc://` source (at PVC_SOURCES_DIR/NAME)."""
+    """Volumes, mounts and env for the task's model sources: one cache for the fetched ones
+    (a claim the proplet trims to `cache_bytes`, or an emptyDir that size), one read-only claim
+    volume per `pvc://` source (at PVC_SOURCES_DIR/NAME)."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     env: list[dict[str, str]] = []
@@ -287,11 +291,13 @@ def _model_source_volumes(
         cache: dict[str, Any] = (
             {"persistentVolumeClaim": {"claimName": cache_claim}}
             if cache_claim
-            else {"emptyDir": {}}
+            else {"emptyDir": {"sizeLimit": str(cache_bytes)}}
         )
         volumes.append({"name": "model-cache", **cache})
         mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
         env.append({"name": "WASINN_MODEL_CACHE", "value": MODEL_CACHE_DIR})
+        if cache_claim:  # shared and long-lived: each proplet trims it after its fetches
+            env.append({"name": "WASINN_MODEL_CACHE_BYTES", "value": str(cache_bytes)})
     for index, source in enumerate(s for s in spec.model_sources if s not in fetched):
         location = source.location
         name = f"model-pvc-{index}"

@@ -184,6 +184,7 @@ def _start_attempt(
             service_account=settings.service_account,
             policy=settings.policy,
             model_cache_claim=settings.model_cache_claim,
+            model_cache_bytes=settings.model_cache_bytes,
         )
     except TaskTooLargeError as exc:
         fail(plan, Reason.INVALID_WASM, str(exc), facts.now)

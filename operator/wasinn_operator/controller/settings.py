@@ -17,6 +17,7 @@ from typing import Any
 from ..api.nodefeatures import parse_features
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_env, policy_from_settings
+from ..api.wasmflags import parse_size
 
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
 GPU_RESOURCE = "gpu.intel.com/i915"
@@ -37,6 +38,7 @@ class OperatorSettings:
     pull_policy: str = "IfNotPresent"
     models_claim: str = "models"
     model_cache_claim: str | None = None  # None: each Pod fetches into an emptyDir
+    model_cache_bytes: int = 20 << 30  # the emptyDir's sizeLimit, or what the claim is trimmed to
     results_cap: int = 16384
     resync_seconds: float = 10.0
     backoff_base_seconds: float = 10.0
@@ -93,6 +95,9 @@ class OperatorSettings:
             pull_policy=get("PULL_POLICY", cls.pull_policy),
             models_claim=get("MODELS_CLAIM", cls.models_claim),
             model_cache_claim=environ.get("WASINN_MODEL_CACHE_CLAIM") or None,
+            model_cache_bytes=parse_size(
+                get("MODEL_CACHE_BYTES", str(cls.model_cache_bytes)), "WASINN_MODEL_CACHE_BYTES"
+            ),
             results_cap=int(get("RESULTS_CAP", str(cls.results_cap))),
             resync_seconds=float(get("RESYNC_SECONDS", str(cls.resync_seconds))),
             backoff_base_seconds=float(get("BACKOFF_BASE_SECONDS", str(cls.backoff_base_seconds))),
@@ -124,6 +129,7 @@ class OperatorSettings:
             "WASINN_PULL_POLICY": args.pull_policy,
             "WASINN_MODELS_CLAIM": args.models_claim,
             "WASINN_MODEL_CACHE_CLAIM": args.model_cache_claim,
+            "WASINN_MODEL_CACHE_BYTES": args.model_cache_bytes,
             "WASINN_RESULTS_CAP": _text(args.results_cap),
             "WASINN_RESYNC_SECONDS": _text(args.resync_seconds),
             "WASINN_METRICS_PORT": _text(args.metrics_port),
@@ -186,6 +192,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-cache-claim",
         help="PersistentVolumeClaim where task Pods cache fetched model sources "
         "($WASINN_MODEL_CACHE_CLAIM, else an emptyDir per Pod)",
+    )
+    parser.add_argument(
+        "--model-cache-bytes",
+        help="disk for fetched model sources: each Pod's emptyDir size limit, or the size task "
+        "Pods trim the cache claim to, least recently used first ($WASINN_MODEL_CACHE_BYTES, "
+        "e.g. 50GiB; else 20GiB)",
     )
     parser.add_argument(
         "--results-cap",

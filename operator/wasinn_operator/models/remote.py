@@ -28,6 +28,7 @@ import requests
 
 from ..api.modelsource import MODEL_NAME, Location, ModelSource
 from .archive import ArchiveError, is_archive, unpack
+from .cachegc import touch
 
 HTTP_TIMEOUT = (10, 60)
 CHUNK = 1 << 16
@@ -67,6 +68,7 @@ def fetch_source(
         raise ModelFetchError(f"{source.uri}: pvc:// sources are mounted by the operator")
     target = entry_dir(cache, source.digest_hex)
     if target.is_dir():
+        touch(cache, source.digest_hex)
         return target  # entries appear whole (rename), so one that exists is complete
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
@@ -81,6 +83,7 @@ def fetch_source(
         except OSError:
             if not target.is_dir():  # not a concurrent fetch of the same model that won
                 raise
+        touch(cache, source.digest_hex)
     finally:
         if staging.exists():
             staging.chmod(0o700)

@@ -63,6 +63,7 @@ class PropletConfig:
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     insecure_registries: tuple[str, ...] = ()  # plain-http OCI registries besides localhost
     model_cache: Path | None = None  # where model sources are fetched (None: cache_dir)
+    model_cache_budget: int | None = None  # bytes the model cache is trimmed to (None: no trim)
     model_pvcs_dir: Path = Path(PVC_SOURCES_DIR)  # where the operator mounts pvc:// sources
     parent_pid: int = 0  # the process that started this one; its end ends this one (0: none)
 
@@ -99,6 +100,9 @@ class PropletConfig:
             if environ.get("WASINN_MODEL_CACHE")
             else None,
             model_pvcs_dir=Path(environ.get("WASINN_MODEL_PVCS_DIR") or PVC_SOURCES_DIR),
+            model_cache_budget=int(environ["WASINN_MODEL_CACHE_BYTES"])
+            if environ.get("WASINN_MODEL_CACHE_BYTES")
+            else None,
         )
 
 
@@ -167,6 +171,7 @@ def run_task(
             config.model_pvcs_dir,
             registry_auth=config.registry_auth,
             insecure_registries=config.insecure_registries,
+            cache_budget=config.model_cache_budget,
         )
     except ModelFetchError as exc:
         summary.error, summary.reason = f"fetching a model: {exc}", FailureReason.FETCH_FAILED

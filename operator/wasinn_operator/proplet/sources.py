@@ -6,10 +6,12 @@ The result is one directory per name, which the engine preopens read-only at /mo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..api import TaskSpec
 from ..api.modelsource import ModelSource
+from ..models.cachegc import evict
 from ..models.remote import ModelFetchError, fetch_source
 from .fetch import FetchError, registry_credentials
 
@@ -22,9 +24,11 @@ def prepare_sources(
     *,
     registry_auth: Path | None = None,
     insecure_registries: tuple[str, ...] = (),
+    cache_budget: int | None = None,
 ) -> dict[str, Path]:
     """NAME -> host directory for every model source of `task`; ModelFetchError names the one
-    that failed (nothing of it is cached)."""
+    that failed (nothing of it is cached). With `cache_budget` (bytes), the cache is then
+    trimmed to it, least recently used first, keeping this task's models."""
     ready: dict[str, Path] = {}
     for index, source in enumerate(task.model_sources):
         where = f"modelSources[{index}] ({source.name})"
@@ -36,6 +40,11 @@ def prepare_sources(
             raise ModelFetchError(f"{where}: {exc}") from None
         except OSError as exc:
             raise ModelFetchError(f"{where}: the model cache {cache}: {exc}") from None
+    fetched = [s for s in task.model_sources if s.location.scheme != "pvc"]
+    if cache_budget is not None and fetched:
+        # Trimming is housekeeping: the task has its models either way.
+        with contextlib.suppress(OSError):
+            evict(cache, cache_budget, keep={s.digest_hex for s in fetched})
     return ready
 
 
