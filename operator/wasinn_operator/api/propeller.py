@@ -30,15 +30,15 @@ from .times import ZERO_TIME, propeller_time
 
 UINT64_MAX = (1 << 64) - 1
 ARTIFACTS_PATH = "/artifacts"
-# Fields Go's `omitempty` drops when empty; `cli_args` is not among them (it is `null`).
-# `results_truncated` is ours (not Propeller's): present, true, only when results were cut.
+# Fields Go's `omitempty` drops when empty; `cli_args` is not among them (it is `null`), nor
+# `results`: an `any`, dropped only when nil, so a failed run answers `"results": ""` as
+# Propeller's manager does. `results_truncated` is ours: present, true, only when results were cut.
 OMIT_WHEN_EMPTY = (
     "image_url",
     "file",
     "inputs",
     "env",
     "proplet_id",
-    "results",
     "results_truncated",
     "error",
 )
@@ -197,6 +197,8 @@ class Task(BaseModel):
             value = data.get(key)
             if value is False or value in (None, "", [], {}):
                 data.pop(key, None)
+        if data.get("results") is None:
+            data.pop("results", None)
         for key in ("start_time", "finish_time", "created_at", "updated_at"):
             data[key] = propeller_time(getattr(self, key))
         return data | self.fields

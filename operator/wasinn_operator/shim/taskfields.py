@@ -29,6 +29,22 @@ DEFAULT_KIND = "standard"
 DEFAULT_TIMEZONE = "UTC"
 MAX_METADATA_BYTES = 1 << 20  # Propeller's limit on `metadata` as JSON
 RUN_IF = ("success", "failure")
+# pkg/proplet/metrics.go MonitoringProfile: Propeller decodes the object into this struct, so it
+# answers every field (zero when not given) and drops other keys; `interval` is a Go
+# time.Duration (whole nanoseconds), `history_size` a Go int.
+MONITORING_FIELDS: dict[str, type] = {
+    "enabled": bool,
+    "interval": int,
+    "collect_cpu": bool,
+    "collect_memory": bool,
+    "collect_disk_io": bool,
+    "collect_threads": bool,
+    "collect_file_descriptors": bool,
+    "export_to_mqtt": bool,
+    "retain_history": bool,
+    "history_size": int,
+}
+INT64 = 1 << 63
 # Stored as given, echoed when not empty (Go's omitempty).
 PLAIN = (
     "kind",
@@ -98,6 +114,9 @@ def apply(extra: dict[str, Any], body: TaskInput, proplet_id: str, *, creating: 
         value = getattr(body, name)
         if name == "priority" and not value and not creating:
             continue  # Propeller's UpdateTask keeps the priority when given 0
+        if name == "monitoring_profile" and value is not None:
+            extra[name] = monitoring_profile(value)  # `{}` too: Go's non-nil pointer
+            continue
         if value in (None, "", [], {}, False, 0):
             extra.pop(name, None)
         else:
@@ -111,6 +130,24 @@ def apply(extra: dict[str, Any], body: TaskInput, proplet_id: str, *, creating: 
     if extra.get("depends_on") and not extra.get("workflow_id"):
         raise BadRequestError("depends_on: a task with dependencies needs a workflow_id")
     _schedule(extra, body, creating)
+
+
+def monitoring_profile(given: Mapping[str, Any]) -> dict[str, Any]:
+    """`monitoring_profile` as Propeller's struct holds it: every field, zero when absent or
+    null, other keys dropped; a field of the wrong type is a 400 naming it."""
+    profile: dict[str, Any] = {}
+    for key, kind in MONITORING_FIELDS.items():
+        value = given.get(key)
+        if value is None:
+            value = kind()
+        elif kind is bool and not isinstance(value, bool):
+            raise BadRequestError(f"monitoring_profile.{key}: must be true or false")
+        elif kind is int and (
+            isinstance(value, bool) or not isinstance(value, int) or not -INT64 <= value < INT64
+        ):
+            raise BadRequestError(f"monitoring_profile.{key}: must be a whole number (64-bit)")
+        profile[key] = value
+    return profile
 
 
 def _schedule(extra: dict[str, Any], body: TaskInput, creating: bool) -> None:
@@ -136,9 +173,20 @@ def to_json(extra: Mapping[str, Any]) -> dict[str, Any]:
     """The fields as Propeller answers them: empty ones left out, except `encrypted` (always)
     and `next_run` (Go's zero time when unscheduled)."""
     fields = {name: extra[name] for name in PLAIN if extra.get(name) not in (None, "", [], {})}
+    profile = extra.get("monitoring_profile")
+    if isinstance(profile, dict):  # stored before profiles were checked: answered as Go would
+        fields["monitoring_profile"] = {
+            key: _typed(profile.get(key), kind) for key, kind in MONITORING_FIELDS.items()
+        }
     fields["encrypted"] = bool(extra.get("encrypted"))
     fields["next_run"] = extra.get("next_run") or propeller_time(None)
     return fields
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """`value` if it is a `kind` (a bool is not an int here), else the zero `kind`."""
+    same = isinstance(value, kind) and isinstance(value, bool) == (kind is bool)
+    return value if same else kind()
 
 
 def priority(extra: Mapping[str, Any]) -> int:
