@@ -23,7 +23,8 @@ METRICS_TOPIC = "control/proplet/metrics"
 TASK_METRICS_TOPIC = "control/proplet/task_metrics"
 
 
-def _version() -> str:
+def package_version() -> str:
+    """The installed wasinn-operator version, `unknown` when it is not installed."""
     try:
         return version("wasinn-operator")
     except PackageNotFoundError:
@@ -42,21 +43,25 @@ def timestamp(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+WASM_RUNTIME = "wasinn (wasmtime + wasi-nn over OpenVINO)"
+
+
+def proplet_metadata() -> dict[str, Any]:
+    """What this machine runs on, in Propeller's PropletMetadata fields (pkg/proplet)."""
+    return {
+        "environment": "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "binary",
+        "os": platform.system().lower(),
+        "hostname": socket.gethostname(),
+        "cpu_arch": platform.machine(),
+        "total_memory_bytes": _total_memory(),
+        "proplet_version": package_version(),
+        "wasm_runtime": WASM_RUNTIME,
+    }
+
+
 def create_message(proplet_id: str, namespace: str) -> dict[str, Any]:
     """Discovery: who this proplet is and what it runs on."""
-    return {
-        "proplet_id": proplet_id,
-        "namespace": namespace,
-        "metadata": {
-            "environment": "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "binary",
-            "os": platform.system().lower(),
-            "hostname": socket.gethostname(),
-            "cpu_arch": platform.machine(),
-            "total_memory_bytes": _total_memory(),
-            "proplet_version": _version(),
-            "wasm_runtime": "wasinn (wasmtime + wasi-nn over OpenVINO)",
-        },
-    }
+    return {"proplet_id": proplet_id, "namespace": namespace, "metadata": proplet_metadata()}
 
 
 def alive_message(proplet_id: str, namespace: str) -> dict[str, str]:

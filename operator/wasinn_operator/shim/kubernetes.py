@@ -29,6 +29,7 @@ from ..api.status import requested_run
 from ..api.times import maybe_time
 from ..kubeclient import STALE_RETRIES, KubeClient
 from . import taskfields
+from .announce import WASM_RUNTIME, package_version
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
     CREATED,
@@ -119,6 +120,7 @@ class KubernetesStore:
                     task_count=running.get(name, 0),
                     alive=ready.get("status") == "True",
                     alive_history=[beat] if beat else [],
+                    metadata=_node_metadata(name, (node.get("status") or {}).get("nodeInfo") or {}),
                 )
             )
         return found
@@ -351,3 +353,16 @@ def _decide(obj: dict[str, Any], event: Event) -> None:
         transition(view_phase(obj), event)
     except Refusal as exc:
         raise ConflictError(exc.about(obj["metadata"]["name"])) from None
+
+
+def _node_metadata(name: str, info: dict[str, Any]) -> dict[str, Any]:
+    """A node as Propeller's PropletMetadata: what its kubelet reports (nodeInfo)."""
+    found = {
+        "environment": "kubernetes",
+        "os": info.get("operatingSystem"),
+        "hostname": name,
+        "cpu_arch": info.get("architecture"),
+        "proplet_version": package_version(),
+        "wasm_runtime": WASM_RUNTIME,
+    }
+    return {key: value for key, value in found.items() if value}

@@ -44,6 +44,7 @@ from ..api.policy import POLICY_ENV, TaskPolicy
 from ..api.propeller import to_task_spec, wasm_source
 from ..api.summary import OUTPUT_LIMIT
 from . import taskfields
+from .announce import proplet_metadata
 from .artifacts import ArtifactStore
 from .errors import UnavailableError
 from .fresh import drain, outcome, spawn_proplet
@@ -92,6 +93,7 @@ class LocalBackend:
         self.artifacts = artifacts
         self.models_dir = models_dir
         self.proplet_id = proplet_id
+        self._metadata = proplet_metadata()  # what GET /proplets shows, as the MQTT announce
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition()
@@ -171,7 +173,8 @@ class LocalBackend:
         history = list(self._heartbeats)
         alive = not self._closing.is_set() and (now() - history[-1]).total_seconds() <= 10.5
         name = f"local ({self._pool.slots} workers)"
-        return [PropletRecord(self.proplet_id, name, self._pool.running(), alive, history)]
+        running = self._pool.running()
+        return [PropletRecord(self.proplet_id, name, running, alive, history, self._metadata)]
 
     def checks(self) -> dict[str, str | None]:
         database = self.db.probe()

@@ -40,7 +40,7 @@ from .config import BuildInfo
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
 from .store import PropletRecord, TaskRecord, TaskStore, now
-from .validation import check_task_limit, proplet_alive_filter
+from .validation import check_id, check_task_limit, proplet_alive_filter
 
 MAX_PAGE = 1000
 # What one task may hold besides its module (stored, and answered in every listing).
@@ -196,10 +196,12 @@ class TaskService:
         )
 
     def proplet(self, proplet_id: str) -> Proplet:
-        """One worker."""
+        """One worker; an unknown id is a 404, or a 400 when it is not a UUID (as Propeller's
+        entityReq answers; kubernetes node names, which are not UUIDs, are still found)."""
         for found in self.store.proplets():
             if found.id == proplet_id:
                 return _proplet(found)
+        check_id(proplet_id, "proplet")
         raise NotFoundError(f"proplet {proplet_id} not found")
 
     def health(self) -> Health:
@@ -383,6 +385,7 @@ def _proplet(found: PropletRecord) -> Proplet:
         task_count=found.task_count,
         alive=found.alive,
         last_alive_at=history[-1] if history else None,
+        metadata=found.metadata,
     )
 
 

@@ -99,6 +99,7 @@ class PropletRecord:
     task_count: int
     alive: bool
     alive_history: list[datetime]  # heartbeats, oldest first
+    metadata: dict[str, Any] = field(default_factory=dict)  # Propeller's PropletMetadata fields
 
 
 class TaskStore(Protocol):
