@@ -12,19 +12,39 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import wasmtime
 
 from wasinn_operator.shim.taskfields import redact
 
-from .conftest import Shim
+from .conftest import ROOT, Shim, ShimBackend
 
 pytestmark = pytest.mark.integration
 ZERO = "0001-01-01T00:00:00Z"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
+PROFILE_ZERO = {
+    "enabled": False,
+    "interval": 0,
+    "collect_cpu": False,
+    "collect_memory": False,
+    "collect_disk_io": False,
+    "collect_threads": False,
+    "collect_file_descriptors": False,
+    "export_to_mqtt": False,
+    "retain_history": False,
+    "history_size": 0,
+}
 
 
 @pytest.fixture
 def shim(make_shim: Callable[..., Shim]) -> Shim:
     return make_shim()
+
+
+@pytest.fixture(scope="module")
+def trap_wasm() -> bytes:
+    return bytes(
+        wasmtime.wat2wasm((ROOT / "tests" / "runtime" / "guests" / "trap.wat").read_text())
+    )
 
 
 def post(shim: Shim, body: dict[str, Any]) -> Any:
@@ -73,6 +93,8 @@ def test_create_defaults_and_every_field_echoed(shim: Shim) -> None:
     }
     created = post(shim, full)
     assert created.status_code == 201, created.text
+    # pkg/proplet/metrics.go MonitoringProfile: the struct's ten fields are answered.
+    full["monitoring_profile"] = PROFILE_ZERO | {"enabled": True, "interval": 10}
     for seen in (created.json(), shim.task(created.json()["id"])):
         for key, value in full.items():
             assert seen[key] == value, key
@@ -140,7 +162,7 @@ def test_metadata_filter_and_newest_first(shim: Shim) -> None:
     assert twice.status_code == 400
 
 
-def test_ids_limits_and_proplet_status(shim: Shim, classify_b64: str) -> None:
+def test_ids_limits_and_proplet_status(shim: Shim, backend: ShimBackend, classify_b64: str) -> None:
     # manager/api/requests.go: entityReq ids are UUIDs, listTasksReq limit 1..100,
     # listEntityReq proplet status active|inactive; pkg/proplet/proplet.go PropletView.
     for verb, path in (("GET", ""), ("DELETE", ""), ("POST", "/start"), ("POST", "/stop"),
@@ -153,11 +175,54 @@ def test_ids_limits_and_proplet_status(shim: Shim, classify_b64: str) -> None:
     assert shim.http.get("/tasks", params={"limit": 100}).status_code == 200
     assert shim.http.get("/proplets", params={"status": "mystery"}).status_code == 400
     [proplet] = shim.http.get("/proplets", params={"status": "active"}).json()["proplets"]
-    assert proplet["alive"] is True and proplet["last_alive_at"] and proplet["metadata"] == {}
+    assert proplet["alive"] is True and proplet["last_alive_at"]
     assert "alive_history" not in proplet
+    # pkg/proplet/proplet.go PropletMetadata: what a proplet announces on
+    # control/proplet/create (local: this machine; kubernetes: what the node's kubelet reports).
+    metadata = proplet["metadata"]
+    want = "kubernetes" if backend.name == "kubernetes" else "binary"
+    assert metadata["environment"] == want and metadata["hostname"] and metadata["wasm_runtime"]
+    assert shim.http.get(f"/proplets/{proplet['id']}").json()["metadata"] == metadata
+    # manager/api/requests.go entityReq.validate: a proplet id that is not a UUID is a 400, an
+    # unknown UUID a 404.
+    bad = shim.http.get("/proplets/not-a-uuid")
+    assert bad.status_code == 400 and "not a UUID" in bad.json()["error"], bad.text
+    assert shim.http.get(f"/proplets/{UNKNOWN}").status_code == 404
     assert shim.http.get("/proplets", params={"status": "inactive"}).json()["proplets"] == []
     # The module is never echoed whole (manager/api/redact.go), on any answer.
     task = post(shim, {"name": "f", "file": classify_b64}).json()
     assert task["file"] == redact(classify_b64) and "<REDACTED>" in task["file"]
     tiny = base64.b64encode(b"\0asm\1\0\0\0").decode()
     assert post(shim, {"name": "t", "file": tiny}).json()["file"] == tiny  # short: whole
+
+
+def test_monitoring_profile_as_propellers_struct(shim: Shim) -> None:
+    # pkg/proplet/metrics.go MonitoringProfile, decoded by manager/api/transport.go
+    # decodeTaskReq: every field answered (zero when absent or null), other keys dropped, a
+    # wrong type is a 400 (Go's json decoder refuses it); `{}` is a profile of zeros.
+    given = {"enabled": True, "interval": 5000000000, "history_size": None, "extra": "x"}
+    task = post(shim, {"name": "m", "monitoring_profile": given}).json()
+    want = PROFILE_ZERO | {"enabled": True, "interval": 5000000000}
+    assert task["monitoring_profile"] == want
+    assert shim.task(task["id"])["monitoring_profile"] == want
+    assert post(shim, {"name": "z", "monitoring_profile": {}}).json()["monitoring_profile"] == (
+        PROFILE_ZERO
+    )
+    assert "monitoring_profile" not in post(shim, {"name": "n", "monitoring_profile": None}).json()
+    for bad in ({"interval": 1.5}, {"interval": "5s"}, {"enabled": 1}, {"history_size": True}):
+        answer = post(shim, {"name": "b", "monitoring_profile": bad})
+        assert answer.status_code == 400, (bad, answer.text)
+        assert f"monitoring_profile.{next(iter(bad))}" in answer.json()["error"]
+
+
+def test_failed_run_answers_empty_results(shim: Shim, trap_wasm: bytes) -> None:
+    # pkg/task/task.go `Results any` (omitempty drops only nil): Propeller's manager stores the
+    # proplet's "" of a failed run and answers `"results": ""` on the task.
+    task_id = shim.create("_start")
+    upload = shim.http.put(f"/tasks/{task_id}/upload", files={"file": ("t.wasm", trap_wasm)})
+    assert upload.status_code == 200, upload.text
+    assert "results" not in upload.json()  # never ran: nil, left out
+    assert shim.http.post(f"/tasks/{task_id}/start").status_code == 200
+    failed = shim.wait_state(task_id, (4,))
+    assert failed["results"] == "" and "unreachable" in failed["error"]
+    assert shim.http.get(f"/tasks/{task_id}/results").json() == {"results": ""}
