@@ -215,7 +215,7 @@ def test_monitoring_profile_as_propellers_struct(shim: Shim) -> None:
         assert f"monitoring_profile.{next(iter(bad))}" in answer.json()["error"]
 
 
-def test_failed_run_answers_empty_results(shim: Shim, trap_wasm: bytes) -> None:
+def test_failed_run_answers_empty_results_and_stop_leaves_it(shim: Shim, trap_wasm: bytes) -> None:
     # pkg/task/task.go `Results any` (omitempty drops only nil): Propeller's manager stores the
     # proplet's "" of a failed run and answers `"results": ""` on the task.
     task_id = shim.create("_start")
@@ -226,3 +226,8 @@ def test_failed_run_answers_empty_results(shim: Shim, trap_wasm: bytes) -> None:
     failed = shim.wait_state(task_id, (4,))
     assert failed["results"] == "" and "unreachable" in failed["error"]
     assert shim.http.get(f"/tasks/{task_id}/results").json() == {"results": ""}
+    # manager/service.go StopTask: a finished run's task→proplet record is still there, so a
+    # stop answers 200 (the proplet has nothing to stop) and the task stays as it ended.
+    stopped = shim.http.post(f"/tasks/{task_id}/stop")
+    assert stopped.status_code == 200 and stopped.json() == {"stopped": True}, stopped.text
+    assert shim.task(task_id)["state"] == 4 and shim.task(task_id)["error"] == failed["error"]

@@ -175,8 +175,15 @@ class TaskService:
 
     def stop(self, task_id: str) -> None:
         """End a scheduled or running task: Failed (4), error `task was stopped before
-        completion`, as Propeller records a stopped task."""
-        self.store.stop(task_id)
+        completion`, as Propeller records a stopped task. A task whose run has finished is
+        left as it is (Propeller answers 200: its proplet has nothing left to stop); one that
+        never ran is a 409."""
+        try:
+            self.store.stop(task_id)
+        except ConflictError:
+            record = self.store.get(task_id)
+            if not (record.phase.finished and record.start_time is not None):
+                raise
 
     def results(self, task_id: str) -> Any:
         """The task's results (the guest's stdout), None before it finished."""
