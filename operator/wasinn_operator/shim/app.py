@@ -275,7 +275,7 @@ def create_app(
     @app.get(
         "/proplets/{proplet_id}",
         dependencies=guarded,
-        responses={200: {"model": Proplet}, **_errors(404)},
+        responses={200: {"model": Proplet}, **_errors(400, 404)},
     )
     async def get_proplet(proplet_id: str) -> Response:
         return JSONAnswer((await call(service.proplet, proplet_id)).to_json())
