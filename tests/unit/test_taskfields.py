@@ -82,8 +82,13 @@ def test_defaults_and_update_rules() -> None:
     kept = _apply({"name": "x"}, {"schedule": "0 * * * *", "timezone": "UTC"}, creating=False)
     assert kept == {"schedule": "0 * * * *", "timezone": "UTC"}  # not cleared (documented)
     cleared = _apply({"schedule": ""}, {"schedule": "0 * * * *", "timezone": "UTC",
-                                        "next_run": "x"}, creating=False)  # fmt: skip
-    assert cleared == {}
+                                        "next_run": "x", "is_recurring": True},
+                     creating=False)  # fmt: skip
+    assert cleared == {"timezone": "UTC"}  # UpdateTask ends recurrence, keeps the zone
+    # CreateTask stores timezone and is_recurring as sent, also without a schedule.
+    unscheduled = _apply({"timezone": "Europe/Paris", "is_recurring": True, "kind": "x"})
+    assert unscheduled == {"kind": "x", "priority": 50, "timezone": "Europe/Paris",
+                           "is_recurring": True}  # fmt: skip
     scheduled = _apply({"schedule": "0 3 * * *"})
     assert scheduled["timezone"] == "UTC"
     assert parse_time(str(scheduled["next_run"])).time() == time(3, 0)

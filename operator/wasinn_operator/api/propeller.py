@@ -78,7 +78,10 @@ def _base64(value: str | None) -> str | None:
 
 def _input_text(value: Any) -> Any:
     # Propeller keeps inputs as strings (pkg/task FlexStrings): a number becomes its literal
-    # JSON text, exactly as sent ("1.50" stays "1.50"; the decoder keeps it in `json_text`).
+    # JSON text, exactly as sent ("1.50" stays "1.50"; the decoder keeps it in `json_text`),
+    # and `null` the empty string (Go decodes null into a string as "").
+    if value is None:
+        return ""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return getattr(value, "json_text", None) or json.dumps(value)
     return value
@@ -87,7 +90,7 @@ def _input_text(value: Any) -> Any:
 Input = Annotated[
     StrictStr,
     BeforeValidator(_input_text),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}),
 ]
 Env = Annotated[
     dict[str, str],

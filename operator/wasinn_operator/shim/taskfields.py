@@ -153,8 +153,11 @@ def monitoring_profile(given: Mapping[str, Any]) -> dict[str, Any]:
 def _schedule(extra: dict[str, Any], body: TaskInput, creating: bool) -> None:
     schedule = extra.get("schedule") or ""
     if not schedule:
-        for name in ("timezone", "is_recurring", "next_run"):
-            extra.pop(name, None)
+        # As Propeller: `timezone` and `is_recurring` are kept as given (CreateTask stores the
+        # task as sent), clearing a schedule ends recurrence (UpdateTask); no schedule, no run.
+        extra.pop("next_run", None)
+        if not creating and "schedule" in body.model_fields_set:
+            extra.pop("is_recurring", None)
         return
     try:
         parsed = cron.parse(schedule)
