@@ -195,13 +195,13 @@ def test_a_failing_database_is_unavailable_and_named(tmp_path: Path) -> None:
     assert db.problem() is not None
 
 
-def test_listing_leaves_results_out(tmp_path: Path) -> None:
+def test_listing_carries_results_as_propeller_does(tmp_path: Path) -> None:
     artifacts = ArtifactStore(tmp_path / "artifacts")
     backend = LocalBackend(tmp_path / "tasks.db", artifacts, None, 1, "p1")
     try:
         backend.db.add(TaskRecord(id="a", name="a", results="r" * 100_000, results_truncated=True))
         [listed], _ = backend.db.page(0, 10)
-        assert (listed.results, listed.results_truncated) == (None, True)
+        assert (listed.results, listed.results_truncated) == ("r" * 100_000, True)
         assert backend.get("a").results == "r" * 100_000
     finally:
         backend.close()

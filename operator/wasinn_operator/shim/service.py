@@ -7,14 +7,13 @@ is about to refer to; it removes only a module an operation here stopped referri
 task is checked against the task policy (`api/policy.py`) before anything of it is stored or
 run: on create, update, upload and start, and for a manager's MQTT start.
 
-Answers carry the module (`file`) only redacted, as Propeller does, and listings leave out the
-results: a page of tasks stays small whatever the tasks hold. `health()` checks every
-dependency (see `health.py`).
+Answers carry the module (`file`) only redacted and listings carry each task's results, as
+Propeller's do (results are capped per task, so a page of 100 stays bounded). `health()`
+checks every dependency (see `health.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -95,12 +94,11 @@ class TaskService:
             return self._task(record)
 
     def list(self, offset: int, limit: int, metadata: dict[str, Any] | None = None) -> TaskPage:
-        """A page, newest first, of the tasks whose metadata has every key of `metadata`,
-        without results (GET a task, or its results, for those)."""
+        """A page, newest first, of the tasks whose metadata has every key of `metadata`."""
         _check_page(offset, limit)
         check_task_limit(limit)
         records, total = self.store.page(offset, limit, metadata)
-        tasks = [self._task(dataclasses.replace(r, results=None)) for r in records]
+        tasks = [self._task(r) for r in records]
         return TaskPage(offset=offset, limit=limit, total=total, tasks=tasks)
 
     def get(self, task_id: str) -> Task:

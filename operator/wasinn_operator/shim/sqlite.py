@@ -77,8 +77,9 @@ COLUMNS = (
     "results_truncated",
     "extra",
 )
-# Listings leave the results out: a page of tasks stays small whatever the tasks printed.
+# Scans by state need no results; a page carries them, as Propeller's listings do.
 LIST_COLUMNS = ", ".join(c for c in ("seq", *COLUMNS) if c != "results")
+PAGE_COLUMNS = ", ".join(("seq", *COLUMNS))
 SPEC_COLUMNS = (
     "name",
     "image_url",
@@ -221,7 +222,7 @@ class TaskDB:
         with self._lock:
             total = int(self._exec(f"SELECT COUNT(*) FROM tasks {where}", params).fetchone()[0])
             rows = self._exec(
-                f"SELECT {LIST_COLUMNS} FROM tasks {where} {NEWEST_FIRST} LIMIT ? OFFSET ?",
+                f"SELECT {PAGE_COLUMNS} FROM tasks {where} {NEWEST_FIRST} LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
         return [_from_row(r) for r in rows], total
