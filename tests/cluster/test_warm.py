@@ -42,9 +42,10 @@ GOLDEN = "1. tiger cat (282)"
 
 @pytest.fixture(scope="module")
 def warm_release(
-    helm: Helm, kubectl: Kubectl, models_dir: Path, guest_dir: Path
+    helm: Helm, kubectl: Kubectl, models_dir: Path, crd: None
 ) -> Iterator[tuple[str, str]]:
-    """(release, namespace): the chart with warm workers, watching only its namespace."""
+    """(release, namespace): the chart with warm workers, watching only its namespace (the
+    checkout's CRD applied first: helm leaves an installed CRD as it is)."""
     build_and_load(OPERATOR_IMAGE, PROPLET_IMAGE)
     namespace = f"warm-{uuid.uuid4().hex[:6]}"
     kubectl.apply(
@@ -121,7 +122,8 @@ def test_warm_tasks_complete_on_the_workers_with_golden_results(
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
 
-    kubectl.apply(warm_task("one", namespace, wasm))
+    # create, not apply: apply's last-applied annotation cannot hold an inline module this big.
+    kubectl("create", "-f", "-", input=json.dumps(warm_task("one", namespace, wasm)))
     [st] = wait_until(
         "warm task one to finish", lambda: finished(kubectl, namespace, ["one"]), timeout=240
     )
@@ -131,12 +133,9 @@ def test_warm_tasks_complete_on_the_workers_with_golden_results(
     assert st["nodeName"] == worker["spec"]["nodeName"]
 
     names = [f"many-{i}" for i in range(10)]
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "List",
-            "items": [warm_task(n, namespace, wasm) for n in names],
-        }
+    many = [warm_task(n, namespace, wasm) for n in names]
+    kubectl(
+        "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": many})
     )
     statuses = wait_until(
         "ten warm tasks to finish", lambda: finished(kubectl, namespace, names), timeout=300
