@@ -50,6 +50,8 @@ class Operator:
     # (task uid -> (worker name, namespace, task name)).
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     assignments: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # The resourceVersion of each task's last status write: its own echo needs no reconcile.
+    written: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> Kube:
@@ -115,7 +117,11 @@ async def wasinntask_event(
         metrics.forget(uid)
         operator.locks.pop(uid, None)
         operator.assignments.pop(uid, None)
+        operator.written.pop(uid, None)
         return
+    version = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    if version and operator.written.get(uid) == version:
+        return  # the echo of this operator's own status write: nothing new to act on
     await reconcile_task(operator, namespace or "default", name, uid)
 
 
@@ -259,7 +265,11 @@ async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) ->
     before = task.get("status") or {}
     if plan.status != before:
         version = task["metadata"].get("resourceVersion")
-        await kube.patch_status(namespace, name, _merge_patch(before, plan.status), version)
+        written = await kube.patch_status(
+            namespace, name, _merge_patch(before, plan.status), version
+        )
+        if written:
+            operator.written[uid] = written
     for kind, reason, message in plan.events:
         await kube.post_event(task, kind, reason, message)
     metrics.observe(uid, before, plan.status, facts.pods)

@@ -6,7 +6,9 @@ its own uid, phase Scheduled or Running). Each attempt gets the same fetch, veri
 deadline and memory limits as `wasinn proplet run` (`worker.handle`), and its env reaches its
 guest only. The worker never writes status: it reports on the task's annotation
 (api/warm.py), when the attempt starts and when it ends, and the operator turns that into
-status. Reports are sent by a thread of their own, so the next attempt starts meanwhile.
+status. Reports are sent by a thread of their own, so the next attempt starts meanwhile; an
+attempt that ends within START_REPORT_SECONDS reports only its end (with its start time), as a
+Pod that ends before the operator saw it run goes from Scheduled to its end.
 
 Settings: those of `proplet run`, and WASINN_WORKER_POD / WASINN_WORKER_UID (this Pod, from
 the downward API), WASINN_NAMESPACES (the namespaces to watch, comma-separated; all when
@@ -40,6 +42,7 @@ from .worker import handle
 
 log = logging.getLogger("wasinn.proplet.warm")
 WATCH_SECONDS = 300
+START_REPORT_SECONDS = 0.25
 SEEN_LIMIT = 100_000  # attempts remembered to run each once; older ones are forgotten
 
 
@@ -83,7 +86,8 @@ class WarmWorker:
         return True
 
     def run_one(self, task: dict[str, Any]) -> WarmReport:
-        """Run one assigned attempt, reporting its start and its end."""
+        """Run one assigned attempt, reporting its end, and its start too when it lasts longer
+        than START_REPORT_SECONDS (a short one goes straight to its end: one write, not two)."""
         meta = task["metadata"]
         held = assignment(task)
         attempt = held[0] if held else 0
@@ -92,9 +96,22 @@ class WarmWorker:
             worker=self.identity.uid,
             startTime=format_time(datetime.now(UTC)),
         )
-        self.report(meta["namespace"], meta["name"], started)
-        line = json.dumps(task_document(task)).encode()
-        summary = handle(line, self.config, self.runtime)
+        lock, ended = threading.Lock(), threading.Event()
+
+        def report_start() -> None:
+            with lock:  # the start is queued before the end, or not at all
+                if not ended.is_set():
+                    self.report(meta["namespace"], meta["name"], started)
+
+        timer = threading.Timer(START_REPORT_SECONDS, report_start)
+        timer.start()
+        try:
+            line = json.dumps(task_document(task)).encode()
+            summary = handle(line, self.config, self.runtime)
+        finally:
+            timer.cancel()
+            with lock:
+                ended.set()
         done = started.model_copy(update={"summary": summary.to_message()})
         self.report(meta["namespace"], meta["name"], done)
         return done
