@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,19 +127,25 @@ class WarmWorker:
 
 
 class Reporter:
-    """Sends reports in order from a thread of its own (patches of the task's annotation)."""
+    """Sends reports (patches of the task's annotation) from `lanes` threads of their own, so
+    the API's round trips overlap; one task's reports share a lane, so they land in order."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, lanes: int = 4) -> None:
         self.client = client
-        self.queue: queue.Queue[tuple[str, str, WarmReport] | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._send_all, name="reporter", daemon=True)
-        self.thread.start()
+        self.queues: list[queue.Queue[tuple[str, str, WarmReport] | None]] = [
+            queue.Queue() for _ in range(lanes)
+        ]
+        for lane in self.queues:
+            threading.Thread(
+                target=self._send_all, args=(lane,), name="reporter", daemon=True
+            ).start()
 
     def __call__(self, namespace: str, name: str, report: WarmReport) -> None:
-        self.queue.put((namespace, name, report))
+        lane = zlib.crc32(f"{namespace}/{name}".encode()) % len(self.queues)
+        self.queues[lane].put((namespace, name, report))
 
-    def _send_all(self) -> None:
-        while (item := self.queue.get()) is not None:
+    def _send_all(self, lane: queue.Queue[tuple[str, str, WarmReport] | None]) -> None:
+        while (item := lane.get()) is not None:
             namespace, name, report = item
             body = {"metadata": {"annotations": {REPORT_ANNOTATION: report.to_annotation()}}}
             for delay in (0.1, 0.5, 1, 2, 5, 0):
