@@ -4,14 +4,14 @@ local: a real `wasinn shim` (local backend, warm workers) on 127.0.0.1; N classi
 at concurrency 1/4/16, start -> result measured by the client (POST start, then GET until the
 task is finished), tasks/s, and the peak RSS of the shim and its worker processes.
 rest: bounded loops of `GET /tasks/{id}` and `POST /tasks` on the same shim.
-cluster: only when `hack/cluster status` says the cluster runs (else a skip message).
+cluster: only when `hack/cluster status` says the cluster runs (else a skip message); the
+section itself is hack/bench/cluster.py.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -26,7 +26,9 @@ from typing import Any
 
 from report import Row, row, summary
 
+from cluster import KubectlError, cluster_rows
 from wasinn_operator.api.lifecycle import TaskPhase
+from wasinn_operator.kubeclient import KubeError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
@@ -211,67 +213,6 @@ def cluster_up() -> tuple[bool, str]:
     return done.returncode == 0, last[0]
 
 
-class KubectlError(RuntimeError):
-    """A kubectl command failed; the message has its stderr."""
-
-
-def _kubectl(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        ["kubectl", *args], input=stdin, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise KubectlError(f"kubectl {' '.join(args[:2])}: {done.stderr.strip()[-500:]}")
-    return done.stdout
-
-
-def _task_manifest(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "wasinn.dev/v1alpha1",
-        "kind": "WasiNNTask",
-        "metadata": {"name": name, "labels": {"wasinn.dev/bench": "1"}},
-        "spec": {
-            "wasm": {"configMapKeyRef": {"name": "wasinn-bench-guest", "key": "classify-c.wasm"}},
-            "args": CHELSEA,
-            "models": {"claimName": "models"},
-            "timeoutSeconds": 300,
-            "backoffLimit": 0,
-        },
-    }
-
-
-def _apply_and_wait(count: int, prefix: str) -> tuple[list[float], list[float]]:
-    """Apply `count` tasks at once; (apply -> Complete seconds, apply -> Pod seen seconds)."""
-    names = [f"{prefix}-{i}" for i in range(count)]
-    items = {"apiVersion": "v1", "kind": "List", "items": [_task_manifest(n) for n in names]}
-    began = time.monotonic()
-    _kubectl("apply", "-f", "-", stdin=json.dumps(items))
-    complete: dict[str, float] = {}
-    pod_seen: dict[str, float] = {}
-    deadline = began + 600
-    while len(complete) < count and time.monotonic() < deadline:
-        now = time.monotonic() - began
-        pods = json.loads(_kubectl("get", "pods", "-l", "wasinn.dev/task", "-o", "json"))
-        for pod in pods["items"]:
-            task = pod["metadata"]["labels"].get("wasinn.dev/task", "")
-            if task in names and task not in pod_seen:
-                pod_seen[task] = now
-        tasks = json.loads(_kubectl("get", "wasinntasks", "-l", "wasinn.dev/bench=1", "-o", "json"))
-        for task in tasks["items"]:
-            name = task["metadata"]["name"]
-            conditions = (task.get("status") or {}).get("conditions") or []
-            if (
-                name in names
-                and name not in complete
-                and any(
-                    c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                    for c in conditions
-                )
-            ):
-                complete[name] = now
-        time.sleep(0.1)
-    return list(complete.values()), list(pod_seen.values())
-
-
 def is_operator(cmdline: bytes) -> bool:
     """Whether a /proc cmdline is `wasinn operator` (console script or `-m wasinn_operator.cli`)."""
     args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
@@ -300,30 +241,6 @@ def cluster_section(guest: Path, quick: bool) -> tuple[list[Row], str | None]:
         if line.startswith("export KUBECONFIG="):
             os.environ["KUBECONFIG"] = line.split("=", 1)[1].strip("'\"")
     try:
-        return _cluster_rows(guest, quick), None
-    except (KubectlError, OSError) as exc:
+        return cluster_rows(guest, quick, _operator_rss), None
+    except (KubectlError, KubeError, OSError, subprocess.TimeoutExpired) as exc:
         return [], f"cluster: stopped, {exc}"
-
-
-def _cluster_rows(guest: Path, quick: bool) -> list[Row]:
-    source = f"--from-file=classify-c.wasm={guest}"
-    config = _kubectl(
-        "create", "configmap", "wasinn-bench-guest", source, "--dry-run=client", "-o", "json"
-    )
-    _kubectl("apply", "-f", "-", stdin=config)
-    rows: list[Row] = []
-    try:
-        for count in (1, 10 if quick else 100):
-            done, pods = _apply_and_wait(count, f"bench-{count}-{int(time.time())}")
-            s, p = summary(done), summary(pods)
-            rows += [
-                row("cluster", f"{count} tasks", "complete_p50", s["median"] * 1e3, "ms"),
-                row("cluster", f"{count} tasks", "complete_p99", s["p99"] * 1e3, "ms"),
-                row("cluster", f"{count} tasks", "pod_created_p99", p["p99"] * 1e3, "ms"),
-                row("cluster", f"{count} tasks", "finished", len(done), "tasks"),
-            ]
-        rows.append(row("cluster", "operator", "rss_after", _operator_rss(), "MiB"))
-    finally:
-        with contextlib.suppress(KubectlError):
-            _kubectl("delete", "wasinntasks", "-l", "wasinn.dev/bench=1", "--wait=false")
-    return rows

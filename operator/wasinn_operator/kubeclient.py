@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,24 @@ class KubeClient:
             raise UnavailableError(f"the Kubernetes API is unreachable: {exc}") from None
         data = response.data
         return json.loads(data) if data else {}
+
+    @staticmethod
+    def stream(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The watch events of a list call (`watch=True`), decoded, until the server ends it."""
+        try:
+            response = fn(*args, watch=True, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            raise _error(exc) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UnavailableError(f"the Kubernetes API is unreachable: {exc}") from None
+        try:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UnavailableError(f"the watch ended: {exc}") from None
+        finally:
+            response.release_conn()
 
 
 def _error(exc: ApiException) -> KubeError:

@@ -166,3 +166,12 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* WASINN_WARM_POOLS: the warm pools as JSON, name -> node labels (beside openvinoLabel). */}}
+{{- define "wasinn.warmPools" -}}
+{{- $pools := dict -}}
+{{- range .Values.warmWorkers.pools -}}
+{{- $_ := set $pools .name (default dict .nodeSelector) -}}
+{{- end -}}
+{{- toJson $pools -}}
+{{- end -}}

@@ -107,6 +107,14 @@ class WasiNNTaskSpec(TaskSpec):
         json_schema_extra=_no_default,
     )
     models: ModelsVolume = Field(default_factory=ModelsVolume)
+    execution: Literal["pod", "warm"] = Field(
+        default="pod",
+        description="pod runs each attempt in a Pod of its own (isolation); warm hands it to a"
+        " long-lived proplet worker of the chart's warm pool (no Pod start), allowed only where"
+        " the chart enables warmWorkers. Unset means the operator's default (pod unless"
+        " configured).",
+        json_schema_extra=_no_default,
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict,
         alias="nodeSelector",

@@ -32,6 +32,7 @@ RUN_FIELDS = (
     "failedAttempts",
     "conditions",
     "digest",
+    "worker",
 )
 
 
@@ -44,6 +45,22 @@ class Condition(BaseModel):
     reason: str | None = None
     message: str | None = None
     last_transition_time: datetime | None = Field(default=None, alias="lastTransitionTime")
+
+
+class WorkerRef(BaseModel):
+    """A warm worker Pod holding an attempt, as the operator assigned it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    pod: str
+    uid: str
+    pool: str
+    restarts: int = Field(
+        default=0, description="The worker container's restart count when assigned."
+    )
+    timeout_seconds: int | None = Field(
+        default=None, alias="timeoutSeconds", description="The attempt's timeout (resolved)."
+    )
+    engine: str | None = Field(default=None, description="The attempt's engine (resolved).")
 
 
 class WasiNNTaskStatus(BaseModel):
@@ -64,6 +81,10 @@ class WasiNNTaskStatus(BaseModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     pod_name: str | None = Field(default=None, alias="podName")
+    worker: WorkerRef | None = Field(
+        default=None,
+        description="The warm worker the current attempt is assigned to (execution: warm).",
+    )
     node_name: str | None = Field(default=None, alias="nodeName")
     attempts: int | None = Field(default=None, description="Attempts started (one Pod each).")
     failed_attempts: int | None = Field(

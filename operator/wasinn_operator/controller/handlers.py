@@ -22,8 +22,9 @@ from pydantic import ValidationError
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
 from ..api.lifecycle import TaskPhase
 from ..api.status import described_run, requested_run
+from ..api.warm import POOL_LABEL, read_report
 from ..kubeclient import STALE_RETRIES, in_cluster
-from . import metrics
+from . import metrics, warm
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
 from .pods import attempt_in_progress, current_pod, unschedulable
@@ -45,6 +46,12 @@ class Operator:
     # A node change sets `wake` to resync at once; `nodes` holds what each node offered.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nodes: dict[str, str] = field(default_factory=dict)
+    # execution: warm: the worker Pods as last seen (name -> Pod) and the attempts they hold
+    # (task uid -> (worker name, namespace, task name)).
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    assignments: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # The resourceVersion of each task's last status write: its own echo needs no reconcile.
+    written: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> Kube:
@@ -109,7 +116,12 @@ async def wasinntask_event(
         await operator.api.delete_children(namespace or "default", uid)
         metrics.forget(uid)
         operator.locks.pop(uid, None)
+        operator.assignments.pop(uid, None)
+        operator.written.pop(uid, None)
         return
+    version = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    if version and operator.written.get(uid) == version:
+        return  # the echo of this operator's own status write: nothing new to act on
     await reconcile_task(operator, namespace or "default", name, uid)
 
 
@@ -189,6 +201,33 @@ async def pod_event(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_
             )
 
 
+@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
+async def worker_event(
+    event: kopf.RawEvent, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A warm worker Pod changed: remember it; a worker that went, or that restarted, fails the
+    attempts it held (reconciled now); a worker that became ready takes waiting tasks."""
+    operator = _operator(memo)
+    if name is None or namespace != operator.settings.warm_namespace:
+        return
+    pod: dict[str, Any] = dict(event.get("object") or {})
+    before = operator.workers.get(name)
+    if event.get("type") == "DELETED":
+        operator.workers.pop(name, None)
+    else:
+        operator.workers[name] = pod
+    after = operator.workers.get(name)
+    was_ready = before is not None and warm.ready(before)
+    is_ready = after is not None and warm.ready(after)
+    if is_ready and not was_ready:
+        operator.wake.set()
+    if after is not None and is_ready and warm.restarts(after) == warm.restarts(before or after):
+        return
+    held = [(uid, ns, task) for uid, (w, ns, task) in operator.assignments.items() if w == name]
+    for uid, ns, task in held:
+        await reconcile_task(operator, ns, task, uid)
+
+
 async def reconcile_task(operator: Operator, namespace: str, name: str, uid: str) -> None:
     """Reconcile one task from fresh state and apply the plan; when the task changed between
     the read and the status write (the shim starts and stops runs), decide again."""
@@ -215,7 +254,7 @@ async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) ->
         return
     task["metadata"].setdefault("uid", uid)
     task["metadata"].setdefault("namespace", namespace)
-    facts = await _facts(kube, settings, task)
+    facts = await _facts(kube, settings, task, operator)
     plan = reconcile(task, facts, settings)
     if plan.create_configmap is not None:
         await kube.create(plan.create_configmap)
@@ -226,18 +265,56 @@ async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) ->
     before = task.get("status") or {}
     if plan.status != before:
         version = task["metadata"].get("resourceVersion")
-        await kube.patch_status(namespace, name, _merge_patch(before, plan.status), version)
+        written = await kube.patch_status(
+            namespace, name, _merge_patch(before, plan.status), version
+        )
+        if written:
+            operator.written[uid] = written
     for kind, reason, message in plan.events:
         await kube.post_event(task, kind, reason, message)
     metrics.observe(uid, before, plan.status, facts.pods)
+    _track_warm(operator, task, plan.status)
     if plan.delete_task:
         await kube.post_event(task, "Normal", "Expired", "ttlSecondsAfterFinished passed")
         await kube.delete_task(namespace, name)
 
 
-async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -> Facts:
+def _warm(task: dict[str, Any], settings: OperatorSettings) -> bool:
+    execution = (task.get("spec") or {}).get("execution") or settings.default_execution
+    return bool(execution == "warm")
+
+
+def _track_warm(operator: Operator, task: dict[str, Any], status: dict[str, Any]) -> None:
+    """Keep the worker load and the warm queue metric up to date with the task's new status."""
+    meta = task["metadata"]
+    uid = meta["uid"]
+    held = status.get("worker") if status.get("phase") in ("Scheduled", "Running") else None
+    if isinstance(held, dict):
+        operator.assignments[uid] = (str(held.get("pod")), meta["namespace"], meta["name"])
+    else:
+        operator.assignments.pop(uid, None)
+    if not _warm(task, operator.settings):
+        metrics.WARM.tasks.pop(uid, None)
+        return
+    pool = str(held.get("pool")) if isinstance(held, dict) else _pool(task, operator.settings)
+    metrics.WARM.track(uid, pool, warm.queue_state(status))
+
+
+def _pool(task: dict[str, Any], settings: OperatorSettings) -> str:
+    try:
+        spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
+    except ValidationError:
+        return settings.warm_pools[0][0]
+    return warm.pool_for(spec, settings) or settings.warm_pools[0][0]
+
+
+async def _facts(
+    kube: Kube, settings: OperatorSettings, task: dict[str, Any], operator: Operator
+) -> Facts:
     meta = task["metadata"]
     now = datetime.now(UTC)
+    if _warm(task, settings):
+        return _warm_facts(settings, task, operator, now)
     pods = await kube.pods(meta["namespace"], meta["uid"])
     status = task.get("status") or {}
     # Only a start decision reads the other facts; a suspended task (the shim creates every
@@ -261,6 +338,38 @@ async def _facts(kube: Kube, settings: OperatorSettings, task: dict[str, Any]) -
         claim_exists=await kube.claim_exists(meta["namespace"], claim),
         nodes=await kube.nodes(),
         wasm_problem=await kube.wasm_problem(meta["namespace"], spec),
+    )
+
+
+def _warm_facts(
+    settings: OperatorSettings, task: dict[str, Any], operator: Operator, now: datetime
+) -> Facts:
+    """A warm task's facts: its attempt from its worker's report and the worker Pod as last
+    seen; for a start decision the pool's workers and their load (no Pods, no Nodes)."""
+    status = task.get("status") or {}
+    pods: list[dict[str, Any]] = []
+    ref = status.get("worker")
+    if isinstance(ref, dict) and status.get("phase") in ("Scheduled", "Running"):
+        timeout = (task.get("spec") or {}).get("timeoutSeconds") or settings.proplet_timeout_seconds
+        worker = operator.workers.get(str(ref.get("pod")))
+        record = warm.attempt_record(status, worker, read_report(task), now, timeout)
+        if record is not None:
+            pods.append(record)
+        return Facts(now=now, pods=pods)
+    if _settled(task) or (task.get("spec") or {}).get("suspend"):
+        return Facts(now=now, pods=pods)
+    pool = _pool(task, settings)
+    workers = [
+        w
+        for w in operator.workers.values()
+        if (w["metadata"].get("labels") or {}).get(POOL_LABEL) == pool
+    ]
+    # (The workers mount the models claim: no claim, node or ConfigMap of the task is read.)
+    return Facts(
+        now=now,
+        pods=pods,
+        workers=workers,
+        load=warm.load_of({uid: w for uid, (w, _, _) in operator.assignments.items()}),
     )
 
 

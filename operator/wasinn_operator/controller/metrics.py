@@ -39,8 +39,39 @@ class PhaseCollector(Collector):
         yield family
 
 
+class WarmCollector(Collector):
+    """`wasinn_warm_queue_depth{pool}`: warm tasks waiting for or assigned to a worker and not
+    yet started; `wasinn_warm_running{pool}`: those a worker runs. Queue depth is what an HPA
+    (through a metrics adapter) or KEDA's prometheus scaler scales the worker Deployment on."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, tuple[str, str]] = {}  # uid -> (pool, queued | running)
+        self.pools: set[str] = set()
+
+    def track(self, uid: str, pool: str, state: str | None) -> None:
+        """Record a warm task's state (None: finished, no longer counted)."""
+        self.pools.add(pool)
+        if state is None:
+            self.tasks.pop(uid, None)
+        else:
+            self.tasks[uid] = (pool, state)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, state, text in (
+            ("wasinn_warm_queue_depth", "queued", "Warm tasks not yet started, per pool"),
+            ("wasinn_warm_running", "running", "Warm tasks running on a worker, per pool"),
+        ):
+            family = GaugeMetricFamily(name, text, labels=["pool"])
+            for pool in sorted(self.pools):
+                count = sum(t == (pool, state) for t in self.tasks.values())
+                family.add_metric([pool], count)
+            yield family
+
+
 PHASES = PhaseCollector()
 REGISTRY.register(PHASES)
+WARM = WarmCollector()
+REGISTRY.register(WARM)
 
 
 def observe(uid: str, before: dict[str, Any], after: dict[str, Any], pods: list[Any]) -> None:
@@ -65,6 +96,7 @@ def observe(uid: str, before: dict[str, Any], after: dict[str, Any], pods: list[
 def forget(uid: str) -> None:
     """A task was deleted."""
     PHASES.phases.pop(uid, None)
+    WARM.tasks.pop(uid, None)
 
 
 def serve(port: int) -> None:

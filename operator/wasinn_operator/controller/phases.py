@@ -34,6 +34,8 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = FailureReason.DEADLINE_EXCEEDED.value
     POD_CREATED = "PodCreated"
     POD_SCHEDULED = "PodScheduled"
+    WORKER_ASSIGNED = "WorkerAssigned"  # execution: warm, handed to a worker
+    NO_WARM_WORKER = "NoWarmWorker"  # execution: warm, no worker of its pool is ready
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"

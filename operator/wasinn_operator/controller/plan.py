@@ -23,6 +23,9 @@ class Facts:
     # them), which counts as placeable.
     nodes: list[dict[str, Any]] | None = None
     wasm_problem: str | None = None
+    # execution: warm: the pool's worker Pods (None: not read) and attempts held per worker.
+    workers: list[dict[str, Any]] | None = None
+    load: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ..api.lifecycle import Event
 from ..api.policy import PolicyError, check_spec
 from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import format_time, parse_time
+from . import warm
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .intents import new_run, stopped_run, suspend, take_run_request
 from .nodes import explain_shortfall, requirements
@@ -77,7 +78,10 @@ def reconcile(task: dict[str, Any], facts: Facts, settings: OperatorSettings) ->
 def with_defaults(spec: WasiNNTaskSpec, settings: OperatorSettings) -> WasiNNTaskSpec:
     """The spec with the operator's proplet defaults for the fields the task leaves unset."""
     changes: dict[str, Any] = {}
-    if not spec.resources and settings.proplet_resources:
+    if "execution" not in spec.model_fields_set:
+        changes["execution"] = settings.default_execution
+    warm = changes.get("execution", spec.execution) == "warm"
+    if not spec.resources and settings.proplet_resources and not warm:
         changes["resources"] = settings.proplet_resources
     if spec.timeout_seconds is None and settings.proplet_timeout_seconds is not None:
         changes["timeout_seconds"] = settings.proplet_timeout_seconds
@@ -120,6 +124,9 @@ def _step(
         return  # the attempt ended: Completed, Failed, or a retry scheduled
     if spec.suspend:
         suspend(pod, facts, plan)
+        if spec.execution == "warm":
+            # A worker is shared: it is never deleted; the attempt's report is ignored instead.
+            plan.delete_pods.clear()
         if TaskPhase(status["phase"]).finished:
             _expire(spec, facts, plan)
         return
@@ -134,6 +141,10 @@ def _step(
         check_spec(settings.policy, spec)
     except PolicyError as exc:
         fail(plan, Reason.POLICY_VIOLATION, str(exc), facts.now)
+        return
+    refused = warm.refusal(spec, settings) if spec.execution == "warm" else None
+    if refused:
+        fail(plan, Reason.POLICY_VIOLATION, refused, facts.now)
         return
     if not _ready_to_start(spec, facts, settings, plan):
         return
@@ -172,6 +183,10 @@ def _start_attempt(
     plan: Plan,
 ) -> None:
     attempt = int(plan.status.get("attempts", 0)) + 1
+    if spec.execution == "warm":
+        _assign_worker(spec, facts, settings, plan, attempt)
+        return
+    plan.status.pop("worker", None)
     try:
         plan.create_pod = build_pod(
             task,
@@ -200,6 +215,37 @@ def _start_attempt(
         False,
         Reason.POD_CREATED,
         f"Pod {plan.status['podName']} created (attempt {attempt})",
+        facts.now,
+    )
+
+
+def _assign_worker(
+    spec: WasiNNTaskSpec, facts: Facts, settings: OperatorSettings, plan: Plan, attempt: int
+) -> None:
+    """execution: warm: hand the attempt to the least-loaded ready worker of the task's pool."""
+    pool = warm.pool_for(spec, settings) or settings.warm_pools[0][0]
+    worker = warm.choose_worker(facts.workers or [], facts.load)
+    if worker is None:
+        move(plan, Event.RETRY)
+        message = f"no warm worker of pool {pool} is ready; the task waits for one"
+        condition(plan, ConditionType.SCHEDULED, False, Reason.NO_WARM_WORKER, message, facts.now)
+        plan.requeue_after = settings.resync_seconds
+        return
+    name = worker["metadata"]["name"]
+    node = (worker.get("spec") or {}).get("nodeName")
+    plan.status.update(attempts=attempt, podName=name, worker=warm.worker_ref(worker, pool, spec))
+    plan.status.pop("retryAfter", None)
+    if node:
+        plan.status["nodeName"] = node
+    else:
+        plan.status.pop("nodeName", None)
+    schedule(plan)
+    condition(
+        plan,
+        ConditionType.SCHEDULED,
+        True,
+        Reason.WORKER_ASSIGNED,
+        f"warm worker {name} of pool {pool} (attempt {attempt})",
         facts.now,
     )
 

@@ -58,6 +58,13 @@ class OperatorSettings:
     # The device-plugin resources a task asking for a GPU (gpu) or an NPU (tpu) gets one of.
     gpu_resource: str = GPU_RESOURCE
     npu_resource: str = NPU_RESOURCE
+    # Warm execution (the chart's warmWorkers): off unless enabled; the execution mode of tasks
+    # that name none; the worker pools (name -> node selector, the first is the default) and the
+    # namespace their worker Pods run in.
+    warm_enabled: bool = False
+    default_execution: str = "pod"
+    warm_pools: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("default", ()),)
+    warm_namespace: str = "default"
 
     def __post_init__(self) -> None:
         for name, value in (("GPU", self.gpu_resource), ("NPU", self.npu_resource)):
@@ -67,6 +74,14 @@ class OperatorSettings:
                     f"WASINN_{name}_RESOURCE {value!r} is not a device-plugin resource name"
                     " (VENDOR-DOMAIN/NAME outside kubernetes.io, e.g. gpu.intel.com/i915)"
                 )
+        if self.default_execution not in ("pod", "warm"):
+            raise ValueError(
+                f"WASINN_DEFAULT_EXECUTION {self.default_execution!r} is not pod or warm"
+            )
+        if self.default_execution == "warm" and not self.warm_enabled:
+            raise ValueError("WASINN_DEFAULT_EXECUTION is warm but WASINN_WARM_ENABLED is not true")
+        if not self.warm_pools:
+            raise ValueError("WASINN_WARM_POOLS names no pool")
         timeout = self.proplet_timeout_seconds
         if timeout is not None and timeout > self.policy.max_timeout:
             raise ValueError(
@@ -115,6 +130,10 @@ class OperatorSettings:
             node_features=_features(environ.get("WASINN_NODE_FEATURES") or ""),
             gpu_resource=get("GPU_RESOURCE", GPU_RESOURCE),
             npu_resource=get("NPU_RESOURCE", NPU_RESOURCE),
+            warm_enabled=_flag("WASINN_WARM_ENABLED", environ.get("WASINN_WARM_ENABLED") or ""),
+            default_execution=get("DEFAULT_EXECUTION", "pod"),
+            warm_pools=_pools(environ.get("WASINN_WARM_POOLS") or ""),
+            warm_namespace=get("WARM_NAMESPACE", cls.warm_namespace),
         )
 
     @classmethod
@@ -219,6 +238,29 @@ def _features(text: str) -> tuple[tuple[str, str], ...]:
         return parse_features([item.strip() for item in text.split(",") if item.strip()])
     except ValueError as exc:
         raise ValueError(f"WASINN_NODE_FEATURES: {exc}") from None
+
+
+def _flag(name: str, text: str) -> bool:
+    if text.lower() in ("", "false", "0", "no"):
+        return False
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    raise ValueError(f"{name} {text!r} is not true or false")
+
+
+def _pools(text: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """WASINN_WARM_POOLS: a JSON object, pool name -> its workers' node selector (labels)."""
+    if not text:
+        return (("default", ()),)
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+        for labels in value.values()
+    ):
+        raise ValueError(
+            f"WASINN_WARM_POOLS must be a JSON object of pool name -> node labels, got {text!r}"
+        )
+    return tuple((str(name), tuple(sorted(labels.items()))) for name, labels in value.items())
 
 
 def _kubernetes_io(domain: str) -> bool:

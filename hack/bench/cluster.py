@@ -1,0 +1,223 @@
+"""The cluster section: pod-per-task and warm execution measured side by side in one run.
+
+It installs the chart (release `wasinn-bench` in namespace `default`, where hack/cluster makes
+the `models` claim; the operator watches only that namespace; warm workers enabled; images
+imported into the node beforehand: hack/build-images.sh, hack/cluster load-image) and, for each
+execution mode (warm first: a batch of Pods loads a small machine for minutes after it), applies
+one unmeasured task (the worker's caches are warm after it, as they are in use), then 1
+classification task and then N at once (apply -> Complete p50/p99, tasks/s), and, warm only,
+M tiny tasks at once for sustained tasks/s. Times come from a watch
+on the tasks (no polling): each task's apply is the start of its own create call.
+The release is uninstalled afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from report import Row, row, summary
+
+from wasinn_operator.api import GROUP, PLURAL, VERSION
+from wasinn_operator.kubeclient import KubeClient, KubeError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CHART = ROOT / "charts" / "wasinn-operator"
+RELEASE = "wasinn-bench"
+NAMESPACE = "default"
+LABEL = "wasinn.dev/bench"
+CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
+TINY = '(module (memory (export "memory") 1) (func (export "_start")))'
+WAIT_SECONDS = 900
+
+
+class KubectlError(RuntimeError):
+    """A helm or hack/tools.sh command failed; the message has its stderr."""
+
+
+def _run(command: list[str], stdin: str | None = None, timeout: float = 600) -> str:
+    done = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise KubectlError(f"{' '.join(command[:3])}: {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
+def _helm() -> str:
+    bindir = _run([str(ROOT / "hack" / "tools.sh"), "bindir"]).strip()
+    return str(Path(bindir) / "helm")
+
+
+def install() -> None:
+    """The chart with warm workers, watching `default` only, waited for."""
+    _run(
+        [
+            _helm(), "upgrade", "--install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+            "--set", "image.pullPolicy=Never", "--set", "shim.enabled=false",
+            "--set", "rbac.namespaced=true", "--set", f"rbac.watchNamespaces={{{NAMESPACE}}}",
+            "--set", "warmWorkers.enabled=true", "--set", "operator.resyncSeconds=2",
+            "--wait", "--timeout", "5m",
+        ],
+        timeout=420,
+    )  # fmt: skip
+
+
+def uninstall() -> None:
+    with contextlib.suppress(KubectlError, subprocess.TimeoutExpired):
+        _run([_helm(), "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"], timeout=180)
+
+
+class Finished:
+    """Watches the bench's tasks; the monotonic time each first had Complete or Failed True."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+        self.at: dict[str, float] = {}
+        self.failed: set[str] = set()
+        self.lock = threading.Lock()
+        custom = client.custom
+        listing = client.call(
+            custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL,
+            label_selector=LABEL,
+        )  # fmt: skip
+        self.version = listing["metadata"]["resourceVersion"]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        custom = self.client.custom
+        while not self.stop.is_set():
+            try:
+                for event in self.client.stream(
+                    custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL,
+                    label_selector=LABEL, resource_version=self.version, timeout_seconds=60,
+                ):  # fmt: skip
+                    task = event.get("object") or {}
+                    self.version = task.get("metadata", {}).get("resourceVersion", self.version)
+                    self._see(task, time.monotonic())
+            except KubeError:
+                time.sleep(0.2)
+
+    def _see(self, task: dict[str, Any], now: float) -> None:
+        conditions = (task.get("status") or {}).get("conditions") or []
+        ended = {c.get("type") for c in conditions if c.get("status") == "True"}
+        if ended & {"Complete", "Failed"}:
+            name = task["metadata"]["name"]
+            with self.lock:
+                self.at.setdefault(name, now)
+                if "Failed" in ended:
+                    self.failed.add(name)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def _manifest(name: str, execution: str, wasm: str, classify: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "wasm": {"inline": wasm},
+        "execution": execution,
+        "timeoutSeconds": 300,
+        "backoffLimit": 0,
+    }
+    if classify:
+        spec.update(cliArgs=["-S", "nn"], args=CHELSEA)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "WasiNNTask",
+        "metadata": {"name": name, "labels": {LABEL: "1"}},
+        "spec": spec,
+    }
+
+
+def _batch(
+    client: KubeClient, count: int, execution: str, wasm: str, classify: bool
+) -> tuple[list[float], float, int]:
+    """Apply `count` tasks at once: (apply -> finished seconds, tasks/s, failures)."""
+    prefix = f"bench-{execution}-{count}-{int(time.time() * 1000) % 10**8}"
+    names = [f"{prefix}-{i}" for i in range(count)]
+    finished = Finished(client)
+    started: dict[str, float] = {}
+    create = client.custom.create_namespaced_custom_object
+
+    def apply(name: str) -> None:
+        started[name] = time.monotonic()
+        body = _manifest(name, execution, wasm, classify)
+        client.call(create, GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(apply, names))
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            with finished.lock:
+                if all(n in finished.at for n in names):
+                    break
+            time.sleep(0.05)
+    finally:
+        finished.close()
+        with contextlib.suppress(KubeError):
+            client.call(
+                client.custom.delete_collection_namespaced_custom_object,
+                GROUP, VERSION, NAMESPACE, PLURAL, label_selector=LABEL,
+            )  # fmt: skip
+    with finished.lock:
+        done = {n: finished.at[n] for n in names if n in finished.at}
+        failures = len(finished.failed & set(names))
+    latencies = [done[n] - started[n] for n in done]
+    span = (max(done.values()) - min(started.values())) if done else float("nan")
+    return latencies, len(done) / span if done else 0.0, failures
+
+
+def _tiny(client: KubeClient, wasm: str, count: int) -> list[Row]:
+    """`count` tiny warm tasks at once: sustained tasks/s of the hand-off itself."""
+    latencies, rate, failures = _batch(client, count, "warm", wasm, False)
+    s = summary(latencies)
+    case = f"warm: {count} tiny"
+    return [
+        row("cluster", case, "complete_p50", s["median"] * 1e3, "ms"),
+        row("cluster", case, "complete_p99", s["p99"] * 1e3, "ms"),
+        row("cluster", case, "tasks_per_s", rate, "tasks/s"),
+        row("cluster", case, "finished", len(latencies) - failures, "tasks"),
+    ]
+
+
+def cluster_rows(guest: Path, quick: bool, operator_rss: Callable[[], float]) -> list[Row]:
+    """Warm beside pod-per-task: 1 and N classification tasks each (warm also M tiny tasks),
+    and the operator's memory after them all."""
+    install()
+    client = KubeClient()
+    classify = base64.b64encode(guest.read_bytes()).decode()
+    tiny = base64.b64encode(wasmtime.wat2wasm(TINY)).decode()
+    many, tiny_count = (10, 100) if quick else (100, 1000)
+    rows: list[Row] = []
+    try:
+        # Warm first (and its tiny tasks): the Pod storm of the pod-per-task batch loads a
+        # small machine for minutes after it.
+        for execution in ("warm", "pod"):
+            _batch(client, 1, execution, classify, True)  # unmeasured: fills the caches
+            for count in (1, many):
+                latencies, rate, failures = _batch(client, count, execution, classify, True)
+                s = summary(latencies)
+                case = f"{execution}: {count} classify"
+                rows += [
+                    row("cluster", case, "complete_p50", s["median"] * 1e3, "ms"),
+                    row("cluster", case, "complete_p99", s["p99"] * 1e3, "ms"),
+                    row("cluster", case, "tasks_per_s", rate, "tasks/s"),
+                    row("cluster", case, "finished", len(latencies) - failures, "tasks"),
+                ]
+            if execution == "warm":
+                rows += _tiny(client, tiny, tiny_count)
+        rows.append(row("cluster", "operator", "rss_after", operator_rss(), "MiB"))
+    finally:
+        uninstall()
+    return rows
