@@ -160,3 +160,36 @@ def test_blob_key_follows_the_model_files(models_dir: Path, tmp_path: Path) -> N
     before = key({})
     files[1].write_bytes(files[1].read_bytes() + b"\0")  # new weights: size and mtime change
     assert key({}) != before
+
+
+def test_repeated_output_call_is_checked_again_when_it_changes(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    run(s, ctx)
+    run(s, ctx)  # the repeated call takes the remembered checks
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    small = OUT_BYTES - 4  # same pointers, a smaller buffer: refused, not overrun
+    assert s.call("nn_get_output", ctx, 0, OUTPUT, small, WRITTEN) == NNErrno.TOO_LARGE
+
+
+def test_batch_size_changes_between_computes(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
+    put_tensor(s, images[0] + images[1], dims=(2, 3, 224, 224))
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    both, out_ptr = 2 * OUT_BYTES, 0x200000  # past the two images
+    assert s.call("nn_get_output", ctx, 0, out_ptr, both, WRITTEN) == NNErrno.SUCCESS
+    assert u32(s, WRITTEN) == both
+    out = np.frombuffer(s.read(out_ptr, both), dtype=np.float32)
+    np.testing.assert_allclose(out[: OUT_BYTES // 4], native(models_dir, images[0]), atol=1e-5)
+    np.testing.assert_allclose(out[OUT_BYTES // 4 :], native(models_dir, images[1]), atol=1e-5)
+    put_tensor(s, images[0])  # back to one image: the first request again
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
