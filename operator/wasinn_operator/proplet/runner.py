@@ -176,7 +176,8 @@ def run_task(
     except ModelFetchError as exc:
         summary.error, summary.reason = f"fetching a model: {exc}", FailureReason.FETCH_FAILED
         return summary
-    summary.digest = sha256_digest(wasm)
+    # fetch_wasm verified a given digest against the bytes: no need to hash them again.
+    summary.digest = task.wasm.digest or sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
         result = _run(engine, task, flags, wasm, config, outputs, runtime, limits, sources)

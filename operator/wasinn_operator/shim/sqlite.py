@@ -290,17 +290,32 @@ class TaskDB:
         return self.get(task_id)
 
     def claim(self, task_id: str, run: int) -> TaskRecord | None:
-        """Scheduled → Running for run `run`; None when it was stopped, deleted or re-run."""
-        with self._transaction():
+        """Scheduled → Running for run `run`; None when it was stopped, deleted or re-run.
+
+        Committed without waiting for the disk (the only such write): a claim lost to a power
+        failure leaves the task Scheduled, queued again on restart, which is as good as the
+        `interrupted` failure a kept claim would give; the next synced commit (the run's end)
+        makes it durable anyway, as the journal is written in order."""
+        with self._lock:
+            self._exec("PRAGMA synchronous=NORMAL")
             try:
-                record, phase = self._move(task_id, Event.RUN)
-            except (NotFoundError, ConflictError):
-                return None
-            if record.run != run:
-                return None
-            moment = _time(now())
-            self._update(task_id, state=phase.state, start_time=moment, updated_at=moment)
-        return self.get(task_id)
+                with self._transaction():
+                    try:
+                        record, phase = self._move(task_id, Event.RUN)
+                    except (NotFoundError, ConflictError):
+                        return None
+                    if record.run != run:
+                        return None
+                    moment = now()
+                    self._update(
+                        task_id,
+                        state=phase.state,
+                        start_time=_time(moment),
+                        updated_at=_time(moment),
+                    )
+            finally:
+                self._exec("PRAGMA synchronous=FULL")
+        return record.copy(phase=phase, start_time=moment, updated_at=moment)
 
     def finish(self, task_id: str, run: int, outcome: Outcome, publish: bool) -> bool:
         """Record run `run`'s end, unless the run was stopped or superseded meanwhile."""
