@@ -54,3 +54,16 @@ def test_help_and_errors_stay_light(argv: list[str]) -> None:
         env={**os.environ, "HEAVY": json.dumps(HEAVY)},
     ).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_proplet_loads_no_http_client() -> None:
+    # A proplet (a Pod's `proplet run`, a warm worker) on a file or inline module fetches
+    # nothing over http: requests and urllib3 load only when a task needs them.
+    probe = (
+        "import sys, wasinn_operator.proplet.runner, wasinn_operator.proplet.worker; "
+        "print([m for m in ('requests', 'urllib3') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -22,9 +22,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:  # imported when a model is fetched: a task without model sources needs none
+    import requests
 
 from ..api.modelsource import MODEL_NAME, Location, ModelSource
 from .archive import ArchiveError, is_archive, unpack
@@ -99,6 +100,8 @@ def _seal(root: Path) -> None:
 
 
 def _fetch_url(source: ModelSource, location: Location, staging: Path, max_bytes: int) -> None:
+    import requests  # noqa: PLC0415  (see the imports)
+
     name = location.file_name
     if not is_archive(name):
         digest = _download(requests.Session(), source.uri, staging / name, max_bytes, {})
@@ -124,6 +127,8 @@ def _download(
     what: str = "",
 ) -> str:
     """GET `url` into `path` under `max_bytes`; the `sha256:<hex>` of what was written."""
+    import requests  # noqa: PLC0415  (see the imports)
+
     hasher = hashlib.sha256()
     size = 0
     what = what or url
@@ -207,6 +212,8 @@ class _Registry:
     """GETs against one registry, with the bearer-token flow when it answers 401."""
 
     def __init__(self, credentials: Credentials | None) -> None:
+        import requests  # noqa: PLC0415  (see the imports)
+
         self.session = requests.Session()
         self.credentials = credentials
         self.token: str | None = None
@@ -236,6 +243,8 @@ class _Registry:
             return _download(self.session, url, path, limit, self._headers(headers or {}), what)
 
     def _login(self, challenge: str, url: str) -> str:
+        import requests  # noqa: PLC0415  (see the imports)
+
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", "")
         if not challenge.lower().startswith("bearer") or not realm.startswith(

@@ -11,9 +11,10 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:  # imported where a module is fetched over http: a task on a file needs none
+    import requests
 
 from ..api import WasmSource
 from ..api.summary import FailureReason
@@ -97,6 +98,8 @@ class _TransientError(FetchError):
 
 
 def _http_get_once(url: str, limit: int) -> bytes:
+    import requests  # noqa: PLC0415  (see the imports)
+
     try:
         with requests.get(url, stream=True, timeout=HTTP_TIMEOUT) as response:
             if response.status_code in (502, 503, 504):
