@@ -2,10 +2,10 @@
 
 runtime: every shared model through the classify guest (it is generic: --dims, --classes), at
 batch 1 and 8, native and wasm alternating in short rounds in one process as
-hack/bench_runtime.py does; efficientnet-lite0 uses that script's own Native and guest driver.
-startup: a new process per sample, timestamped at each stage (interpreter, imports, engine,
-module compile, model read, model compile, first inference) and the first whole task; cold
-is empty caches, warm the same caches populated by the previous sample.
+hack/bench_runtime.py does. Native runs the very compiled model the engine runs for the guest.
+startup: a new process per sample, timestamped at each stage of the product's own path
+(interpreter, imports, engine, module load, model load, first task, next task); cold is empty
+caches, warm the same caches populated by the previous sample.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from report import Row, row, summary
 
-HACK = Path(__file__).resolve().parent.parent
+WARMUP = 5  # inferences before the timed ones, each side
 
 
 @dataclass(frozen=True)
@@ -44,42 +44,51 @@ MODELS = (
 )
 
 
-def _bench_runtime() -> Any:
-    """hack/bench_runtime.py as a module (it imports OpenVINO: only when this section runs)."""
-    if str(HACK) not in sys.path:
-        sys.path.insert(0, str(HACK))
-    import bench_runtime
-
-    return bench_runtime
-
-
 class Native:
-    """OpenVINO on the engine's Core and compile properties, one reused infer request."""
+    """OpenVINO called directly on the compiled model the engine runs for this model and input
+    shape (the same object: the wasi-nn host's `Graph.compiled_for`), with one reused infer
+    request, its input a shared tensor set once, as a native application reusing its buffer
+    does. Each inference is what the host does for a guest, minus the guest: start + wait (the
+    binding's own calls), then the output copied out (its array kept when the shape is static).
+    """
 
     def __init__(self, runtime: Any, models_dir: Path, model: Model, batch: int) -> None:
         import numpy as np
         import openvino as ov
+        from openvino import _pyopenvino
 
-        core = runtime.backend.core
-        ov_model = core.read_model(str(models_dir / model.name / model.file))
-        if batch != 1:
-            ov_model.reshape([batch, *model.dims[1:]])
-        compiled = core.compile_model(ov_model, "CPU", runtime.backend.compile_properties())
+        from wasinn_operator.runtime.nn.abi import ExecutionTarget, TensorType
+        from wasinn_operator.runtime.nn.budget import Budget, GraphLimits
+
+        named = runtime.models_in(models_dir)[model.name]
+        budget = Budget(GraphLimits())
+        graph = runtime.backend.load_named(named, ExecutionTarget.CPU, print, budget)
+        shape = (batch, *model.dims[1:])
+        compiled, self._keep = graph.compiled_for(((shape, TensorType.F32),), budget)
         self.request = compiled.create_infer_request()
         one = np.fromfile(models_dir / model.name / model.tensor, dtype=np.float32)
-        self.data = np.tile(one, batch).reshape(batch, *model.dims[1:])
+        self.data = np.tile(one, batch).reshape(shape)
         self.request.set_input_tensor(0, ov.Tensor(self.data, shared_memory=True))
         self.out = np.empty(batch * model.outputs, dtype=np.float32)
+        self._static = self.request.model_outputs[0].get_partial_shape().is_static
+        self._start = _pyopenvino.InferRequest.start_async  # as the host calls it
         self._np = np
 
     def latencies(self, iterations: int, warmup: int) -> list[float]:
         samples = []
+        request, start, copyto, out = self.request, self._start, self._np.copyto, self.out
+        kept = None
         for i in range(warmup + iterations):
-            start = time.perf_counter()
-            self.request.infer()
-            self._np.copyto(self.out, self.request.get_output_tensor(0).data.reshape(-1))
+            began = time.perf_counter()
+            start(request, {}, None)
+            request.wait()
+            if kept is None:
+                kept = request.get_output_tensor(0).data.reshape(-1)
+            copyto(out, kept)
+            if not self._static:
+                kept = None
             if i >= warmup:
-                samples.append(time.perf_counter() - start)
+                samples.append(time.perf_counter() - began)
         return samples
 
 
@@ -111,27 +120,21 @@ Sampler = Callable[[], list[float]]
 
 
 def _sides(
-    runtime: Any, bench: Any, models_dir: Path, guest: Path, model: Model, batch: int, count: int
+    runtime: Any, models_dir: Path, guest: Path, model: Model, batch: int, count: int
 ) -> tuple[Sampler, Sampler]:
     """(native, wasm) samplers of `count` inferences each, after a warm-up."""
-    if model.name == bench.MODEL:
-        base = bench.Native(runtime, models_dir, batch)
-        wasm = partial(bench.wasm_latencies, runtime, models_dir, guest, batch, count)
-        return partial(base.latencies, count), wasm
-    own = Native(runtime, models_dir, model, batch)
+    native = Native(runtime, models_dir, model, batch)
 
-    def wasm_own() -> list[float]:
-        runs = wasm_latencies(runtime, models_dir, guest, model, batch, bench.WARMUP + count)
-        return runs[bench.WARMUP :]
+    def wasm() -> list[float]:
+        return wasm_latencies(runtime, models_dir, guest, model, batch, WARMUP + count)[WARMUP:]
 
-    return partial(own.latencies, count, bench.WARMUP), wasm_own
+    return partial(native.latencies, count, WARMUP), wasm
 
 
 def runtime_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
     """Native vs wasm per model and batch: median, p95, and the median of per-round ratios."""
     from wasinn_operator.runtime import Runtime, RuntimeConfig
 
-    bench = _bench_runtime()
     rounds, iterations = (4, 5) if quick else (20, 10)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,9 +142,7 @@ def runtime_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
         for model in MODELS:
             for batch in (1, 8):
                 name = f"{model.name} b{batch}"
-                native_run, wasm_run = _sides(
-                    runtime, bench, models_dir, guest, model, batch, iterations
-                )
+                native_run, wasm_run = _sides(runtime, models_dir, guest, model, batch, iterations)
                 native: list[float] = []
                 wasm: list[float] = []
                 ratios: list[float] = []
@@ -165,12 +166,12 @@ def runtime_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
     return rows
 
 
-STAGES = ("interpreter", "imports", "engine", "module_compile", "model_read", "model_compile",
-          "first_inference", "first_task", "next_task")  # fmt: skip
+STAGES = ("interpreter", "imports", "engine", "module", "model", "first_task", "next_task")
 
 
 def _child(models_dir: Path, guest: Path, cache: Path, spawned: float) -> None:
-    """One cold start, timestamped; prints {stage: seconds} as JSON."""
+    """One process start, timestamped at each stage of the runtime's own path (its caches
+    used as a task uses them); prints {stage: seconds} as JSON."""
     marks = {"interpreter": time.time() - spawned}
     t = time.perf_counter()
 
@@ -181,25 +182,20 @@ def _child(models_dir: Path, guest: Path, cache: Path, spawned: float) -> None:
         t = now
 
     from wasinn_operator.runtime import DirMount, RunSpec, Runtime, RuntimeConfig
+    from wasinn_operator.runtime.nn.abi import ExecutionTarget
+    from wasinn_operator.runtime.nn.budget import Budget, GraphLimits
 
     mark("imports")
     runtime = Runtime(RuntimeConfig(cache_dir=cache))
     mark("engine")
     wasm = guest.read_bytes()
-    runtime.modules.get(wasm)
-    mark("module_compile")
+    runtime.modules.get(wasm)  # compiled, or loaded from the module cache
+    mark("module")
     model = MODELS[0]
-    core = runtime.backend.core
-    ov_model = core.read_model(str(models_dir / model.name / model.file))
-    mark("model_read")
-    compiled = core.compile_model(ov_model, "CPU", runtime.backend.compile_properties())
-    mark("model_compile")
-    import numpy as np
-
-    request = compiled.create_infer_request()
-    data = np.fromfile(models_dir / model.name / model.tensor, dtype=np.float32)
-    request.infer({0: data.reshape(model.dims)})
-    mark("first_inference")
+    named = runtime.models_in(models_dir)[model.name]
+    # Read and compiled, or imported from the compiled-model cache; kept for the tasks below.
+    runtime.backend.load_named(named, ExecutionTarget.CPU, print, Budget(GraphLimits()))
+    mark("model")
     spec = RunSpec(
         wasm=wasm,
         args=["--model", model.name, f"/in/{Path(model.tensor).name}"],
@@ -238,6 +234,7 @@ def startup_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
             cold.append(startup_sample(models_dir, guest, Path(tmp)))
             warm.append(startup_sample(models_dir, guest, Path(tmp)))
     rows: list[Row] = []
+    totals: dict[str, float] = {}
     for label, runs in (("cold", cold), ("warm", warm)):
         medians = {s: statistics.median(r[s] for r in runs) for s in STAGES}
         total = sum(medians[s] for s in STAGES if s != "next_task")
@@ -247,4 +244,6 @@ def startup_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
                 rows.append(row("startup", f"{label} {stage}", "share", medians[stage] / total,
                                 "fraction"))  # fmt: skip
         rows.append(row("startup", f"{label} total", "time", total * 1e3, "ms"))
+        totals[label] = total
+    rows.append(row("startup", "cold/warm", "ratio", totals["cold"] / totals["warm"], "ratio"))
     return rows

@@ -2,7 +2,9 @@
 
 local: a real `wasinn shim` (local backend, warm workers) on 127.0.0.1; N classification tasks
 at concurrency 1/4/16, start -> result measured by the client (POST start, then GET until the
-task is finished), tasks/s, and the peak RSS of the shim and its worker processes.
+task is finished), tasks/s, and the peak RSS of the shim and its worker processes; the same
+task's run in the engine alone (in this process, warm, as a worker runs it), and at
+concurrency 1 the overhead: start -> result p50 minus that run.
 rest: bounded loops of `GET /tasks/{id}` and `POST /tasks` on the same shim.
 cluster: only when `hack/cluster status` says the cluster runs (else a skip message); the
 section itself is hack/bench/cluster.py.
@@ -141,10 +143,30 @@ def _run_task(client: Any, task_id: str) -> float:
         time.sleep(0.002)
 
 
+def task_run_seconds(models_dir: Path, guest: Path, count: int = 20) -> float:
+    """Median seconds of the classification task's run in a warm engine configured as a
+    worker's (tenant limits), without the shim: what start -> result adds to is this."""
+    from wasinn_operator.runtime import RunSpec, Runtime, RuntimeConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = Runtime(RuntimeConfig.for_tenants(cache_dir=Path(tmp)))
+        spec = RunSpec(wasm=guest.read_bytes(), args=CHELSEA, models_dir=models_dir,
+                       program_name=guest.name)  # fmt: skip
+        times = []
+        for i in range(count + 3):  # the first runs compile and load
+            began = time.perf_counter()
+            if not runtime.run(spec).ok:
+                raise RuntimeError("the classification task failed in the engine")
+            if i >= 3:
+                times.append(time.perf_counter() - began)
+    return summary(times)["median"]
+
+
 def local_section(models_dir: Path, guest: Path, tasks: int) -> list[Row]:
     """tasks at concurrency 1, 4, 16 on one shim (2 warm workers: this machine's cores)."""
     wasm_b64 = base64.b64encode(guest.read_bytes()).decode()
-    rows: list[Row] = []
+    run = task_run_seconds(models_dir, guest)
+    rows: list[Row] = [row("local", "task run (engine alone)", "median", run * 1e3, "ms")]
     with local_shim(models_dir, workers=os.cpu_count() or 2) as (client, process):
         _run_task(client, _create(client, wasm_b64))  # warm the workers and caches
         for concurrency in (1, 4, 16):
@@ -163,6 +185,9 @@ def local_section(models_dir: Path, guest: Path, tasks: int) -> list[Row]:
                 row("local", name, "tasks_per_s", tasks / elapsed, "tasks/s"),
                 row("local", name, "peak_rss", peak / 2**20, "MiB"),
             ]
+            if concurrency == 1:
+                overhead = (s["median"] - run) * 1e3
+                rows.append(row("local", name, "overhead_p50", overhead, "ms"))
     return rows
 
 
