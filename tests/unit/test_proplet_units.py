@@ -215,7 +215,7 @@ def test_http_fetch_retries_a_server_that_is_briefly_down(monkeypatch: pytest.Mo
         return answer
 
     monkeypatch.setattr(fetch, "HTTP_RETRY_DELAYS", (0.0, 0.0, 0.0))
-    monkeypatch.setattr(fetch.requests, "get", get)
+    monkeypatch.setattr(requests, "get", get)  # fetch imports it when it fetches
     assert fetch._http_get("http://shim/a.wasm", 100) == wasm
     assert len(calls) == 3
     answers[:] = [_Response(404), _Response(200, wasm)]
