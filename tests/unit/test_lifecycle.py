@@ -28,6 +28,7 @@ EXPECTED: dict[tuple[Event, TaskPhase], TaskPhase] = {
     **{(Event.FAIL, p): P.FAILED for p in (P.PENDING, *ACTIVE)},
     **{(Event.RETRY, p): P.PENDING for p in (P.PENDING, *ACTIVE)},
     **{(Event.STOP, p): P.FAILED for p in ACTIVE},
+    (Event.SKIP, P.PENDING): P.SKIPPED,
     # Propeller's UpdateTask changes a task in any state (its running attempt goes on).
     **{(Event.UPDATE, p): p for p in P},
 }
@@ -39,6 +40,7 @@ REFUSED = {
     Event.FAIL: "has finished already",
     Event.RETRY: "has finished already",
     Event.STOP: "is not scheduled or running",
+    Event.SKIP: "is not pending",
     Event.UPDATE: "cannot be changed",
 }
 

@@ -9,6 +9,7 @@ whether an intent (start, stop) is allowed before recording it. An illegal move 
     Pending, Scheduled, Running --FAIL--> Failed        Scheduled, Running --STOP--> Failed
     Pending, Scheduled, Running --RETRY--> Pending      (the run waits for another attempt)
     Pending, Completed, Failed, Skipped, Interrupted --START--> Pending   (a new run)
+    Pending --SKIP--> Skipped   (a job/workflow dependent whose run_if condition failed)
 
 Stop follows Propeller: its manager only tells the proplet to stop, the proplet reports the run
 as failed with a cancellation error, and the manager records Failed (4). Interrupted (6) is what
@@ -86,6 +87,7 @@ class Event(StrEnum):
     RETRY = "retry"  # the attempt ended or cannot be placed; the run waits for another
     STOP = "stop"  # a client stopped the run: it ends Failed (STOPPED_ERROR)
     UPDATE = "update"  # the task's spec is changed
+    SKIP = "skip"  # a dependent's run_if condition failed: it ends Skipped (5) without running
 
 
 class Refusal(Exception):  # noqa: N818 (a refusal is an answer, not a fault)
@@ -115,6 +117,7 @@ TABLE: dict[tuple[Event, TaskPhase], TaskPhase] = {
     **{(Event.RETRY, p): _P.PENDING for p in (_P.PENDING, _P.SCHEDULED, _P.RUNNING)},
     (Event.STOP, _P.SCHEDULED): _P.FAILED,
     (Event.STOP, _P.RUNNING): _P.FAILED,
+    (Event.SKIP, _P.PENDING): _P.SKIPPED,
     # Propeller updates a task in any state; a running attempt keeps the spec it started with.
     **{(Event.UPDATE, p): p for p in _P},
 }
@@ -126,6 +129,7 @@ _WHY: dict[Event, str] = {
     Event.FAIL: "has finished already",
     Event.RETRY: "has finished already",
     Event.STOP: "is not scheduled or running",
+    Event.SKIP: "is not pending",
     Event.UPDATE: "cannot be changed",  # never: Propeller updates a task in any state
 }
 
