@@ -27,6 +27,9 @@ INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "imag
 PUBLISHED, PROPLET = PREFIX + "published-run", PREFIX + "proplet-id"
 RUN, START_ERROR = RUN_ANNOTATION, START_ERROR_ANNOTATION
 FIELDS = PREFIX + "propeller-fields"  # Propeller's other task fields (shim/taskfields.py), JSON
+# A never-started task the shim skipped (a dependent whose run_if failed): the reason. The
+# operator has nothing to do for it (it stays suspended); a start removes it.
+SKIPPED = PREFIX + "skipped"
 WASM_KEYS = tuple(f.alias or n for n, f in WasmSource.model_fields.items())
 
 
@@ -70,6 +73,8 @@ def view_phase(obj: dict[str, Any]) -> TaskPhase:
     phase = TaskPhase(status.get("phase") or TaskPhase.PENDING)
     if phase is TaskPhase.PENDING and requested > 0:
         return TaskPhase.SCHEDULED
+    if phase is TaskPhase.PENDING and SKIPPED in annotations_of(obj):
+        return TaskPhase.SKIPPED
     return phase
 
 
@@ -86,6 +91,8 @@ def to_record(obj: dict[str, Any]) -> TaskRecord:
         status = {"error": notes.get(START_ERROR), "completionTime": notes.get(UPDATED)}
         if phase is not TaskPhase.FAILED:
             status = {}
+    if phase is TaskPhase.SKIPPED:
+        status = {"error": notes.get(SKIPPED), "completionTime": notes.get(UPDATED)}
     return TaskRecord(
         id=meta["name"],
         name=notes.get(NAME, meta["name"]),

@@ -36,6 +36,7 @@ from .kubemap import (
     PROPLET,
     PUBLISHED,
     RUN,
+    SKIPPED,
     START_ERROR,
     UPDATED,
     WASM_KEYS,
@@ -216,7 +217,12 @@ class KubernetesStore:
             _decide(obj, Event.START)
             if not (obj.get("spec") or {}).get("wasm"):
                 raise BadRequestError(f"task {task_id} has no wasm module")
-            notes = {RUN: str(requested_run(obj) + 1), START_ERROR: None, UPDATED: iso(now())}
+            notes = {
+                RUN: str(requested_run(obj) + 1),
+                START_ERROR: None,
+                SKIPPED: None,
+                UPDATED: iso(now()),
+            }
             if proplet_id:  # a manager's addressing; else the task's own proplet_id stays
                 notes[PROPLET] = proplet_id
             patch = {"metadata": {"annotations": notes}, "spec": {"suspend": False}}
@@ -239,9 +245,25 @@ class KubernetesStore:
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
             _decide(obj, Event.START)
-            notes = {RUN: str(requested_run(obj) + 1), START_ERROR: error, UPDATED: iso(now())}
+            notes = {
+                RUN: str(requested_run(obj) + 1),
+                START_ERROR: error,
+                SKIPPED: None,
+                UPDATED: iso(now()),
+            }
             patch = {"metadata": {"annotations": notes}, "spec": {"suspend": True}}
             return self._patch(task_id, patch, obj)
+
+        return to_record(self._decide(task_id, change))
+
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Mark a never-started task Skipped (an annotation with the reason; the operator
+        leaves a suspended task alone)."""
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            _decide(obj, Event.SKIP)
+            notes = {SKIPPED: reason, UPDATED: iso(now())}
+            return self._patch(task_id, {"metadata": {"annotations": notes}}, obj)
 
         return to_record(self._decide(task_id, change))
 

@@ -34,6 +34,8 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,8 @@ log = logging.getLogger("wasinn.shim.local")
 PRIVATE_ENV = ("PROPLET_", "EXTERNAL_WASM_RUNTIME", "WASINN_TASK", "WASINN_TERMINATION_LOG")
 WORKER_MAX_TASKS = 100
 WORKER_MAX_RSS = 2 << 30
+# (task_id, proplet_id, cpu_seconds, rss_bytes, wall_seconds) of a run on a warm worker.
+RunMetrics = Callable[[str, str, float, int, float], None]
 
 
 class LocalBackend:
@@ -82,8 +86,11 @@ class LocalBackend:
         worker_max_tasks: int = WORKER_MAX_TASKS,
         worker_max_rss: int = WORKER_MAX_RSS,
         policy: TaskPolicy | None = None,
+        run_metrics: RunMetrics | None = None,
     ) -> None:
+        """`run_metrics` hears of every run on a warm worker (`taskmetrics.py`)."""
         self.db = TaskDB(db_path)
+        self.run_metrics = run_metrics
         self.policy = policy or TaskPolicy()  # the proplets apply it again to every task
         self.fresh_process = fresh_process
         self.worker_max_tasks = max(1, worker_max_tasks)
@@ -152,6 +159,9 @@ class LocalBackend:
         record = self.db.fail(task_id, error, self.proplet_id)
         self._notify()
         return record
+
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        return self.db.skip(task_id, reason)
 
     def unpublished(self) -> list[TaskRecord]:
         return self.db.unpublished()
@@ -298,6 +308,7 @@ class LocalBackend:
                 return Outcome(TaskPhase.FAILED, error=STOPPED_ERROR)
             worker = self._idle.take() or Worker(self._child_env(), self._workdir)
             self._children[record.id] = worker.process
+        cpu_before, started = worker.cpu_seconds(), time.monotonic()
         try:
             summary = RunSummary.model_validate(worker.run(task_json))
         except (WorkerDiedError, ValueError) as exc:
@@ -309,6 +320,10 @@ class LocalBackend:
                 if self._children.get(record.id) is worker.process:
                     del self._children[record.id]
         rss = worker.rss()
+        cpu_after = worker.cpu_seconds()
+        if self.run_metrics is not None and cpu_before is not None and cpu_after is not None:
+            wall = time.monotonic() - started
+            self.run_metrics(record.id, self.proplet_id, cpu_after - cpu_before, rss or 0, wall)
         if worker.tasks_run >= self.worker_max_tasks or (rss or 0) > self.worker_max_rss:
             worker.close()
         else:

@@ -378,6 +378,15 @@ class TaskDB:
             )
         return self.get(task_id)
 
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Pending → Skipped with `reason` as its error (a dependent whose run_if condition
+        failed): it never ran, so nothing is published."""
+        with self._transaction():
+            _, phase = self._move(task_id, Event.SKIP)
+            moment = _time(now())
+            self._update(task_id, state=phase.state, error=reason, finish_time=moment)
+        return self.get(task_id)
+
     def in_phase(self, phase: TaskPhase) -> list[TaskRecord]:
         """The tasks in `phase` (without their results)."""
         rows = self._exec(

@@ -147,6 +147,11 @@ class TaskStore(Protocol):
         """Mark a task that is not running Failed with `error`, as a new run whose result is
         published (e.g. its module could not be fetched). `ConflictError` while it is active."""
 
+    def skip(self, task_id: str, reason: str) -> TaskRecord:
+        """Pending → Skipped (5) with `reason` as its error: a job or workflow task whose
+        `run_if` condition failed; it never runs and no result is published. `ConflictError`
+        unless Pending; a later start runs it anew."""
+
     def unpublished(self) -> list[TaskRecord]:
         """Finished runs whose result is not yet acknowledged by the MQTT broker, oldest first
         (a backend may return only the first of them: the outbox asks again)."""

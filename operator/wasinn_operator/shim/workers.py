@@ -119,6 +119,16 @@ class Worker:
         except (OSError, ValueError, IndexError):
             return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the worker used so far (Linux), None when unknown."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                # The fields after the command name (which may hold spaces) follow its ')'.
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
