@@ -11,8 +11,8 @@ Ids in paths must be UUIDs and task pages hold 1 to 100 tasks (400 otherwise, as
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from hmac import compare_digest
 from typing import Annotated, Any
 
@@ -43,10 +43,12 @@ from ..api.propeller import (
 )
 from ..api.task import DIGEST
 from . import taskfields
+from .answers import group_schemas
 from .bodies import JSONAnswer, task_input
 from .errors import (
     BadRequestError,
     ConflictError,
+    InvocationError,
     NotFoundError,
     ShimError,
     TooLargeError,
@@ -55,7 +57,14 @@ from .errors import (
     UnsupportedMediaError,
 )
 from .httpbits import BodyLimit, RequestMetrics, describe, metrics_response
+from .invoke import Invoker
+from .jobs import JobService
+from .routes_jobs import add_job_routes
+from .routes_proplets import add_proplet_routes
+from .routes_tasks import add_task_routes
+from .schedule import Scheduler, Ticker
 from .service import MAX_PAGE, TaskService, check_module_name
+from .taskmetrics import TaskMetricsStore
 from .uploads import receive_multipart
 from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
 
@@ -65,6 +74,7 @@ STATUS: dict[type[ShimError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     TooLargeError: 413,
+    InvocationError: 502,
     UnavailableError: 503,
 }
 RETRY_AFTER = "5"  # seconds, on 503: a full disk or a failing database may recover
@@ -117,12 +127,34 @@ def create_app(
     max_body: int = 140 << 20,
     registry: CollectorRegistry | None = None,
     lifespan: Lifespan | None = None,
+    invoker: Invoker | None = None,
+    task_metrics: TaskMetricsStore | None = None,
 ) -> FastAPI:
-    """The shim's FastAPI application."""
+    """The shim's FastAPI application. `invoker` runs latent tasks' invocations (the one the
+    MQTT bridge uses too; default: one with the environment's models directory),
+    `task_metrics` holds the runs' samples (default: an empty store). The scheduler's ticker
+    (`schedule.py`: job and workflow dependents, cron tasks) runs for the app's lifetime."""
+    invoker = invoker or Invoker(service, None)
+    task_metrics = task_metrics or TaskMetricsStore()
+    jobs = JobService(service)
+    ticker = Ticker(Scheduler(service, jobs).tick)
+
+    @asynccontextmanager
+    async def scheduled(app: FastAPI) -> AsyncIterator[None]:
+        ticker.start()
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            ticker.stop()
+
     app = FastAPI(
         title="wasinn shim (Propeller manager API)",
         version=service.health().version,
-        lifespan=lifespan,
+        lifespan=scheduled,
         docs_url=None,
         redoc_url=None,
     )
@@ -225,6 +257,7 @@ def create_app(
     async def delete_task(task_id: TaskId) -> Response:
         check_id(task_id)
         await call(service.delete, task_id)
+        task_metrics.forget(task_id)
         return Response(status_code=204)
 
     @app.post(
@@ -313,6 +346,9 @@ def create_app(
         path = await call(service.artifacts.path, digest)
         return FileResponse(path, media_type="application/wasm")
 
+    add_task_routes(app, invoker, task_metrics, guarded)
+    add_proplet_routes(app, service.registry, guarded)
+    add_job_routes(app, jobs, guarded)
     _install_error_handlers(app)
     _install_openapi(app)
     return app
@@ -368,6 +404,7 @@ def _install_openapi(app: FastAPI) -> None:
             create = TaskInput.model_json_schema()
             create["properties"]["name"] = {"type": "string", "minLength": 1, "title": "Name"}
             schemas["TaskCreate"] = create | {"title": "TaskCreate", "required": ["name"]}
+            schemas.update(group_schemas(schemas["TaskCreate"]))
             for name in ("Task", "CreatedTask"):  # Propeller's other fields (taskfields)
                 if name in schemas:
                     schemas[name]["properties"].update(taskfields.SCHEMA)

@@ -70,13 +70,14 @@ class Bridge:
         proplet: bool = True,
         registry: CollectorRegistry | None = None,
         models_dir: Path | None = None,
+        invoker: Invoker | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.proplet = proplet
         self.namespace = settings.namespace
         self._sampler = ProcessSampler()
-        self.invoker = Invoker(service, models_dir)
+        self.invoker = invoker or Invoker(service, models_dir)
         self.id = settings.instance_id
         self.fetcher = RegistryFetcher(
             lambda body: self._publish(REQUEST_TOPIC, body), service.artifacts.max_bytes

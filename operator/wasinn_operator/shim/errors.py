@@ -32,6 +32,11 @@ class UnsupportedMediaError(BadRequestError):
     answers both)."""
 
 
+class InvocationError(ShimError):
+    """An invocation of a latent task ran and failed (502: the run, not the request, failed);
+    the message is the run's error."""
+
+
 class UnavailableError(ShimError):
     """A dependency failed (the database, the artifact store's disk): the request may succeed
     later (503); the message names what failed."""

@@ -1,11 +1,13 @@
-"""Invocations of latent tasks (`control/manager/invoke`), as Propeller's proplet runs them.
+"""Invocations of latent tasks, as Propeller's proplet runs them: the one invoke path, for
+`control/manager/invoke` (MQTT) and `POST /tasks/{id}/invoke` (REST).
 
-A latent task's start stores it without running it; each invocation runs the stored module
-once with the invocation's inputs (or the task's own, when it sends none) and env (added to
-the task's), in a `wasinn proplet run` child of its own under the service's task policy, and
-answers `{task_id, invocation_id, proplet_id, results, error}` on
-`control/proplet/invoke_results`. Invocations run on this machine whatever the backend (they
-are answered while the manager waits), at most `SLOTS` at a time.
+A latent task (a manager's start with `latent`, or a task created with `latent: true`) is
+stored without running; each invocation runs the stored module once with the invocation's
+inputs (or the task's own, when it sends none) and env (added to the task's), in a `wasinn
+proplet run` child of its own under the service's task policy. MQTT invocations are answered
+`{task_id, invocation_id, proplet_id, results, error}` on `control/proplet/invoke_results`;
+REST ones with what the run printed. Invocations run on this machine whatever the backend
+(they are answered while the caller waits), at most `SLOTS` at a time.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..api.policy import POLICY_ENV
-from ..api.propeller import InvokeMessage, to_task_spec, wasm_source
-from .errors import NotFoundError, ShimError
+from ..api.propeller import InvokeMessage, TaskInput, to_task_spec, wasm_source
+from .errors import ConflictError, InvocationError, NotFoundError, ShimError
 from .fresh import drain, outcome, spawn_proplet
 from .service import TaskService
-from .store import TaskPhase
+from .store import TaskPhase, TaskRecord
 
 INVOKE_RESULTS_TOPIC = "control/proplet/invoke_results"
 RESULTS_LIMIT = 1 << 20
@@ -73,29 +75,50 @@ class Invoker:
             "error": error,
         }
 
-    def _run(self, message: InvokeMessage) -> str:
+    def call(self, task_id: str, inputs: list[str] | None, env: dict[str, str] | None) -> str:
+        """A REST invocation: what the run printed. NotFoundError for an unknown task,
+        ConflictError when it is not latent, BadRequestError when the policy refuses the
+        inputs or env, InvocationError when the run failed."""
+        record = self.service.store.get(task_id)
+        if not self._latent_task(record):
+            raise ConflictError(not_latent(task_id))
+        fields: dict[str, object] = {"env": {**record.env, **(env or {})}}
+        if inputs is not None:
+            fields["inputs"] = list(inputs)
+        self.service.admit(record, TaskInput.model_validate(fields))
+        return self._execute(record, inputs, env)
+
+    def _latent_task(self, record: TaskRecord) -> bool:
         with self._lock:
-            latent = message.id in self._latent
-        if not latent:
-            raise ShimError(not_latent(message.id))
+            return record.id in self._latent or bool(record.extra.get("latent"))
+
+    def _run(self, message: InvokeMessage) -> str:
         try:
             record = self.service.store.get(message.id)
         except NotFoundError:
             self.forget(message.id)
             raise ShimError(not_latent(message.id)) from None
+        if not self._latent_task(record):
+            raise ShimError(not_latent(message.id))
+        inputs = [str(i) for i in message.inputs] if message.inputs else None
+        return self._execute(record, inputs, message.env)
+
+    def _execute(
+        self, record: TaskRecord, inputs: list[str] | None, env: dict[str, str] | None
+    ) -> str:
         if not record.digest:
-            raise ShimError(f"task {message.id} has no module")
+            raise ConflictError(f"task {record.id} has no module")
         task = record.to_task()
-        if message.inputs:
-            task.inputs = list(message.inputs)
-        task.env = {**(task.env or {}), **(message.env or {})}
+        if inputs:
+            task.inputs = inputs
+        task.env = {**(task.env or {}), **(env or {})}
         local = str(self.service.artifacts.path(record.digest))
         spec = to_task_spec(task, wasm_source(record.digest, None, local_path=local))
         spec.engine = "embedded"
         with self._slots:
             state, stdout, error = self._child(spec.model_dump_json(by_alias=True))
         if state is not TaskPhase.COMPLETED:
-            raise ShimError(error or "the invocation failed")
+            raise InvocationError(error or "the invocation failed")
         return stdout
 
     def _child(self, task_json: str) -> tuple[TaskPhase, str, str]:

@@ -25,14 +25,18 @@ from prometheus_client.registry import Collector
 from ..api.policy import lexical
 from ..atomicfile import replace_file
 from ..mqtt import MQTTError, MQTTSettings
+from .announce import timestamp
 from .app import create_app
 from .artifacts import ArtifactStore, private_dir
 from .bridge import Bridge
 from .config import ShimConfig, config_from_args
 from .errors import ShimError
-from .local import LocalBackend
+from .invoke import Invoker
+from .local import LocalBackend, RunMetrics
+from .proplets import PropletRegistry
 from .service import TaskService
 from .store import TaskPhase, TaskStore
+from .taskmetrics import TaskMetricsStore
 
 log = logging.getLogger("wasinn.shim")
 
@@ -87,6 +91,35 @@ class TaskCollector(Collector):
         yield family
 
 
+def run_recorder(task_metrics: TaskMetricsStore, proplets: PropletRegistry) -> RunMetrics:
+    """What the local backend calls after each run: a task sample and a proplet sample (in
+    Propeller's TaskMetrics and PropletMetrics shapes)."""
+
+    def record(task_id: str, proplet_id: str, cpu: float, rss: int, wall: float) -> None:
+        task_metrics.record_run(task_id, proplet_id, cpu, rss, wall)
+        proplets.record_metrics(
+            proplet_id,
+            {
+                "proplet_id": proplet_id,
+                "namespace": "",
+                "timestamp": timestamp(),
+                "cpu_metrics": {
+                    "user_seconds": round(cpu, 6),
+                    "system_seconds": 0.0,
+                    "percent": round(100.0 * cpu / wall, 3) if wall > 0 else 0.0,
+                },
+                "memory_metrics": {
+                    "rss_bytes": rss,
+                    "heap_alloc_bytes": 0,
+                    "heap_sys_bytes": 0,
+                    "heap_inuse_bytes": 0,
+                },
+            },
+        )
+
+    return record
+
+
 def instance_id(data_dir: Path, given: str | None = None, mqtt: MQTTSettings | None = None) -> str:
     """The proplet id: `given` (PROPLET_INSTANCE_ID), else the MQTT entity id (the id a
     Propeller manager knows this proplet by), else a UUID kept in the data directory (stable
@@ -133,6 +166,10 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
         build=config.build,
     )
     log.info("task policy: %s", config.policy.describe())
+    task_metrics = TaskMetricsStore()
+    if isinstance(store, LocalBackend):
+        store.run_metrics = run_recorder(task_metrics, service.registry)
+    invoker = Invoker(service, config.models_dir)
     registry = CollectorRegistry()
     registry.register(TaskCollector(store))
     bridge = None
@@ -144,6 +181,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             proplet=config.proplet,
             registry=registry,
             models_dir=config.models_dir,
+            invoker=invoker,
         )
         service.checks.add("mqtt", bridge.problem)
 
@@ -161,7 +199,13 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
     # A base64 body is 4/3 of the module, plus room for the rest of the task.
     max_body = math.ceil(config.max_wasm_bytes * 4 / 3) + (1 << 20)
     app = create_app(
-        service, token=config.token, max_body=max_body, registry=registry, lifespan=lifespan
+        service,
+        token=config.token,
+        max_body=max_body,
+        registry=registry,
+        lifespan=lifespan,
+        invoker=invoker,
+        task_metrics=task_metrics,
     )
     return app, service
 

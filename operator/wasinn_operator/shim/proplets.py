@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import ConflictError, NotFoundError
 from .store import PropletRecord, now
+from .validation import check_id
 
 ALIVE_SECONDS = 10.0  # Propeller's proplet.AliveTimeout
 HISTORY = 100  # heartbeats kept per proplet
@@ -135,10 +136,12 @@ class PropletRegistry:
             return proplet_id in self._external
 
     def get(self, proplet_id: str) -> PropletRecord:
-        """One proplet; NotFoundError when unknown."""
+        """One proplet; NotFoundError when unknown, BadRequestError when unknown and not a UUID
+        (Propeller's entityReq; kubernetes node names, not UUIDs, are still found)."""
         for found in self.list():
             if found.id == proplet_id:
                 return found
+        check_id(proplet_id, "proplet")
         raise NotFoundError(f"proplet {proplet_id} not found")
 
     def alive_history(self, proplet_id: str, offset: int, limit: int) -> tuple[Beats, int]:
@@ -164,6 +167,7 @@ class PropletRegistry:
         with self._lock:
             found = self._external.get(proplet_id)
             if found is None:
+                check_id(proplet_id, "proplet")
                 raise NotFoundError(f"proplet {proplet_id} not found")
             if found.task_count > 0:
                 raise ConflictError(f"proplet {proplet_id} has {found.task_count} active tasks")

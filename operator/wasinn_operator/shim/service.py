@@ -38,8 +38,9 @@ from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
+from .proplets import PropletRegistry
 from .store import PropletRecord, TaskRecord, TaskStore, now
-from .validation import check_id, check_task_limit, proplet_alive_filter
+from .validation import check_task_limit, proplet_alive_filter
 
 MAX_PAGE = 1000
 # What one task may hold besides its module (stored, and answered in every listing).
@@ -75,21 +76,29 @@ class TaskService:
             store, artifacts, min_free_bytes, disk_paths or [artifacts.directory], build
         )
         self._redact = taskfields.Redactor()
+        self.registry = PropletRegistry(store.proplets)
 
     # Tasks.
     def create(
-        self, body: TaskInput, task_id: str | None = None, module: ModuleUpload | None = None
+        self,
+        body: TaskInput,
+        task_id: str | None = None,
+        module: ModuleUpload | None = None,
+        *,
+        group: dict[str, Any] | None = None,
     ) -> Task:
         """A new Pending task; `name` is required, the id is a fresh UUID unless given;
         `module` (received already) becomes its file. Its `updated_at` stays Go's zero time
-        until it is changed, as in Propeller."""
+        until it is changed, as in Propeller. `group`: the task belongs to a job or workflow
+        (`jobs.py`); these entries join its `extra`."""
         if not body.name:
             raise BadRequestError("name: a task needs a non-empty name")
         self._admit(None, body)
         with self._lock:
             record = TaskRecord(id=task_id or str(uuid.uuid4()), name=body.name)
             record.updated_at = record.created_at
-            self._apply(record, body, module, creating=True)
+            self._apply(record, body, module, creating=True, in_group=group is not None)
+            record.extra = {**record.extra, **(group or {})}
             self._write(self.store.add, record, "")
             return self._task(record)
 
@@ -188,11 +197,10 @@ class TaskService:
         return self.store.get(task_id).results
 
     def proplets(self, offset: int, limit: int, status: str | None = None) -> PropletPage:
-        """The backend's workers; `status` active or inactive keeps the alive or the other
-        ones (anything else is a 400, as in Propeller)."""
+        """The backend's workers and the external proplets (`registry`); `status` active or
+        inactive keeps the alive or the other ones (anything else is a 400, as in Propeller)."""
         _check_page(offset, limit)
-        alive = proplet_alive_filter(status)
-        found = [p for p in self.store.proplets() if alive is None or p.alive == alive]
+        found = self.registry.list(proplet_alive_filter(status))
         return PropletPage(
             offset=offset,
             limit=limit,
@@ -201,13 +209,10 @@ class TaskService:
         )
 
     def proplet(self, proplet_id: str) -> Proplet:
-        """One worker; an unknown id is a 404, or a 400 when it is not a UUID (as Propeller's
-        entityReq answers; kubernetes node names, which are not UUIDs, are still found)."""
-        for found in self.store.proplets():
-            if found.id == proplet_id:
-                return _proplet(found)
-        check_id(proplet_id, "proplet")
-        raise NotFoundError(f"proplet {proplet_id} not found")
+        """One proplet (a worker of the backend or an external one); an unknown id is a 404,
+        or a 400 when it is not a UUID (as Propeller's entityReq answers; kubernetes node
+        names, which are not UUIDs, are still found)."""
+        return _proplet(self.registry.get(proplet_id))
 
     def health(self) -> Health:
         """Propeller's health answer and every dependency's check; commit and build time come
@@ -284,6 +289,24 @@ class TaskService:
         """Fail a task that could not be run (its result is published)."""
         self.store.fail(task_id, error)
 
+    def change_extra(self, task_id: str, change: Callable[[dict[str, Any]], bool]) -> bool:
+        """Let `change` edit the task's Propeller fields (a copy); when it returns True they
+        are saved, its `updated_at` untouched (the scheduler's own bookkeeping, not a client's
+        update). Whether they were."""
+        with self._lock:
+            record = self.store.get(task_id)
+            extra = dict(record.extra)
+            if not change(extra):
+                return False
+            record.extra = extra
+            self.store.save(record)
+            return True
+
+    def admit(self, record: TaskRecord | None, body: TaskInput) -> None:
+        """BadRequestError unless the policy allows the task `body` makes of `record` (an
+        invocation's inputs and env, say)."""
+        self._admit(record, body)
+
     # Helpers.
     def _admit(self, record: TaskRecord | None, body: TaskInput) -> None:
         """BadRequestError unless the policy allows the task `body` makes of `record`."""
@@ -311,6 +334,7 @@ class TaskService:
         module: ModuleUpload | None = None,
         *,
         creating: bool = False,
+        in_group: bool = False,
     ) -> None:
         given = body.model_fields_set
         if body.name:
@@ -318,7 +342,7 @@ class TaskService:
         if "proplet_id" in given:
             record.proplet_id = body.proplet_id or ""
         extra = dict(record.extra)
-        taskfields.apply(extra, body, record.proplet_id, creating=creating)
+        taskfields.apply(extra, body, record.proplet_id, creating=creating, in_group=in_group)
         record.extra = extra
         if "image_url" in given:
             record.image_url = body.image_url or ""

@@ -88,13 +88,22 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-def apply(extra: dict[str, Any], body: TaskInput, proplet_id: str, *, creating: bool) -> None:
+def apply(
+    extra: dict[str, Any],
+    body: TaskInput,
+    proplet_id: str,
+    *,
+    creating: bool,
+    in_group: bool = False,
+) -> None:
     """Apply the Propeller fields of `body` to `extra` (in place), or `BadRequestError`.
 
     On create Propeller's defaults are set (kind standard, priority 0 → 50, the next run of a
     schedule); on update a field the body leaves out, or sets to its zero value where
     Propeller's UpdateTask skips those (priority 0), keeps what is stored. `proplet_id` is the
     task's requested proplet after this request (broadcast and a proplet exclude each other).
+    `in_group`: the task is created as part of a job or workflow (`shim/jobs.py`), whose
+    dependencies are checked there, as Propeller's CreateJob does.
     """
     given = body.model_fields_set
     if body.priority is not None and not 0 <= body.priority <= 100:
@@ -127,7 +136,7 @@ def apply(extra: dict[str, Any], body: TaskInput, proplet_id: str, *, creating: 
             extra["priority"] = DEFAULT_PRIORITY
     if extra.get("broadcast") and proplet_id:
         raise BadRequestError("broadcast and proplet_id are mutually exclusive")
-    if extra.get("depends_on") and not extra.get("workflow_id"):
+    if extra.get("depends_on") and not extra.get("workflow_id") and not in_group:
         raise BadRequestError("depends_on: a task with dependencies needs a workflow_id")
     _schedule(extra, body, creating)
 
