@@ -27,6 +27,7 @@ import yaml
 
 from wasinn_operator.api.policy import TaskPolicy
 from wasinn_operator.api.policyflags import policy_from_settings
+from wasinn_operator.controller.priority import parse_bands
 from wasinn_operator.controller.settings import OperatorSettings
 
 from ..conftest import missing
@@ -408,6 +409,7 @@ def test_defaults_render_a_secure_operator_and_shim() -> None:
     assert len(token["data"]["token"]) >= 48
     assert sorted(o["kind"] for o in objects if o["kind"] not in ("Secret",)) == sorted(
         ["ClusterRole", "ClusterRoleBinding"] * 2
+        + ["PriorityClass"] * 3
         + ["Role", "RoleBinding"]
         + ["Deployment"] * 2
         + ["Service"] * 2
@@ -651,3 +653,27 @@ def test_tools_script_is_quick_when_installed() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == str(tools_script("bindir"))
+
+
+def test_priority_classes_are_created_and_handed_to_the_operator() -> None:
+    """issue 14: a task's priority becomes its Pod's PriorityClass (controller/priority.py)."""
+    objects = render()
+    classes = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PriorityClass"}
+    assert sorted(classes) == [f"{RELEASE}-high", f"{RELEASE}-low", f"{RELEASE}-normal"]
+    assert [classes[f"{RELEASE}-{n}"]["value"] for n in ("low", "normal", "high")] == [
+        1000,
+        2000,
+        3000,
+    ]
+    assert {c["preemptionPolicy"] for c in classes.values()} == {"Never"}
+    assert not any(c["globalDefault"] for c in classes.values())
+    operator = find(objects, "Deployment", f"{RELEASE}-operator")
+    bands = env(operator)["WASINN_PRIORITY_CLASSES"]
+    assert bands == f"{RELEASE}-low=0,{RELEASE}-normal=34,{RELEASE}-high=67"
+    assert parse_bands(bands) == ((0, f"{RELEASE}-low"), (34, f"{RELEASE}-normal"),
+                                  (67, f"{RELEASE}-high"))  # fmt: skip
+
+    disabled = render(None, "priorityClasses.enabled=false")
+    assert not [o for o in disabled if o["kind"] == "PriorityClass"]
+    operator = find(disabled, "Deployment", f"{RELEASE}-operator")
+    assert "WASINN_PRIORITY_CLASSES" not in env(operator)

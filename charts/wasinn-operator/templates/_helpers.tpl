@@ -175,3 +175,13 @@ priorityClassName: {{ . }}
 {{- end -}}
 {{- toJson $pools -}}
 {{- end -}}
+
+{{/* The operator's WASINN_PRIORITY_CLASSES: <fullname>-<name>=<from>,... */}}
+{{- define "wasinn.priorityBands" -}}
+{{- $fullname := include "wasinn.fullname" . -}}
+{{- $bands := list -}}
+{{- range .Values.priorityClasses.bands -}}
+{{- $bands = append $bands (printf "%s-%s=%v" $fullname .name (int .from)) -}}
+{{- end -}}
+{{- join "," $bands -}}
+{{- end -}}

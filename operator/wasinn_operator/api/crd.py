@@ -26,6 +26,9 @@ CATEGORIES = ("wasinn",)
 PROPELLER_ID_LABEL = "wasinn.dev/propeller-id"
 # The Propeller task name of a task the shim wrote (its object is named after the task id).
 PROPELLER_NAME_ANNOTATION = "wasinn.dev/propeller-name"
+# Propeller's other task fields (priority, schedule, ...) as one JSON object (shim/taskfields.py);
+# the operator reads the priority from it (controller/priority.py).
+PROPELLER_FIELDS_ANNOTATION = "wasinn.dev/propeller-fields"
 DESCRIPTION = (
     "A WebAssembly inference task (wasi-nn) run as a Pod on an OpenVINO-capable node, with the"
     " models volume mounted read-only."

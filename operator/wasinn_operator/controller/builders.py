@@ -142,8 +142,10 @@ def build_pod(
     policy: TaskPolicy | None = None,
     model_cache_claim: str | None = None,
     model_cache_bytes: int = 20 << 30,
+    priority_class: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod for one attempt of a task, placed by `placement` (nodes.requirements); its
+    """The Pod for one attempt of a task, placed by `placement` (nodes.requirements), of
+    PriorityClass `priority_class` when given (controller/priority.py); its
     proplet applies `policy` (default: the strict one) to the task again. The Pod meets the
     `restricted` Pod Security Standard whatever the spec holds: non-root, no privilege
     escalation, every capability dropped, RuntimeDefault seccomp, only claim, emptyDir and
@@ -246,6 +248,8 @@ def build_pod(
         pod["spec"]["activeDeadlineSeconds"] = spec.timeout_seconds
     if service_account:
         pod["spec"]["serviceAccountName"] = service_account
+    if priority_class:
+        pod["spec"]["priorityClassName"] = priority_class
     if model_cache_claim and any(v["name"] == "model-cache" for v in volumes):
         # The proplet (non-root) writes the shared cache claim: make its files the group's.
         pod["spec"]["securityContext"]["fsGroup"] = PROPLET_UID

@@ -43,6 +43,7 @@ from .plan import (
     schedule,
 )
 from .pods import attempt_of, current_pod, ended, pod_condition, run_summary, unschedulable
+from .priority import priority_class, task_priority
 from .settings import OperatorSettings
 
 __all__ = ["Facts", "Plan", "reconcile", "stopped_run", "with_defaults"]
@@ -200,6 +201,7 @@ def _start_attempt(
             policy=settings.policy,
             model_cache_claim=settings.model_cache_claim,
             model_cache_bytes=settings.model_cache_bytes,
+            priority_class=priority_class(task_priority(task), settings.priority_classes),
         )
     except TaskTooLargeError as exc:
         fail(plan, Reason.INVALID_WASM, str(exc), facts.now)

@@ -18,6 +18,7 @@ from ..api.nodefeatures import parse_features
 from ..api.policy import TaskPolicy
 from ..api.policyflags import add_policy_arguments, policy_env, policy_from_settings
 from ..api.wasmflags import parse_size
+from .priority import Bands, parse_bands
 
 DEFAULT_LABEL = "wasinn.dev/openvino=true"
 GPU_RESOURCE = "gpu.intel.com/i915"
@@ -65,6 +66,8 @@ class OperatorSettings:
     default_execution: str = "pod"
     warm_pools: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("default", ()),)
     warm_namespace: str = "default"
+    # PriorityClasses by task priority (controller/priority.py); empty: no priorityClassName.
+    priority_classes: Bands = ()
 
     def __post_init__(self) -> None:
         for name, value in (("GPU", self.gpu_resource), ("NPU", self.npu_resource)):
@@ -134,6 +137,7 @@ class OperatorSettings:
             default_execution=get("DEFAULT_EXECUTION", "pod"),
             warm_pools=_pools(environ.get("WASINN_WARM_POOLS") or ""),
             warm_namespace=get("WARM_NAMESPACE", cls.warm_namespace),
+            priority_classes=parse_bands(environ.get("WASINN_PRIORITY_CLASSES") or ""),
         )
 
     @classmethod
@@ -157,6 +161,7 @@ class OperatorSettings:
             "WASINN_NODE_FEATURES": ",".join(args.node_feature) if args.node_feature else None,
             "WASINN_GPU_RESOURCE": args.gpu_resource,
             "WASINN_NPU_RESOURCE": args.npu_resource,
+            "WASINN_PRIORITY_CLASSES": args.priority_classes,
             **policy_env(args),
         }
         merged = {**environ, **{k: v for k, v in given.items() if v}}
@@ -198,6 +203,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--npu-resource",
         help=f"device-plugin resource of tasks asking for an NPU ($WASINN_NPU_RESOURCE, else "
         f"{NPU_RESOURCE})",
+    )
+    parser.add_argument(
+        "--priority-classes",
+        metavar="NAME=FROM,...",
+        help="PriorityClasses of task Pods by task priority (0-100), e.g. "
+        "wasinn-low=0,wasinn-normal=34,wasinn-high=67 ($WASINN_PRIORITY_CLASSES; else none)",
     )
     parser.add_argument("--proplet-image", help="($WASINN_PROPLET_IMAGE)")
     parser.add_argument(

@@ -15,7 +15,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..api import PROPELLER_NAME_ANNOTATION, WasmSource
+from ..api import PROPELLER_FIELDS_ANNOTATION, PROPELLER_NAME_ANNOTATION, WasmSource
 from ..api.lifecycle import REPORTED, TaskPhase
 from ..api.status import RUN_ANNOTATION, START_ERROR_ANNOTATION, described_run, requested_run
 from ..api.times import format_time, maybe_time
@@ -26,7 +26,7 @@ NAME, CREATED, UPDATED = PROPELLER_NAME_ANNOTATION, PREFIX + "created-at", PREFI
 INPUTS, CLI_ARGS, IMAGE = PREFIX + "inputs", PREFIX + "cli-args", PREFIX + "image-url"
 PUBLISHED, PROPLET = PREFIX + "published-run", PREFIX + "proplet-id"
 RUN, START_ERROR = RUN_ANNOTATION, START_ERROR_ANNOTATION
-FIELDS = PREFIX + "propeller-fields"  # Propeller's other task fields (shim/taskfields.py), JSON
+FIELDS = PROPELLER_FIELDS_ANNOTATION  # Propeller's other task fields (shim/taskfields.py), JSON
 # A never-started task the shim skipped (a dependent whose run_if failed): the reason. The
 # operator has nothing to do for it (it stays suspended); a start removes it.
 SKIPPED = PREFIX + "skipped"
