@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 # An upload's content (a `.wasm` name, the \0asm magic) is beyond what OpenAPI can say about a
 # multipart file, so there a schema-valid request may get 400 or 415; so is the task policy
 # (which wasmtime flags and env names a task may hold, docs/security.md), so a schema-valid
-# task may get 400 from it. Everything else is exact.
+# task may get 400 from it; a job's or workflow's `depends_on` must name tasks of the same
+# request and make no cycle, which OpenAPI cannot say either, and an invocation runs the
+# module (502 when the run fails). Everything else is exact.
 CONFIG = """\
 [[operations]]
 include-path = "/tasks/{task_id}/upload"
@@ -26,6 +28,14 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409, 413, 
 [[operations]]
 include-name = ["POST /tasks", "PUT /tasks/{task_id}"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404]
+
+[[operations]]
+include-name = ["POST /jobs", "POST /workflows"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409]
+
+[[operations]]
+include-name = ["POST /tasks/{task_id}/invoke"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409, 502]
 """
 
 

@@ -105,30 +105,38 @@ class Invocation(BaseModel):
 
 
 def group_schemas(task_create: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI schemas of a job or workflow request and of an invocation's body, given
+    """The OpenAPI schemas of a job's and a workflow's request and of an invocation's body, given
     the schema of a task's creation."""
     uuid_string = {"type": "string", "format": "uuid"}
     task = dict(task_create)
     # Empty or absent: the shim picks one.
     any_id = {"anyOf": [uuid_string, {"type": "string", "maxLength": 0}, {"type": "null"}]}
     task["properties"] = task_create["properties"] | {"id": any_id}
+    tasks = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_GROUP,
+        "items": {"$ref": "#/components/schemas/GroupTask"},
+    }
     request = {
         "title": "JobRequest",
         "type": "object",
         "properties": {
             "name": {"type": "string"},
             "execution_mode": {"type": "string", "enum": ["", *MODES]},
-            "tasks": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_GROUP,
-                "items": {"$ref": "#/components/schemas/GroupTask"},
-            },
+            "tasks": tasks,
         },
+        "required": ["tasks"],
+    }
+    workflow = {
+        "title": "WorkflowRequest",
+        "type": "object",
+        "properties": {"tasks": tasks},
         "required": ["tasks"],
     }
     return {
         "GroupTask": task | {"title": "GroupTask"},
         "JobRequest": request,
+        "WorkflowRequest": workflow,
         "Invocation": Invocation.model_json_schema(),
     }

@@ -11,8 +11,7 @@ Ids in paths must be UUIDs and task pages hold 1 to 100 tasks (400 otherwise, as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from hmac import compare_digest
 from typing import Annotated, Any
 
@@ -62,7 +61,7 @@ from .jobs import JobService
 from .routes_jobs import add_job_routes
 from .routes_proplets import add_proplet_routes
 from .routes_tasks import add_task_routes
-from .schedule import Scheduler, Ticker
+from .schedule import Lifespan, Scheduler, Ticker, with_ticker
 from .service import MAX_PAGE, TaskService, check_module_name
 from .taskmetrics import TaskMetricsStore
 from .uploads import receive_multipart
@@ -106,7 +105,6 @@ TaskId = Annotated[
 ]
 BEARER = HTTPBearer(auto_error=False, description="the shim's token, when one is configured")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -137,24 +135,10 @@ def create_app(
     invoker = invoker or Invoker(service, None)
     task_metrics = task_metrics or TaskMetricsStore()
     jobs = JobService(service)
-    ticker = Ticker(Scheduler(service, jobs).tick)
-
-    @asynccontextmanager
-    async def scheduled(app: FastAPI) -> AsyncIterator[None]:
-        ticker.start()
-        try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
-                    yield
-        finally:
-            ticker.stop()
-
     app = FastAPI(
         title="wasinn shim (Propeller manager API)",
         version=service.health().version,
-        lifespan=scheduled,
+        lifespan=with_ticker(Ticker(Scheduler(service, jobs).tick), lifespan),
         docs_url=None,
         redoc_url=None,
     )

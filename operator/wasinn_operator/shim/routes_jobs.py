@@ -24,10 +24,14 @@ from .service import MAX_PAGE
 from .validation import check_id
 
 MAX_OFFSET = (1 << 63) - 1
-JOB_BODY = {
-    "required": True,
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
-}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"required": True, "content": {"application/json": {"schema": ref}}}
+
+
+JOB_BODY, WORKFLOW_BODY = _body("JobRequest"), _body("WorkflowRequest")
 
 
 async def _json_body(request: Request) -> Any:
@@ -97,7 +101,7 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
         "/workflows",
         status_code=201,
         dependencies=guarded,
-        openapi_extra={"requestBody": JOB_BODY},
+        openapi_extra={"requestBody": WORKFLOW_BODY},
         responses={201: {"model": WorkflowCreated}, **errors(400, 409, 413)},
     )
     async def create_workflow(request: Request) -> JSONAnswer:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
+
+from fastapi import FastAPI
 
 from ..api import cron
 from ..api.times import maybe_time, propeller_time
@@ -30,6 +33,7 @@ from .service import TaskService
 from .store import TaskRecord, now
 
 TICK_SECONDS = 1.0
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 log = logging.getLogger("wasinn.shim.schedule")
 
 
@@ -122,3 +126,21 @@ class Ticker:
                 self._tick()
             except Exception:  # a bug or a failing database must not end the schedule
                 log.exception("a scheduler tick failed")
+
+
+def with_ticker(ticker: Ticker, inner: Lifespan | None = None) -> Lifespan:
+    """An application lifespan that runs `ticker` around `inner` (the caller's own)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ticker.start()
+        try:
+            if inner is None:
+                yield
+            else:
+                async with inner(app):
+                    yield
+        finally:
+            ticker.stop()
+
+    return lifespan
