@@ -47,8 +47,10 @@ JOB_STATUS = {
     "completed": TaskPhase.COMPLETED,
     "failed": TaskPhase.FAILED,
 }
-MAX_GROUP = 1000  # tasks in one job or workflow
-SCAN_PAGE = 500  # tasks read per page when scanning every task
+MAX_GROUP = 100  # tasks in one job or workflow (each is a task of its own)
+# Tasks read per page when scanning every task (the kubernetes backend lists every object for
+# each page: few pages).
+SCAN_PAGE = 10_000
 DONE = (TaskPhase.COMPLETED, TaskPhase.FAILED, TaskPhase.SKIPPED)
 log = logging.getLogger("wasinn.shim.jobs")
 

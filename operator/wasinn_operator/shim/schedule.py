@@ -9,8 +9,8 @@ starts a task twice. A due task that is still running misses that run (logged), 
 cannot run twice at once; one that cannot start (no module, refused by the policy) is recorded
 Failed with the reason. Both backends: the ordering is done here, above them.
 
-The `Ticker` runs a tick in a thread for the application's lifetime; a failing tick is logged
-and the next one tries again.
+The `Ticker` runs a tick in a thread for the application's lifetime (every second, longer when
+ticks take long); a failing tick is logged and the next one tries again.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -121,11 +122,17 @@ class Ticker:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stopping.wait(self._period):
+        took = 0.0
+        # A tick reads every task (on kubernetes: a list of every WasiNNTask): with many tasks
+        # it takes a while, and the pause after it grows with it, so ticks never take more
+        # than a third of the shim's time from the requests it serves.
+        while not self._stopping.wait(self._period + 2 * took):
+            started = time.monotonic()
             try:
                 self._tick()
             except Exception:  # a bug or a failing database must not end the schedule
                 log.exception("a scheduler tick failed")
+            took = time.monotonic() - started
 
 
 def with_ticker(ticker: Ticker, inner: Lifespan | None = None) -> Lifespan:
