@@ -298,6 +298,9 @@ def test_proplet_sdf_document(world: World) -> None:
     assert set(thing["sdfAction"]) == {"start_task", "stop_task"}
     assert set(thing["sdfEvent"]) == {"heartbeat", "task_result"}
     assert world.http.get(f"/proplets/{EXT}/sdf").status_code == 404
+    # requests.go entityReq: an unknown id that is not a UUID is a 400.
+    for method, path in (("GET", "/proplets/nope/sdf"), ("DELETE", "/proplets/nope")):
+        assert world.http.request(method, path).status_code == 400, path
 
 
 def test_delete_proplet(world: World) -> None:

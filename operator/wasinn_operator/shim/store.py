@@ -99,8 +99,8 @@ class PropletRecord:
     task_count: int
     alive: bool
     alive_history: list[datetime]  # heartbeats, oldest first
-    namespace: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # Propeller's PropletMetadata fields
+    namespace: str = ""
     external: bool = False  # seen on MQTT, not one of the backend's own workers
 
 
