@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 # (which wasmtime flags and env names a task may hold, docs/security.md), so a schema-valid
 # task may get 400 from it; a job's or workflow's `depends_on` must name tasks of the same
 # request and make no cycle, which OpenAPI cannot say either, and an invocation runs the
-# module (502 when the run fails). Everything else is exact.
+# module (502 when the run fails); an unknown proplet id that is not a UUID is a 400 while a
+# known one (a node name) is found. Everything else is exact.
 CONFIG = """\
 [[operations]]
 include-path = "/tasks/{task_id}/upload"
@@ -36,6 +37,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409]
 [[operations]]
 include-name = ["POST /tasks/{task_id}/invoke"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409, 502]
+
+[[operations]]
+include-name = ["GET /proplets/{proplet_id}", "GET /proplets/{proplet_id}/sdf",
+                "GET /proplets/{proplet_id}/alive-history", "DELETE /proplets/{proplet_id}"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 404, 409]
 """
 
 

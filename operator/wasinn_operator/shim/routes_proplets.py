@@ -54,7 +54,7 @@ def add_proplet_routes(app: FastAPI, registry: PropletRegistry, guarded: list[De
     @app.get(
         "/proplets/{proplet_id}/sdf",
         dependencies=guarded,
-        responses={200: {"model": SDFDocument}, **errors(404)},
+        responses={200: {"model": SDFDocument}, **errors(400, 404)},
     )
     async def proplet_sdf(proplet_id: str) -> Response:
         return JSONAnswer(proplet_document(await call(registry.get, proplet_id)))
@@ -63,7 +63,7 @@ def add_proplet_routes(app: FastAPI, registry: PropletRegistry, guarded: list[De
         "/proplets/{proplet_id}",
         status_code=204,
         dependencies=guarded,
-        responses={204: {"description": "deleted"}, **errors(404, 409)},
+        responses={204: {"description": "deleted"}, **errors(400, 404, 409)},
     )
     async def delete_proplet(proplet_id: str) -> Response:
         await call(registry.delete, proplet_id)
