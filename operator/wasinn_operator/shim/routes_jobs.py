@@ -9,9 +9,9 @@ ids in paths must be UUIDs (400). One deliberate difference: `GET /jobs/{id}` an
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.params import Depends
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +21,7 @@ from .errors import UnsupportedMediaError
 from .jobs import JobService, decode_request
 from .jsonbody import parse_json
 from .service import MAX_PAGE
-from .validation import check_id
+from .validation import UUID, check_id
 
 MAX_OFFSET = (1 << 63) - 1
 
@@ -32,6 +32,10 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 JOB_BODY, WORKFLOW_BODY = _body("JobRequest"), _body("WorkflowRequest")
+# Job ids in paths are UUIDs (400 otherwise, as Propeller's entityReq answers).
+JobId = Annotated[
+    str, Path(description="the job's UUID", json_schema_extra={"pattern": UUID.pattern})
+]
 
 
 async def _json_body(request: Request) -> Any:
@@ -73,7 +77,7 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
         dependencies=guarded,
         responses={200: {"model": JobCreated}, **errors(400, 404)},
     )
-    async def get_job(job_id: str) -> JSONAnswer:
+    async def get_job(job_id: JobId) -> JSONAnswer:
         check_id(job_id, "job")
         return JSONAnswer({"job_id": job_id, "tasks": await call(jobs.job_tasks, job_id)})
 
@@ -82,7 +86,7 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
         dependencies=guarded,
         responses={200: {"model": JobMessage}, **errors(400, 404, 409)},
     )
-    async def start_job(job_id: str) -> JSONAnswer:
+    async def start_job(job_id: JobId) -> JSONAnswer:
         check_id(job_id, "job")
         await call(jobs.start_job, job_id)
         return JSONAnswer({"message": "job started", "job_id": job_id})
@@ -92,7 +96,7 @@ def add_job_routes(app: FastAPI, jobs: JobService, guarded: list[Depends]) -> No
         dependencies=guarded,
         responses={200: {"model": JobMessage}, **errors(400, 404, 409)},
     )
-    async def stop_job(job_id: str) -> JSONAnswer:
+    async def stop_job(job_id: JobId) -> JSONAnswer:
         check_id(job_id, "job")
         await call(jobs.stop_job, job_id)
         return JSONAnswer({"message": "job stopped", "job_id": job_id})

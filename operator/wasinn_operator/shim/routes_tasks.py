@@ -10,7 +10,9 @@ not latent is 409 and a failed run 502 with its error (Propeller answers 500 to 
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Query, Request
+from typing import Annotated
+
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -24,9 +26,12 @@ from .invoke import Invoker
 from .jsonbody import parse_json
 from .service import MAX_PAGE
 from .taskmetrics import TaskMetricsStore
-from .validation import check_id
+from .validation import UUID, check_id
 
 MAX_OFFSET = (1 << 63) - 1
+TaskId = Annotated[
+    str, Path(description="the task's UUID", json_schema_extra={"pattern": UUID.pattern})
+]
 INVOKE_BODY = {
     "required": False,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Invocation"}}},
@@ -58,7 +63,7 @@ def add_task_routes(
         openapi_extra={"requestBody": INVOKE_BODY},
         responses={200: {"model": Invoked}, **errors(400, 404, 409, 502)},
     )
-    async def invoke_task(task_id: str, request: Request) -> Response:
+    async def invoke_task(task_id: TaskId, request: Request) -> Response:
         check_id(task_id)
         raw = await request.body()
         body = Invocation()
