@@ -12,9 +12,16 @@ wait for `control/manager/invoke` (see `invoke.py`); an `image_url` without a `f
 over http(s) directly, or else with the registry chunk protocol. paho reconnects with backoff
 (1 s to 30 s).
 
+Manager mode (`dispatch.py`): proplets announcing themselves on the channel
+(`control/proplet/create`, `control/proplet/alive`; an `offline` last will is no heartbeat)
+join the proplet registry, their `control/proplet/metrics` are kept, and their results on
+`control/proplet/results` end the runs dispatched to them; a run whose proplet stops
+heartbeating fails. The shim's own messages coming back on the channel are ignored.
+
 Threads: paho's network thread only parses and queues (it never touches the store: a store
 call there can block the acknowledgements other threads wait for); manager messages run on
-the manager thread, results and task metrics go out on the outbox thread.
+the manager thread, proplets' messages on the dispatch thread (which also sweeps for dead
+proplets every second), results and task metrics go out on the outbox thread.
 """
 
 from __future__ import annotations
@@ -46,16 +53,18 @@ from .announce import (
     create_message,
     task_metrics_message,
 )
+from .dispatch import START_TOPIC, STOP_TOPIC
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .invoke import INVOKE_RESULTS_TOPIC, Invoker
 from .jsonbody import parse_json
 from .registry import CHUNKS_TOPIC, REQUEST_TOPIC, RegistryError, RegistryFetcher
 from .service import TaskService
 
-START_TOPIC = "control/manager/start"
-STOP_TOPIC = "control/manager/stop"
 INVOKE_TOPIC = "control/manager/invoke"
 REGISTRY_TIMEOUT = 60.0
+SWEEP_SECONDS = 1.0
+# What proplets send a manager.
+PROPLET_TOPICS = (CREATE_TOPIC, ALIVE_TOPIC, METRICS_TOPIC, RESULTS_TOPIC)
 log = logging.getLogger("wasinn.shim.mqtt")
 
 
@@ -86,6 +95,10 @@ class Bridge:
         self._stopping = threading.Event()
         self._announced = False
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._reports: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self.dispatcher = service.dispatcher
+        if self.dispatcher is not None:
+            self.dispatcher.connect(self._publish)
         self._published = Counter(
             "wasinn_shim_results_published", "Results the broker acked", registry=registry
         )
@@ -94,6 +107,10 @@ class Bridge:
         )
         self.client = self._client()
         self._threads = [threading.Thread(target=self._outbox, name="wasinn-outbox", daemon=True)]
+        if self.dispatcher is not None:
+            self._threads.append(
+                threading.Thread(target=self._manage, name="wasinn-dispatch", daemon=True)
+            )
         if proplet:
             self._threads += [
                 threading.Thread(target=self._heartbeat, name="wasinn-alive", daemon=True),
@@ -125,6 +142,7 @@ class Bridge:
         """Disconnect and stop the loops."""
         self._stopping.set()
         self._jobs.put(None)
+        self._reports.put(None)
         self.client.disconnect()
         self.client.loop_stop()
         for thread in self._threads:
@@ -152,6 +170,9 @@ class Bridge:
         log.info("MQTT connected to %s:%s", self.settings.host, self.settings.port)
         self._connected.set()
         self._up.set(1)
+        if self.dispatcher is not None:
+            for suffix in PROPLET_TOPICS:
+                client.subscribe(self.settings.topic(suffix), qos=self.settings.qos)
         if self.proplet:
             for suffix in (START_TOPIC, STOP_TOPIC, INVOKE_TOPIC, CHUNKS_TOPIC):
                 client.subscribe(self.settings.topic(suffix), qos=self.settings.qos)
@@ -182,6 +203,10 @@ class Bridge:
             self._jobs.put(lambda: self._stop(payload))
         elif message.topic == self.settings.topic(INVOKE_TOPIC):
             self._jobs.put(lambda: self._invoke(payload))
+        elif self.dispatcher is not None:
+            for suffix in PROPLET_TOPICS:
+                if message.topic == self.settings.topic(suffix):
+                    self._reports.put((suffix, payload))
 
     # Loops.
     def _outbox(self) -> None:
@@ -225,6 +250,50 @@ class Bridge:
             if self._connected.is_set():
                 self._send(METRICS_TOPIC, self._sampler.metrics_message(self.id, self.namespace))
 
+    def _manage(self) -> None:
+        """Proplets' messages, in order, and the liveness sweep of dispatched runs."""
+        assert self.dispatcher is not None
+        swept = time.monotonic()
+        while True:
+            try:
+                report = self._reports.get(timeout=SWEEP_SECONDS)
+            except queue.Empty:
+                report = ("", {})
+            if report is None:
+                return
+            try:
+                if report[0]:
+                    self._report(*report)
+                if time.monotonic() - swept >= SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    self.dispatcher.sweep()
+            except Exception:  # one bad message must not end the dispatch loop
+                log.exception("handling a proplet message failed")
+
+    def _report(self, suffix: str, payload: dict[str, Any]) -> None:
+        assert self.dispatcher is not None
+        if suffix == RESULTS_TOPIC:
+            self.dispatcher.on_result(payload)
+            return
+        proplet_id = payload.get("proplet_id")
+        if not isinstance(proplet_id, str) or not proplet_id:
+            log.warning("ignoring a %s message without a proplet_id", suffix)
+            return
+        registry = self.service.registry
+        if suffix == METRICS_TOPIC:
+            registry.record_metrics(proplet_id, payload)
+        elif proplet_id == self.id:
+            return  # the shim's own announcement: it is listed as the backend's proplet
+        elif suffix == CREATE_TOPIC:
+            metadata = payload.get("metadata")
+            registry.register(
+                proplet_id,
+                namespace=str(payload.get("namespace") or ""),
+                metadata=metadata if isinstance(metadata, dict) else None,
+            )
+        elif payload.get("status") != "offline":  # a last will is the end of heartbeats
+            registry.heartbeat(proplet_id, str(payload.get("namespace") or ""))
+
     def _run_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
@@ -239,7 +308,7 @@ class Bridge:
         except ValidationError as exc:
             log.warning("ignoring an invalid start message: %s", exc)
             return
-        if not message.addressed_to(self.id):
+        if not message.addressed_to(self.id) or self._dispatched(message.id):
             return
         if self.service.refuse_start(message.id, _body(message)):
             return  # refused by the policy (recorded Failed, published): fetch and run nothing
@@ -297,7 +366,7 @@ class Bridge:
         except ValidationError as exc:
             log.warning("ignoring an invalid stop message: %s", exc)
             return
-        if not message.addressed_to(self.id):
+        if not message.addressed_to(self.id) or self._dispatched(message.id):
             return
         if self.invoker.forget(message.id):
             return  # a latent task: no run to end (and, as in Propeller, no result)
@@ -305,6 +374,10 @@ class Bridge:
             self.service.stop(message.id)
         except (NotFoundError, ConflictError) as exc:
             log.info("stop %s: %s", message.id, exc)
+
+    def _dispatched(self, task_id: str) -> bool:
+        """A start or stop this shim sent its proplets, heard on its own channel."""
+        return self.dispatcher is not None and self.dispatcher.owns(task_id)
 
     # Publishing.
     def _alive(self) -> dict[str, str]:

@@ -68,6 +68,7 @@ class ShimConfig:
     max_wasm_bytes: int = MAX_WASM_BYTES
     public_url: str | None = None
     proplet: bool = True
+    schedule_external: bool = False  # manager mode: round robin onto external proplets too
     namespace: str = "default"
     openvino_label: str = "wasinn.dev/openvino=true"
     policy: TaskPolicy = field(default_factory=TaskPolicy)
@@ -148,6 +149,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--public-url", help="the shim's URL as Pods reach it (for /artifacts links)")
     add("--no-proplet", action="store_true", help="MQTT: publish results only, no proplet role")
     add(
+        "--schedule-external",
+        action="store_true",
+        help="MQTT manager mode: tasks with neither proplet_id nor broadcast take turns between "
+        "this shim's backend and the alive external proplets, as Propeller's round robin "
+        "(default: the backend runs them; or $WASINN_SCHEDULE_EXTERNAL=1)",
+    )
+    add(
         "--namespace",
         help="kubernetes: the tasks' namespace (default: the Pod's own, or "
         "$WASINN_NAMESPACE, else default)",
@@ -195,6 +203,8 @@ def config_from_args(args: argparse.Namespace) -> ShimConfig:
         max_wasm_bytes=args.max_wasm_bytes,
         public_url=args.public_url or os.environ.get("WASINN_PUBLIC_URL") or None,
         proplet=not args.no_proplet,
+        schedule_external=args.schedule_external
+        or os.environ.get("WASINN_SCHEDULE_EXTERNAL", "").lower() in ("1", "true", "yes"),
         namespace=args.namespace or _own_namespace(),
         openvino_label=args.openvino_label
         or os.environ.get("WASINN_OPENVINO_LABEL")

@@ -46,7 +46,7 @@ from .kubemap import (
     to_record,
     view_phase,
 )
-from .store import PropletRecord, TaskRecord, now
+from .store import Outcome, PropletRecord, TaskRecord, now
 
 
 class _StaleError(Exception):
@@ -266,6 +266,19 @@ class KubernetesStore:
             return self._patch(task_id, {"metadata": {"annotations": notes}}, obj)
 
         return to_record(self._decide(task_id, change))
+
+    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
+        """Refused: the operator alone writes a WasiNNTask's status, so a run outside the
+        cluster cannot be recorded on it."""
+        raise BadRequestError(
+            f"proplet_id: task {task_id} names external proplet {proplet_id or '(broadcast)'}, "
+            "but the kubernetes backend runs tasks only in the cluster (the operator owns "
+            "their status); use the local backend to dispatch to external proplets"
+        )
+
+    def report(self, task_id: str, run: int, outcome: Outcome) -> bool:
+        """Nothing is ever dispatched from this backend."""
+        return False
 
     def mark_published(self, task_id: str, run: int) -> None:
         """Mark run `run`'s result acknowledged by the broker (an annotation on the task)."""

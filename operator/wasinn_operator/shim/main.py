@@ -30,6 +30,7 @@ from .app import create_app
 from .artifacts import ArtifactStore, private_dir
 from .bridge import Bridge
 from .config import ShimConfig, config_from_args
+from .dispatch import Dispatcher
 from .errors import ShimError
 from .invoke import Invoker
 from .local import LocalBackend, RunMetrics
@@ -175,6 +176,14 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
     bridge = None
     if mqtt is not None:
         settings = dataclasses.replace(mqtt, instance_id=ident)
+        # Manager mode: the proplets on the channel can be given tasks (dispatch.py).
+        service.dispatcher = Dispatcher(
+            store,
+            artifacts,
+            service.registry,
+            ident,
+            round_robin=config.schedule_external,
+        )
         bridge = Bridge(
             settings,
             service,

@@ -36,6 +36,7 @@ from ..api.propeller import (
 from . import taskfields
 from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
+from .dispatch import Dispatcher
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
 from .proplets import PropletRegistry
@@ -77,6 +78,7 @@ class TaskService:
         )
         self._redact = taskfields.Redactor()
         self.registry = PropletRegistry(store.proplets)
+        self.dispatcher: Dispatcher | None = None  # manager mode (MQTT): set by `main.build`
 
     # Tasks.
     def create(
@@ -159,11 +161,15 @@ class TaskService:
         with self._lock:
             record = self.store.remove(task_id)
             self._release(record.digest, "")
+        if self.dispatcher is not None:
+            self.dispatcher.forget(task_id)
 
     def start(self, task_id: str) -> None:
-        """Queue a run; without a module (file, upload or image_url) that is a conflict. A
-        task addressed to a proplet this service does not have is not found (404), as in
-        Propeller; an encrypted one needs a key broker, which the shim has not (400)."""
+        """Queue a run, or hand it to external proplets (`dispatch.py`); without a module
+        (file, upload or image_url) that is a conflict. A task addressed to a proplet this
+        service does not know is not found (404), as in Propeller, and one addressed to an
+        external proplet that is not alive a conflict (409); an encrypted one needs a key
+        broker, which the shim has not (400)."""
         with self._lock:
             record = self.store.get(task_id)
             if not (record.digest or record.image_url):
@@ -178,13 +184,20 @@ class TaskService:
             if record.proplet_id and record.phase == TaskPhase.PENDING:
                 self.proplet(record.proplet_id)  # NotFoundError when no such proplet
             self._admit(record, TaskInput())  # stored under an older, wider policy?
-            self.store.start(task_id)
+            placement = self.dispatcher.place(record) if self.dispatcher else None
+            if placement is None:
+                self.store.start(task_id)
+                return
+        assert self.dispatcher is not None
+        self.dispatcher.send_start(placement)  # unlocked: it waits for the broker
 
     def stop(self, task_id: str) -> None:
         """End a scheduled or running task: Failed (4), error `task was stopped before
-        completion`, as Propeller records a stopped task. A task whose run has finished is
-        left as it is (Propeller answers 200: its proplet has nothing left to stop); one that
-        never ran is a 409."""
+        completion`, as Propeller records a stopped task (a dispatched run's proplets are
+        told to stop). A task whose run has finished is left as it is (Propeller answers 200:
+        its proplet has nothing left to stop); one that never ran is a 409."""
+        if self.dispatcher is not None and self.dispatcher.stop(task_id):
+            return
         try:
             self.store.stop(task_id)
         except ConflictError:

@@ -289,6 +289,27 @@ class TaskDB:
             )
         return self.get(task_id)
 
+    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
+        """A new run that an external proplet executes: START, SCHEDULE and RUN at once (the
+        start message is its placement), so it is Running until the proplet reports."""
+        with self._transaction():
+            record, phase = self._move(task_id, Event.START, Event.SCHEDULE, Event.RUN)
+            moment = _time(now())
+            self._update(
+                task_id,
+                state=phase.state,
+                run=record.run + 1,
+                results=None,
+                error="",
+                results_truncated=0,
+                start_time=moment,
+                finish_time=None,
+                unpublished=0,
+                proplet_id=proplet_id,
+                updated_at=moment,
+            )
+        return self.get(task_id)
+
     def claim(self, task_id: str, run: int) -> TaskRecord | None:
         """Scheduled → Running for run `run`; None when it was stopped, deleted or re-run.
 

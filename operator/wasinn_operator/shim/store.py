@@ -137,6 +137,17 @@ class TaskStore(Protocol):
         """Pending or finished → Scheduled: a new run (results, error and times cleared), which
         the backend then executes. `ConflictError` when already Scheduled or Running."""
 
+    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
+        """Pending or finished → Running: a new run (results, error and finish time cleared,
+        start time now) that external proplet `proplet_id` (empty: a broadcast) executes, not
+        the backend; its end comes from `report`. `ConflictError` when already Scheduled or
+        Running; `BadRequestError` from a backend that cannot hold such runs."""
+
+    def report(self, task_id: str, run: int, outcome: Outcome) -> bool:
+        """Record the end of dispatched run `run` as its proplet reported it (not published
+        again: the proplet published it). False when that run already ended or was
+        superseded (a stop, a restart, a second report)."""
+
     def stop(self, task_id: str) -> TaskRecord:
         """Scheduled or Running → Failed with `STOPPED_ERROR` and empty results, ending the run
         (its result is published, as a Propeller proplet reports a stopped task); the
