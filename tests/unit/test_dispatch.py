@@ -18,10 +18,17 @@ import pytest
 from wasinn_operator.api.lifecycle import STOPPED_ERROR, TaskPhase
 from wasinn_operator.api.propeller import TaskInput
 from wasinn_operator.mqtt import MQTTSettings
-from wasinn_operator.shim import ArtifactStore, ConflictError, NotFoundError, TaskService
+from wasinn_operator.shim import (
+    ArtifactStore,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    TaskService,
+)
 from wasinn_operator.shim.bridge import Bridge
 from wasinn_operator.shim.dispatch import START_TOPIC, STOP_TOPIC, Dispatcher
 from wasinn_operator.shim.errors import UnavailableError
+from wasinn_operator.shim.kubernetes import KubernetesStore
 from wasinn_operator.shim.local import LocalBackend
 from wasinn_operator.shim.store import now
 
@@ -290,3 +297,24 @@ def test_the_bridge_feeds_the_registry_from_proplets_messages(service: TaskServi
         assert total == 1 and samples[0]["cpu_metrics"] == {}
     finally:
         bridge.client.loop_stop()
+
+
+def test_a_backend_that_cannot_dispatch_keeps_broadcasts(tmp_path: Path, channel: Channel) -> None:
+    service = make_service(tmp_path, channel)
+    assert service.dispatcher is not None
+    service.dispatcher.can_dispatch = False  # as main.build sets it for the kubernetes backend
+    try:
+        service.registry.register(EDGE)
+        task_id = classify(service, broadcast=True)
+        service.start(task_id)
+        assert channel.sent == []
+        assert service.get(task_id).proplet_id == OWN
+    finally:
+        service.store.close()
+    # The kubernetes backend refuses a run outside the cluster, naming the field and why.
+    store = object.__new__(KubernetesStore)  # dispatch reads nothing of the cluster
+    with pytest.raises(
+        BadRequestError,
+        match=r"^proplet_id: task t names external proplet .*operator owns their status",
+    ):
+        store.dispatch("t", EDGE)

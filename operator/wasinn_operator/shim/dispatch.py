@@ -75,8 +75,12 @@ class Dispatcher:
         own_id: str,
         *,
         round_robin: bool = False,
+        can_dispatch: bool = True,
     ) -> None:
+        """`can_dispatch` False: the backend cannot record runs outside it (kubernetes), so
+        broadcasts and round robin stay on it and a named external proplet is refused."""
         self.store = store
+        self.can_dispatch = can_dispatch
         self.artifacts = artifacts
         self.registry = registry
         self.own_id = own_id
@@ -98,6 +102,8 @@ class Dispatcher:
         if self._send is None or record.extra.get("latent"):
             return None  # latent tasks wait for invocations, which the shim answers itself
         alive = [p for p in self.registry.external() if p.alive]
+        if not self.can_dispatch:
+            alive = []  # only a named proplet gets as far as the backend's refusal
         if record.extra.get("broadcast"):
             return (tuple(p.id for p in alive), True) if alive else None
         if record.proplet_id and self.registry.is_external(record.proplet_id):

@@ -183,6 +183,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             service.registry,
             ident,
             round_robin=config.schedule_external,
+            can_dispatch=config.backend == "local",
         )
         bridge = Bridge(
             settings,
