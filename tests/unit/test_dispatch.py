@@ -295,6 +295,17 @@ def test_the_bridge_feeds_the_registry_from_proplets_messages(service: TaskServi
         bridge._report("control/proplet/metrics", {"proplet_id": EDGE, "cpu_metrics": {}})
         samples, total = service.registry.metrics(EDGE, 0, 10)
         assert total == 1 and samples[0]["cpu_metrics"] == {}
+        # Proplets are untrusted: metrics of unknown ids, ids over 1024 characters and
+        # metadata beyond Propeller's PropletMetadata fields are not kept.
+        stranger = "44444444-4444-4444-8444-444444444444"
+        bridge._report("control/proplet/metrics", {"proplet_id": stranger})
+        assert service.registry.metrics(stranger, 0, 10) == ([], 0)
+        bridge._report("control/proplet/alive", {"proplet_id": "x" * 1025})
+        assert len(service.registry.external()) == 2
+        announced = {"os": "linux", "tags": ["a", 1], "total_memory_bytes": 8, "blob": "y" * 9}
+        bridge._report("control/proplet/create", {"proplet_id": EDGE, "metadata": announced})
+        kept = {"os": "linux", "tags": ["a"], "total_memory_bytes": 8}
+        assert service.proplet(EDGE).metadata == kept
     finally:
         bridge.client.loop_stop()
 

@@ -53,7 +53,7 @@ from .announce import (
     create_message,
     task_metrics_message,
 )
-from .dispatch import START_TOPIC, STOP_TOPIC
+from .dispatch import MAX_TEXT, START_TOPIC, STOP_TOPIC, proplet_metadata
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .invoke import INVOKE_RESULTS_TOPIC, Invoker
 from .jsonbody import parse_json
@@ -63,6 +63,8 @@ from .service import TaskService
 INVOKE_TOPIC = "control/manager/invoke"
 REGISTRY_TIMEOUT = 60.0
 SWEEP_SECONDS = 1.0
+MAX_PROPLETS = 1000  # external proplets held; anyone on the channel can announce one
+MAX_METRICS_BYTES = 64 << 10  # one proplet metrics message, as JSON
 # What proplets send a manager.
 PROPLET_TOPICS = (CREATE_TOPIC, ALIVE_TOPIC, METRICS_TOPIC, RESULTS_TOPIC)
 log = logging.getLogger("wasinn.shim.mqtt")
@@ -276,23 +278,26 @@ class Bridge:
             self.dispatcher.on_result(payload)
             return
         proplet_id = payload.get("proplet_id")
-        if not isinstance(proplet_id, str) or not proplet_id:
-            log.warning("ignoring a %s message without a proplet_id", suffix)
+        if not isinstance(proplet_id, str) or not 0 < len(proplet_id) <= MAX_TEXT:
+            log.warning("ignoring a %s message without a usable proplet_id", suffix)
             return
         registry = self.service.registry
+        known = proplet_id == self.id or registry.is_external(proplet_id)
         if suffix == METRICS_TOPIC:
-            registry.record_metrics(proplet_id, payload)
+            if known and len(json.dumps(payload)) <= MAX_METRICS_BYTES:
+                registry.record_metrics(proplet_id, payload)
         elif proplet_id == self.id:
             return  # the shim's own announcement: it is listed as the backend's proplet
+        elif not known and len(registry.external()) >= MAX_PROPLETS:
+            log.warning("ignoring proplet %s: %d external proplets known", proplet_id, MAX_PROPLETS)
         elif suffix == CREATE_TOPIC:
-            metadata = payload.get("metadata")
             registry.register(
                 proplet_id,
-                namespace=str(payload.get("namespace") or ""),
-                metadata=metadata if isinstance(metadata, dict) else None,
+                namespace=str(payload.get("namespace") or "")[:MAX_TEXT],
+                metadata=proplet_metadata(payload.get("metadata")),
             )
         elif payload.get("status") != "offline":  # a last will is the end of heartbeats
-            registry.heartbeat(proplet_id, str(payload.get("namespace") or ""))
+            registry.heartbeat(proplet_id, str(payload.get("namespace") or "")[:MAX_TEXT])
 
     def _run_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -47,6 +47,11 @@ from .store import Outcome, PropletRecord, TaskRecord, TaskStore
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
 RESULTS_LIMIT = 1 << 20  # characters of a proplet's results kept, as for the shim's own runs
+MAX_TEXT = 1024  # characters of a text a proplet announces
+# Propeller's PropletMetadata (pkg/proplet/proplet.go), as createPropletHandler reads it.
+METADATA_TEXT = ("description", "location", "ip", "environment", "os", "hostname", "cpu_arch",
+                 "proplet_version", "wasm_runtime")  # fmt: skip
+MAX_TAGS = 64
 SENT_KEPT = 10_000  # ids of dispatched tasks remembered, to know the own messages coming back
 Send = Callable[[str, Mapping[str, Any]], bool]
 log = logging.getLogger("wasinn.shim.dispatch")
@@ -290,6 +295,28 @@ class Dispatcher:
                     counts[proplet_id] = counts.get(proplet_id, 0) + 1
         for proplet in self.registry.external():
             self.registry.set_task_count(proplet.id, counts.get(proplet.id, 0))
+
+
+def proplet_metadata(announced: object) -> dict[str, Any]:
+    """The metadata of a `control/proplet/create`: Propeller's fields only (text cut to
+    `MAX_TEXT`, at most `MAX_TAGS` tags), as its createPropletHandler keeps them; a proplet is
+    untrusted, so nothing else of what it announces is stored."""
+    if not isinstance(announced, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name in METADATA_TEXT:
+        value = announced.get(name)
+        if isinstance(value, str) and value:
+            kept[name] = value[:MAX_TEXT]
+    tags = announced.get("tags")
+    if isinstance(tags, list):
+        texts = [t[:MAX_TEXT] for t in tags if isinstance(t, str)][:MAX_TAGS]
+        if texts:
+            kept["tags"] = texts
+    memory = announced.get("total_memory_bytes")
+    if isinstance(memory, int) and not isinstance(memory, bool) and 0 < memory < 1 << 64:
+        kept["total_memory_bytes"] = memory
+    return kept
 
 
 def _results(value: object) -> tuple[str | None, bool]:
