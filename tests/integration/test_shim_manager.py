@@ -109,6 +109,13 @@ def test_a_task_for_an_external_proplet_runs_there(
         result = next(p for _, p in results.wait_for(1) if isinstance(p, dict))
         assert (result["task_id"], result["proplet_id"]) == (task_id, EDGE)
         assert proplets(manager)[EDGE]["task_count"] == 0
+
+        # The proplet's task_metrics (sent after its result) are the task's metrics.
+        def sampled() -> bool:
+            page = manager.http.get(f"/tasks/{task_id}/metrics").json()
+            return any(m.get("proplet_id") == EDGE for m in page["metrics"])
+
+        wait_for("the proplet's task metrics", sampled)
     finally:
         results.close()
         starts.close()

@@ -31,6 +31,7 @@ from wasinn_operator.shim.errors import UnavailableError
 from wasinn_operator.shim.kubernetes import KubernetesStore
 from wasinn_operator.shim.local import LocalBackend
 from wasinn_operator.shim.store import now
+from wasinn_operator.shim.taskmetrics import TaskMetricsStore
 
 pytestmark = pytest.mark.unit
 WASM = b"\0asm\1\0\0\0"
@@ -329,3 +330,20 @@ def test_a_backend_that_cannot_dispatch_keeps_broadcasts(tmp_path: Path, channel
         match=r"^proplet_id: task t names external proplet .*operator owns their status",
     ):
         store.dispatch("t", EDGE)
+
+
+def test_task_metrics_of_dispatched_tasks_are_kept(service: TaskService) -> None:
+    # manager/service.go handleTaskMetrics keeps a proplet's task_metrics for the task.
+    assert service.dispatcher is not None
+    metrics = TaskMetricsStore()
+    service.dispatcher.task_metrics = metrics
+    service.registry.register(EDGE)
+    task_id = classify(service, proplet_id=EDGE)
+    service.start(task_id)
+    service.dispatcher.on_result({"task_id": task_id, "proplet_id": EDGE, "results": "x"})
+    sample = {"task_id": task_id, "proplet_id": EDGE, "metrics": {"uptime_seconds": 2}}
+    assert service.dispatcher.on_task_metrics(sample)  # also after the result
+    assert metrics.page(task_id, 0, 10) == ([sample], 1)
+    other = classify(service)
+    assert not service.dispatcher.on_task_metrics({"task_id": other, "proplet_id": EDGE})
+    assert metrics.page(other, 0, 10) == ([], 0)

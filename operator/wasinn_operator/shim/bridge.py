@@ -15,8 +15,9 @@ over http(s) directly, or else with the registry chunk protocol. paho reconnects
 Manager mode (`dispatch.py`): proplets announcing themselves on the channel
 (`control/proplet/create`, `control/proplet/alive`; an `offline` last will is no heartbeat)
 join the proplet registry, their `control/proplet/metrics` are kept, and their results on
-`control/proplet/results` end the runs dispatched to them; a run whose proplet stops
-heartbeating fails. The shim's own messages coming back on the channel are ignored.
+`control/proplet/results` end the runs dispatched to them (their `task_metrics` are kept); a
+run whose proplet stops heartbeating fails. The shim's own messages coming back on the
+channel are ignored.
 
 Threads: paho's network thread only parses and queues (it never touches the store: a store
 call there can block the acknowledgements other threads wait for); manager messages run on
@@ -66,7 +67,7 @@ SWEEP_SECONDS = 1.0
 MAX_PROPLETS = 1000  # external proplets held; anyone on the channel can announce one
 MAX_METRICS_BYTES = 64 << 10  # one proplet metrics message, as JSON
 # What proplets send a manager.
-PROPLET_TOPICS = (CREATE_TOPIC, ALIVE_TOPIC, METRICS_TOPIC, RESULTS_TOPIC)
+PROPLET_TOPICS = (CREATE_TOPIC, ALIVE_TOPIC, METRICS_TOPIC, RESULTS_TOPIC, TASK_METRICS_TOPIC)
 log = logging.getLogger("wasinn.shim.mqtt")
 
 
@@ -276,6 +277,10 @@ class Bridge:
         assert self.dispatcher is not None
         if suffix == RESULTS_TOPIC:
             self.dispatcher.on_result(payload)
+            return
+        if suffix == TASK_METRICS_TOPIC:
+            if len(json.dumps(payload)) <= MAX_METRICS_BYTES:
+                self.dispatcher.on_task_metrics(payload)
             return
         proplet_id = payload.get("proplet_id")
         if not isinstance(proplet_id, str) or not 0 < len(proplet_id) <= MAX_TEXT:

@@ -23,7 +23,9 @@ with an error naming it and when it was last alive: re-dispatching could run a t
 effects twice, and the client can start it again. Runs are tracked in memory: a restarted shim
 records its Running tasks interrupted (the local backend's recovery).
 
-Transport stays in the bridge: it hands `connect` a `send(topic suffix, body) -> acked`.
+Proplets' `control/proplet/task_metrics` about dispatched tasks are kept with the shim's own
+task metrics. Transport stays in the bridge: it hands `connect` a `send(topic suffix, body)
+-> acked`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .artifacts import ArtifactStore
 from .errors import ConflictError, NotFoundError, ShimError, UnavailableError
 from .proplets import PropletRegistry
 from .store import Outcome, PropletRecord, TaskRecord, TaskStore
+from .taskmetrics import TaskMetricsStore
 
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
@@ -81,11 +84,13 @@ class Dispatcher:
         *,
         round_robin: bool = False,
         can_dispatch: bool = True,
+        task_metrics: TaskMetricsStore | None = None,
     ) -> None:
         """`can_dispatch` False: the backend cannot record runs outside it (kubernetes), so
         broadcasts and round robin stay on it and a named external proplet is refused."""
         self.store = store
         self.can_dispatch = can_dispatch
+        self.task_metrics = task_metrics
         self.artifacts = artifacts
         self.registry = registry
         self.own_id = own_id
@@ -256,6 +261,18 @@ class Dispatcher:
             truncated=truncated,
         )
         return self._end(placement, outcome)
+
+    def on_task_metrics(self, message: Mapping[str, Any]) -> bool:
+        """A `control/proplet/task_metrics` message about a task this shim dispatched (also
+        after its run ended: proplets send them with or after the result) is kept for
+        `GET /tasks/{id}/metrics`, as Propeller's handleTaskMetrics keeps them."""
+        task_id, sender = message.get("task_id"), message.get("proplet_id")
+        if self.task_metrics is None or not isinstance(task_id, str) or sender == self.own_id:
+            return False
+        if not self.owns(task_id):
+            return False
+        self.task_metrics.record(task_id, dict(message))
+        return True
 
     def sweep(self) -> None:
         """Fail every dispatched run none of whose proplets is alive any more."""

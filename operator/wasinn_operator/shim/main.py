@@ -184,6 +184,7 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             ident,
             round_robin=config.schedule_external,
             can_dispatch=config.backend == "local",
+            task_metrics=task_metrics,
         )
         bridge = Bridge(
             settings,
