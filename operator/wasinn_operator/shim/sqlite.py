@@ -272,28 +272,17 @@ class TaskDB:
 
     def start(self, task_id: str, proplet_id: str) -> TaskRecord:
         """A new run, queued for a worker: START then SCHEDULE."""
-        with self._transaction():
-            record, phase = self._move(task_id, Event.START, Event.SCHEDULE)
-            self._update(
-                task_id,
-                state=phase.state,
-                run=record.run + 1,
-                results=None,
-                error="",
-                results_truncated=0,
-                start_time=None,
-                finish_time=None,
-                unpublished=0,
-                proplet_id=proplet_id,
-                updated_at=_time(now()),
-            )
-        return self.get(task_id)
+        return self._new_run(task_id, proplet_id, running=False)
 
     def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
         """A new run that an external proplet executes: START, SCHEDULE and RUN at once (the
         start message is its placement), so it is Running until the proplet reports."""
+        return self._new_run(task_id, proplet_id, running=True)
+
+    def _new_run(self, task_id: str, proplet_id: str, *, running: bool) -> TaskRecord:
+        events = (Event.START, Event.SCHEDULE, *((Event.RUN,) if running else ()))
         with self._transaction():
-            record, phase = self._move(task_id, Event.START, Event.SCHEDULE, Event.RUN)
+            record, phase = self._move(task_id, *events)
             moment = _time(now())
             self._update(
                 task_id,
@@ -302,7 +291,7 @@ class TaskDB:
                 results=None,
                 error="",
                 results_truncated=0,
-                start_time=moment,
+                start_time=moment if running else None,
                 finish_time=None,
                 unpublished=0,
                 proplet_id=proplet_id,
