@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Mapping
 from typing import IO
 
@@ -34,19 +33,17 @@ from ..api.summary import EXIT_TASK_ERROR, FailureReason
 from ..mqtt import MQTTError
 from ..runtime import Runtime
 from .engines import Outputs
-from .runner import PropletConfig, new_runtime, run_task
+from .runner import PropletConfig, join_watching_parent, new_runtime, run_task
 
 FDS_ENV = "WASINN_WORKER_FDS"
-PARENT_POLL_SECONDS = 0.2
 
 
 def _discard(_data: bytes) -> None:
     """The guest's output is captured in the summary; nothing streams anywhere else."""
 
 
-def handle(line: bytes, config: PropletConfig, runtime: Runtime) -> RunSummary:
-    """Run the task in one request line on `runtime`, in this thread; every failure is a
-    Failed summary."""
+def handle(line: bytes, config: PropletConfig, runtime: Runtime, parent: int = 0) -> RunSummary:
+    """Run the task in one request line on `runtime`; every failure is a Failed summary."""
     try:
         task = TaskSpec.model_validate_json(line)
     except ValidationError as exc:
@@ -54,10 +51,15 @@ def handle(line: bytes, config: PropletConfig, runtime: Runtime) -> RunSummary:
         return RunSummary(
             state="Failed", exitCode=EXIT_TASK_ERROR, error=error, reason=FailureReason.INVALID_TASK
         )
+    done: list[RunSummary] = []
     outputs = Outputs(stdout=_discard, stderr=_discard)
-    try:
-        return run_task(task, config, outputs, runtime)
-    except Exception:  # a bug, reported as the task's failure
+    # In a thread, so that the main thread notices a vanished parent even while wasm runs.
+    thread = threading.Thread(
+        target=lambda: done.append(run_task(task, config, outputs, runtime)), name="task"
+    )
+    thread.start()
+    join_watching_parent(thread, parent)
+    if not done:  # run_task raised: a bug, reported as the task's failure
         return RunSummary(
             state="Failed",
             exitCode=EXIT_TASK_ERROR,
@@ -65,19 +67,7 @@ def handle(line: bytes, config: PropletConfig, runtime: Runtime) -> RunSummary:
             reason=FailureReason.ENGINE_ERROR,
             taskId=task.id,
         )
-
-
-def watch_parent(parent: int) -> None:
-    """Exit at once (137) when `parent` (the starter's pid) is gone, even mid-task: a thread
-    polls, as the main thread may be inside wasm (native code) for as long as a task runs."""
-
-    def poll() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        os.write(2, b"wasinn proplet: the process that started this worker is gone; stopping\n")
-        os._exit(137)
-
-    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
+    return done[0]
 
 
 def send(stream: IO[bytes], message: Mapping[str, object]) -> None:
@@ -100,12 +90,10 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         os.write(2, f"wasinn proplet serve: {exc}\n".encode())
         return 2
     runtime = new_runtime(config)
-    if config.parent_pid:
-        watch_parent(config.parent_pid)
     with os.fdopen(fd_in, "rb") as tasks, os.fdopen(fd_out, "wb") as results:
         send(results, {"ready": os.getpid()})
         for line in tasks:
             if line.strip():
-                summary = handle(line, config, runtime)
+                summary = handle(line, config, runtime, config.parent_pid)
                 send(results, {"summary": summary.model_dump(by_alias=True)})
     return 0
