@@ -124,6 +124,7 @@ def test_a_cron_task_runs_when_due_and_gets_its_next_run(
     ran_once = shim.wait_state(once_id, timeout=240)
     assert ran_once["state"] == 3
     assert ran_once["next_run"] == GO_ZERO  # not recurring: no further run
+    assert "schedule" not in ran_once  # and its schedule cleared, as Propeller does
 
 
 def test_invoke_runs_a_latent_task_with_new_inputs(
@@ -136,12 +137,21 @@ def test_invoke_runs_a_latent_task_with_new_inputs(
     )
     file = base64.b64encode(module).decode()
     task_id = shim.create("add", file=file, inputs=["1", "2"], latent=True)
+    # As on Propeller, a latent task answers invocations once a start deployed it (404 before).
+    early = shim.http.post(f"/tasks/{task_id}/invoke", json={"inputs": [2, "40"]})
+    assert early.status_code == 404 and "start it first" in early.json()["error"]
+    assert shim.http.post(f"/tasks/{task_id}/start").status_code == 200
+    if backend.name == "local":  # Running while deployed; on kubernetes the operator owns status
+        assert shim.task(task_id)["state"] == 2
     answer = shim.http.post(f"/tasks/{task_id}/invoke", json={"inputs": [2, "40"]})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"invoked": True, "results": "42\n"}
     own = shim.http.post(f"/tasks/{task_id}/invoke")  # no body: the task's own inputs
     assert own.json() == {"invoked": True, "results": "3\n"}
-    assert shim.task(task_id)["state"] == 0  # invocations do not run the task itself
+    assert "results" not in shim.task(task_id)  # invocations do not run the task itself
+    assert shim.http.post(f"/tasks/{task_id}/stop").status_code == 200
+    after = shim.http.post(f"/tasks/{task_id}/invoke")
+    assert after.status_code == 404, after.text
     plain = shim.create("add", file=file, inputs=["1", "2"])
     refused = shim.http.post(f"/tasks/{plain}/invoke")
     assert refused.status_code == 409

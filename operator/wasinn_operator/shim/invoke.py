@@ -1,13 +1,14 @@
 """Invocations of latent tasks, as Propeller's proplet runs them: the one invoke path, for
 `control/manager/invoke` (MQTT) and `POST /tasks/{id}/invoke` (REST).
 
-A latent task (a manager's start with `latent`, or a task created with `latent: true`) is
-stored without running; each invocation runs the stored module once with the invocation's
-inputs (or the task's own, when it sends none) and env (added to the task's), in a `wasinn
-proplet run` child of its own under the service's task policy. MQTT invocations are answered
-`{task_id, invocation_id, proplet_id, results, error}` on `control/proplet/invoke_results`;
-REST ones with what the run printed. Invocations run on this machine whatever the backend
-(they are answered while the caller waits), at most `SLOTS` at a time.
+A latent task (a manager's start with `latent`, or a task created with `latent: true` and
+started) is deployed without running (`latent.py`); each invocation runs the stored module once
+with the invocation's inputs (or the task's own, when it sends none) and env (added to the
+task's), in a `wasinn proplet run` child of its own under the service's task policy. MQTT
+invocations are answered `{task_id, invocation_id, proplet_id, results, error}` on
+`control/proplet/invoke_results`; REST ones with what the run printed. Invocations run on this
+machine whatever the backend (they are answered while the caller waits), at most `SLOTS` at a
+time.
 """
 
 from __future__ import annotations
@@ -43,22 +44,15 @@ class Invoker:
     def __init__(self, service: TaskService, models_dir: Path | None) -> None:
         self.service = service
         self.models_dir = models_dir
-        self._latent: set[str] = set()
-        self._lock = threading.Lock()
         self._slots = threading.Semaphore(SLOTS)
 
     def deployed(self, task_id: str) -> None:
         """Task `task_id` is latent: stored, waiting for invocations."""
-        with self._lock:
-            self._latent.add(task_id)
+        self.service.latent.deploy(task_id)
 
     def forget(self, task_id: str) -> bool:
         """Task `task_id` is latent no more (stopped); whether it was."""
-        with self._lock:
-            if task_id in self._latent:
-                self._latent.discard(task_id)
-                return True
-            return False
+        return self.service.latent.forget(task_id)
 
     def invoke(self, message: InvokeMessage, proplet_id: str) -> dict[str, Any]:
         """Run one invocation; the `invoke_results` message that answers it."""
@@ -80,7 +74,9 @@ class Invoker:
         ConflictError when it is not latent, BadRequestError when the policy refuses the
         inputs or env, InvocationError when the run failed."""
         record = self.service.store.get(task_id)
-        if not self._latent_task(record):
+        if record.id not in self.service.latent:
+            if record.extra.get("latent"):  # as Propeller: no proplet holds it (404)
+                raise NotFoundError(f"task {task_id} is latent but not deployed: start it first")
             raise ConflictError(not_latent(task_id))
         fields: dict[str, object] = {"env": {**record.env, **(env or {})}}
         if inputs is not None:
@@ -88,17 +84,13 @@ class Invoker:
         self.service.admit(record, TaskInput.model_validate(fields))
         return self._execute(record, inputs, env)
 
-    def _latent_task(self, record: TaskRecord) -> bool:
-        with self._lock:
-            return record.id in self._latent or bool(record.extra.get("latent"))
-
     def _run(self, message: InvokeMessage) -> str:
         try:
             record = self.service.store.get(message.id)
         except NotFoundError:
             self.forget(message.id)
             raise ShimError(not_latent(message.id)) from None
-        if not self._latent_task(record):
+        if record.id not in self.service.latent:
             raise ShimError(not_latent(message.id))
         inputs = [str(i) for i in message.inputs] if message.inputs else None
         return self._execute(record, inputs, message.env)

@@ -1,13 +1,14 @@
 """The scheduler: once a second, advance job and workflow dependents and start cron tasks.
 
-Each tick reads every task once, lets `JobService.advance` start (or skip) the group tasks
-whose dependencies finished, and starts every task whose `schedule` has a `next_run` that is
-due, as Propeller's cron scheduler does. A recurring task (`is_recurring`) gets the following
-`next_run` of its schedule (in its `timezone`) before it is started; any other runs once (its
-`next_run` becomes unset). The `next_run` is moved first, so a tick that fails half way never
-starts a task twice. A due task that is still running misses that run (logged), as a task
-cannot run twice at once; one that cannot start (no module, refused by the policy) is recorded
-Failed with the reason. Both backends: the ordering is done here, above them.
+Each tick reads every task once, lets `JobService.advance` start (or skip) the group tasks whose
+dependencies finished, and starts every task whose `schedule` has a `next_run` that is due, as
+Propeller's cron scheduler does. A recurring task (`is_recurring`) gets the following `next_run`
+of its schedule (in its `timezone`) before it is started; any other runs once (its `next_run`
+and `schedule` become unset, as Propeller's scheduler leaves them). The `next_run` is moved
+first, so a tick that fails half way never starts a task twice. A due task that is still running
+misses that run (logged), as a task cannot run twice at once; one that cannot start (no module,
+refused by the policy) is recorded Failed with the reason. Both backends: the ordering is done
+here, above them.
 
 The `Ticker` runs a tick in a thread for the application's lifetime (every second, longer when
 ticks take long); a failing tick is logged and the next one tries again.
@@ -91,8 +92,9 @@ def _advance(due: datetime, at: datetime) -> Callable[[dict[str, Any]], bool]:
                 following = cron.next_run(extra["schedule"], at, extra.get("timezone") or "")
             except cron.CronError:
                 following = None  # stored under an older parser: run this once, then stop
-        if following is None:
+        if following is None:  # ran once: Propeller clears the schedule with the next run
             extra.pop("next_run", None)
+            extra.pop("schedule", None)
         else:
             extra["next_run"] = propeller_time(following)
         return True

@@ -14,6 +14,7 @@ checks every dependency (see `health.py`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from .config import BuildInfo
 from .dispatch import Dispatcher
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError
 from .health import HealthChecks
+from .latent import LatentTasks
 from .proplets import PropletRegistry
 from .store import PropletRecord, TaskRecord, TaskStore, now
 from .validation import check_task_limit, proplet_alive_filter
@@ -79,6 +81,7 @@ class TaskService:
         self._redact = taskfields.Redactor()
         self.registry = PropletRegistry(store.proplets)
         self.dispatcher: Dispatcher | None = None  # manager mode (MQTT): set by `main.build`
+        self.latent = LatentTasks()
 
     # Tasks.
     def create(
@@ -161,6 +164,7 @@ class TaskService:
         with self._lock:
             record = self.store.remove(task_id)
             self._release(record.digest, "")
+        self.latent.forget(task_id)
         if self.dispatcher is not None:
             self.dispatcher.forget(task_id)
 
@@ -169,7 +173,7 @@ class TaskService:
         (file, upload or image_url) that is a conflict. A task addressed to a proplet this
         service does not know is not found (404), as in Propeller, and one addressed to an
         external proplet that is not alive a conflict (409); an encrypted one needs a key
-        broker, which the shim has not (400)."""
+        broker, which the shim has not (400). A latent task is deployed, not run."""
         with self._lock:
             record = self.store.get(task_id)
             if not (record.digest or record.image_url):
@@ -184,6 +188,9 @@ class TaskService:
             if record.proplet_id and record.phase == TaskPhase.PENDING:
                 self.proplet(record.proplet_id)  # NotFoundError when no such proplet
             self._admit(record, TaskInput())  # stored under an older, wider policy?
+            if record.extra.get("latent"):
+                self._deploy(record)
+                return
             placement = self.dispatcher.place(record) if self.dispatcher else None
             if placement is None:
                 self.store.start(task_id)
@@ -198,12 +205,25 @@ class TaskService:
         its proplet has nothing left to stop); one that never ran is a 409."""
         if self.dispatcher is not None and self.dispatcher.stop(task_id):
             return
+        if self.latent.forget(task_id):
+            # kubernetes: a deployed latent task is never run, so never Running (a conflict).
+            with contextlib.suppress(ConflictError):
+                self.store.stop(task_id)
+            return
         try:
             self.store.stop(task_id)
         except ConflictError:
             record = self.store.get(task_id)
             if not (record.phase.finished and record.start_time is not None):
                 raise
+
+    def _deploy(self, record: TaskRecord) -> None:
+        """Deploy latent task `record`: Running while it waits for invocations (Propeller's
+        state for it), its runs being the invocations."""
+        # kubernetes refuses (the operator owns the status): the task stays as it is there.
+        with contextlib.suppress(BadRequestError):
+            self.store.dispatch(record.id, self.instance_id)
+        self.latent.deploy(record.id)
 
     def results(self, task_id: str) -> Any:
         """The task's results (the guest's stdout), None before it finished."""
