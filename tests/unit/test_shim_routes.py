@@ -297,6 +297,9 @@ def test_proplet_sdf_document(world: World) -> None:
     assert {"id", "name", "alive", "task_count"} <= set(thing["sdfProperty"])
     assert set(thing["sdfAction"]) == {"start_task", "stop_task"}
     assert set(thing["sdfEvent"]) == {"heartbeat", "task_result"}
+    # The required fields of what the proplet is sent, as proplet.go declares them.
+    assert thing["sdfData"]["TaskDispatch"]["required"] == ["id", "name"]
+    assert thing["sdfData"]["TaskStop"]["required"] == ["id"]
     assert world.http.get(f"/proplets/{EXT}/sdf").status_code == 404
     # requests.go entityReq: an unknown id that is not a UUID is a 400.
     for method, path in (("GET", "/proplets/nope/sdf"), ("DELETE", "/proplets/nope")):

@@ -102,11 +102,13 @@ def proplet_document(proplet: PropletRecord) -> dict[str, Any]:
                         daemon=BOOLEAN,
                         encrypted=BOOLEAN,
                         kbs_resource_path=STRING,
-                    ),
+                    )
+                    | {"required": ["id", "name"]},
                     "TaskStop": _object(
                         "A stop sent to the proplet",
                         id={"type": "string", "description": "The task to stop"},
-                    ),
+                    )
+                    | {"required": ["id"]},
                     "HeartbeatPayload": _object(
                         "A heartbeat",
                         proplet_id=STRING,
