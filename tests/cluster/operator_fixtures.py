@@ -241,6 +241,9 @@ def operator_ns(
             "-l",
             "wasinn.dev/test=operator",
             "--ignore-not-found",
+            # The claim goes with the namespace, which ends after this returns; waiting here for
+            # the volume's pv-protection finalizer timed out on a slow control plane.
+            "--wait=false",
             check=False,
         )
         print((tmp_path / "operator.log").read_text()[-3000:])

@@ -29,7 +29,15 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
         yield name
     finally:
         kubectl.delete("namespace", name, timeout=180)
-        kubectl("delete", "pv", "-l", "wasinn.dev/test=proplet", "--ignore-not-found", check=False)
+        kubectl(
+            "delete",
+            "pv",
+            "-l",
+            "wasinn.dev/test=proplet",
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
 
 
 def test_hand_written_pod_completes_with_a_summary(
