@@ -1,12 +1,13 @@
 """hack/bench: wasinn's benchmark suite, one entry point.
 
-usage: .venv/bin/python hack/bench [--only runtime,startup,local,rest,cluster] [--quick]
+usage: .venv/bin/python hack/bench [--only runtime,startup,local,rest,image,cluster] [--quick]
                                    [--tasks N] [--json out.json] [--compare old.json]
                                    [--plot out.png] [--models-dir DIR] [--guest WASM]
 
 Sections: runtime (native OpenVINO vs the wasm guest per shared model, batch 1 and 8), startup
 (cold vs warm process, per stage), local (the local shim end to end at concurrency 1/4/16),
-rest (the shim's GET/POST requests/s), cluster (only when `hack/cluster status` is up).
+rest (the shim's GET/POST requests/s), image (the proplet image's first task under podman, when
+the image is built), cluster (only when `hack/cluster status` is up).
 Prints a table; --json writes the results for comparing commits, --compare prints new/old.
 Timings are of this machine under its current load: compare runs made side by side.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SECTIONS = ("runtime", "startup", "local", "rest", "cluster")
+SECTIONS = ("runtime", "startup", "local", "rest", "image", "cluster")
 
 
 def cpu_model() -> str:
@@ -106,6 +107,13 @@ def main() -> int:
             import service
 
             rows += service.rest_section(models_dir, guest, args.quick)
+        elif section == "image":
+            import image
+
+            image_rows, skipped = image.image_section(models_dir, guest, args.quick)
+            rows += image_rows
+            if skipped:
+                print(skipped, file=sys.stderr)
         else:
             import service
 
