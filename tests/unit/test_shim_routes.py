@@ -300,6 +300,8 @@ def test_proplet_sdf_document(world: World) -> None:
     # The required fields of what the proplet is sent, as proplet.go declares them.
     assert thing["sdfData"]["TaskDispatch"]["required"] == ["id", "name"]
     assert thing["sdfData"]["TaskStop"]["required"] == ["id"]
+    # Go writes its float64 minimum 0 as `0`: an integer literal on the wire, as here.
+    assert type(thing["sdfProperty"]["task_count"]["minimum"]) is int
     assert world.http.get(f"/proplets/{EXT}/sdf").status_code == 404
     # requests.go entityReq: an unknown id that is not a UUID is a 400.
     for method, path in (("GET", "/proplets/nope/sdf"), ("DELETE", "/proplets/nope")):

@@ -23,7 +23,7 @@ def _object(what: str, **properties: dict[str, Any]) -> dict[str, Any]:
 
 
 STRING, BOOLEAN = {"type": "string"}, {"type": "boolean"}
-COUNT = {"type": "integer", "minimum": 0.0}
+COUNT = {"type": "integer", "minimum": 0}
 STRINGS = {"type": "array", "items": STRING}
 
 
@@ -50,7 +50,7 @@ def proplet_document(proplet: PropletRecord) -> dict[str, Any]:
                     "task_count": {
                         "description": "How many tasks the proplet runs now",
                         "type": "integer",
-                        "minimum": 0.0,
+                        "minimum": 0,
                         "readOnly": True,
                         "observable": True,
                     },
