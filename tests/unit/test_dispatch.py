@@ -341,9 +341,41 @@ def test_task_metrics_of_dispatched_tasks_are_kept(service: TaskService) -> None
     task_id = classify(service, proplet_id=EDGE)
     service.start(task_id)
     service.dispatcher.on_result({"task_id": task_id, "proplet_id": EDGE, "results": "x"})
-    sample = {"task_id": task_id, "proplet_id": EDGE, "metrics": {"uptime_seconds": 2}}
+    sample = {
+        "task_id": task_id,
+        "proplet_id": EDGE,
+        "metrics": {"uptime_seconds": 2, "cpu_percent": 7, "rogue": "x", "thread_count": "3"},
+        "aggregated": None,
+        "timestamp": "2026-12-06T05:00:00.123456789Z",
+        "extra": 1,
+    }
     assert service.dispatcher.on_task_metrics(sample)  # also after the result
-    assert metrics.page(task_id, 0, 10) == ([sample], 1)
+    # Decoded as Propeller's ProcessMetrics: its seven fields, zeros filled, unknown keys and
+    # values of the wrong type dropped, a null `aggregated` left out (Go's omitempty).
+    zero = {"cpu_percent": 0.0, "memory_bytes": 0, "memory_percent": 0.0, "disk_read_bytes": 0,
+            "disk_write_bytes": 0, "uptime_seconds": 0, "thread_count": 0}  # fmt: skip
+    kept = {"task_id": task_id, "proplet_id": EDGE, "timestamp": "2026-12-06T05:00:00.123456Z"}
+    assert metrics.page(task_id, 0, 10) == (
+        [{**kept, "metrics": {**zero, "uptime_seconds": 2, "cpu_percent": 7.0}}],
+        1,
+    )
+    # Whole numbers cut toward zero in their Go type's range; `aggregated` when an object;
+    # file_descriptor_count only when not zero.
+    sample = {
+        "task_id": task_id,
+        "proplet_id": EDGE,
+        "metrics": {"memory_bytes": -5, "uptime_seconds": 2.9, "file_descriptor_count": 4},
+        "aggregated": {"sample_count": 3, "max_cpu_usage": 1.5, "x": 1},
+    }
+    assert service.dispatcher.on_task_metrics(sample)
+    newest = metrics.page(task_id, 0, 1)[0][0]
+    assert newest["metrics"] == {**zero, "uptime_seconds": 2, "file_descriptor_count": 4}
+    assert newest["aggregated"] == {
+        "avg_cpu_usage": 0.0, "max_cpu_usage": 1.5, "avg_memory_usage": 0,
+        "max_memory_usage": 0, "total_disk_read": 0, "total_disk_write": 0, "sample_count": 3,
+    }  # fmt: skip
+    assert newest["timestamp"].endswith("Z")  # no timestamp: the time it arrived
+    assert not service.dispatcher.on_task_metrics({"task_id": task_id, "proplet_id": 7})
     other = classify(service)
     assert not service.dispatcher.on_task_metrics({"task_id": other, "proplet_id": EDGE})
     assert metrics.page(other, 0, 10) == ([], 0)

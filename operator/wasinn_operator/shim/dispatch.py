@@ -24,8 +24,8 @@ effects twice, and the client can start it again. Runs are tracked in memory: a 
 records its Running tasks interrupted (the local backend's recovery).
 
 Proplets' `control/proplet/task_metrics` about dispatched tasks are kept with the shim's own
-task metrics. Transport stays in the bridge: it hands `connect` a `send(topic suffix, body)
--> acked`.
+task metrics, decoded as Propeller's ProcessMetrics (`taskmetrics.from_proplet`). Transport
+stays in the bridge: it hands `connect` a `send(topic suffix, body) -> acked`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .artifacts import ArtifactStore
 from .errors import ConflictError, NotFoundError, ShimError, UnavailableError
 from .proplets import PropletRegistry
 from .store import Outcome, PropletRecord, TaskRecord, TaskStore
-from .taskmetrics import TaskMetricsStore
+from .taskmetrics import TaskMetricsStore, from_proplet
 
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
@@ -269,9 +269,10 @@ class Dispatcher:
         task_id, sender = message.get("task_id"), message.get("proplet_id")
         if self.task_metrics is None or not isinstance(task_id, str) or sender == self.own_id:
             return False
-        if not self.owns(task_id):
+        sample = from_proplet(message)
+        if sample is None or not self.owns(task_id):
             return False
-        self.task_metrics.record(task_id, dict(message))
+        self.task_metrics.record(task_id, sample)
         return True
 
     def sweep(self) -> None:
