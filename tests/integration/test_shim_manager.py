@@ -4,9 +4,8 @@ channel, is the external proplet; the manager is driven by REST alone.
 Propeller's flow (manager/service.go StartTask, StopTask, updateResultsHandler,
 updateLivenessHandler): the proplet announces itself and heartbeats, the manager publishes
 `control/manager/start` to it, the proplet runs the module and publishes the result, which
-completes the manager's task. Local backend only: the kubernetes backend refuses to dispatch
-(the operator owns a WasiNNTask's status), which tests/unit/test_dispatch.py does not need a
-cluster to show.
+completes the manager's task. The manager here keeps its tasks in the local backend; with the
+kubernetes backend: test_shim_manager_kubernetes.py.
 """
 
 from __future__ import annotations
