@@ -156,3 +156,30 @@ def test_invoke_runs_a_latent_task_with_new_inputs(
     refused = shim.http.post(f"/tasks/{plain}/invoke")
     assert refused.status_code == 409
     assert "has not been precompiled" in refused.json()["error"]
+
+
+def test_depends_on_a_task_that_does_not_exist_is_400_and_stores_nothing(
+    backend: ShimBackend, make_shim: Callable[..., Shim], classify_b64: str
+) -> None:
+    """Propeller's CreateTask answers 500 (`dependency validation failed`); the shim a 400
+    naming the missing task, on POST and PUT /tasks, /jobs and /workflows alike."""
+    shim = make_shim()
+    workflow, missing = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {"name": "b", "workflow_id": workflow, "depends_on": [missing], "file": classify_b64}
+    refused = shim.http.post("/tasks", json=body)
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"depends_on: task {missing} does not exist"}
+    root = shim.create("a", workflow_id=workflow)
+    changed = shim.http.put(f"/tasks/{root}", json={"depends_on": [missing]})
+    assert changed.status_code == 400
+    assert changed.json() == {"error": f"depends_on: task {missing} does not exist"}
+    for route in ("/jobs", "/workflows"):
+        group = {"tasks": [{"name": "a", "depends_on": [missing]}]}
+        answer = shim.http.post(route, json=group)
+        assert answer.status_code == 400
+        assert f"depends_on: task {missing} does not exist" in answer.json()["error"]
+    tasks = shim.http.get("/tasks").json()
+    assert [t["id"] for t in tasks["tasks"]] == [root]
+    assert "depends_on" not in tasks["tasks"][0]
+    child = shim.http.post("/tasks", json={**body, "depends_on": [root]})
+    assert child.status_code == 201, child.text

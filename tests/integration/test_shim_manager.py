@@ -4,9 +4,8 @@ channel, is the external proplet; the manager is driven by REST alone.
 Propeller's flow (manager/service.go StartTask, StopTask, updateResultsHandler,
 updateLivenessHandler): the proplet announces itself and heartbeats, the manager publishes
 `control/manager/start` to it, the proplet runs the module and publishes the result, which
-completes the manager's task. Local backend only: the kubernetes backend refuses to dispatch
-(the operator owns a WasiNNTask's status), which tests/unit/test_dispatch.py does not need a
-cluster to show.
+completes the manager's task. The manager here keeps its tasks in the local backend; with the
+kubernetes backend: test_shim_manager_kubernetes.py.
 """
 
 from __future__ import annotations
@@ -116,6 +115,21 @@ def test_a_task_for_an_external_proplet_runs_there(
             return any(m.get("proplet_id") == EDGE for m in page["metrics"])
 
         wait_for("the proplet's task metrics", sampled)
+        # Decoded as Propeller's ProcessMetrics, in the shape of the local backend's samples:
+        # its seven fields (zeros filled), no `aggregated` when the proplet sent null.
+        page = manager.http.get(f"/tasks/{task_id}/metrics").json()
+        sample = next(m for m in page["metrics"] if m["proplet_id"] == EDGE)
+        assert set(sample) == {"task_id", "proplet_id", "metrics", "timestamp"}, sample
+        assert set(sample["metrics"]) == {
+            "cpu_percent", "memory_bytes", "memory_percent", "disk_read_bytes",
+            "disk_write_bytes", "uptime_seconds", "thread_count",
+        }  # fmt: skip
+        assert isinstance(sample["metrics"]["uptime_seconds"], int)
+        own = manager.create("own", file=classify_b64, cli_args=["-S", "nn"], inputs=CHELSEA)
+        assert manager.http.post(f"/tasks/{own}/start").status_code == 200
+        assert manager.wait_state(own)["state"] == COMPLETED
+        local = manager.http.get(f"/tasks/{own}/metrics").json()["metrics"][0]
+        assert set(local["metrics"]) == set(sample["metrics"])
     finally:
         results.close()
         starts.close()

@@ -73,6 +73,8 @@ def test_create_defaults_and_every_field_echoed(shim: Shim) -> None:
     assert plain["next_run"] == ZERO and plain["updated_at"] == ZERO
     for absent in ("schedule", "metadata", "latent", "broadcast", "depends_on", "proplet_id"):
         assert absent not in plain
+    # A dependency must be a task of the same workflow (CreateTask's dependency validation).
+    parent = post(shim, {"name": "parent", "workflow_id": "wf-1"}).json()["id"]
     full = {
         "name": "full",
         "kind": "federated",
@@ -86,7 +88,7 @@ def test_create_defaults_and_every_field_echoed(shim: Shim) -> None:
         "daemon": True,
         "kbs_resource_path": "default/key/1",
         "workflow_id": "wf-1",
-        "depends_on": ["a"],
+        "depends_on": [parent],
         "run_if": "success",
         "job_id": "job-1",
         "monitoring_profile": {"enabled": True, "interval": 10},

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 # multipart file, so there a schema-valid request may get 400 or 415; so is the task policy
 # (which wasmtime flags and env names a task may hold, docs/security.md), so a schema-valid
 # task may get 400 from it; a job's or workflow's `depends_on` must name tasks of the same
-# request and make no cycle, which OpenAPI cannot say either, and an invocation runs the
+# request (a task's own: existing tasks of its workflow) and make no cycle, which OpenAPI
+# cannot say either, and an invocation runs the
 # module (502 when the run fails); an unknown proplet id that is not a UUID is a 400 while a
 # known one (a node name) is found. Everything else is exact.
 CONFIG = """\

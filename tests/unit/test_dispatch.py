@@ -311,25 +311,12 @@ def test_the_bridge_feeds_the_registry_from_proplets_messages(service: TaskServi
         bridge.client.loop_stop()
 
 
-def test_a_backend_that_cannot_dispatch_keeps_broadcasts(tmp_path: Path, channel: Channel) -> None:
-    service = make_service(tmp_path, channel)
-    assert service.dispatcher is not None
-    service.dispatcher.can_dispatch = False  # as main.build sets it for the kubernetes backend
-    try:
-        service.registry.register(EDGE)
-        task_id = classify(service, broadcast=True)
-        service.start(task_id)
-        assert channel.sent == []
-        assert service.get(task_id).proplet_id == OWN
-    finally:
-        service.store.close()
-    # The kubernetes backend refuses a run outside the cluster, naming the field and why.
-    store = object.__new__(KubernetesStore)  # dispatch reads nothing of the cluster
-    with pytest.raises(
-        BadRequestError,
-        match=r"^proplet_id: task t names external proplet .*operator owns their status",
-    ):
-        store.dispatch("t", EDGE)
+def test_the_kubernetes_backend_holds_no_run_of_the_shim_itself() -> None:
+    # A deployed latent task would be a run of the shim itself: the operator owns the status,
+    # so the kubernetes backend records runs in the cluster or on external proplets only.
+    store = object.__new__(KubernetesStore)  # refused before anything of the cluster is read
+    with pytest.raises(BadRequestError, match=r"^task t: the kubernetes backend records runs"):
+        store.dispatch("t", OWN)
 
 
 def test_task_metrics_of_dispatched_tasks_are_kept(service: TaskService) -> None:
@@ -341,9 +328,41 @@ def test_task_metrics_of_dispatched_tasks_are_kept(service: TaskService) -> None
     task_id = classify(service, proplet_id=EDGE)
     service.start(task_id)
     service.dispatcher.on_result({"task_id": task_id, "proplet_id": EDGE, "results": "x"})
-    sample = {"task_id": task_id, "proplet_id": EDGE, "metrics": {"uptime_seconds": 2}}
+    sample = {
+        "task_id": task_id,
+        "proplet_id": EDGE,
+        "metrics": {"uptime_seconds": 2, "cpu_percent": 7, "rogue": "x", "thread_count": "3"},
+        "aggregated": None,
+        "timestamp": "2026-12-06T05:00:00.123456789Z",
+        "extra": 1,
+    }
     assert service.dispatcher.on_task_metrics(sample)  # also after the result
-    assert metrics.page(task_id, 0, 10) == ([sample], 1)
+    # Decoded as Propeller's ProcessMetrics: its seven fields, zeros filled, unknown keys and
+    # values of the wrong type dropped, a null `aggregated` left out (Go's omitempty).
+    zero = {"cpu_percent": 0.0, "memory_bytes": 0, "memory_percent": 0.0, "disk_read_bytes": 0,
+            "disk_write_bytes": 0, "uptime_seconds": 0, "thread_count": 0}  # fmt: skip
+    kept = {"task_id": task_id, "proplet_id": EDGE, "timestamp": "2026-12-06T05:00:00.123456Z"}
+    assert metrics.page(task_id, 0, 10) == (
+        [{**kept, "metrics": {**zero, "uptime_seconds": 2, "cpu_percent": 7.0}}],
+        1,
+    )
+    # Whole numbers cut toward zero in their Go type's range; `aggregated` when an object;
+    # file_descriptor_count only when not zero.
+    sample = {
+        "task_id": task_id,
+        "proplet_id": EDGE,
+        "metrics": {"memory_bytes": -5, "uptime_seconds": 2.9, "file_descriptor_count": 4},
+        "aggregated": {"sample_count": 3, "max_cpu_usage": 1.5, "x": 1},
+    }
+    assert service.dispatcher.on_task_metrics(sample)
+    newest = metrics.page(task_id, 0, 1)[0][0]
+    assert newest["metrics"] == {**zero, "uptime_seconds": 2, "file_descriptor_count": 4}
+    assert newest["aggregated"] == {
+        "avg_cpu_usage": 0.0, "max_cpu_usage": 1.5, "avg_memory_usage": 0,
+        "max_memory_usage": 0, "total_disk_read": 0, "total_disk_write": 0, "sample_count": 3,
+    }  # fmt: skip
+    assert newest["timestamp"].endswith("Z")  # no timestamp: the time it arrived
+    assert not service.dispatcher.on_task_metrics({"task_id": task_id, "proplet_id": 7})
     other = classify(service)
     assert not service.dispatcher.on_task_metrics({"task_id": other, "proplet_id": EDGE})
     assert metrics.page(other, 0, 10) == ([], 0)

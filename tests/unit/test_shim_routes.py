@@ -8,6 +8,7 @@ not started here (no worker processes): tests/integration/test_shim_jobs.py runs
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from wasinn_operator.shim.taskmetrics import TaskMetricsStore
 pytestmark = pytest.mark.unit
 OWN = "6f0c1a3e-0000-4000-8000-0000000000aa"
 EXT = "6f0c1a3e-0000-4000-8000-0000000000bb"
+WASM_B64 = base64.b64encode(b"\0asm\1\0\0\0").decode()  # an empty module
 
 
 class World:
@@ -130,6 +132,89 @@ def test_a_dependency_cycle_is_400(world: World) -> None:
     )
     assert response.status_code == 400
     assert "cycle" in response.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["/jobs", "/workflows"])
+def test_a_group_task_depending_on_a_task_outside_the_request_is_400(
+    world: World, route: str
+) -> None:
+    """service.go CreateJob / CreateWorkflow: dag.ValidateDependenciesExist over the request's
+    tasks (Propeller answers 500 `dependency validation failed`)."""
+    (a,) = ids(1)
+    stored = world.http.post("/tasks", json={"name": "elsewhere"}).json()["id"]
+    for dep in (str(uuid.uuid4()), stored):  # unknown, and a task not in the request
+        response = world.http.post(
+            route, json={"tasks": [{"id": a, "name": "a", "depends_on": [dep]}]}
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": f"tasks.0.depends_on: task {dep} does not exist in this request"
+        }
+    assert world.http.get("/tasks").json()["total"] == 1
+
+
+# ---- depends_on of a task on its own (manager/service.go CreateTask) ----
+
+
+def _artifacts(world: World) -> set[str]:
+    return {p.name for p in world.service.artifacts.directory.rglob("*") if p.is_file()}
+
+
+def test_a_task_depending_on_a_missing_task_is_400_and_stores_nothing(world: World) -> None:
+    """service.go CreateTask: dag.ValidateDependenciesExist over the workflow's tasks and the
+    new one (Propeller answers 500 `dependency validation failed: dependency task not found`)."""
+    workflow, missing = ids(2)
+    before = _artifacts(world)
+    for dep in (missing, "not-a-uuid"):
+        response = world.http.post(
+            "/tasks",
+            json={"name": "b", "workflow_id": workflow, "depends_on": [dep], "file": WASM_B64},
+        )
+        assert response.status_code == 400
+        assert response.json() == {"error": f"depends_on: task {dep} does not exist"}
+    assert world.http.get("/tasks").json()["total"] == 0
+    assert _artifacts(world) == before  # the module it carried was not kept
+
+
+def test_a_task_may_depend_on_tasks_of_its_own_workflow_only(world: World) -> None:
+    workflow, other = ids(2)
+    root = world.http.post("/tasks", json={"name": "a", "workflow_id": workflow}).json()["id"]
+    foreign = world.http.post("/tasks", json={"name": "x", "workflow_id": other}).json()["id"]
+    created = world.http.post(
+        "/tasks", json={"name": "b", "workflow_id": workflow, "depends_on": [root]}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["depends_on"] == [root]
+    refused = world.http.post(
+        "/tasks", json={"name": "c", "workflow_id": workflow, "depends_on": [foreign]}
+    )
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"depends_on: task {foreign} is not in workflow {workflow}"}
+    assert world.http.get("/tasks").json()["total"] == 3
+
+
+def test_an_update_is_checked_for_missing_dependencies_and_cycles(world: World) -> None:
+    workflow, missing = ids(2)
+    root = world.http.post("/tasks", json={"name": "a", "workflow_id": workflow}).json()["id"]
+    child = world.http.post(
+        "/tasks", json={"name": "b", "workflow_id": workflow, "depends_on": [root]}
+    ).json()["id"]
+    refused = world.http.put(f"/tasks/{child}", json={"depends_on": [root, missing]})
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"depends_on: task {missing} does not exist"}
+    cycle = world.http.put(f"/tasks/{root}", json={"name": "a2", "depends_on": [child]})
+    assert cycle.status_code == 400
+    assert cycle.json() == {"error": f"depends_on: a cycle through task {root}"}
+    itself = world.http.put(f"/tasks/{root}", json={"depends_on": [root]})
+    assert itself.json() == {"error": f"depends_on: task {root} cannot depend on itself"}
+    # Nothing of a refused update is kept.
+    assert world.http.get(f"/tasks/{child}").json()["depends_on"] == [root]
+    assert world.http.get(f"/tasks/{root}").json()["name"] == "a"
+    assert "depends_on" not in world.http.get(f"/tasks/{root}").json()
+    # An update that leaves the dependencies alone is not checked again (one was deleted).
+    assert world.http.delete(f"/tasks/{root}").status_code == 204
+    renamed = world.http.put(f"/tasks/{child}", json={"name": "renamed"})
+    assert renamed.status_code == 200, renamed.text
 
 
 def test_a_refused_task_rolls_the_whole_job_back(world: World) -> None:

@@ -24,7 +24,7 @@ from ..api.lifecycle import TaskPhase
 from ..api.status import described_run, requested_run
 from ..api.warm import POOL_LABEL, read_report
 from ..kubeclient import STALE_RETRIES, in_cluster
-from . import metrics, warm
+from . import external, metrics, warm
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
 from .pods import attempt_in_progress, current_pod, unschedulable
@@ -313,6 +313,8 @@ async def _facts(
 ) -> Facts:
     meta = task["metadata"]
     now = datetime.now(UTC)
+    if external.current(task) is not None:
+        return Facts(now=now, pods=[])  # no Pod: its run is on external proplets
     if _warm(task, settings):
         return _warm_facts(settings, task, operator, now)
     pods = await kube.pods(meta["namespace"], meta["uid"])

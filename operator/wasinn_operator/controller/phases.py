@@ -36,6 +36,8 @@ class Reason(StrEnum):
     POD_SCHEDULED = "PodScheduled"
     WORKER_ASSIGNED = "WorkerAssigned"  # execution: warm, handed to a worker
     NO_WARM_WORKER = "NoWarmWorker"  # execution: warm, no worker of its pool is ready
+    DISPATCHED = "Dispatched"  # the shim handed the run to external proplets (api/external.py)
+    PROPLET_FAILED = "PropletFailed"  # an external proplet reported the run failed
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"

@@ -27,7 +27,7 @@ from ..api.lifecycle import Event
 from ..api.policy import PolicyError, check_spec
 from ..api.summary import EXIT_TIMEOUT, FailureReason
 from ..api.times import format_time, parse_time
-from . import warm
+from . import external, warm
 from .builders import TaskTooLargeError, build_pod, build_wasm_configmap
 from .intents import new_run, stopped_run, suspend, take_run_request
 from .nodes import explain_shortfall, requirements
@@ -105,11 +105,17 @@ def _step(
         _expire(spec, facts, plan)
         return  # it could not start
     phase = TaskPhase(status["phase"])
-    if phase.finished and not spec.suspend and stopped_run(status):
+    dispatched = external.current(task)
+    if phase.finished and not spec.suspend and stopped_run(status) and dispatched is None:
         new_run(plan)  # resumed after a stop: Job-like, suspend and resume run it again
         condition(plan, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", facts.now)
     elif phase.finished:
         _expire(spec, facts, plan)
+        return
+    if dispatched is not None:  # run by external proplets (the shim's dispatch): no Pod
+        external.step(dispatched, task, spec, facts, settings, plan)
+        if TaskPhase(status["phase"]).finished:
+            _expire(spec, facts, plan)
         return
     attempts = int(status.get("attempts", 0))
     pod = current_pod(facts.pods, attempts)

@@ -21,11 +21,12 @@ Failed when `error` is a non-empty string, as updateResultsHandler decides). Sto
 for the shim's own runs. A proplet that stops heartbeating while it holds a run fails that run
 with an error naming it and when it was last alive: re-dispatching could run a task with side
 effects twice, and the client can start it again. Runs are tracked in memory: a restarted shim
-records its Running tasks interrupted (the local backend's recovery).
+records its Running tasks interrupted (the local backend's recovery); on kubernetes the
+WasiNNTasks keep the dispatched runs and `recover` takes them up again.
 
 Proplets' `control/proplet/task_metrics` about dispatched tasks are kept with the shim's own
-task metrics. Transport stays in the bridge: it hands `connect` a `send(topic suffix, body)
--> acked`.
+task metrics, decoded as Propeller's ProcessMetrics (`taskmetrics.from_proplet`). Transport
+stays in the bridge: it hands `connect` a `send(topic suffix, body) -> acked`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import collections
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,7 @@ from .artifacts import ArtifactStore
 from .errors import ConflictError, NotFoundError, ShimError, UnavailableError
 from .proplets import PropletRegistry
 from .store import Outcome, PropletRecord, TaskRecord, TaskStore
-from .taskmetrics import TaskMetricsStore
+from .taskmetrics import TaskMetricsStore, from_proplet
 
 START_TOPIC = "control/manager/start"
 STOP_TOPIC = "control/manager/stop"
@@ -83,13 +85,11 @@ class Dispatcher:
         own_id: str,
         *,
         round_robin: bool = False,
-        can_dispatch: bool = True,
         task_metrics: TaskMetricsStore | None = None,
     ) -> None:
-        """`can_dispatch` False: the backend cannot record runs outside it (kubernetes), so
-        broadcasts and round robin stay on it and a named external proplet is refused."""
+        """`round_robin`: tasks addressed to no proplet take turns between the backend and the
+        alive external proplets."""
         self.store = store
-        self.can_dispatch = can_dispatch
         self.task_metrics = task_metrics
         self.artifacts = artifacts
         self.registry = registry
@@ -100,6 +100,9 @@ class Dispatcher:
         self._runs: dict[str, Placement] = {}
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._cursor = 0
+        # Until then, runs taken up again after a restart (`recover`) are not failed for a
+        # proplet the registry has not heard from yet (it learns them from their heartbeats).
+        self._recovered_until = 0.0
 
     def connect(self, send: Send) -> None:
         """The bridge's publisher (QoS as configured; True once the broker acknowledged)."""
@@ -112,8 +115,6 @@ class Dispatcher:
         if self._send is None or record.extra.get("latent"):
             return None  # latent tasks wait for invocations, which the shim answers itself
         alive = [p for p in self.registry.external() if p.alive]
-        if not self.can_dispatch:
-            alive = []  # only a named proplet gets as far as the backend's refusal
         if record.extra.get("broadcast"):
             return (tuple(p.id for p in alive), True) if alive else None
         if record.proplet_id and self.registry.is_external(record.proplet_id):
@@ -145,16 +146,32 @@ class Dispatcher:
         if chosen is None:
             return None
         proplets, broadcast = chosen
-        running = self.store.dispatch(record.id, "" if broadcast else proplets[0])
+        running = self.store.dispatch(record.id, "" if broadcast else proplets[0], proplets)
         placement = Placement(record.id, running.run, proplets, broadcast, record.phase.state)
+        self._hold(placement)
+        return placement
+
+    def _hold(self, placement: Placement) -> None:
         with self._lock:
-            self._runs[record.id] = placement
-            self._sent[record.id] = None
-            self._sent.move_to_end(record.id)
+            self._runs[placement.task_id] = placement
+            self._sent[placement.task_id] = None
+            self._sent.move_to_end(placement.task_id)
             while len(self._sent) > SENT_KEPT:
                 self._sent.popitem(last=False)
         self._count()
-        return placement
+
+    def recover(self) -> int:
+        """Take up the dispatched runs the store still holds under way (kubernetes, after a
+        shim restart: the WasiNNTasks keep them), so their results are recorded when they
+        arrive; how many. A result published while the shim was down is lost with the
+        broker's message: the operator fails that run at its deadline, saying so."""
+        runs = self.store.dispatched()
+        for run in runs:
+            self._hold(Placement(run.task_id, run.run, run.proplets, run.broadcast, 0))
+        if runs:
+            self._recovered_until = time.monotonic() + self.registry.alive_seconds
+            log.info("took up %d dispatched run(s) again", len(runs))
+        return len(runs)
 
     def send_start(self, placement: Placement) -> None:
         """Publish the start; when the broker does not take it the run fails (as Propeller
@@ -260,7 +277,7 @@ class Dispatcher:
             error=error if failed and isinstance(error, str) else "",
             truncated=truncated,
         )
-        return self._end(placement, outcome)
+        return self._end(placement, outcome, sender if isinstance(sender, str) else "")
 
     def on_task_metrics(self, message: Mapping[str, Any]) -> bool:
         """A `control/proplet/task_metrics` message about a task this shim dispatched (also
@@ -269,9 +286,10 @@ class Dispatcher:
         task_id, sender = message.get("task_id"), message.get("proplet_id")
         if self.task_metrics is None or not isinstance(task_id, str) or sender == self.own_id:
             return False
-        if not self.owns(task_id):
+        sample = from_proplet(message)
+        if sample is None or not self.owns(task_id):
             return False
-        self.task_metrics.record(task_id, dict(message))
+        self.task_metrics.record(task_id, sample)
         return True
 
     def sweep(self) -> None:
@@ -281,19 +299,20 @@ class Dispatcher:
         if not placements:
             return
         proplets = {p.id: p for p in self.registry.external()}
+        recovering = time.monotonic() < self._recovered_until
         for placement in placements:
             held = [proplets[i] for i in placement.proplets if i in proplets]
-            if any(p.alive for p in held):
+            if any(p.alive for p in held) or (recovering and len(held) < len(placement.proplets)):
                 continue
             error = f"proplet {', '.join(placement.proplets)} stopped heartbeating{_last(held)}"
             error += " while running the task"
             if self._end(placement, Outcome(TaskPhase.FAILED, error=error)):
                 self._send_stop(placement)  # should it come back, it must not run on
 
-    def _end(self, placement: Placement, outcome: Outcome) -> bool:
+    def _end(self, placement: Placement, outcome: Outcome, proplet: str = "") -> bool:
         self._forget(placement)
         try:
-            return self.store.report(placement.task_id, placement.run, outcome)
+            return self.store.report(placement.task_id, placement.run, outcome, proplet)
         except NotFoundError:
             return False
 

@@ -250,9 +250,9 @@ def _check_group(tasks: list[GroupTask]) -> list[str]:
     known = set(ids)
     for i, task in enumerate(tasks):
         missing = [dep for dep in task.depends_on or [] if dep not in known]
-        if missing:
+        if missing:  # Propeller: 500 "dependency validation failed"
             raise BadRequestError(
-                f"tasks.{i}.depends_on: {', '.join(missing)} is not a task of this request"
+                f"tasks.{i}.depends_on: task {missing[0]} does not exist in this request"
             )
     _check_acyclic({tid: list(t.depends_on or []) for tid, t in zip(ids, tasks, strict=True)})
     return ids

@@ -8,6 +8,9 @@ bumped, `spec.suspend: false`), `stop` suspends the task (the operator deletes t
 the run Failed, `task was stopped before completion`), and a start that could not happen is
 recorded as a run request with `wasinn.dev/start-error`, which the operator turns into a Failed
 run. Modules live in the shim's artifact store and reach Pods by URL, with their digest checked.
+In manager mode a run may go to external proplets instead (`dispatch`, `report`): the shim writes
+the dispatch with the run request and the proplet's result as a report, and the operator records
+both in status (api/external.py).
 
 The operator writes the same objects, so every read-decide-write here carries the
 resourceVersion it decided on and is decided again on a fresh read when the API server refuses
@@ -28,7 +31,7 @@ from ..api.lifecycle import Event, Refusal, TaskPhase, transition
 from ..api.status import requested_run
 from ..api.times import maybe_time
 from ..kubeclient import STALE_RETRIES, KubeClient
-from . import taskfields
+from . import kubeexternal, taskfields
 from .announce import WASM_RUNTIME, package_version
 from .errors import BadRequestError, ConflictError, NotFoundError, ShimError, UnavailableError
 from .kubemap import (
@@ -46,7 +49,7 @@ from .kubemap import (
     to_record,
     view_phase,
 )
-from .store import Outcome, PropletRecord, TaskRecord, now
+from .store import DispatchedRun, Outcome, PropletRecord, TaskRecord, now
 
 
 class _StaleError(Exception):
@@ -267,18 +270,44 @@ class KubernetesStore:
 
         return to_record(self._decide(task_id, change))
 
-    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
-        """Refused: the operator alone writes a WasiNNTask's status, so a run outside the
-        cluster cannot be recorded on it."""
-        raise BadRequestError(
-            f"proplet_id: task {task_id} names external proplet {proplet_id or '(broadcast)'}, "
-            "but the kubernetes backend runs tasks only in the cluster (the operator owns "
-            "their status); use the local backend to dispatch to external proplets"
-        )
+    def dispatch(self, task_id: str, proplet_id: str, proplets: tuple[str, ...] = ()) -> TaskRecord:
+        """Request a run that external `proplets` execute (`kubeexternal`): the operator
+        records it Running without a Pod. A run the shim itself would hold (a deployed latent
+        task: no `proplets`) is refused: the operator owns the status."""
+        if not proplets:
+            raise BadRequestError(
+                f"task {task_id}: the kubernetes backend records runs in the cluster or on "
+                "external proplets only (the operator owns the status)"
+            )
 
-    def report(self, task_id: str, run: int, outcome: Outcome) -> bool:
-        """Nothing is ever dispatched from this backend."""
-        return False
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            _decide(obj, Event.START)
+            return self._patch(task_id, kubeexternal.dispatch_patch(obj, proplet_id, proplets), obj)
+
+        return to_record(self._decide(task_id, change))
+
+    def report(self, task_id: str, run: int, outcome: Outcome, proplet: str = "") -> bool:
+        """Write the proplet's result of dispatched run `run` for the operator to record;
+        False when that run is not under way any more or was reported already."""
+        written = False
+
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            nonlocal written
+            patch = kubeexternal.report_patch(obj, run, outcome, proplet)
+            if patch is None:
+                return obj
+            written = True
+            return self._patch(task_id, patch, obj)
+
+        try:
+            self._decide(task_id, change)
+        except NotFoundError:
+            return False
+        return written
+
+    def dispatched(self) -> list[DispatchedRun]:
+        """The dispatched runs under way (taken up again after a shim restart)."""
+        return [run for obj in self._objects() if (run := kubeexternal.under_way(obj))]
 
     def mark_published(self, task_id: str, run: int) -> None:
         """Mark run `run`'s result acknowledged by the broker (an annotation on the task)."""

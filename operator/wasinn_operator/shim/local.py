@@ -52,7 +52,7 @@ from .errors import UnavailableError
 from .fresh import drain, outcome, spawn_proplet
 from .pool import Pool
 from .sqlite import TaskDB
-from .store import Outcome, PropletRecord, TaskPhase, TaskRecord, now
+from .store import DispatchedRun, Outcome, PropletRecord, TaskPhase, TaskRecord, now
 from .workers import IdleWorkers, Worker, WorkerDiedError
 
 INTERRUPTED = "interrupted: the shim stopped while the task was running"
@@ -150,10 +150,13 @@ class LocalBackend:
         self._pool.put((record.id, record.run), taskfields.priority(record.extra))
         return record
 
-    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
+    def dispatch(self, task_id: str, proplet_id: str, proplets: tuple[str, ...] = ()) -> TaskRecord:
         return self.db.dispatch(task_id, proplet_id)
 
-    def report(self, task_id: str, run: int, outcome: Outcome) -> bool:
+    def dispatched(self) -> list[DispatchedRun]:
+        return []  # recovery ends them interrupted (see the module's docstring)
+
+    def report(self, task_id: str, run: int, outcome: Outcome, proplet: str = "") -> bool:
         # The proplet published its result itself, on the channel the outbox would use.
         recorded = self.db.finish(task_id, run, outcome, publish=False)
         self._notify()

@@ -183,9 +183,12 @@ def build(config: ShimConfig, mqtt: MQTTSettings | None) -> tuple[FastAPI, TaskS
             service.registry,
             ident,
             round_robin=config.schedule_external,
-            can_dispatch=config.backend == "local",
             task_metrics=task_metrics,
         )
+        try:
+            service.dispatcher.recover()
+        except ShimError as exc:  # the operator still fails those runs at their deadline
+            log.warning("could not take up dispatched runs again: %s", exc)
         bridge = Bridge(
             settings,
             service,

@@ -116,6 +116,11 @@ class PropletRegistry:
             samples = self._samples.setdefault(proplet_id, collections.deque(maxlen=SAMPLES))
             samples.append(dict(sample))
 
+    @property
+    def alive_seconds(self) -> float:
+        """How recent a heartbeat keeps a proplet alive."""
+        return self._alive_seconds
+
     # Reads.
     def list(self, alive: bool | None = None) -> Records:
         """The backend's own proplets, then the external ones in order of registration;

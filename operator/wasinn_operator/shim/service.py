@@ -34,7 +34,7 @@ from ..api.propeller import (
     TaskInput,
     TaskPage,
 )
-from . import taskfields
+from . import dependencies, taskfields
 from .artifacts import ArtifactStore, ModuleUpload
 from .config import BuildInfo
 from .dispatch import Dispatcher
@@ -104,7 +104,8 @@ class TaskService:
             record.updated_at = record.created_at
             self._apply(record, body, module, creating=True, in_group=group is not None)
             record.extra = {**record.extra, **(group or {})}
-            self._write(self.store.add, record, "")
+            write = self.store.add if group is not None else self._checked(self.store.add)
+            self._write(write, record, "")
             return self._task(record)
 
     def list(self, offset: int, limit: int, metadata: dict[str, Any] | None = None) -> TaskPage:
@@ -129,7 +130,9 @@ class TaskService:
             old = record.digest
             self._apply(record, body, module, creating=False)
             record.updated_at = now()
-            self._write(self.store.save, record, self._releasable(record, old))
+            changed = {"depends_on", "workflow_id"} & body.model_fields_set
+            write = self._checked(self.store.save) if changed else self.store.save
+            self._write(write, record, self._releasable(record, old))
             return self._task(record)
 
     def upload(self, task_id: str, filename: str, module: ModuleUpload) -> Task:
@@ -143,6 +146,16 @@ class TaskService:
             record.updated_at = now()
             self._write(self.store.save, record, self._releasable(record, old))
             return self._task(record)
+
+    def _checked(self, write: Callable[[TaskRecord], None]) -> Callable[[TaskRecord], None]:
+        """`write`, once the task's dependencies are known to exist (`dependencies.py`): a
+        refused task is not stored and the module it would have used is removed (`_write`)."""
+
+        def checked(record: TaskRecord) -> None:
+            dependencies.check(self.store, record)
+            write(record)
+
+        return checked
 
     def _releasable(self, record: TaskRecord, old: str) -> str:
         # A running attempt may still read the module it started with: keep it (a later

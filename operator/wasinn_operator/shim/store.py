@@ -91,6 +91,17 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class DispatchedRun:
+    """Run `run` of task `task_id`, handed to external `proplets` (all alive ones for a
+    broadcast)."""
+
+    task_id: str
+    run: int
+    proplets: tuple[str, ...]
+    broadcast: bool
+
+
+@dataclass(frozen=True)
 class PropletRecord:
     """A worker of the backend (local: this machine's pool; kubernetes: an OpenVINO node)."""
 
@@ -137,16 +148,23 @@ class TaskStore(Protocol):
         """Pending or finished → Scheduled: a new run (results, error and times cleared), which
         the backend then executes. `ConflictError` when already Scheduled or Running."""
 
-    def dispatch(self, task_id: str, proplet_id: str) -> TaskRecord:
+    def dispatch(self, task_id: str, proplet_id: str, proplets: tuple[str, ...] = ()) -> TaskRecord:
         """Pending or finished → Running: a new run (results, error and finish time cleared,
-        start time now) that external proplet `proplet_id` (empty: a broadcast) executes, not
-        the backend; its end comes from `report`. `ConflictError` when already Scheduled or
-        Running; `BadRequestError` from a backend that cannot hold such runs."""
+        start time now) that external proplet `proplet_id` (empty: a broadcast to `proplets`)
+        executes, not the backend; its end comes from `report`. `proplets` empty: the shim
+        itself holds the run (a deployed latent task). `ConflictError` when already Scheduled
+        or Running; `BadRequestError` from a backend that cannot hold such a run (kubernetes:
+        one without external proplets, as the operator owns the status)."""
 
-    def report(self, task_id: str, run: int, outcome: Outcome) -> bool:
-        """Record the end of dispatched run `run` as its proplet reported it (not published
-        again: the proplet published it). False when that run already ended or was
-        superseded (a stop, a restart, a second report)."""
+    def dispatched(self) -> list[DispatchedRun]:
+        """The dispatched runs still under way, from the records (kubernetes: after a shim
+        restart the dispatcher takes them up again); the local backend ends its dispatched
+        runs when the shim stops (interrupted), so it has none."""
+
+    def report(self, task_id: str, run: int, outcome: Outcome, proplet: str = "") -> bool:
+        """Record the end of dispatched run `run` as its proplet (`proplet`, which answered)
+        reported it (not published again: the proplet published it). False when that run
+        already ended or was superseded (a stop, a restart, a second report)."""
 
     def stop(self, task_id: str) -> TaskRecord:
         """Scheduled or Running → Failed with `STOPPED_ERROR` and empty results, ending the run
