@@ -74,6 +74,18 @@ def test_a_tampered_module_entry_is_discarded_and_recompiled(
     assert again.ok and again.module_cached
 
 
+def test_a_verified_digest_keys_the_same_entry_as_the_bytes(tmp_path: Path) -> None:
+    # The proplet passes the digest its fetch verified, so the module is not hashed again.
+    engine = Runtime(RuntimeConfig(cache_dir=tmp_path))
+    hello_runs(engine)
+    digest = "sha256:" + hashlib.sha256(wat("hello")).hexdigest()
+    fresh = Runtime(RuntimeConfig(cache_dir=tmp_path))
+    result = fresh.run(RunSpec(wasm=wat("hello"), verified_digest=digest))
+    assert result.ok and result.module_cached  # the entry the bytes' own hash names
+    assert result.digest == digest
+    assert list((tmp_path / "modules").glob("*.cwasm")) == [entry(engine, wat("hello"))]
+
+
 def test_the_module_cache_is_bounded(tmp_path: Path) -> None:
     engine = Runtime(RuntimeConfig(cache_dir=tmp_path))
     for name in ("hello", "exit7", "trap"):

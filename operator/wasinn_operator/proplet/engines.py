@@ -81,15 +81,17 @@ def run_embedded(
     outputs: Outputs,
     limits: Limits | None = None,
     sources: dict[str, Path] | None = None,
+    digest: str | None = None,
 ) -> RunResult:
     """Run with the in-process engine; `flags` are the task's (`task_flags`), `limits` (the
     policy's) bound the deadline and memory, `sources` (NAME -> directory) are the task's
-    fetched models, read-only at /models/NAME."""
+    fetched models, read-only at /models/NAME; `digest` is `wasm`'s, when already known."""
     try:
         parsed = resolve(flags)
     except (FlagError, ModelError) as exc:
         raise TaskError(f"cliArgs: {exc}") from None
     spec = parsed.to_spec(wasm, program_name=f"{task.id or 'task'}.wasm")
+    spec.verified_digest = digest
     spec.args = list(task.args)
     spec.export = task.name or None
     spec.env.update(task.env)

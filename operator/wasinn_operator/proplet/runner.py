@@ -180,7 +180,9 @@ def run_task(
     summary.digest = task.wasm.digest or sha256_digest(wasm)
     summary.fetch_seconds = time.monotonic() - started
     try:
-        result = _run(engine, task, flags, wasm, config, outputs, runtime, limits, sources)
+        result = _run(
+            engine, task, flags, wasm, config, outputs, runtime, limits, sources, summary.digest
+        )
     except TaskError as exc:
         summary.error, summary.reason = str(exc), exc.reason
         return summary
@@ -237,10 +239,13 @@ def _run(
     runtime: Runtime | None,
     limits: Limits,
     sources: dict[str, Path],
+    digest: str,
 ) -> RunResult:
     if engine == "embedded":
         runtime = runtime or new_runtime(config)
-        return run_embedded(runtime, task, flags, wasm, config.models_dir, outputs, limits, sources)
+        return run_embedded(
+            runtime, task, flags, wasm, config.models_dir, outputs, limits, sources, digest
+        )
     binary = config.external_runtime or shutil.which("wasmtime")
     if binary is None:
         raise TaskError(

@@ -229,12 +229,16 @@ class Runtime:
         spec = self._with_defaults(spec)
         out = _Capture(spec.stdout_limit, stdout)
         err = _Capture(spec.stderr_limit, stderr)
-        result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=spec.digest)
+        digest = spec.digest
+        result = RunResult(outcome=Outcome.ERROR, exit_code=EXIT_HOST_ERROR, digest=digest)
         started = time.monotonic()
         try:
             # A component using wasi:nn runs behind the bridge that lets it pass large data.
-            wasm = (wrap(spec.wasm) or spec.wasm) if is_component(spec.wasm) else spec.wasm
-            module, result.module_cached = self.modules.get(wasm)
+            wrapped = wrap(spec.wasm) if is_component(spec.wasm) else None
+            if wrapped is None:  # the module as given: its digest is the cache key
+                module, result.module_cached = self.modules.get(spec.wasm, digest)
+            else:
+                module, result.module_cached = self.modules.get(wrapped)
             result.compile_seconds = time.monotonic() - started
             if isinstance(module, component.Component):
                 self._execute_component(spec, module, out, err, result)

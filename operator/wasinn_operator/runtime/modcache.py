@@ -51,11 +51,12 @@ class ModuleCache:
         self._fingerprint = hashlib.sha256(self._stamp).hexdigest()[:16]
         self.disk = disk
 
-    def get(self, wasm: bytes) -> tuple[Compiled, bool]:
-        """The compiled module or component and whether it came from a cache (memory or disk)."""
+    def get(self, wasm: bytes, digest: str | None = None) -> tuple[Compiled, bool]:
+        """The compiled module or component and whether it came from a cache (memory or disk);
+        `digest` (`sha256:<hex>`) is the bytes' own when the caller already has it."""
         if wasm[:4] != WASM_MAGIC:
             raise ModuleError("not a WebAssembly binary (the file does not start with \\0asm)")
-        key = hashlib.sha256(wasm).hexdigest()
+        key = digest.removeprefix("sha256:") if digest else hashlib.sha256(wasm).hexdigest()
         with self._lock:
             module = self._modules.get(key)
             if module is not None:
