@@ -67,3 +67,17 @@ def test_proplet_loads_no_http_client() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_engine_loads_openvino_without_its_converter() -> None:
+    # openvino's model converter (with its telemetry, urllib and ssl) was ~40% of the engine's
+    # imports, for nothing the runtime calls; it still imports on demand afterwards.
+    probe = (
+        "import sys, wasinn_operator.runtime, openvino; "
+        "print([m for m in ('openvino.tools.ovc', 'ssl', 'http.client') if m in sys.modules]); "
+        "import openvino.tools.ovc; print(callable(openvino.tools.ovc.convert_model))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["[]", "True"]
