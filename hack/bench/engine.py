@@ -5,7 +5,9 @@ batch 1 and 8, native and wasm alternating in short rounds in one process as
 hack/bench_runtime.py does. Native runs the very compiled model the engine runs for the guest.
 startup: a new process per sample, timestamped at each stage of the product's own path
 (interpreter, imports, engine, module load, model load, first task, next task); cold is empty
-caches, warm the same caches populated by the previous sample.
+caches, warm the same caches populated by the previous sample. Beside them, not a new process:
+a task on a warm worker (`wasinn proplet serve` already up, as the local shim and the cluster's
+warm mode run tasks), against the cold process's total.
 """
 
 from __future__ import annotations
@@ -224,15 +226,43 @@ def startup_sample(models_dir: Path, guest: Path, cache: Path) -> dict[str, floa
     return marks
 
 
+def worker_task_seconds(models_dir: Path, guest: Path, cache: Path, count: int) -> list[float]:
+    """Seconds per task on a warm worker (`wasinn proplet serve`, already up, one task run
+    before): the task line sent -> its summary back, as the local shim runs a task."""
+    from wasinn_operator.api import TaskSpec
+    from wasinn_operator.shim.workers import Worker
+
+    model = MODELS[0]
+    args = ["--model", model.name, f"/models/{model.name}/{model.tensor}"]  # as the shim's
+    task = TaskSpec.model_validate({"wasm": {"path": str(guest)}, "args": args})
+    env = {**os.environ, "WASINN_MODELS_DIR": str(models_dir), "WASINN_CACHE_DIR": str(cache)}
+    worker = Worker(env, str(cache))
+    try:
+        times = []
+        for i in range(count + 1):  # the first task loads the module and the model
+            began = time.perf_counter()
+            summary = worker.run(task.model_dump_json(by_alias=True))
+            if summary.get("state") != "Completed":
+                raise RuntimeError(f"the warm worker's task failed: {summary.get('error')}")
+            if i:
+                times.append(time.perf_counter() - began)
+        return times
+    finally:
+        worker.close()
+
+
 def startup_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
-    """Cold (empty caches) and warm (populated) process starts, each stage and its share."""
+    """Cold (empty caches) and warm (populated) process starts, each stage and its share; and
+    a task on a warm worker (a process already up) against the cold process."""
     samples = 1 if quick else 3
     cold: list[dict[str, float]] = []
     warm: list[dict[str, float]] = []
+    worker: list[float] = []
     for _ in range(samples):
         with tempfile.TemporaryDirectory() as tmp:
             cold.append(startup_sample(models_dir, guest, Path(tmp)))
             warm.append(startup_sample(models_dir, guest, Path(tmp)))
+            worker += worker_task_seconds(models_dir, guest, Path(tmp), 3 if quick else 10)
     rows: list[Row] = []
     totals: dict[str, float] = {}
     for label, runs in (("cold", cold), ("warm", warm)):
@@ -246,4 +276,8 @@ def startup_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
         rows.append(row("startup", f"{label} total", "time", total * 1e3, "ms"))
         totals[label] = total
     rows.append(row("startup", "cold/warm", "ratio", totals["cold"] / totals["warm"], "ratio"))
+    # Not a new process: what warm execution (a long-lived proplet) costs per task.
+    task = statistics.median(worker)
+    rows.append(row("startup", "warm worker task", "time", task * 1e3, "ms"))
+    rows.append(row("startup", "cold/warm worker", "ratio", totals["cold"] / task, "ratio"))
     return rows
