@@ -17,9 +17,11 @@ runs), so what is measured is the operator alone. Tasks are created at a steady 
 usage: .venv/bin/python hack/bench --only operator [--quick] [--tasks N]
        .venv/bin/python hack/bench/controller.py [--tasks N] [--rate R] [--warm N]
                                                   [--operator-src DIR] [--json out.json]
+                                                  [--tracemalloc]
 
 --operator-src runs the operator from another checkout's `operator/` (e.g. main's worktree)
-with the same bench, for side-by-side before/after runs.
+with the same bench, for side-by-side before/after runs. --tracemalloc runs the operator under
+tracemalloc (hack/bench/traced.py) and prints what grew between the RSS points, by traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -54,6 +57,7 @@ BENCH_LABEL = "wasinn.dev/bench"
 TINY = '(module (memory (export "memory") 1) (func (export "_start")))'
 SUMMARY = json.dumps({"state": "Completed", "exitCode": 0, "stdout": "ok\n", "runSeconds": 0.001})
 WAIT_SECONDS = 600
+IMAGE = "localhost/wasinn-proplet:dev"
 
 
 def rss_mib(pid: int) -> float:
@@ -65,7 +69,7 @@ def rss_mib(pid: int) -> float:
 
 
 def _free_port() -> int:
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,31 +79,95 @@ def _free_port() -> int:
 class Operator:
     """`wasinn operator` watching one namespace, as a process of its own."""
 
-    def __init__(self, workdir: Path, kubeconfig: Path, namespace: str, src: Path | None,
-                 env: dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        kubeconfig: Path,
+        namespace: str,
+        src: Path | None,
+        env: dict[str, str],
+        trace: bool = False,
+    ) -> None:
         self.health = _free_port()
         self.log = workdir / "operator.log"
-        command = [sys.executable, "-m", "wasinn_operator.cli", "operator", "--namespace",
-                   namespace, "--health-port", str(self.health), "--metrics-port", "0"]  # fmt: skip
+        self.trace = workdir / "trace" if trace else None
+        entry = (
+            [str(Path(__file__).parent / "traced.py")] if trace else ["-m", "wasinn_operator.cli"]
+        )
+        command = [
+            sys.executable,
+            *entry,
+            "operator",
+            "--namespace",
+            namespace,
+            "--health-port",
+            str(self.health),
+            "--metrics-port",
+            "0",
+        ]
         full = {**os.environ, "KUBECONFIG": str(kubeconfig), **env}
+        if self.trace is not None:
+            self.trace.mkdir()
+            full["WASINN_TRACE_DIR"] = str(self.trace)
         if src is not None:
             full["PYTHONPATH"] = str(src / "operator")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(command, env=full, stdout=out, stderr=out)
-        _wait_http(self.process, f"http://127.0.0.1:{self.health}/healthz", self.log)
+        try:
+            _wait_http(self.process, f"http://127.0.0.1:{self.health}/healthz", self.log)
+        except BaseException:
+            _stop(self.process)
+            raise
 
     @property
     def rss(self) -> float:
         return rss_mib(self.process.pid)
+
+    def snapshot(self, label: str) -> None:
+        """With --tracemalloc: a snapshot of the operator's Python allocations, named."""
+        if self.trace is None:
+            return
+        before = set(self.trace.glob("*.snap"))
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = set(self.trace.glob("*.snap")) - before
+            if new:
+                time.sleep(2)  # let the dump finish
+                new.pop().rename(self.trace / f"{label}.tracemalloc")
+                return
+            time.sleep(0.2)
+
+    def trace_report(self, top: int = 25) -> str:
+        """The biggest growths between consecutive snapshots, by traceback."""
+        import tracemalloc
+
+        if self.trace is None:
+            return ""
+        lines: list[str] = []
+        labels = ("after_warmup", "after_deleted", "after_kept")
+        snaps = {p.stem: p for p in self.trace.glob("*.tracemalloc")}
+        for old, new in itertools.pairwise(labels):
+            if old not in snaps or new not in snaps:
+                continue
+            a = tracemalloc.Snapshot.load(str(snaps[old]))
+            b = tracemalloc.Snapshot.load(str(snaps[new]))
+            stats = b.compare_to(a, "traceback")
+            total = sum(s.size_diff for s in stats)
+            lines.append(f"== tracemalloc {old} -> {new}: {total / 2**20:+.1f} MiB")
+            for stat in stats[:top]:
+                lines.append(f"{stat.size_diff / 2**20:+8.2f} MiB {stat.count_diff:+7d} blocks")
+                lines += ["      " + str(f) for f in stat.traceback.format()[-12:]]
+        return "\n".join(lines)
 
     def stop(self) -> None:
         _stop(self.process)
 
 
 def _wait_http(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    import httpx  # noqa: PLC0415
+    import httpx
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args} exited:\n{log.read_text()[-2000:]}")
@@ -125,7 +193,7 @@ class Watcher:
     Succeeded) and tasks (when each first had Complete or Failed True); monotonic times."""
 
     def __init__(self, cluster: Any) -> None:
-        from tests.integration.kubeapi import Cluster  # noqa: PLC0415
+        from tests.integration.kubeapi import Cluster
 
         self.cluster: Cluster = cluster
         self.pod_seen: dict[str, float] = {}  # task name -> its first Pod's ADDED
@@ -134,14 +202,13 @@ class Watcher:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(4)
-        self.threads = [threading.Thread(target=t, daemon=True)
-                        for t in (self._pods, self._tasks)]  # fmt: skip
+        self.threads = [threading.Thread(target=t, daemon=True) for t in (self._pods, self._tasks)]
         for thread in self.threads:
             thread.start()
 
     def _stream(self, plural: str, selector: str) -> Iterator[dict[str, Any]]:
-        from kubernetes import watch  # noqa: PLC0415
-
+        """Watch events as the API sends them (raw JSON: the client's model classes would cost
+        the bench more than the operator's work it measures)."""
         c = self.cluster
         if plural == "pods":
             fn, args = c.core.list_namespaced_pod, (c.namespace,)
@@ -150,15 +217,23 @@ class Watcher:
             args = ("wasinn.dev", "v1alpha1", c.namespace, "wasinntasks")
         version = None
         while not self.stopping.is_set():
-            w = watch.Watch()  # type: ignore[no-untyped-call]
-            kwargs: dict[str, Any] = {"label_selector": selector, "timeout_seconds": 30}
+            kwargs: dict[str, Any] = {
+                "label_selector": selector,
+                "timeout_seconds": 30,
+                "watch": True,
+                "_preload_content": False,
+            }
             if version:
                 kwargs["resource_version"] = version
             try:
-                for event in w.stream(fn, *args, **kwargs):
-                    obj = event["raw_object"]
-                    version = obj["metadata"].get("resourceVersion", version)
-                    yield {"type": event["type"], "object": obj}
+                for line in fn(*args, **kwargs):
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(str(event))
+                    version = event["object"]["metadata"].get("resourceVersion", version)
+                    yield event
             except Exception:  # a watch that expired: list again from now
                 version = None
                 time.sleep(0.1)
@@ -213,8 +288,9 @@ def _task(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": {BENCH_LABEL: "1"}}, "spec": spec}
 
 
-def create_paced(cluster: Any, names: list[str], spec: dict[str, Any],
-                 rate: float | None) -> dict[str, float]:  # fmt: skip
+def create_paced(
+    cluster: Any, names: list[str], spec: dict[str, Any], rate: float | None
+) -> dict[str, float]:
     """Create the tasks at `rate` per second (None: all at once); each one's create time."""
     started: dict[str, float] = {}
     begin = time.monotonic()
@@ -235,12 +311,21 @@ def create_paced(cluster: Any, names: list[str], spec: dict[str, Any],
 
 def delete_all(cluster: Any, watcher: Watcher) -> None:
     """Delete the bench's tasks and wait until they and their Pods are gone."""
-    cluster.custom.delete_collection_namespaced_custom_object(
-        "wasinn.dev", "v1alpha1", cluster.namespace, "wasinntasks", label_selector=BENCH_LABEL
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        cluster.custom.delete_collection_namespaced_custom_object(
+            "wasinn.dev", "v1alpha1", cluster.namespace, "wasinntasks", label_selector=BENCH_LABEL
+        )
+    except ApiException as exc:  # 504: a big collection outlasts the request; it goes on
+        if exc.status != 504:
+            raise
+    cluster.wait_for(lambda: not cluster.list("wasinntasks"), timeout=600, what="tasks gone")
+    cluster.wait_for(
+        lambda: not cluster.list("pods", label_selector=TASK_UID),
+        timeout=600,
+        what="task Pods gone",
     )
-    cluster.wait_for(lambda: not cluster.list("wasinntasks"), timeout=300, what="tasks gone")
-    cluster.wait_for(lambda: not cluster.list("pods", label_selector=TASK_UID), timeout=300,
-                     what="task Pods gone")  # fmt: skip
 
 
 def _settle(operator: Operator, seconds: float = 5.0) -> float:
@@ -263,6 +348,7 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
         watcher.wait(warmup)
         delete_all(cluster, watcher)
         rss_warm = _settle(operator)
+        operator.snapshot("after_warmup")
         rss_after: dict[str, float] = {}
         for batch in ("deleted", "kept"):
             names = [f"{batch}-{i}" for i in range(count)]
@@ -284,17 +370,28 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
             if batch == "deleted":
                 delete_all(cluster, watcher)
             rss_after[batch] = _settle(operator)
+            operator.snapshot(f"after_{batch}")
         per = 1000 / count
         rows += [
             row(section, "operator RSS", "start", rss_start, "MiB"),
             row(section, "operator RSS", "after_warmup", rss_warm, "MiB"),
             row(section, "operator RSS", "after_deleted", rss_after["deleted"], "MiB"),
             row(section, "operator RSS", "after_kept", rss_after["kept"], "MiB"),
-            row(section, "operator RSS", "growth_deleted_per_1000",
-                (rss_after["deleted"] - rss_warm) * per, "MiB"),
-            row(section, "operator RSS", "growth_kept_per_1000",
-                (rss_after["kept"] - rss_after["deleted"]) * per, "MiB"),
-        ]  # fmt: skip
+            row(
+                section,
+                "operator RSS",
+                "growth_deleted_per_1000",
+                (rss_after["deleted"] - rss_warm) * per,
+                "MiB",
+            ),
+            row(
+                section,
+                "operator RSS",
+                "growth_kept_per_1000",
+                (rss_after["kept"] - rss_after["deleted"]) * per,
+                "MiB",
+            ),
+        ]
     finally:
         watcher.close()
     return rows
@@ -308,17 +405,28 @@ def warm_workers(cluster: Any, workdir: Path, models: Path, count: int) -> Itera
     try:
         for i in range(count):
             name = f"warm-{i}"
-            cluster.create("pods", {
-                "metadata": {"name": name, "labels": {"wasinn.dev/warm-pool": "default"}},
-                "spec": {"containers": [{"name": "worker", "image": "localhost/wasinn-proplet:dev"}]},
-            })  # fmt: skip
+            cluster.create(
+                "pods",
+                {
+                    "metadata": {"name": name, "labels": {"wasinn.dev/warm-pool": "default"}},
+                    "spec": {
+                        "containers": [{"name": "worker", "image": "localhost/wasinn-proplet:dev"}]
+                    },
+                },
+            )
             pod = cluster.set_pod_phase(name, "Running", node=NODE)
             port = _free_port()
             log = workdir / f"{name}.log"
-            env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
-                   "WASINN_WORKER_POD": name, "WASINN_WORKER_UID": pod["metadata"]["uid"],
-                   "WASINN_NAMESPACES": cluster.namespace, "WASINN_WORKER_HEALTH_PORT": str(port),
-                   "WASINN_MODELS_DIR": str(models), "WASINN_CACHE_DIR": str(workdir / "cache")}  # fmt: skip
+            env = {
+                **os.environ,
+                "KUBECONFIG": str(cluster.kubeconfig),
+                "WASINN_WORKER_POD": name,
+                "WASINN_WORKER_UID": pod["metadata"]["uid"],
+                "WASINN_NAMESPACES": cluster.namespace,
+                "WASINN_WORKER_HEALTH_PORT": str(port),
+                "WASINN_MODELS_DIR": str(models),
+                "WASINN_CACHE_DIR": str(workdir / "cache"),
+            }
             with log.open("ab") as out:
                 command = [sys.executable, "-m", "wasinn_operator.cli", "proplet", "warm"]
                 processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=out))
@@ -329,10 +437,11 @@ def warm_workers(cluster: Any, workdir: Path, models: Path, count: int) -> Itera
             _stop(process)
 
 
-def warm_rows(cluster: Any, operator: Operator, workdir: Path, models: Path,
-              count: int) -> list[Row]:  # fmt: skip
+def warm_rows(
+    cluster: Any, operator: Operator, workdir: Path, models: Path, count: int
+) -> list[Row]:
     """1 tiny warm task (five times), then `count` at once: apply -> Complete, tasks/s."""
-    import wasmtime  # noqa: PLC0415
+    import wasmtime
 
     tiny = base64.b64encode(wasmtime.wat2wasm(TINY)).decode()
     spec = {"wasm": {"inline": tiny}, "execution": "warm", "backoffLimit": 0}
@@ -371,11 +480,12 @@ def warm_rows(cluster: Any, operator: Operator, workdir: Path, models: Path,
     return rows
 
 
-def operator_section(count: int, rate: float, warm: int, models: Path,
-                     src: Path | None = None) -> list[Row]:  # fmt: skip
+def operator_section(
+    count: int, rate: float, warm: int, models: Path, src: Path | None = None, trace: bool = False
+) -> list[Row]:
     """Start a control plane and the operator, measure, stop both."""
-    from tests.apiserver import ControlPlane  # noqa: PLC0415
-    from tests.integration.kubeapi import Cluster  # noqa: PLC0415
+    from tests.apiserver import ControlPlane
+    from tests.integration.kubeapi import Cluster
 
     with tempfile.TemporaryDirectory(prefix="wasinn-bench-operator-") as tmp:
         workdir = Path(tmp)
@@ -386,27 +496,30 @@ def operator_section(count: int, rate: float, warm: int, models: Path,
             cluster.create("namespaces", {"metadata": {"name": cluster.namespace}})
             cluster.add_node(NODE, LABELS)
             cluster.add_pvc("models")
-            env = {"WASINN_PROPLET_IMAGE": "localhost/wasinn-proplet:dev",
-                   "WASINN_WARM_ENABLED": "true", "WASINN_WARM_NAMESPACE": cluster.namespace}  # fmt: skip
-            operator = Operator(workdir, plane.kubeconfig, cluster.namespace, src, env)
+            env = {
+                "WASINN_PROPLET_IMAGE": "localhost/wasinn-proplet:dev",
+                "WASINN_WARM_ENABLED": "true",
+                "WASINN_WARM_NAMESPACE": cluster.namespace,
+            }
+            operator = Operator(workdir, plane.kubeconfig, cluster.namespace, src, env, trace)
             try:
                 rows = pod_rows(cluster, operator, count, rate)
+                if trace:
+                    print(operator.trace_report(), file=sys.stderr)
                 if warm:
                     delete_all(cluster, Watcher(cluster))
                     rows += warm_rows(cluster, operator, workdir, models, warm)
             finally:
                 operator.stop()
                 if os.environ.get("WASINN_BENCH_KEEP_LOG"):
-                    Path(os.environ["WASINN_BENCH_KEEP_LOG"]).write_bytes(
-                        operator.log.read_bytes()
-                    )
+                    Path(os.environ["WASINN_BENCH_KEEP_LOG"]).write_bytes(operator.log.read_bytes())
         finally:
             plane.stop()
     return rows
 
 
 def main() -> int:
-    import report  # noqa: PLC0415
+    import report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per batch (1000)")
@@ -416,9 +529,16 @@ def main() -> int:
     models = os.environ.get("WASINN_MODELS_DIR") or ROOT.parent / "shared" / "models"
     parser.add_argument("--models-dir", type=Path, default=Path(models))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the operator's allocations, print the growth by site (slow)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    rows = operator_section(args.tasks, args.rate, args.warm, args.models_dir, args.operator_src)
+    rows = operator_section(
+        args.tasks, args.rate, args.warm, args.models_dir, args.operator_src, args.tracemalloc
+    )
     print(report.table(rows))
     print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}", file=sys.stderr)
     if args.json:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,10 @@ from .reconcile import Facts, reconcile, stopped_run
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
+# API calls run in threads (controller/kube.py); asyncio's default pool has cpu_count + 4, which
+# at 20 tasks/s (a dozen calls per task, each waiting on the API server) queues calls for
+# seconds. The calls mostly wait on the network, so more threads cost little CPU.
+API_THREADS = 24
 
 
 @dataclass
@@ -95,6 +101,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
     operator = _operator(memo)
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube")
+    )
     metrics.serve(operator.settings.metrics_port)
     operator.kube = Kube()
     operator.resync = asyncio.create_task(resync_loop(operator))
@@ -119,10 +128,16 @@ async def wasinntask_event(
         operator.assignments.pop(uid, None)
         operator.written.pop(uid, None)
         return
-    version = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
+    version = (body.get("metadata") or {}).get("resourceVersion")
     if version and operator.written.get(uid) == version:
         return  # the echo of this operator's own status write: nothing new to act on
-    await reconcile_task(operator, namespace or "default", name, uid)
+    # A task this operator never wrote to (new, or first seen since a restart): the watch's copy
+    # is the newest there is, so no GET of a possibly large spec before its Pod is made. (Once
+    # written, an event may predate the last write: read. A stale copy would fail the status
+    # write's resourceVersion precondition anyway, and the retry reads.)
+    seen = body if version and uid not in operator.written else None
+    await reconcile_task(operator, namespace or "default", name, uid, seen)
 
 
 async def resync_loop(operator: Operator) -> None:
@@ -228,17 +243,21 @@ async def worker_event(
         await reconcile_task(operator, ns, task, uid)
 
 
-async def reconcile_task(operator: Operator, namespace: str, name: str, uid: str) -> None:
-    """Reconcile one task from fresh state and apply the plan; when the task changed between
-    the read and the status write (the shim starts and stops runs), decide again."""
+async def reconcile_task(
+    operator: Operator, namespace: str, name: str, uid: str, seen: dict[str, Any] | None = None
+) -> None:
+    """Reconcile one task from fresh state (`seen`: the task as its watch event just delivered
+    it, used for the first try) and apply the plan; when the task changed between the read and
+    the status write (the shim starts and stops runs), decide again on a fresh read."""
     lock = operator.locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 try:
-                    await _reconcile(operator, namespace, name, uid)
+                    await _reconcile(operator, namespace, name, uid, seen)
                     return
                 except StaleTaskError:
+                    seen = None
                     if attempt == STALE_RETRIES:
                         raise
                     log.info("%s/%s changed during a reconcile; again", namespace, name)
@@ -247,9 +266,11 @@ async def reconcile_task(operator: Operator, namespace: str, name: str, uid: str
             raise
 
 
-async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) -> None:
+async def _reconcile(
+    operator: Operator, namespace: str, name: str, uid: str, seen: dict[str, Any] | None
+) -> None:
     kube, settings = operator.api, operator.settings
-    task = await kube.task(namespace, name)
+    task = seen if seen is not None else await kube.task(namespace, name)
     if task is None or task["metadata"].get("deletionTimestamp"):
         return
     task["metadata"].setdefault("uid", uid)
@@ -270,8 +291,8 @@ async def _reconcile(operator: Operator, namespace: str, name: str, uid: str) ->
         )
         if written:
             operator.written[uid] = written
-    for kind, reason, message in plan.events:
-        await kube.post_event(task, kind, reason, message)
+    # Events are best effort and independent: posted together, not one round trip after another.
+    await asyncio.gather(*(kube.post_event(task, *event) for event in plan.events))
     metrics.observe(uid, before, plan.status, facts.pods)
     _track_warm(operator, task, plan.status)
     if plan.delete_task:
@@ -334,12 +355,14 @@ async def _facts(
     except ValidationError:
         return Facts(now=now, pods=pods)  # reconcile reports the invalid spec
     claim = spec.models.claim_name or settings.models_claim
+    # Independent reads: in parallel, so a start decision waits for one round trip, not three.
+    claim_exists, nodes, wasm_problem = await asyncio.gather(
+        kube.claim_exists(meta["namespace"], claim),
+        kube.nodes(),
+        kube.wasm_problem(meta["namespace"], spec),
+    )
     return Facts(
-        now=now,
-        pods=pods,
-        claim_exists=await kube.claim_exists(meta["namespace"], claim),
-        nodes=await kube.nodes(),
-        wasm_problem=await kube.wasm_problem(meta["namespace"], spec),
+        now=now, pods=pods, claim_exists=claim_exists, nodes=nodes, wasm_problem=wasm_problem
     )
 
 
