@@ -7,6 +7,7 @@ server) run on the real API server in tests/integration/test_concurrent_writes.p
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -20,18 +21,27 @@ def test_the_operator_reconciles_again_after_a_refused_status_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
+    bodies: list[Any] = []
     operator = handlers.Operator(OperatorSettings())
 
-    async def reconcile_once(_: handlers.Operator, namespace: str, name: str, uid: str) -> None:
+    async def reconcile_once(
+        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any
+    ) -> None:
         calls.append(name)
+        bodies.append(seen)
         if len(calls) < 3:
             raise StaleTaskError(f"{namespace}/{name} changed since it was read")
 
     monkeypatch.setattr(handlers, "_reconcile", reconcile_once)
-    asyncio.run(handlers.reconcile_task(operator, "ml", "t1", "uid-1"))
+    event_body = {"metadata": {"name": "t1", "resourceVersion": "7"}}
+    asyncio.run(handlers.reconcile_task(operator, "ml", "t1", "uid-1", event_body))
     assert calls == ["t1"] * 3
+    # The watch's copy serves the first try only; a refused write reads the task afresh.
+    assert bodies == [event_body, None, None]
 
-    async def always_stale(_: handlers.Operator, namespace: str, name: str, uid: str) -> None:
+    async def always_stale(
+        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any
+    ) -> None:
         calls.append(name)
         raise StaleTaskError("changed")
 

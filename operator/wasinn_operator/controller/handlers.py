@@ -31,6 +31,7 @@ from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
 from .pods import attempt_in_progress, current_pod, unschedulable
 from .reconcile import Facts, reconcile, stopped_run
+from .run import release_freed_memory
 from .settings import OperatorSettings
 
 log = logging.getLogger("wasinn.operator")
@@ -163,6 +164,7 @@ async def resync_loop(operator: Operator) -> None:
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
             log.exception("resync failed")
+        release_freed_memory()  # a round's garbage, and the watches', back to the system
 
 
 @kopf.on.cleanup()
