@@ -1,13 +1,16 @@
 """hack/bench: wasinn's benchmark suite, one entry point.
 
-usage: .venv/bin/python hack/bench [--only runtime,startup,local,rest,image,cluster] [--quick]
+usage: .venv/bin/python hack/bench [--only runtime,startup,local,rest,image,cluster,operator]
+                                   [--quick]
                                    [--tasks N] [--json out.json] [--compare old.json]
                                    [--plot out.png] [--models-dir DIR] [--guest WASM]
 
 Sections: runtime (native OpenVINO vs the wasm guest per shared model, batch 1 and 8), startup
 (cold vs warm process, per stage), local (the local shim end to end at concurrency 1/4/16),
 rest (the shim's GET/POST requests/s), image (the proplet image's first task under podman, when
-the image is built), cluster (only when `hack/cluster status` is up).
+the image is built), cluster (only when `hack/cluster status` is up), operator (the operator
+alone on a test control plane: task -> Pod latency at 20 tasks/s and RSS growth over --tasks
+tasks, default 1,000, quick 100; hack/bench/controller.py; only when asked for).
 Prints a table; --json writes the results for comparing commits, --compare prints new/old.
 Timings are of this machine under its current load: compare runs made side by side.
 """
@@ -27,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SECTIONS = ("runtime", "startup", "local", "rest", "image", "cluster")
+SECTIONS = ("runtime", "startup", "local", "rest", "image", "cluster", "operator")
+# operator starts a control plane of its own (minutes, and the Kubernetes binaries): asked for.
+DEFAULT = SECTIONS[:-1]
 
 
 def cpu_model() -> str:
@@ -64,9 +69,9 @@ def parse_only(value: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="hack/bench", description=__doc__.splitlines()[0])
-    every = ",".join(SECTIONS)
+    every = ",".join(DEFAULT)
     parser.add_argument(
-        "--only", type=parse_only, default=list(SECTIONS), help=f"sections (default {every})"
+        "--only", type=parse_only, default=list(DEFAULT), help=f"sections (default {every})"
     )
     parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
     parser.add_argument("--tasks", type=int, help="local: tasks per concurrency (200; quick 20)")
@@ -114,6 +119,11 @@ def main() -> int:
             rows += image_rows
             if skipped:
                 print(skipped, file=sys.stderr)
+        elif section == "operator":
+            import controller
+
+            count = args.tasks or (100 if args.quick else 1000)
+            rows += controller.operator_section(count, 20.0, 0, models_dir)
         else:
             import service
 
