@@ -177,6 +177,45 @@ def test_suspend_and_resume(kube: Cluster, operator: OperatorProcess) -> None:
     wait_status(kube, "long", "Suspended False", lambda s: not suspended(s))
 
 
+def test_a_restarted_operator_takes_up_a_running_pod(
+    kube: Cluster, operator: OperatorProcess
+) -> None:
+    """A new operator process knows a Pod only from its watch's first listing (its Pod cache
+    starts empty): it must still follow the running attempt to its end, not start another."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "resumed")
+    wait_pod(kube, "resumed-1")
+    kube.set_pod_phase("resumed-1", "Running", node="n1")
+    wait_status(kube, "resumed", "Running", lambda s: s.get("phase") == "Running")
+    operator.stop()
+    kube.set_pod_phase(
+        "resumed-1", "Succeeded", exit_code=0, termination_message=json.dumps(SUMMARY)
+    )
+    operator.start()
+    st = wait_status(kube, "resumed", "Completed", lambda s: s.get("phase") == "Completed")
+    assert (st["attempts"], st["exitCode"]) == (1, 0)
+    assert kube.find("pods", "resumed-2") is None
+
+
+def test_a_deleted_pod_is_a_failed_attempt_and_retried(
+    kube: Cluster, operator: OperatorProcess
+) -> None:
+    """A running attempt's Pod deleted by someone else (an eviction, a drain, kubectl): its
+    DELETED event leaves the task's Pod cache without the Pod the status names, the operator
+    lists to be sure and counts the attempt as failed."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "evicted", backoffLimit=2)
+    pod = wait_pod(kube, "evicted-1")
+    kube.set_pod_phase("evicted-1", "Running", node="n1")
+    wait_status(kube, "evicted", "Running", lambda s: s.get("phase") == "Running")
+    assert kube.confirm_deletion("evicted-1", pod["metadata"]["uid"])
+    wait_pod(kube, "evicted-2")
+    st = wait_status(kube, "evicted", "a failed attempt", lambda s: s.get("failedAttempts") == 1)
+    assert "the Pod disappeared" in str(st)
+
+
 def test_ttl_after_finished(kube: Cluster, operator: OperatorProcess) -> None:
     kube.add_node("n1", LABELS)
     kube.add_pvc("models")

@@ -29,6 +29,7 @@ from ..kubeclient import STALE_RETRIES, in_cluster
 from . import external, metrics, warm
 from .builders import TASK_UID_LABEL
 from .kube import Kube, StaleTaskError
+from .podcache import PodCache
 from .pods import attempt_in_progress, current_pod, unschedulable
 from .reconcile import Facts, reconcile, stopped_run
 from .run import release_freed_memory
@@ -59,6 +60,8 @@ class Operator:
     assignments: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     # The resourceVersion of each task's last status write: its own echo needs no reconcile.
     written: dict[str, str] = field(default_factory=dict)
+    # The task Pods as the Pod watch delivered them: an event's reconcile lists none.
+    pods: PodCache = field(default_factory=PodCache)
 
     @property
     def api(self) -> Kube:
@@ -128,17 +131,27 @@ async def wasinntask_event(
         operator.locks.pop(uid, None)
         operator.assignments.pop(uid, None)
         operator.written.pop(uid, None)
+        operator.pods.forget(uid)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     version = (body.get("metadata") or {}).get("resourceVersion")
     if version and operator.written.get(uid) == version:
         return  # the echo of this operator's own status write: nothing new to act on
-    # A task this operator never wrote to (new, or first seen since a restart): the watch's copy
-    # is the newest there is, so no GET of a possibly large spec before its Pod is made. (Once
-    # written, an event may predate the last write: read. A stale copy would fail the status
-    # write's resourceVersion precondition anyway, and the retry reads.)
-    seen = body if version and uid not in operator.written else None
+    # A task this operator never wrote to (new, or first seen since a restart), or changed since
+    # its last write (the shim started or stopped it): the watch's copy is the newest known, so
+    # no GET of a possibly large spec. An event older than the last write is read again. A copy
+    # gone stale meanwhile fails the status write's resourceVersion precondition, and the retry
+    # reads.
+    last = operator.written.get(uid)
+    seen = body if version and (last is None or _newer(version, last)) else None
     await reconcile_task(operator, namespace or "default", name, uid, seen)
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether resourceVersion `version` is later than `than`. They are etcd revisions,
+    numbers, on every API server in use; anything else is taken as not newer, which costs a
+    read and never a wrong decision."""
+    return version.isdigit() and than.isdigit() and int(version) > int(than)
 
 
 async def resync_loop(operator: Operator) -> None:
@@ -153,18 +166,35 @@ async def resync_loop(operator: Operator) -> None:
             await asyncio.wait_for(wake.wait(), settings.resync_seconds)
         wake.clear()
         try:
-            for task in await operator.api.list_tasks(settings.namespaces):
+            tasks = await operator.api.list_tasks(settings.namespaces)
+            _prune(operator, {task["metadata"]["uid"] for task in tasks})
+            for task in tasks:
                 meta = task["metadata"]
                 if (
                     _settled(task)
                     and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None
                 ):
                     continue
-                await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"])
+                await reconcile_task(
+                    operator, meta["namespace"], meta["name"], meta["uid"], live=True
+                )
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
             log.exception("resync failed")
         release_freed_memory()  # a round's garbage, and the watches', back to the system
+
+
+def _prune(operator: Operator, present: set[str]) -> None:
+    """Drop what is kept for tasks that are gone but whose DELETED event never came (a watch
+    reconnecting), or that a late Pod event brought back after it: locks, Pods, write marks."""
+    for uid in [uid for uid, lock in operator.locks.items() if uid not in present]:
+        if not operator.locks[uid].locked():
+            del operator.locks[uid]
+            operator.pods.forget(uid)
+            operator.written.pop(uid, None)
+    for uid in operator.pods.uids() - present:
+        if uid not in operator.locks:
+            operator.pods.forget(uid)
 
 
 @kopf.on.cleanup()
@@ -209,13 +239,21 @@ def _offer(node: dict[str, Any]) -> str:
 
 
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
-async def pod_event(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A task's Pod changed: move its task along."""
-    for owner in body.metadata.get("ownerReferences") or []:
+async def pod_event(event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A task's Pod changed: remember it, and move its task along."""
+    operator = _operator(memo)
+    pod: dict[str, Any] = dict(event.get("object") or {})
+    for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
         if owner.get("kind") == "WasiNNTask" and owner.get("controller"):
-            await reconcile_task(
-                _operator(memo), namespace or "default", owner["name"], owner["uid"]
-            )
+            uid = str(owner["uid"])
+            # Under the task's lock: a live listing in flight for the task would otherwise
+            # overwrite this newer copy with the older one it read.
+            async with operator.locks.setdefault(uid, asyncio.Lock()):
+                if event.get("type") == "DELETED":
+                    operator.pods.remove(pod)
+                else:
+                    operator.pods.put(pod)
+            await reconcile_task(operator, namespace or "default", owner["name"], uid)
 
 
 @kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
@@ -246,17 +284,24 @@ async def worker_event(
 
 
 async def reconcile_task(
-    operator: Operator, namespace: str, name: str, uid: str, seen: dict[str, Any] | None = None
+    operator: Operator,
+    namespace: str,
+    name: str,
+    uid: str,
+    seen: dict[str, Any] | None = None,
+    *,
+    live: bool = False,
 ) -> None:
     """Reconcile one task from fresh state (`seen`: the task as its watch event just delivered
-    it, used for the first try) and apply the plan; when the task changed between the read and
-    the status write (the shim starts and stops runs), decide again on a fresh read."""
+    it, used for the first try; `live`: list its Pods rather than trust the Pod cache) and apply
+    the plan; when the task changed between the read and the status write (the shim starts and
+    stops runs), decide again on a fresh read."""
     lock = operator.locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 try:
-                    await _reconcile(operator, namespace, name, uid, seen)
+                    await _reconcile(operator, namespace, name, uid, seen, live)
                     return
                 except StaleTaskError:
                     seen = None
@@ -269,7 +314,12 @@ async def reconcile_task(
 
 
 async def _reconcile(
-    operator: Operator, namespace: str, name: str, uid: str, seen: dict[str, Any] | None
+    operator: Operator,
+    namespace: str,
+    name: str,
+    uid: str,
+    seen: dict[str, Any] | None,
+    live: bool,
 ) -> None:
     kube, settings = operator.api, operator.settings
     task = seen if seen is not None else await kube.task(namespace, name)
@@ -277,7 +327,7 @@ async def _reconcile(
         return
     task["metadata"].setdefault("uid", uid)
     task["metadata"].setdefault("namespace", namespace)
-    facts = await _facts(kube, settings, task, operator)
+    facts = await _facts(kube, settings, task, operator, live)
     plan = reconcile(task, facts, settings)
     if plan.create_configmap is not None:
         await kube.create(plan.create_configmap)
@@ -332,7 +382,7 @@ def _pool(task: dict[str, Any], settings: OperatorSettings) -> str:
 
 
 async def _facts(
-    kube: Kube, settings: OperatorSettings, task: dict[str, Any], operator: Operator
+    kube: Kube, settings: OperatorSettings, task: dict[str, Any], operator: Operator, live: bool
 ) -> Facts:
     meta = task["metadata"]
     now = datetime.now(UTC)
@@ -340,8 +390,11 @@ async def _facts(
         return Facts(now=now, pods=[])  # no Pod: its run is on external proplets
     if _warm(task, settings):
         return _warm_facts(settings, task, operator, now)
-    pods = await kube.pods(meta["namespace"], meta["uid"])
     status = task.get("status") or {}
+    pods = None if live else operator.pods.pods(meta["uid"], status.get("podName"))
+    if pods is None:
+        pods = await kube.pods(meta["namespace"], meta["uid"])
+        operator.pods.refresh(meta["uid"], pods)
     # Only a start decision reads the other facts; a suspended task (the shim creates every
     # task suspended) makes none. A Pod the scheduler cannot place needs the nodes alone, to
     # say what none of them has.

@@ -1,0 +1,131 @@
+"""The operator's Pod cache: what the Pod watch delivered, trusted only when it holds the Pod
+the task's status names; and the handlers' bookkeeping around it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from wasinn_operator.controller.builders import TASK_UID_LABEL
+from wasinn_operator.controller.handlers import Operator, _newer, _prune
+from wasinn_operator.controller.podcache import PodCache, slim
+from wasinn_operator.controller.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+
+def pod(name: str, uid: str = "u1", phase: str = "Pending", **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {TASK_UID_LABEL: uid, "wasinn.dev/attempt": name[-1]},
+            "managedFields": [{"manager": "kubelet"}],
+            **meta,
+        },
+        "spec": {"nodeName": "n1", "containers": [{"name": "proplet", "env": [{"x": "y" * 100}]}]},
+        "status": {"phase": phase},
+    }
+
+
+def test_an_empty_cache_answers_no_pods_for_a_task_that_names_none() -> None:
+    assert PodCache().pods("u1", None) == []
+
+
+def test_a_task_whose_pod_is_not_cached_is_not_trusted() -> None:
+    cache = PodCache()
+    assert cache.pods("u1", "t-1") is None
+    cache.put(pod("t-1"))
+    assert [p["metadata"]["name"] for p in cache.pods("u1", "t-1") or []] == ["t-1"]
+    assert cache.pods("u1", "t-2") is None  # a newer attempt not seen yet
+
+
+def test_put_keeps_the_latest_copy_and_remove_drops_it() -> None:
+    cache = PodCache()
+    cache.put(pod("t-1"))
+    cache.put(pod("t-1", phase="Running"))
+    assert [p["status"]["phase"] for p in cache.pods("u1", "t-1") or []] == ["Running"]
+    cache.remove(pod("t-1"))
+    assert cache.pods("u1", "t-1") is None
+    assert cache.pods("u1", None) == []
+    assert len(cache) == 0 and cache.uids() == set()
+
+
+def test_pods_of_different_tasks_are_kept_apart() -> None:
+    cache = PodCache()
+    cache.put(pod("a-1", uid="a"))
+    cache.put(pod("b-1", uid="b"))
+    cache.put(pod("b-2", uid="b"))
+    assert len(cache.pods("a", None) or []) == 1
+    assert len(cache.pods("b", "b-2") or []) == 2
+    cache.forget("b")
+    assert cache.uids() == {"a"} and len(cache) == 1
+
+
+def test_a_pod_without_the_task_label_or_a_name_is_ignored() -> None:
+    cache = PodCache()
+    unlabelled = pod("x-1")
+    del unlabelled["metadata"]["labels"][TASK_UID_LABEL]
+    cache.put(unlabelled)
+    cache.put({"metadata": {"labels": {TASK_UID_LABEL: "u1"}}})
+    cache.remove(unlabelled)  # removing what was never there is fine
+    assert len(cache) == 0
+
+
+def test_refresh_replaces_a_tasks_pods_with_the_listing() -> None:
+    cache = PodCache()
+    cache.put(pod("t-1"))
+    cache.put(pod("t-2"))
+    cache.refresh("u1", [pod("t-2", phase="Succeeded")])
+    assert [
+        (p["metadata"]["name"], p["status"]["phase"]) for p in cache.pods("u1", "t-2") or []
+    ] == [("t-2", "Succeeded")]
+    cache.refresh("u1", [])
+    assert cache.uids() == set()
+
+
+def test_slim_keeps_what_a_reconcile_reads_and_drops_the_rest() -> None:
+    full = pod("t-1", phase="Failed", deletionTimestamp="2026-12-06T00:00:00Z")
+    full["status"]["containerStatuses"] = [{"name": "proplet", "state": {"terminated": {}}}]
+    kept = slim(full)
+    assert kept["spec"] == {"nodeName": "n1"}
+    assert kept["status"] == full["status"]
+    assert kept["metadata"]["deletionTimestamp"] == "2026-12-06T00:00:00Z"
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["labels"] == full["metadata"]["labels"]
+    assert slim({"metadata": {"name": "p"}})["spec"] == {}
+
+
+def test_a_caller_changing_its_copy_does_not_change_the_cache() -> None:
+    cache = PodCache()
+    cache.put(pod("t-1"))
+    (got,) = cache.pods("u1", "t-1") or []
+    got["metadata"] = {}
+    assert cache.pods("u1", "t-1") is not None
+
+
+def test_resource_versions_compare_as_numbers_and_anything_else_is_not_newer() -> None:
+    assert _newer("10", "9")
+    assert not _newer("9", "10")
+    assert not _newer("10", "10")
+    assert not _newer("abc", "9") and not _newer("10", "")
+
+
+def test_prune_drops_what_is_kept_for_gone_tasks_but_not_for_a_task_being_reconciled() -> None:
+    async def run() -> Operator:
+        operator = Operator(OperatorSettings())
+        for uid in ("gone", "busy", "here"):
+            operator.locks[uid] = asyncio.Lock()
+            operator.written[uid] = "1"
+            operator.pods.put(pod(f"{uid}-1", uid=uid))
+        operator.pods.put(pod("orphan-1", uid="orphan"))  # a late Pod event of a deleted task
+        await operator.locks["busy"].acquire()
+        _prune(operator, {"here"})
+        return operator
+
+    operator = asyncio.run(run())
+    assert set(operator.locks) == {"busy", "here"}
+    assert set(operator.written) == {"busy", "here"}
+    assert operator.pods.uids() == {"busy", "here"}
