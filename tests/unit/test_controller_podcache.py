@@ -4,12 +4,16 @@ the task's status names; and the handlers' bookkeeping around it."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import copy
+from typing import Any, cast
 
+import kopf
 import pytest
 
+from wasinn_operator.controller import handlers
 from wasinn_operator.controller.builders import TASK_UID_LABEL
 from wasinn_operator.controller.handlers import Operator, _newer, _prune
+from wasinn_operator.controller.kube import Kube, StaleTaskError
 from wasinn_operator.controller.podcache import PodCache, slim
 from wasinn_operator.controller.settings import OperatorSettings
 
@@ -129,3 +133,108 @@ def test_prune_drops_what_is_kept_for_gone_tasks_but_not_for_a_task_being_reconc
     assert set(operator.locks) == {"busy", "here"}
     assert set(operator.written) == {"busy", "here"}
     assert operator.pods.uids() == {"busy", "here"}
+
+
+class FakeKube:
+    """The API calls a reconcile makes, recorded; the task store is one dict."""
+
+    def __init__(self, task: dict[str, Any]) -> None:
+        self.stored = task
+        self.calls: list[str] = []
+        self.stale_writes = 0
+
+    async def task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get task")
+        return copy.deepcopy(self.stored)
+
+    async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        self.calls.append("list pods")
+        return []
+
+    async def claim_exists(self, namespace: str, name: str) -> bool:
+        return True
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        ready = {"conditions": [{"type": "Ready", "status": "True"}]}
+        return [
+            {"metadata": {"name": "n1", "labels": {"wasinn.dev/openvino": "true"}}, "status": ready}
+        ]
+
+    async def wasm_problem(self, namespace: str, spec: Any) -> None:
+        return None
+
+    async def create(self, manifest: dict[str, Any]) -> None:
+        self.calls.append(f"create {manifest['kind']}")
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.calls.append("delete pod")
+
+    async def post_event(self, task: dict[str, Any], *event: str) -> None:
+        return None
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], version: str | None
+    ) -> dict[str, Any]:
+        self.calls.append("write status")
+        if self.stale_writes:
+            self.stale_writes -= 1
+            self.stored["metadata"]["resourceVersion"] = str(int(version or 0) + 1)
+            raise StaleTaskError("changed")
+        assert version == self.stored["metadata"]["resourceVersion"]
+        merged = {**(self.stored.get("status") or {}), **status}
+        self.stored["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.stored["metadata"]["resourceVersion"] = str(int(version or 0) + 1)
+        return copy.deepcopy(self.stored)
+
+
+def test_a_pod_events_reconcile_reads_neither_the_task_nor_its_pods() -> None:
+    """The task's watch event and the answer to the operator's own status write are the newest
+    copies there are; the Pod watch keeps the Pods: following an attempt costs writes only."""
+    stored = {
+        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
+    }
+    kube = FakeKube(stored)
+    memo = kopf.Memo(operator=Operator(OperatorSettings(), kube=cast(Kube, kube)))
+    added = {"type": "ADDED", "object": copy.deepcopy(stored)}
+
+    async def run() -> None:
+        await handlers.wasinntask_event(
+            event=added, name="cat", namespace="ml", uid="u1", memo=memo
+        )
+        running = pod("cat-1", phase="Running")
+        running["metadata"]["ownerReferences"] = [
+            {"kind": "WasiNNTask", "name": "cat", "uid": "u1", "controller": True}
+        ]
+        await handlers.pod_event(
+            event={"type": "MODIFIED", "object": running}, namespace="ml", memo=memo
+        )
+
+    asyncio.run(run())
+    assert kube.calls == ["create Pod", "write status", "write status"]
+    assert kube.stored["status"]["phase"] == "Running"
+
+
+def test_a_refused_status_write_drops_the_kept_copy_and_reads_the_task() -> None:
+    stored = {
+        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
+    }
+    kube = FakeKube(stored)
+    kube.stale_writes = 1
+    operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
+    operator.tasks["u1"] = copy.deepcopy(stored)
+    asyncio.run(handlers.reconcile_task(operator, "ml", "cat", "u1"))
+    assert kube.calls == ["create Pod", "write status", "get task", "create Pod", "write status"]
+    assert operator.tasks["u1"]["metadata"]["resourceVersion"] == "7"
+    assert operator.written["u1"] == "7"
+
+
+def test_a_settled_task_is_not_kept() -> None:
+    operator = Operator(OperatorSettings())
+    done = {"metadata": {"uid": "u1"}, "spec": {}, "status": {"phase": "Completed"}}
+    operator.tasks["u1"] = {"metadata": {"uid": "u1"}}
+    handlers._keep(operator, "u1", done)
+    assert "u1" not in operator.tasks
+    handlers._keep(operator, "u1", {"metadata": {"uid": "u1"}, "spec": {}, "status": {}})
+    assert "u1" in operator.tasks

@@ -62,6 +62,9 @@ class Operator:
     written: dict[str, str] = field(default_factory=dict)
     # The task Pods as the Pod watch delivered them: an event's reconcile lists none.
     pods: PodCache = field(default_factory=PodCache)
+    # The newest copy known of each unfinished task (its watch event, or the answer to the
+    # operator's own status write): a Pod event's reconcile reads no task.
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def api(self) -> Kube:
@@ -132,6 +135,7 @@ async def wasinntask_event(
         operator.assignments.pop(uid, None)
         operator.written.pop(uid, None)
         operator.pods.forget(uid)
+        operator.tasks.pop(uid, None)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     version = (body.get("metadata") or {}).get("resourceVersion")
@@ -144,7 +148,18 @@ async def wasinntask_event(
     # reads.
     last = operator.written.get(uid)
     seen = body if version and (last is None or _newer(version, last)) else None
+    if seen is not None:
+        _keep(operator, uid, seen)
     await reconcile_task(operator, namespace or "default", name, uid, seen)
+
+
+def _keep(operator: Operator, uid: str, task: dict[str, Any]) -> None:
+    """Keep `task` as the newest copy known, unless it has settled (no Pod event of a settled
+    task needs it, and a thousand finished tasks would otherwise stay in memory)."""
+    if _settled(task):
+        operator.tasks.pop(uid, None)
+    else:
+        operator.tasks[uid] = task
 
 
 def _newer(version: str, than: str) -> bool:
@@ -192,6 +207,7 @@ def _prune(operator: Operator, present: set[str]) -> None:
             del operator.locks[uid]
             operator.pods.forget(uid)
             operator.written.pop(uid, None)
+            operator.tasks.pop(uid, None)
     for uid in operator.pods.uids() - present:
         if uid not in operator.locks:
             operator.pods.forget(uid)
@@ -305,6 +321,7 @@ async def reconcile_task(
                     return
                 except StaleTaskError:
                     seen = None
+                    operator.tasks.pop(uid, None)  # it was stale: read afresh
                     if attempt == STALE_RETRIES:
                         raise
                     log.info("%s/%s changed during a reconcile; again", namespace, name)
@@ -322,7 +339,13 @@ async def _reconcile(
     live: bool,
 ) -> None:
     kube, settings = operator.api, operator.settings
-    task = seen if seen is not None else await kube.task(namespace, name)
+    task = seen
+    if task is None and not live and uid in operator.tasks:
+        task = copy.deepcopy(operator.tasks[uid])  # the reconcile below may change its copy
+    if task is None:
+        task = await kube.task(namespace, name)
+        if task is not None:
+            _keep(operator, uid, copy.deepcopy(task))
     if task is None or task["metadata"].get("deletionTimestamp"):
         return
     task["metadata"].setdefault("uid", uid)
@@ -341,8 +364,11 @@ async def _reconcile(
         written = await kube.patch_status(
             namespace, name, _merge_patch(before, plan.status), version
         )
-        if written:
-            operator.written[uid] = written
+        if written is not None:
+            operator.written[uid] = str(written["metadata"].get("resourceVersion") or "")
+            _keep(operator, uid, written)
+        else:
+            operator.tasks.pop(uid, None)  # gone
     # Events are best effort and independent: posted together, not one round trip after another.
     await asyncio.gather(*(kube.post_event(task, *event) for event in plan.events))
     metrics.observe(uid, before, plan.status, facts.pods)

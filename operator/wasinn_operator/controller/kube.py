@@ -119,10 +119,10 @@ class Kube:
 
     async def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
-    ) -> str | None:
+    ) -> dict[str, Any] | None:
         """Merge-patch the status subresource of the task as read at `resource_version`;
         `StaleTaskError` when it changed since (the shim records its intents on the task). The
-        task's new resourceVersion (None when it is gone)."""
+        task as written (None when it is gone)."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -135,8 +135,8 @@ class Kube:
             return None
         except ConflictError:
             raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
-        version = (written.get("metadata") or {}).get("resourceVersion")
-        return str(version) if version else None
+        written.setdefault("metadata", {})
+        return written
 
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
