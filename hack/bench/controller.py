@@ -371,12 +371,19 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
                 delete_all(cluster, watcher)
             rss_after[batch] = _settle(operator)
             operator.snapshot(f"after_{batch}")
-        per = 1000 / count
+        per = 1000 / count  # (a plateau reached within `count` tasks is extrapolated too)
         rows += [
             row(section, "operator RSS", "start", rss_start, "MiB"),
             row(section, "operator RSS", "after_warmup", rss_warm, "MiB"),
             row(section, "operator RSS", "after_deleted", rss_after["deleted"], "MiB"),
             row(section, "operator RSS", "after_kept", rss_after["kept"], "MiB"),
+            row(
+                section,
+                "operator RSS",
+                f"growth_over_{count}_deleted",
+                rss_after["deleted"] - rss_warm,
+                "MiB",
+            ),
             row(
                 section,
                 "operator RSS",

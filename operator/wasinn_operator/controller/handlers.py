@@ -130,12 +130,7 @@ async def wasinntask_event(
     operator = _operator(memo)
     if event.get("type") == "DELETED":
         await operator.api.delete_children(namespace or "default", uid)
-        metrics.forget(uid)
-        operator.locks.pop(uid, None)
-        operator.assignments.pop(uid, None)
-        operator.written.pop(uid, None)
-        operator.pods.forget(uid)
-        operator.tasks.pop(uid, None)
+        _forget(operator, uid)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     version = (body.get("metadata") or {}).get("resourceVersion")
@@ -143,14 +138,24 @@ async def wasinntask_event(
         return  # the echo of this operator's own status write: nothing new to act on
     # A task this operator never wrote to (new, or first seen since a restart), or changed since
     # its last write (the shim started or stopped it): the watch's copy is the newest known, so
-    # no GET of a possibly large spec. An event older than the last write is read again. A copy
-    # gone stale meanwhile fails the status write's resourceVersion precondition, and the retry
-    # reads.
+    # no GET of a possibly large spec. An event older than the last write uses the copy that
+    # write answered. A copy gone stale meanwhile fails the status write's resourceVersion
+    # precondition, and the retry reads.
     last = operator.written.get(uid)
     seen = body if version and (last is None or _newer(version, last)) else None
     if seen is not None:
         _keep(operator, uid, seen)
     await reconcile_task(operator, namespace or "default", name, uid, seen)
+
+
+def _forget(operator: Operator, uid: str) -> None:
+    """Drop all the operator keeps for a task that is gone."""
+    metrics.forget(uid)
+    operator.locks.pop(uid, None)
+    operator.assignments.pop(uid, None)
+    operator.written.pop(uid, None)
+    operator.pods.forget(uid)
+    operator.tasks.pop(uid, None)
 
 
 def _keep(operator: Operator, uid: str, task: dict[str, Any]) -> None:
@@ -204,10 +209,7 @@ def _prune(operator: Operator, present: set[str]) -> None:
     reconnecting), or that a late Pod event brought back after it: locks, Pods, write marks."""
     for uid in [uid for uid, lock in operator.locks.items() if uid not in present]:
         if not operator.locks[uid].locked():
-            del operator.locks[uid]
-            operator.pods.forget(uid)
-            operator.written.pop(uid, None)
-            operator.tasks.pop(uid, None)
+            _forget(operator, uid)
     for uid in operator.pods.uids() - present:
         if uid not in operator.locks:
             operator.pods.forget(uid)
