@@ -23,6 +23,10 @@ from kubernetes.client.exceptions import ApiException
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 STALE_RETRIES = 5
+# Connections kept open to the API server. The client's default (5 per CPU) is below the
+# operator's API threads (controller/handlers.py): every call beyond it opened a new TLS
+# connection and dropped it after one request, a handshake on both sides per call.
+POOL_SIZE = 32
 
 
 class KubeError(Exception):
@@ -100,7 +104,9 @@ class KubeClient:
 
     def __init__(self) -> None:
         load_config()
-        client = kubernetes.client.ApiClient()
+        configuration = kubernetes.client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = POOL_SIZE
+        client = kubernetes.client.ApiClient(configuration)
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
 

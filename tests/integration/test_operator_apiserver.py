@@ -5,6 +5,7 @@ claim, deletion, and garbage collection by Kubernetes' own collector."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+
+from wasinn_operator.controller.kube import Kube
 
 from .conftest import OperatorProcess
 from .kubeapi import Cluster
@@ -367,3 +370,19 @@ def test_garbage_collector_removes_children_of_a_task_deleted_while_the_operator
     wait_gone(kube, "pods", "orphan-1")
     wait_gone(kube, "configmaps", "orphan-wasm")
     operator.start()  # (the fixture stops it and checks its exit)
+
+
+def test_the_resync_lists_task_pods_as_metadata_only(
+    kube: Cluster, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resync's one listing per round (which sweeps Pods deleted while the watch was away
+    out of the Pod cache) names each task Pod by its task's uid, in one metadata-only call."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "named")
+    wait_pod(kube, "named-1")
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    uid = kube.get("wasinntasks", "named")["metadata"]["uid"]
+    names = asyncio.run(Kube().task_pod_names((kube.namespace,)))
+    assert (uid, "named-1") in names
+    assert all(pod_uid for pod_uid, _ in names)

@@ -25,7 +25,7 @@ def test_the_operator_reconciles_again_after_a_refused_status_write(
     operator = handlers.Operator(OperatorSettings())
 
     async def reconcile_once(
-        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any, live: bool
+        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any
     ) -> None:
         calls.append(name)
         bodies.append(seen)
@@ -40,7 +40,7 @@ def test_the_operator_reconciles_again_after_a_refused_status_write(
     assert bodies == [event_body, None, None]
 
     async def always_stale(
-        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any, live: bool
+        _: handlers.Operator, namespace: str, name: str, uid: str, seen: Any
     ) -> None:
         calls.append(name)
         raise StaleTaskError("changed")

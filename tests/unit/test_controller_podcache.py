@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
@@ -16,6 +18,7 @@ from wasinn_operator.controller.handlers import Operator, _newer, _prune
 from wasinn_operator.controller.kube import Kube, StaleTaskError
 from wasinn_operator.controller.podcache import PodCache, slim
 from wasinn_operator.controller.settings import OperatorSettings
+from wasinn_operator.kubeclient import POOL_SIZE, KubeClient
 
 pytestmark = pytest.mark.unit
 
@@ -238,3 +241,45 @@ def test_a_settled_task_is_not_kept() -> None:
     assert "u1" not in operator.tasks
     handlers._keep(operator, "u1", {"metadata": {"uid": "u1"}, "spec": {}, "status": {}})
     assert "u1" in operator.tasks
+
+
+def test_sweep_drops_pods_a_later_listing_lacks_and_keeps_newer_ones() -> None:
+    cache = PodCache()
+    cache.put(pod("t-1"))  # deleted while the watch was away
+    cache.put(pod("u-1", uid="u2"))  # still there
+    since = time.monotonic()
+    cache.put(pod("t-2"))  # created after the listing began: not in it, kept
+    assert cache.sweep({("u2", "u-1")}, since) == 1
+    assert [p["metadata"]["name"] for p in cache.pods("u1", "t-2") or []] == ["t-2"]
+    assert cache.pods("u1", "t-1") is None
+    assert cache.uids() == {"u1", "u2"}
+    assert cache.sweep(set(), time.monotonic()) == 2 and len(cache) == 0
+
+
+def test_kopf_builds_no_diff_base_the_operator_would_not_use() -> None:
+    """kopf deep-copies every event's body into a diff base for change-detecting handlers;
+    the operator registers none, so it stores none."""
+    changing = kopf.get_default_registry()._changing
+    assert not any(changing.get_all_handlers())
+    storage = handlers.NoDiffBase()
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"big": "y" * 1000}})
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
+
+
+def test_the_client_keeps_a_connection_per_api_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls beyond the pool's size open and drop a TLS connection each."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    client = KubeClient()
+    pool = client.core.api_client.rest_client.pool_manager
+    assert pool.connection_pool_kw["maxsize"] == POOL_SIZE >= handlers.API_THREADS

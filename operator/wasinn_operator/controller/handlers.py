@@ -13,6 +13,8 @@ import contextlib
 import copy
 import json
 import logging
+import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +76,26 @@ class Operator:
         return self.kube
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's record of an object's last handled state, which change-detecting handlers
+    (on.create/update/resume) compare against. The operator registers none (event handlers
+    only, level-triggered on purpose), yet kopf would deep-copy every event's whole body to
+    build it (py-spy at 20 tasks/s: 5% of the samples). An empty one skips that copy."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        """Nothing to compare later."""
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """No state was stored."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing is stored (no annotation written on the task)."""
+
+
 def memo(settings: OperatorSettings) -> kopf.Memo:
     """kopf's memo for `kopf.run`: every handler gets the one `Operator` in it (kopf copies a
     memo per object, shallowly, so they all share it)."""
@@ -106,6 +128,7 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Tune kopf, log in and start the metrics endpoint and the resync loop."""
     settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     operator = _operator(memo)
     asyncio.get_running_loop().set_default_executor(
@@ -167,6 +190,10 @@ def _keep(operator: Operator, uid: str, task: dict[str, Any]) -> None:
         operator.tasks[uid] = task
 
 
+def _version(task: dict[str, Any]) -> str:
+    return str((task.get("metadata") or {}).get("resourceVersion") or "")
+
+
 def _newer(version: str, than: str) -> bool:
     """Whether resourceVersion `version` is later than `than`. They are etcd revisions,
     numbers, on every API server in use; anything else is taken as not newer, which costs a
@@ -186,8 +213,13 @@ async def resync_loop(operator: Operator) -> None:
             await asyncio.wait_for(wake.wait(), settings.resync_seconds)
         wake.clear()
         try:
-            tasks = await operator.api.list_tasks(settings.namespaces)
+            since = time.monotonic()
+            tasks, pods = await asyncio.gather(
+                operator.api.list_tasks(settings.namespaces),
+                operator.api.task_pod_names(settings.namespaces),
+            )
             _prune(operator, {task["metadata"]["uid"] for task in tasks})
+            operator.pods.sweep(pods, since)
             for task in tasks:
                 meta = task["metadata"]
                 if (
@@ -195,9 +227,12 @@ async def resync_loop(operator: Operator) -> None:
                     and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None
                 ):
                     continue
-                await reconcile_task(
-                    operator, meta["namespace"], meta["name"], meta["uid"], live=True
-                )
+                # The listing's copy, or the operator's own if it is newer: no read per task.
+                kept = operator.tasks.get(meta["uid"])
+                newest = task
+                if kept is not None and _newer(_version(kept), _version(task)):
+                    newest = copy.deepcopy(kept)
+                await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
             log.exception("resync failed")
@@ -307,19 +342,17 @@ async def reconcile_task(
     name: str,
     uid: str,
     seen: dict[str, Any] | None = None,
-    *,
-    live: bool = False,
 ) -> None:
-    """Reconcile one task from fresh state (`seen`: the task as its watch event just delivered
-    it, used for the first try; `live`: list its Pods rather than trust the Pod cache) and apply
-    the plan; when the task changed between the read and the status write (the shim starts and
-    stops runs), decide again on a fresh read."""
+    """Reconcile one task from fresh state (`seen`: the newest copy of the task known, from
+    its watch event or the resync's listing, used for the first try) and apply the plan; when
+    the task changed between the read and the status write (the shim starts and stops runs),
+    decide again on a fresh read."""
     lock = operator.locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 try:
-                    await _reconcile(operator, namespace, name, uid, seen, live)
+                    await _reconcile(operator, namespace, name, uid, seen)
                     return
                 except StaleTaskError:
                     seen = None
@@ -338,11 +371,10 @@ async def _reconcile(
     name: str,
     uid: str,
     seen: dict[str, Any] | None,
-    live: bool,
 ) -> None:
     kube, settings = operator.api, operator.settings
     task = seen
-    if task is None and not live and uid in operator.tasks:
+    if task is None and uid in operator.tasks:
         task = copy.deepcopy(operator.tasks[uid])  # the reconcile below may change its copy
     if task is None:
         task = await kube.task(namespace, name)
@@ -352,7 +384,7 @@ async def _reconcile(
         return
     task["metadata"].setdefault("uid", uid)
     task["metadata"].setdefault("namespace", namespace)
-    facts = await _facts(kube, settings, task, operator, live)
+    facts = await _facts(kube, settings, task, operator)
     plan = reconcile(task, facts, settings)
     if plan.create_configmap is not None:
         await kube.create(plan.create_configmap)
@@ -410,7 +442,7 @@ def _pool(task: dict[str, Any], settings: OperatorSettings) -> str:
 
 
 async def _facts(
-    kube: Kube, settings: OperatorSettings, task: dict[str, Any], operator: Operator, live: bool
+    kube: Kube, settings: OperatorSettings, task: dict[str, Any], operator: Operator
 ) -> Facts:
     meta = task["metadata"]
     now = datetime.now(UTC)
@@ -419,7 +451,7 @@ async def _facts(
     if _warm(task, settings):
         return _warm_facts(settings, task, operator, now)
     status = task.get("status") or {}
-    pods = None if live else operator.pods.pods(meta["uid"], status.get("podName"))
+    pods = operator.pods.pods(meta["uid"], status.get("podName"))
     if pods is None:
         pods = await kube.pods(meta["namespace"], meta["uid"])
         operator.pods.refresh(meta["uid"], pods)

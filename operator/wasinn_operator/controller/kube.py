@@ -18,6 +18,8 @@ from ..kubeclient import ConflictError, KubeClient, KubeError, NotFoundError
 from .builders import TASK_UID_LABEL
 
 log = logging.getLogger("wasinn.operator")
+# A list answered as PartialObjectMetadataList: names, labels and owners without specs.
+METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
 
 
 class StaleTaskError(Exception):
@@ -64,6 +66,26 @@ class Kube:
             self.core.list_namespaced_pod, namespace, label_selector=f"{TASK_UID_LABEL}={uid}"
         )
         return list(found.get("items") or [])
+
+    async def task_pod_names(self, namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
+        """(task uid, Pod name) of every task Pod in the watched namespaces (all when none
+        are named), read as metadata only: a full listing of a thousand Pods is megabytes."""
+        options = {"label_selector": TASK_UID_LABEL, "_headers": METADATA_ONLY}
+        if not namespaces:
+            found = [await self._call(self.core.list_pod_for_all_namespaces, **options)]
+        else:
+            found = [
+                await self._call(self.core.list_namespaced_pod, namespace, **options)
+                for namespace in namespaces
+            ]
+        names: set[tuple[str, str]] = set()
+        for listing in found:
+            for item in listing.get("items") or []:
+                meta = item.get("metadata") or {}
+                uid = (meta.get("labels") or {}).get(TASK_UID_LABEL)
+                if uid and meta.get("name"):
+                    names.add((str(uid), str(meta["name"])))
+        return names
 
     async def claim_exists(self, namespace: str, name: str) -> bool:
         """Whether the models claim exists in the namespace."""

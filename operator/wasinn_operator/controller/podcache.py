@@ -4,8 +4,9 @@ A reconcile triggered by a Pod or task event reads its task's Pods from here ins
 them from the API server: at 20 tasks/s that list was a round trip on every event of every task.
 The cache is only trusted when it holds the Pod the task's status names (`status.podName`): a
 Pod created by a reconcile whose watch event has not arrived yet, or one gone while the watch
-was down, makes `pods` answer None, and the caller lists (and refreshes the cache). The periodic
-resync always lists, so a Pod deleted while the watch was reconnecting does not linger.
+was down, makes `pods` answer None, and the caller lists (and refreshes the cache). A Pod
+deleted while the watch was reconnecting (no DELETED event) is swept out by the periodic
+resync, which lists the names of all task Pods once per round (`sweep`).
 
 Only the fields the reconcile reads are kept (metadata, node, status), so a thousand Pods in
 flight cost little memory.
@@ -13,6 +14,7 @@ flight cost little memory.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .builders import TASK_UID_LABEL
@@ -47,10 +49,10 @@ def task_uid(pod: dict[str, Any]) -> str | None:
 
 
 class PodCache:
-    """Task uid -> Pod name -> the Pod as last seen."""
+    """Task uid -> Pod name -> the Pod as last seen (and when, on the monotonic clock)."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._tasks: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
 
     def put(self, pod: dict[str, Any]) -> None:
         """A Pod as a watch event delivered it (added, changed, or in a listing)."""
@@ -58,7 +60,7 @@ class PodCache:
         name = (pod.get("metadata") or {}).get("name")
         if uid is None or not name:
             return
-        self._tasks.setdefault(uid, {})[str(name)] = slim(pod)
+        self._tasks.setdefault(uid, {})[str(name)] = (time.monotonic(), slim(pod))
 
     def remove(self, pod: dict[str, Any]) -> None:
         """A Pod the watch says is deleted."""
@@ -73,8 +75,9 @@ class PodCache:
 
     def refresh(self, uid: str, pods: list[dict[str, Any]]) -> None:
         """Replace a task's Pods with a fresh listing of them."""
+        now = time.monotonic()
         if pods:
-            self._tasks[uid] = {str(p["metadata"]["name"]): slim(p) for p in pods}
+            self._tasks[uid] = {str(p["metadata"]["name"]): (now, slim(p)) for p in pods}
         else:
             self._tasks.pop(uid, None)
 
@@ -88,7 +91,21 @@ class PodCache:
         pods = self._tasks.get(uid) or {}
         if expected and expected not in pods:
             return None
-        return [dict(pod) for pod in pods.values()]
+        return [dict(pod) for _, pod in pods.values()]
+
+    def sweep(self, listed: set[tuple[str, str]], since: float) -> int:
+        """Drop the Pods seen before `since` that a listing made after it lacks (task uid,
+        Pod name): deleted while no watch delivered it. Pods seen later are kept (created
+        after the listing). How many were dropped."""
+        dropped = 0
+        for uid in list(self._tasks):
+            pods = self._tasks[uid]
+            for name in [n for n, (at, _) in pods.items() if at < since and (uid, n) not in listed]:
+                del pods[name]
+                dropped += 1
+            if not pods:
+                del self._tasks[uid]
+        return dropped
 
     def uids(self) -> set[str]:
         """The tasks with Pods here."""
