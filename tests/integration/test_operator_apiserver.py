@@ -99,6 +99,18 @@ def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
 
 
+def running(kube: Cluster, name: str, **spec: Any) -> dict[str, Any]:
+    """A task whose first attempt's Pod runs on n1 (the test playing scheduler and kubelet),
+    and its Pod as created."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, name, **spec)
+    pod = wait_pod(kube, f"{name}-1")
+    kube.set_pod_phase(f"{name}-1", "Running", node="n1")
+    wait_status(kube, name, "Running", lambda s: s.get("phase") == "Running")
+    return pod
+
+
 def test_success(kube: Cluster, operator: OperatorProcess) -> None:
     kube.add_node("n1", LABELS)
     kube.add_pvc("models")
@@ -156,12 +168,7 @@ def test_deadline(kube: Cluster, operator: OperatorProcess) -> None:
 
 
 def test_suspend_and_resume(kube: Cluster, operator: OperatorProcess) -> None:
-    kube.add_node("n1", LABELS)
-    kube.add_pvc("models")
-    create(kube, "long")
-    wait_pod(kube, "long-1")
-    kube.set_pod_phase("long-1", "Running", node="n1")
-    wait_status(kube, "long", "Running", lambda s: s.get("phase") == "Running")
+    running(kube, "long")
     kube.patch("wasinntasks", "long", {"spec": {"suspend": True}})
     st = wait_status(kube, "long", "Failed", lambda s: s.get("phase") == "Failed")
     assert (st["state"], st["error"]) == (4, "task was stopped before completion")
@@ -185,12 +192,7 @@ def test_a_restarted_operator_takes_up_a_running_pod(
 ) -> None:
     """A new operator process knows a Pod only from its watch's first listing (its Pod cache
     starts empty): it must still follow the running attempt to its end, not start another."""
-    kube.add_node("n1", LABELS)
-    kube.add_pvc("models")
-    create(kube, "resumed")
-    wait_pod(kube, "resumed-1")
-    kube.set_pod_phase("resumed-1", "Running", node="n1")
-    wait_status(kube, "resumed", "Running", lambda s: s.get("phase") == "Running")
+    running(kube, "resumed")
     operator.stop()
     kube.set_pod_phase(
         "resumed-1", "Succeeded", exit_code=0, termination_message=json.dumps(SUMMARY)
@@ -207,12 +209,7 @@ def test_a_deleted_pod_is_a_failed_attempt_and_retried(
     """A running attempt's Pod deleted by someone else (an eviction, a drain, kubectl): its
     DELETED event leaves the task's Pod cache without the Pod the status names, the operator
     lists to be sure and counts the attempt as failed."""
-    kube.add_node("n1", LABELS)
-    kube.add_pvc("models")
-    create(kube, "evicted", backoffLimit=2)
-    pod = wait_pod(kube, "evicted-1")
-    kube.set_pod_phase("evicted-1", "Running", node="n1")
-    wait_status(kube, "evicted", "Running", lambda s: s.get("phase") == "Running")
+    pod = running(kube, "evicted", backoffLimit=2)
     assert kube.confirm_deletion("evicted-1", pod["metadata"]["uid"])
     wait_pod(kube, "evicted-2")
     st = wait_status(kube, "evicted", "a failed attempt", lambda s: s.get("failedAttempts") == 1)

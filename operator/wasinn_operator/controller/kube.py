@@ -135,7 +135,11 @@ class Kube:
             (self.core.list_namespaced_pod, self.core.delete_namespaced_pod),
             (self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
         ):
-            found = await self._call(lister, namespace, label_selector=selector)
+            # Names are all it needs: at a thousand deletions at once, full Pod bodies in
+            # flight were the operator's peak memory, which its allocator keeps.
+            found = await self._call(
+                lister, namespace, label_selector=selector, _headers=METADATA_ONLY
+            )
             for item in found.get("items") or []:
                 await self._ignore_404(deleter, item["metadata"]["name"], namespace)
 
