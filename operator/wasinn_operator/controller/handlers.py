@@ -156,7 +156,7 @@ async def wasinntask_event(
         _forget(operator, uid)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
-    version = (body.get("metadata") or {}).get("resourceVersion")
+    version = _version(body)
     if version and operator.written.get(uid) == version:
         return  # the echo of this operator's own status write: nothing new to act on
     # A task this operator never wrote to (new, or first seen since a restart), or changed since
@@ -229,9 +229,7 @@ async def resync_loop(operator: Operator) -> None:
                     continue
                 # The listing's copy, or the operator's own if it is newer: no read per task.
                 kept = operator.tasks.get(meta["uid"])
-                newest = task
-                if kept is not None and _newer(_version(kept), _version(task)):
-                    newest = copy.deepcopy(kept)
+                newest = kept if kept and _newer(_version(kept), _version(task)) else task
                 await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
@@ -242,12 +240,10 @@ async def resync_loop(operator: Operator) -> None:
 def _prune(operator: Operator, present: set[str]) -> None:
     """Drop what is kept for tasks that are gone but whose DELETED event never came (a watch
     reconnecting), or that a late Pod event brought back after it: locks, Pods, write marks."""
-    for uid in [uid for uid, lock in operator.locks.items() if uid not in present]:
-        if not operator.locks[uid].locked():
+    for uid in (set(operator.locks) | operator.pods.uids()) - present:
+        lock = operator.locks.get(uid)
+        if lock is None or not lock.locked():
             _forget(operator, uid)
-    for uid in operator.pods.uids() - present:
-        if uid not in operator.locks:
-            operator.pods.forget(uid)
 
 
 @kopf.on.cleanup()
@@ -373,13 +369,12 @@ async def _reconcile(
     seen: dict[str, Any] | None,
 ) -> None:
     kube, settings = operator.api, operator.settings
-    task = seen
-    if task is None and uid in operator.tasks:
-        task = copy.deepcopy(operator.tasks[uid])  # the reconcile below may change its copy
+    # (`reconcile` builds its plan from the task without changing it: a kept copy is used as is.)
+    task = seen if seen is not None else operator.tasks.get(uid)
     if task is None:
         task = await kube.task(namespace, name)
         if task is not None:
-            _keep(operator, uid, copy.deepcopy(task))
+            _keep(operator, uid, task)
     if task is None or task["metadata"].get("deletionTimestamp"):
         return
     task["metadata"].setdefault("uid", uid)
@@ -399,7 +394,7 @@ async def _reconcile(
             namespace, name, _merge_patch(before, plan.status), version
         )
         if written is not None:
-            operator.written[uid] = str(written["metadata"].get("resourceVersion") or "")
+            operator.written[uid] = _version(written)
             _keep(operator, uid, written)
         else:
             operator.tasks.pop(uid, None)  # gone

@@ -161,7 +161,6 @@ class Kube:
             return None
         except ConflictError:
             raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
-        written.setdefault("metadata", {})
         return written
 
     async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:

@@ -65,13 +65,12 @@ class PodCache:
     def remove(self, pod: dict[str, Any]) -> None:
         """A Pod the watch says is deleted."""
         uid = task_uid(pod)
-        name = (pod.get("metadata") or {}).get("name")
-        pods = self._tasks.get(uid or "")
-        if pods is None:
+        if uid is None or uid not in self._tasks:
             return
-        pods.pop(str(name), None)
+        pods = self._tasks[uid]
+        pods.pop(str((pod.get("metadata") or {}).get("name")), None)
         if not pods:
-            del self._tasks[uid or ""]
+            del self._tasks[uid]
 
     def refresh(self, uid: str, pods: list[dict[str, Any]]) -> None:
         """Replace a task's Pods with a fresh listing of them."""
