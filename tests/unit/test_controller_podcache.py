@@ -172,7 +172,7 @@ class FakeKube:
     async def delete_pod(self, namespace: str, name: str) -> None:
         self.calls.append("delete pod")
 
-    async def post_event(self, task: dict[str, Any], *event: str) -> None:
+    async def create_event(self, event: dict[str, Any]) -> None:
         return None
 
     async def patch_status(

@@ -30,6 +30,7 @@ from ..api.warm import POOL_LABEL, read_report
 from ..kubeclient import STALE_RETRIES, in_cluster
 from . import external, metrics, warm
 from .builders import TASK_UID_LABEL
+from .events import EventPoster, build_event
 from .kube import Kube, StaleTaskError
 from .podcache import PodCache
 from .pods import attempt_in_progress, current_pod, unschedulable
@@ -42,6 +43,7 @@ log = logging.getLogger("wasinn.operator")
 # at 20 tasks/s (a dozen calls per task, each waiting on the API server) queues calls for
 # seconds. The calls mostly wait on the network, so more threads cost little CPU.
 API_THREADS = 24
+EVENTS_CLOSE_SECONDS = 5.0
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Operator:
     # The newest copy known of each unfinished task (its watch event, or the answer to the
     # operator's own status write): a Pod event's reconcile reads no task.
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    poster: EventPoster | None = None
 
     @property
     def api(self) -> Kube:
@@ -74,6 +77,13 @@ class Operator:
         if self.kube is None:
             self.kube = Kube()
         return self.kube
+
+    @property
+    def events(self) -> EventPoster:
+        """Where reconciles queue their Kubernetes Events; made on first use."""
+        if self.poster is None:
+            self.poster = EventPoster(self.api.create_event)
+        return self.poster
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -248,11 +258,13 @@ def _prune(operator: Operator, present: set[str]) -> None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop."""
+    """Stop the resync loop; post the Events still queued (for a few seconds at most)."""
     operator = _operator(memo)
     if operator.resync is not None:
         operator.resync.cancel()
         operator.resync = None
+    if operator.poster is not None:
+        await operator.poster.close(EVENTS_CLOSE_SECONDS)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -398,12 +410,14 @@ async def _reconcile(
             _keep(operator, uid, written)
         else:
             operator.tasks.pop(uid, None)  # gone
-    # Events are best effort and independent: posted together, not one round trip after another.
-    await asyncio.gather(*(kube.post_event(task, *event) for event in plan.events))
+    # Queued, not awaited: the task's next watch event need not wait for its Events.
+    for event in plan.events:
+        operator.events.post(build_event(task, *event, facts.now))
     metrics.observe(uid, before, plan.status, facts.pods)
     _track_warm(operator, task, plan.status)
     if plan.delete_task:
-        await kube.post_event(task, "Normal", "Expired", "ttlSecondsAfterFinished passed")
+        expired = "ttlSecondsAfterFinished passed"
+        operator.events.post(build_event(task, "Normal", "Expired", expired, facts.now))
         await kube.delete_task(namespace, name)
 
 

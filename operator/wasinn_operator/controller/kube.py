@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
-from ..api.times import format_time
-from ..kubeclient import ConflictError, KubeClient, KubeError, NotFoundError
+from ..kubeclient import ConflictError, KubeClient, NotFoundError
 from .builders import TASK_UID_LABEL
 
 log = logging.getLogger("wasinn.operator")
@@ -163,34 +161,9 @@ class Kube:
             raise StaleTaskError(f"{namespace}/{name} changed since it was read") from None
         return written
 
-    async def post_event(self, task: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the task (best effort: an event lost must not fail a reconcile)."""
-        meta = task["metadata"]
-        stamp = format_time(datetime.now(UTC))
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "WasiNNTask",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "wasinn-operator"},
-            "reportingComponent": "wasinn.dev/operator",
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            await self._call(self.core.create_namespaced_event, meta["namespace"], event)
-        except KubeError as exc:
-            log.warning("cannot post event %s on %s: %s", reason, meta["name"], exc)
+    async def create_event(self, event: dict[str, Any]) -> None:
+        """Create a core/v1 Event (controller/events.py builds and queues them)."""
+        await self._call(self.core.create_namespaced_event, event["metadata"]["namespace"], event)
 
     async def delete_task(self, namespace: str, name: str) -> None:
         """Delete the task (its TTL ran out)."""

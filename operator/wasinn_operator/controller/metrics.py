@@ -24,6 +24,9 @@ POD_START_LATENCY = Histogram(
     buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
 RECONCILE_ERRORS = Counter("wasinn_reconcile_errors_total", "Reconciles that raised an error")
+EVENTS_DROPPED = Counter(
+    "wasinn_events_dropped_total", "Kubernetes Events not posted: the API server lagged behind"
+)
 
 
 class PhaseCollector(Collector):
