@@ -17,6 +17,8 @@ from wasinn_operator.controller.handlers import Operator
 from wasinn_operator.controller.kube import Kube
 from wasinn_operator.controller.settings import OperatorSettings
 
+from .test_controller_podcache import FakeKube
+
 pytestmark = pytest.mark.unit
 TASK = {"metadata": {"name": "cat", "namespace": "ml", "uid": "u1"}}
 NOW = datetime(2026, 12, 6, 23, 0, 1, tzinfo=UTC)
@@ -101,41 +103,16 @@ def test_close_gives_up_on_a_stalled_api_server() -> None:
     asyncio.run(asyncio.wait_for(run(), 5))
 
 
-class SlowEventsKube:
+class SlowEventsKube(FakeKube):
     """A task store whose Event posts never answer: a reconcile must not wait for them."""
 
     def __init__(self, task: dict[str, Any]) -> None:
-        self.stored = task
+        super().__init__(task)
         self.events: list[str] = []
-
-    async def claim_exists(self, namespace: str, name: str) -> bool:
-        return True
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        ready = {"conditions": [{"type": "Ready", "status": "True"}]}
-        return [
-            {"metadata": {"name": "n1", "labels": {"wasinn.dev/openvino": "true"}}, "status": ready}
-        ]
-
-    async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
-        return []
-
-    async def wasm_problem(self, namespace: str, spec: Any) -> None:
-        return None
-
-    async def create(self, manifest: dict[str, Any]) -> None:
-        return None
 
     async def create_event(self, event: dict[str, Any]) -> None:
         self.events.append(event["reason"])
         await asyncio.sleep(3600)
-
-    async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], version: str | None
-    ) -> dict[str, Any]:
-        self.stored["status"] = {**(self.stored.get("status") or {}), **status}
-        self.stored["metadata"]["resourceVersion"] = str(int(version or 0) + 1)
-        return copy.deepcopy(self.stored)
 
 
 def test_a_reconcile_returns_before_its_events_are_posted(monkeypatch: pytest.MonkeyPatch) -> None:
