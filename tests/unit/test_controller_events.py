@@ -13,9 +13,9 @@ import pytest
 
 from wasinn_operator.controller import handlers, metrics
 from wasinn_operator.controller.events import EventPoster, build_event
-from wasinn_operator.controller.handlers import Operator
 from wasinn_operator.controller.kube import Kube
 from wasinn_operator.controller.settings import OperatorSettings
+from wasinn_operator.controller.state import Operator
 
 from .test_controller_podcache import FakeKube
 

@@ -12,12 +12,13 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from wasinn_operator.controller import handlers
+from wasinn_operator.controller import handlers, state
 from wasinn_operator.controller.builders import TASK_UID_LABEL
-from wasinn_operator.controller.handlers import Operator, _newer, _prune
+from wasinn_operator.controller.handlers import _prune
 from wasinn_operator.controller.kube import Kube, StaleTaskError
 from wasinn_operator.controller.podcache import PodCache, slim
 from wasinn_operator.controller.settings import OperatorSettings
+from wasinn_operator.controller.state import Operator, newer
 from wasinn_operator.kubeclient import POOL_SIZE, KubeClient
 
 pytestmark = pytest.mark.unit
@@ -114,10 +115,10 @@ def test_a_caller_changing_its_copy_does_not_change_the_cache() -> None:
 
 
 def test_resource_versions_compare_as_numbers_and_anything_else_is_not_newer() -> None:
-    assert _newer("10", "9")
-    assert not _newer("9", "10")
-    assert not _newer("10", "10")
-    assert not _newer("abc", "9") and not _newer("10", "")
+    assert newer("10", "9")
+    assert not newer("9", "10")
+    assert not newer("10", "10")
+    assert not newer("abc", "9") and not newer("10", "")
 
 
 def test_prune_drops_what_is_kept_for_gone_tasks_but_not_for_a_task_being_reconciled() -> None:
@@ -237,9 +238,9 @@ def test_a_settled_task_is_not_kept() -> None:
     operator = Operator(OperatorSettings())
     done = {"metadata": {"uid": "u1"}, "spec": {}, "status": {"phase": "Completed"}}
     operator.tasks["u1"] = {"metadata": {"uid": "u1"}}
-    handlers._keep(operator, "u1", done)
+    state.keep(operator, "u1", done)
     assert "u1" not in operator.tasks
-    handlers._keep(operator, "u1", {"metadata": {"uid": "u1"}, "spec": {}, "status": {}})
+    state.keep(operator, "u1", {"metadata": {"uid": "u1"}, "spec": {}, "status": {}})
     assert "u1" in operator.tasks
 
 

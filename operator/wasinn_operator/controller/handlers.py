@@ -2,8 +2,8 @@
 
 Every trigger (task created, resumed or changed, a Pod event, the periodic resync) runs the same
 level-triggered reconcile under a per-task lock, so events arriving together cannot create two
-Pods. Settings are parsed once by `wasinn operator` (controller/run.py) and reach every handler
-in kopf's memo, as an `Operator` with the API client and the locks.
+Pods. What the handlers share reaches them in kopf's memo, as the `Operator` of
+controller/state.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,97 +22,33 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
-from ..api.lifecycle import TaskPhase
-from ..api.status import described_run, requested_run
 from ..api.warm import POOL_LABEL, read_report
 from ..kubeclient import STALE_RETRIES, in_cluster
 from . import external, metrics, warm
 from .builders import TASK_UID_LABEL
-from .events import EventPoster, build_event
+from .events import build_event
 from .kube import Kube, StaleTaskError
-from .podcache import PodCache
 from .pods import attempt_in_progress, current_pod, unschedulable
-from .reconcile import Facts, reconcile, stopped_run
+from .reconcile import Facts, reconcile
 from .run import release_freed_memory
 from .settings import OperatorSettings
+from .state import (
+    NoDiffBase,
+    Operator,
+    forget,
+    keep,
+    newer,
+    operator_in,
+    resource_version,
+    settled,
+)
 
 log = logging.getLogger("wasinn.operator")
 # API calls run in threads (controller/kube.py); asyncio's default pool has cpu_count + 4, which
 # at 20 tasks/s (a dozen calls per task, each waiting on the API server) queues calls for
 # seconds. The calls mostly wait on the network, so more threads cost little CPU.
 API_THREADS = 24
-EVENTS_CLOSE_SECONDS = 5.0
-
-
-@dataclass
-class Operator:
-    """What the handlers share: the settings, the API client (made at startup), the per-task
-    locks and the resync loop."""
-
-    settings: OperatorSettings
-    kube: Kube | None = None
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    resync: asyncio.Task[None] | None = None
-    # A node change sets `wake` to resync at once; `nodes` holds what each node offered.
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    nodes: dict[str, str] = field(default_factory=dict)
-    # execution: warm: the worker Pods as last seen (name -> Pod) and the attempts they hold
-    # (task uid -> (worker name, namespace, task name)).
-    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    assignments: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    # The resourceVersion of each task's last status write: its own echo needs no reconcile.
-    written: dict[str, str] = field(default_factory=dict)
-    # The task Pods as the Pod watch delivered them: an event's reconcile lists none.
-    pods: PodCache = field(default_factory=PodCache)
-    # The newest copy known of each unfinished task (its watch event, or the answer to the
-    # operator's own status write): a Pod event's reconcile reads no task.
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    poster: EventPoster | None = None
-
-    @property
-    def api(self) -> Kube:
-        """The API client; made on first use (at startup when kopf runs the handlers)."""
-        if self.kube is None:
-            self.kube = Kube()
-        return self.kube
-
-    @property
-    def events(self) -> EventPoster:
-        """Where reconciles queue their Kubernetes Events; made on first use."""
-        if self.poster is None:
-            self.poster = EventPoster(self.api.create_event)
-        return self.poster
-
-
-class NoDiffBase(kopf.DiffBaseStorage):
-    """kopf's record of an object's last handled state, which change-detecting handlers
-    (on.create/update/resume) compare against. The operator registers none (event handlers
-    only, level-triggered on purpose), yet kopf would deep-copy every event's whole body to
-    build it (py-spy at 20 tasks/s: 5% of the samples). An empty one skips that copy."""
-
-    def build(
-        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
-    ) -> kopf.BodyEssence:
-        """Nothing to compare later."""
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        """No state was stored."""
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        """Nothing is stored (no annotation written on the task)."""
-
-
-def memo(settings: OperatorSettings) -> kopf.Memo:
-    """kopf's memo for `kopf.run`: every handler gets the one `Operator` in it (kopf copies a
-    memo per object, shallowly, so they all share it)."""
-    return kopf.Memo(operator=Operator(settings))
-
-
-def _operator(memo: kopf.Memo) -> Operator:
-    operator: Operator = memo["operator"]
-    return operator
+EVENTS_CLOSE_SECONDS = 5.0  # at shutdown, for the queued Events and deletions each
 
 
 @kopf.on.login()
@@ -140,7 +74,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
-    operator = _operator(memo)
+    operator = operator_in(memo)
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube")
     )
@@ -160,13 +94,15 @@ async def wasinntask_event(
     would exceed the annotation size limit) and no finalizer (a stopped operator never blocks a
     deletion; the garbage collector removes the children through their owner references).
     """
-    operator = _operator(memo)
+    operator = operator_in(memo)
     if event.get("type") == "DELETED":
-        await operator.api.delete_children(namespace or "default", uid)
-        _forget(operator, uid)
+        # Queued, not awaited: a thousand deletions at once each held its task's body while
+        # its children's deletion waited for an API thread (the operator's memory peak).
+        operator.cleanup.put(uid, (namespace or "default", uid))
+        forget(operator, uid)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
-    version = _version(body)
+    version = resource_version(body)
     if version and operator.written.get(uid) == version:
         return  # the echo of this operator's own status write: nothing new to act on
     # A task this operator never wrote to (new, or first seen since a restart), or changed since
@@ -175,40 +111,10 @@ async def wasinntask_event(
     # write answered. A copy gone stale meanwhile fails the status write's resourceVersion
     # precondition, and the retry reads.
     last = operator.written.get(uid)
-    seen = body if version and (last is None or _newer(version, last)) else None
+    seen = body if version and (last is None or newer(version, last)) else None
     if seen is not None:
-        _keep(operator, uid, seen)
+        keep(operator, uid, seen)
     await reconcile_task(operator, namespace or "default", name, uid, seen)
-
-
-def _forget(operator: Operator, uid: str) -> None:
-    """Drop all the operator keeps for a task that is gone."""
-    metrics.forget(uid)
-    operator.locks.pop(uid, None)
-    operator.assignments.pop(uid, None)
-    operator.written.pop(uid, None)
-    operator.pods.forget(uid)
-    operator.tasks.pop(uid, None)
-
-
-def _keep(operator: Operator, uid: str, task: dict[str, Any]) -> None:
-    """Keep `task` as the newest copy known, unless it has settled (no Pod event of a settled
-    task needs it, and a thousand finished tasks would otherwise stay in memory)."""
-    if _settled(task):
-        operator.tasks.pop(uid, None)
-    else:
-        operator.tasks[uid] = task
-
-
-def _version(task: dict[str, Any]) -> str:
-    return str((task.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def _newer(version: str, than: str) -> bool:
-    """Whether resourceVersion `version` is later than `than`. They are etcd revisions,
-    numbers, on every API server in use; anything else is taken as not newer, which costs a
-    read and never a wrong decision."""
-    return version.isdigit() and than.isdigit() and int(version) > int(than)
 
 
 async def resync_loop(operator: Operator) -> None:
@@ -233,13 +139,15 @@ async def resync_loop(operator: Operator) -> None:
             for task in tasks:
                 meta = task["metadata"]
                 if (
-                    _settled(task)
+                    settled(task)
                     and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None
                 ):
                     continue
                 # The listing's copy, or the operator's own if it is newer: no read per task.
                 kept = operator.tasks.get(meta["uid"])
-                newest = kept if kept and _newer(_version(kept), _version(task)) else task
+                newest = (
+                    kept if kept and newer(resource_version(kept), resource_version(task)) else task
+                )
                 await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
@@ -253,18 +161,21 @@ def _prune(operator: Operator, present: set[str]) -> None:
     for uid in (set(operator.locks) | operator.pods.uids()) - present:
         lock = operator.locks.get(uid)
         if lock is None or not lock.locked():
-            _forget(operator, uid)
+            forget(operator, uid)
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop; post the Events still queued (for a few seconds at most)."""
-    operator = _operator(memo)
+    """Stop the resync loop; finish the Events and deletions still queued (a few seconds at
+    most each)."""
+    operator = operator_in(memo)
     if operator.resync is not None:
         operator.resync.cancel()
         operator.resync = None
     if operator.poster is not None:
         await operator.poster.close(EVENTS_CLOSE_SECONDS)
+    if operator.cleaner is not None:  # what is left, the garbage collector deletes
+        await operator.cleaner.close(EVENTS_CLOSE_SECONDS)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -272,7 +183,7 @@ async def node_event(event: kopf.RawEvent, name: str | None, memo: kopf.Memo, **
     """A node came, went, or changed what it offers (labels, allocatable resources, taints,
     readiness): resync now, so tasks waiting as Unschedulable start or say what is still
     missing without waiting for the next round. Heartbeats change none of these."""
-    operator = _operator(memo)
+    operator = operator_in(memo)
     wake, seen = operator.wake, operator.nodes
     node: dict[str, Any] = dict(event.get("object") or {})
     if name is None:
@@ -302,11 +213,13 @@ def _offer(node: dict[str, Any]) -> str:
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A task's Pod changed: remember it, and move its task along."""
-    operator = _operator(memo)
+    operator = operator_in(memo)
     pod: dict[str, Any] = dict(event.get("object") or {})
     for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
         if owner.get("kind") == "WasiNNTask" and owner.get("controller"):
             uid = str(owner["uid"])
+            if uid in operator.gone:
+                return  # its task was deleted: the cleanup deletes the Pod; nothing to decide
             # Under the task's lock: a live listing in flight for the task would otherwise
             # overwrite this newer copy with the older one it read.
             async with operator.locks.setdefault(uid, asyncio.Lock()):
@@ -323,7 +236,7 @@ async def worker_event(
 ) -> None:
     """A warm worker Pod changed: remember it; a worker that went, or that restarted, fails the
     attempts it held (reconciled now); a worker that became ready takes waiting tasks."""
-    operator = _operator(memo)
+    operator = operator_in(memo)
     if name is None or namespace != operator.settings.warm_namespace:
         return
     pod: dict[str, Any] = dict(event.get("object") or {})
@@ -386,7 +299,7 @@ async def _reconcile(
     if task is None:
         task = await kube.task(namespace, name)
         if task is not None:
-            _keep(operator, uid, task)
+            keep(operator, uid, task)
     if task is None or task["metadata"].get("deletionTimestamp"):
         return
     task["metadata"].setdefault("uid", uid)
@@ -406,8 +319,8 @@ async def _reconcile(
             namespace, name, _merge_patch(before, plan.status), version
         )
         if written is not None:
-            operator.written[uid] = _version(written)
-            _keep(operator, uid, written)
+            operator.written[uid] = resource_version(written)
+            keep(operator, uid, written)
         else:
             operator.tasks.pop(uid, None)  # gone
     # Queued, not awaited: the task's next watch event need not wait for its Events.
@@ -468,7 +381,7 @@ async def _facts(
     # task suspended) makes none. A Pod the scheduler cannot place needs the nodes alone, to
     # say what none of them has.
     suspended = bool((task.get("spec") or {}).get("suspend"))
-    if _settled(task) or suspended:
+    if settled(task) or suspended:
         return Facts(now=now, pods=pods)
     if attempt_in_progress(task, pods):
         pod = current_pod(pods, int(status.get("attempts", 0)))
@@ -505,7 +418,7 @@ def _warm_facts(
         if record is not None:
             pods.append(record)
         return Facts(now=now, pods=pods)
-    if _settled(task) or (task.get("spec") or {}).get("suspend"):
+    if settled(task) or (task.get("spec") or {}).get("suspend"):
         return Facts(now=now, pods=pods)
     pool = _pool(task, settings)
     workers = [
@@ -520,16 +433,6 @@ def _warm_facts(
         workers=workers,
         load=warm.load_of({uid: w for uid, (w, _, _) in operator.assignments.items()}),
     )
-
-
-def _settled(task: dict[str, Any]) -> bool:
-    """Finished, with no new run requested and no resume of a stopped run due."""
-    status = task.get("status") or {}
-    if not TaskPhase(status.get("phase") or TaskPhase.PENDING).finished:
-        return False
-    if requested_run(task) != described_run(task):
-        return False
-    return bool((task.get("spec") or {}).get("suspend")) or not stopped_run(status)
 
 
 def _merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -58,13 +58,13 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad setting stops the start, named
         raise SystemExit(f"wasinn operator: {exc}") from None
     limit_malloc_arenas()
-    from . import handlers  # noqa: PLC0415  (registers the handlers with kopf)
+    from . import handlers, state  # noqa: F401, PLC0415  (importing handlers registers them)
 
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
-        memo=handlers.memo(settings),
+        memo=state.memo(settings),
     )
     return 0

@@ -1,0 +1,100 @@
+"""Work handed off by the handlers: a deleted task's children are deleted off the event path,
+and its Pods' later events cost no API call."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any, cast
+
+import kopf
+import pytest
+
+from wasinn_operator.controller import handlers
+from wasinn_operator.controller.kube import Kube
+from wasinn_operator.controller.lanes import Lanes
+from wasinn_operator.controller.settings import OperatorSettings
+from wasinn_operator.controller.state import Operator
+
+from .test_controller_podcache import FakeKube, pod
+
+pytestmark = pytest.mark.unit
+
+
+def test_lanes_run_items_in_order_and_refuse_when_full() -> None:
+    done: list[str] = []
+    gate = asyncio.Event()
+
+    async def work(item: str) -> None:
+        await gate.wait()
+        if item == "b0":
+            raise RuntimeError("the API server said no")  # logged; the lane goes on
+        done.append(item)
+
+    async def run() -> list[bool]:
+        lanes: Lanes[str] = Lanes(work, "work", count=1, depth=3)
+        accepted = [lanes.put(key, f"{key}{i}") for i in range(3) for key in ("a", "b")]
+        await asyncio.sleep(0)  # the lane takes a0 and waits on the gate: room for one
+        accepted += [lanes.put(key, f"{key}3") for key in ("a", "b")]
+        gate.set()
+        await lanes.close(5)
+        return accepted
+
+    accepted = asyncio.run(run())
+    assert accepted == [True, True, True, False, False, False, True, False]
+    assert done == ["a0", "a1", "a3"]
+
+
+class DeletingKube(FakeKube):
+    """Records children deletions, each answering only when `release` is set."""
+
+    def __init__(self, task: dict[str, Any]) -> None:
+        super().__init__(task)
+        self.release = asyncio.Event()
+        self.deleted: list[str] = []
+
+    async def delete_children(self, namespace: str, uid: str) -> None:
+        await self.release.wait()
+        self.deleted.append(uid)
+
+
+def test_a_deleted_tasks_children_go_off_the_event_path_and_its_pods_need_no_reconcile() -> None:
+    stored = {
+        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
+    }
+    kube = DeletingKube(stored)
+    operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
+    memo = kopf.Memo(operator=operator)
+
+    async def run() -> None:
+        kube.release = asyncio.Event()
+        added = {"type": "ADDED", "object": copy.deepcopy(stored)}
+        await handlers.wasinntask_event(
+            event=added, name="cat", namespace="ml", uid="u1", memo=memo
+        )
+        assert "u1" in operator.tasks
+        kube.calls.clear()
+        deleted = {"type": "DELETED", "object": copy.deepcopy(stored)}
+        # Returns while the children's deletion waits for the API server.
+        await asyncio.wait_for(
+            handlers.wasinntask_event(
+                event=deleted, name="cat", namespace="ml", uid="u1", memo=memo
+            ),
+            5,
+        )
+        assert "u1" not in operator.tasks and "u1" not in operator.locks
+        mine = pod("cat-1", phase="Running")
+        mine["metadata"]["ownerReferences"] = [
+            {"kind": "WasiNNTask", "name": "cat", "uid": "u1", "controller": True}
+        ]
+        await handlers.pod_event(
+            event={"type": "DELETED", "object": mine}, namespace="ml", memo=memo
+        )
+        assert kube.calls == []  # no read of the task that is gone, no write
+        assert "u1" not in operator.locks
+        kube.release.set()
+        await handlers.operator_cleanup(memo=memo)
+        assert kube.deleted == ["u1"]
+
+    asyncio.run(run())
