@@ -98,3 +98,13 @@ def test_a_deleted_tasks_children_go_off_the_event_path_and_its_pods_need_no_rec
         assert kube.deleted == ["u1"]
 
     asyncio.run(run())
+
+
+def test_the_resyncs_prune_does_not_mark_a_task_deleted() -> None:
+    """A task created after the resync's listing began is missing from it: pruning drops what
+    is kept for it, but its Pods' events must still reconcile it."""
+    operator = Operator(OperatorSettings())
+    operator.locks["new"] = asyncio.Lock()
+    handlers._prune(operator, present=set())
+    assert "new" not in operator.locks
+    assert "new" not in operator.gone

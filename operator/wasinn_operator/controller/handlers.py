@@ -99,7 +99,7 @@ async def wasinntask_event(
         # Queued, not awaited: a thousand deletions at once each held its task's body while
         # its children's deletion waited for an API thread (the operator's memory peak).
         operator.cleanup.put(uid, (namespace or "default", uid))
-        forget(operator, uid)
+        forget(operator, uid, deleted=True)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     version = resource_version(body)

@@ -115,11 +115,14 @@ def operator_in(memo: kopf.Memo) -> Operator:
     return operator
 
 
-def forget(operator: Operator, uid: str) -> None:
-    """Drop all the operator keeps for a task that is gone, and remember that it is."""
-    operator.gone[uid] = None
-    while len(operator.gone) > GONE_LIMIT:
-        del operator.gone[next(iter(operator.gone))]
+def forget(operator: Operator, uid: str, deleted: bool = False) -> None:
+    """Drop all the operator keeps for a task that is gone; with `deleted` (its DELETED event
+    came), remember that it is. The resync's prune passes no `deleted`: a task created after
+    its listing began is missing from it, and must not have its Pods' events ignored."""
+    if deleted:
+        operator.gone[uid] = None
+        while len(operator.gone) > GONE_LIMIT:
+            del operator.gone[next(iter(operator.gone))]
     metrics.forget(uid)
     operator.locks.pop(uid, None)
     operator.assignments.pop(uid, None)
