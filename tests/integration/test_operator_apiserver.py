@@ -383,3 +383,31 @@ def test_the_resync_lists_task_pods_as_metadata_only(
     names = asyncio.run(Kube().task_pod_names((kube.namespace,)))
     assert (uid, "named-1") in names
     assert all(pod_uid for pod_uid, _ in names)
+
+
+def test_the_resync_reads_tasks_and_pods_in_pages(
+    kube: Cluster, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resync's listings come a page at a time (the API server's limit and continue), so
+    a thousand tasks with inline modules are never all in the operator's memory at once; the
+    pages together hold every task and every task Pod, each once."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    names = [f"paged-{i}" for i in range(5)]
+    for name in names:
+        create(kube, name)
+    for name in names:
+        wait_pod(kube, f"{name}-1")
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    uids = {kube.get("wasinntasks", name)["metadata"]["uid"]: name for name in names}
+
+    async def read() -> tuple[list[list[dict[str, Any]]], set[tuple[str, str]]]:
+        api = Kube()
+        pages = [page async for page in api.task_pages((kube.namespace,), limit=2)]
+        return pages, await api.task_pod_names((kube.namespace,), limit=2)
+
+    pages, pods = asyncio.run(read())
+    assert [len(page) for page in pages] == [2, 2, 1]
+    listed = [task["metadata"]["uid"] for page in pages for task in page]
+    assert sorted(listed) == sorted(uids)
+    assert pods == {(uid, f"{name}-1") for uid, name in uids.items()}

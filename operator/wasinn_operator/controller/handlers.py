@@ -130,29 +130,30 @@ async def resync_loop(operator: Operator) -> None:
         wake.clear()
         try:
             since = time.monotonic()
-            tasks, pods = await asyncio.gather(
-                operator.api.list_tasks(settings.namespaces),
-                operator.api.task_pod_names(settings.namespaces),
-            )
-            _prune(operator, {task["metadata"]["uid"] for task in tasks})
+            # The Pods first: a reconcile below must not trust a cached Pod that is gone.
+            pods = await operator.api.task_pod_names(settings.namespaces)
             operator.pods.sweep(pods, since)
-            for task in tasks:
-                meta = task["metadata"]
-                if (
-                    settled(task)
-                    and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None
-                ):
-                    continue
-                # The listing's copy, or the operator's own if it is newer: no read per task.
-                kept = operator.tasks.get(meta["uid"])
-                newest = (
-                    kept if kept and newer(resource_version(kept), resource_version(task)) else task
-                )
-                await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
+            present: set[str] = set()
+            async for page in operator.api.task_pages(settings.namespaces):
+                for task in page:
+                    present.add(task["metadata"]["uid"])
+                    await _resync_task(operator, task)
+            _prune(operator, present)
         except Exception:  # keep resyncing whatever one round hit
             metrics.RECONCILE_ERRORS.inc()
             log.exception("resync failed")
         release_freed_memory()  # a round's garbage, and the watches', back to the system
+
+
+async def _resync_task(operator: Operator, task: dict[str, Any]) -> None:
+    """Reconcile a listed task unless it is finished for good (settled, no TTL to keep)."""
+    meta = task["metadata"]
+    if settled(task) and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
+        return
+    # The listing's copy, or the operator's own if it is newer: no read per task.
+    kept = operator.tasks.get(meta["uid"])
+    newest = kept if kept and newer(resource_version(kept), resource_version(task)) else task
+    await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
 
 
 def _prune(operator: Operator, present: set[str]) -> None:

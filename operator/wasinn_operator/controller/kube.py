@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
@@ -18,6 +19,10 @@ from .builders import TASK_UID_LABEL
 log = logging.getLogger("wasinn.operator")
 # A list answered as PartialObjectMetadataList: names, labels and owners without specs.
 METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+# Items per page of the resync's listings. A task can carry its module inline (up to ~1 MiB):
+# fifty of them are the most a page holds in memory; metadata-only Pods are ~1 KiB each.
+TASK_PAGE = 50
+POD_PAGE = 500
 
 
 class StaleTaskError(Exception):
@@ -45,18 +50,23 @@ class Kube:
             return None
         return task
 
-    async def list_tasks(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every task in the watched namespaces (all namespaces when none are named)."""
+    async def task_pages(
+        self, namespaces: tuple[str, ...], limit: int = TASK_PAGE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every task in the watched namespaces (all namespaces when none are named), a page
+        of `limit` at a time: one listing of every task held them all in memory at once
+        (tens of megabytes for a thousand tasks, far more with inline modules)."""
+        calls: list[tuple[Any, tuple[str, ...]]]
         if not namespaces:
-            found = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-            return list(found.get("items") or [])
-        items: list[dict[str, Any]] = []
-        for namespace in namespaces:
-            found = await self._call(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
-            )
-            items += found.get("items") or []
-        return items
+            calls = [(self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))]
+        else:
+            calls = [
+                (self.custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL))
+                for namespace in namespaces
+            ]
+        for fn, args in calls:
+            async for page in self._pages(fn, *args, limit=limit):
+                yield page
 
     async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
         """The task's Pods (every attempt), found by the task-uid label."""
@@ -65,25 +75,41 @@ class Kube:
         )
         return list(found.get("items") or [])
 
-    async def task_pod_names(self, namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
+    async def task_pod_names(
+        self, namespaces: tuple[str, ...], limit: int = POD_PAGE
+    ) -> set[tuple[str, str]]:
         """(task uid, Pod name) of every task Pod in the watched namespaces (all when none
-        are named), read as metadata only: a full listing of a thousand Pods is megabytes."""
+        are named), read as metadata only and in pages: a full listing of a thousand Pods is
+        megabytes."""
         options = {"label_selector": TASK_UID_LABEL, "_headers": METADATA_ONLY}
+        calls: list[tuple[Any, tuple[str, ...]]]
         if not namespaces:
-            found = [await self._call(self.core.list_pod_for_all_namespaces, **options)]
+            calls = [(self.core.list_pod_for_all_namespaces, ())]
         else:
-            found = [
-                await self._call(self.core.list_namespaced_pod, namespace, **options)
-                for namespace in namespaces
-            ]
+            calls = [(self.core.list_namespaced_pod, (namespace,)) for namespace in namespaces]
         names: set[tuple[str, str]] = set()
-        for listing in found:
-            for item in listing.get("items") or []:
-                meta = item.get("metadata") or {}
-                uid = (meta.get("labels") or {}).get(TASK_UID_LABEL)
-                if uid and meta.get("name"):
-                    names.add((str(uid), str(meta["name"])))
+        for fn, args in calls:
+            async for page in self._pages(fn, *args, limit=limit, **options):
+                for item in page:
+                    meta = item.get("metadata") or {}
+                    uid = (meta.get("labels") or {}).get(TASK_UID_LABEL)
+                    if uid and meta.get("name"):
+                        names.add((str(uid), str(meta["name"])))
         return names
+
+    async def _pages(
+        self, fn: Any, *args: Any, limit: int, **kwargs: Any
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The items of a list call, a page at a time (the API server's `limit` and `continue`:
+        every page is of the same consistent snapshot). A snapshot older than the API server's
+        compaction window fails with a 410 (`UnavailableError`): the caller starts again."""
+        token: str | None = None
+        while True:
+            found = await self._call(fn, *args, limit=limit, _continue=token, **kwargs)
+            yield list(found.get("items") or [])
+            token = (found.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return
 
     async def claim_exists(self, namespace: str, name: str) -> bool:
         """Whether the models claim exists in the namespace."""
