@@ -9,7 +9,10 @@ runs), so what is measured is the operator alone. Tasks are created at a steady 
 - task -> Pod: the bench's create call to the Pod's ADDED on the bench's watch (p50/p99);
 - apply -> Complete: the create call to the task's Complete condition on the watch;
 - the operator's RSS (/proc/PID/status VmRSS): at start, after a warm-up batch, after N tasks
-  completed and deleted, after N more completed and kept; growth per 1,000 tasks;
+  completed and deleted, after N more completed and kept, each sampled once the operator is
+  idle (and how long it took to get there); growth per 1,000 tasks; its peak (VmHWM); the
+  CPU time it used per batch (from the first create to idle: the run's cost, less noisy
+  than its latencies on a shared 2-vCPU machine);
 - with --warm: N tiny warm tasks at once on `wasinn proplet warm` workers (host processes
   playing worker Pods, as tests/integration/test_operator_warm.py does): apply -> Complete and
   tasks/s.
@@ -60,12 +63,18 @@ WAIT_SECONDS = 600
 IMAGE = "localhost/wasinn-proplet:dev"
 
 
-def rss_mib(pid: int) -> float:
-    """The process's resident set (VmRSS), MiB."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident set (VmRSS), or its peak (VmHWM), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc/PID/stat), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -122,6 +131,14 @@ class Operator:
     @property
     def rss(self) -> float:
         return rss_mib(self.process.pid)
+
+    @property
+    def peak(self) -> float:
+        return rss_mib(self.process.pid, "VmHWM")
+
+    @property
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def snapshot(self, label: str) -> None:
         """With --tracemalloc: a snapshot of the operator's Python allocations, named."""
@@ -328,10 +345,24 @@ def delete_all(cluster: Any, watcher: Watcher) -> None:
     )
 
 
-def _settle(operator: Operator, seconds: float = 5.0) -> float:
-    """RSS after the operator had `seconds` to finish what it was doing."""
+IDLE_WINDOW = 3.0  # seconds of operator CPU time sampled
+IDLE_SHARE = 0.05  # of one CPU: below it, the operator has digested what the API sent
+IDLE_LIMIT = 90.0
+
+
+def _settle(operator: Operator, seconds: float = 5.0) -> tuple[float, float]:
+    """RSS once the operator is idle (under 5% of a CPU over 3 s, after at least `seconds`,
+    at most 90 s), and how long that took: a thousand deletions are thousands of watch events
+    the operator is still working through when the API server is done (their decoded bodies
+    queued meanwhile), and RSS sampled then is that backlog, not what the operator keeps."""
+    start = time.monotonic()
     time.sleep(seconds)
-    return operator.rss
+    while time.monotonic() - start < IDLE_LIMIT:
+        before = operator.cpu
+        time.sleep(IDLE_WINDOW)
+        if operator.cpu - before < IDLE_SHARE * IDLE_WINDOW:
+            break
+    return operator.rss, time.monotonic() - start
 
 
 def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[Row]:
@@ -342,16 +373,20 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
     rows: list[Row] = []
     section = "operator"
     try:
-        rss_start = _settle(operator, 2)
+        rss_start, _ = _settle(operator, 2)
         warmup = [f"warmup-{i}" for i in range(50)]
         create_paced(cluster, warmup, spec, rate)
         watcher.wait(warmup)
         delete_all(cluster, watcher)
-        rss_warm = _settle(operator)
+        rss_warm, _ = _settle(operator)
         operator.snapshot("after_warmup")
         rss_after: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        peak_before = operator.peak
+        cpu: dict[str, float] = {}
         for batch in ("deleted", "kept"):
             names = [f"{batch}-{i}" for i in range(count)]
+            cpu_before = operator.cpu
             started = create_paced(cluster, names, spec, rate)
             watcher.wait(names)
             with watcher.lock:
@@ -369,7 +404,8 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
             ]
             if batch == "deleted":
                 delete_all(cluster, watcher)
-            rss_after[batch] = _settle(operator)
+            rss_after[batch], busy[batch] = _settle(operator)
+            cpu[batch] = operator.cpu - cpu_before
             operator.snapshot(f"after_{batch}")
         per = 1000 / count  # (a plateau reached within `count` tasks is extrapolated too)
         rows += [
@@ -377,6 +413,12 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
             row(section, "operator RSS", "after_warmup", rss_warm, "MiB"),
             row(section, "operator RSS", "after_deleted", rss_after["deleted"], "MiB"),
             row(section, "operator RSS", "after_kept", rss_after["kept"], "MiB"),
+            row(section, "operator CPU", "deleted_batch", cpu["deleted"], "s"),
+            row(section, "operator CPU", "kept_batch", cpu["kept"], "s"),
+            row(section, "operator RSS", "peak_before_batches", peak_before, "MiB"),
+            row(section, "operator RSS", "peak_over_batches", operator.peak, "MiB"),
+            row(section, "operator RSS", "idle_after_deleted", busy["deleted"], "s"),
+            row(section, "operator RSS", "idle_after_kept", busy["kept"], "s"),
             row(
                 section,
                 "operator RSS",
