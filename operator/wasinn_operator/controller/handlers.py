@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +132,7 @@ async def resync_loop(operator: Operator) -> None:
             # The Pods first: a reconcile below must not trust a cached Pod that is gone.
             pods = await operator.api.task_pod_names(settings.namespaces)
             operator.pods.sweep(pods, since)
+            operator.nodes.refresh(await operator.api.nodes(), since)
             present: set[str] = set()
             async for page in operator.api.task_pages(settings.namespaces):
                 for task in page:
@@ -182,33 +182,19 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event: kopf.RawEvent, name: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A node came, went, or changed what it offers (labels, allocatable resources, taints,
-    readiness): resync now, so tasks waiting as Unschedulable start or say what is still
-    missing without waiting for the next round. Heartbeats change none of these."""
+    readiness): remember it, and resync now, so tasks waiting as Unschedulable start or say
+    what is still missing without waiting for the next round. Heartbeats change none of
+    these."""
     operator = operator_in(memo)
-    wake, seen = operator.wake, operator.nodes
-    node: dict[str, Any] = dict(event.get("object") or {})
     if name is None:
         return
     if event.get("type") == "DELETED":
-        seen.pop(name, None)
-        wake.set()
+        operator.nodes.remove(name)
+        operator.wake.set()
         return
-    offer = _offer(node)
-    if seen.get(name) == offer:
-        return
-    seen[name] = offer
-    if event.get("type") is not None:  # None: the initial listing, which the resync covers
-        wake.set()
-
-
-def _offer(node: dict[str, Any]) -> str:
-    meta: dict[str, Any] = node.get("metadata") or {}
-    spec: dict[str, Any] = node.get("spec") or {}
-    status: dict[str, Any] = node.get("status") or {}
-    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
-    offer = [meta.get("labels"), status.get("allocatable"), spec.get("taints"),
-             spec.get("unschedulable"), ready]  # fmt: skip
-    return json.dumps(offer, sort_keys=True)
+    changed = operator.nodes.put(dict(event.get("object") or {}))
+    if changed and event.get("type") is not None:  # None: the initial listing
+        operator.wake.set()
 
 
 @kopf.on.event("", "v1", "pods", labels={TASK_UID_LABEL: kopf.PRESENT})
@@ -387,7 +373,7 @@ async def _facts(
     if attempt_in_progress(task, pods):
         pod = current_pod(pods, int(status.get("attempts", 0)))
         waiting = pod is not None and unschedulable(pod)
-        return Facts(now=now, pods=pods, nodes=await kube.nodes() if waiting else None)
+        return Facts(now=now, pods=pods, nodes=await _nodes(operator) if waiting else None)
     try:
         spec = WasiNNTaskSpec.model_validate(task.get("spec") or {})
     except ValidationError:
@@ -396,12 +382,23 @@ async def _facts(
     # Independent reads: in parallel, so a start decision waits for one round trip, not three.
     claim_exists, nodes, wasm_problem = await asyncio.gather(
         kube.claim_exists(meta["namespace"], claim),
-        kube.nodes(),
+        _nodes(operator),
         kube.wasm_problem(meta["namespace"], spec),
     )
     return Facts(
         now=now, pods=pods, claim_exists=claim_exists, nodes=nodes, wasm_problem=wasm_problem
     )
+
+
+async def _nodes(operator: Operator) -> list[dict[str, Any]]:
+    """Every Node, from the node watch's cache; listed (and the cache made complete) until the
+    resync's first round has."""
+    nodes = operator.nodes.nodes()
+    if nodes is None:
+        since = time.monotonic()
+        operator.nodes.refresh(await operator.api.nodes(), since)
+        nodes = operator.nodes.nodes() or []
+    return nodes
 
 
 def _warm_facts(

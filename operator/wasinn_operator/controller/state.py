@@ -20,6 +20,7 @@ from . import metrics
 from .events import EventPoster
 from .kube import Kube
 from .lanes import Lanes
+from .nodecache import NodeCache
 from .podcache import PodCache
 from .reconcile import stopped_run
 from .settings import OperatorSettings
@@ -36,9 +37,9 @@ class Operator:
     kube: Kube | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     resync: asyncio.Task[None] | None = None
-    # A node change sets `wake` to resync at once; `nodes` holds what each node offered.
+    # A node change sets `wake` to resync at once; `nodes` holds what each node offers.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    nodes: dict[str, str] = field(default_factory=dict)
+    nodes: NodeCache = field(default_factory=NodeCache)
     # execution: warm: the worker Pods as last seen (name -> Pod) and the attempts they hold
     # (task uid -> (worker name, namespace, task name)).
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
