@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
@@ -56,16 +57,15 @@ class Kube:
         """Every task in the watched namespaces (all namespaces when none are named), a page
         of `limit` at a time: one listing of every task held them all in memory at once
         (tens of megabytes for a thousand tasks, far more with inline modules)."""
-        calls: list[tuple[Any, tuple[str, ...]]]
-        if not namespaces:
-            calls = [(self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))]
-        else:
-            calls = [
-                (self.custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL))
-                for namespace in namespaces
-            ]
-        for fn, args in calls:
-            async for page in self._pages(fn, *args, limit=limit):
+        listings = _scoped(
+            namespaces,
+            partial(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL),
+            lambda ns: partial(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL
+            ),
+        )
+        for listing in listings:
+            async for page in self._pages(listing, limit=limit):
                 yield page
 
     async def pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
@@ -82,14 +82,14 @@ class Kube:
         are named), read as metadata only and in pages: a full listing of a thousand Pods is
         megabytes."""
         options = {"label_selector": TASK_UID_LABEL, "_headers": METADATA_ONLY}
-        calls: list[tuple[Any, tuple[str, ...]]]
-        if not namespaces:
-            calls = [(self.core.list_pod_for_all_namespaces, ())]
-        else:
-            calls = [(self.core.list_namespaced_pod, (namespace,)) for namespace in namespaces]
+        listings = _scoped(
+            namespaces,
+            self.core.list_pod_for_all_namespaces,
+            lambda ns: partial(self.core.list_namespaced_pod, ns),
+        )
         names: set[tuple[str, str]] = set()
-        for fn, args in calls:
-            async for page in self._pages(fn, *args, limit=limit, **options):
+        for listing in listings:
+            async for page in self._pages(listing, limit=limit, **options):
                 for item in page:
                     meta = item.get("metadata") or {}
                     uid = (meta.get("labels") or {}).get(TASK_UID_LABEL)
@@ -98,14 +98,14 @@ class Kube:
         return names
 
     async def _pages(
-        self, fn: Any, *args: Any, limit: int, **kwargs: Any
+        self, listing: Callable[..., Any], limit: int, **kwargs: Any
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The items of a list call, a page at a time (the API server's `limit` and `continue`:
         every page is of the same consistent snapshot). A snapshot older than the API server's
         compaction window fails with a 410 (`UnavailableError`): the caller starts again."""
         token: str | None = None
         while True:
-            found = await self._call(fn, *args, limit=limit, _continue=token, **kwargs)
+            found = await self._call(listing, limit=limit, _continue=token, **kwargs)
             yield list(found.get("items") or [])
             token = (found.get("metadata") or {}).get("continue") or None
             if token is None:
@@ -207,3 +207,13 @@ class Kube:
     async def _ignore_404(self, fn: Any, *args: Any) -> None:
         with contextlib.suppress(NotFoundError):
             await self._call(fn, *args)
+
+
+def _scoped(
+    namespaces: tuple[str, ...],
+    everywhere: Callable[..., Any],
+    within: Callable[[str], Callable[..., Any]],
+) -> list[Callable[..., Any]]:
+    """The list calls that cover the watched namespaces: one across all namespaces when none
+    are named, else one per namespace."""
+    return [within(ns) for ns in namespaces] if namespaces else [everywhere]
