@@ -391,14 +391,19 @@ async def _facts(
 
 
 async def _nodes(operator: Operator) -> list[dict[str, Any]]:
-    """Every Node, from the node watch's cache; listed (and the cache made complete) until the
-    resync's first round has."""
+    """Every Node, from the node watch's cache; listed once (the cache made complete) if the
+    resync has not listed them yet: the decisions of the tasks found at start-up wait for
+    that one listing rather than each making its own."""
     nodes = operator.nodes.nodes()
-    if nodes is None:
-        since = time.monotonic()
-        operator.nodes.refresh(await operator.api.nodes(), since)
-        nodes = operator.nodes.nodes() or []
-    return nodes
+    if nodes is not None:
+        return nodes
+    async with operator.nodes_listing:
+        nodes = operator.nodes.nodes()
+        if nodes is None:
+            since = time.monotonic()
+            operator.nodes.refresh(await operator.api.nodes(), since)
+            nodes = operator.nodes.nodes() or []
+        return nodes
 
 
 def _warm_facts(

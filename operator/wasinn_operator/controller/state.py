@@ -40,6 +40,7 @@ class Operator:
     # A node change sets `wake` to resync at once; `nodes` holds what each node offers.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nodes: NodeCache = field(default_factory=NodeCache)
+    nodes_listing: asyncio.Lock = field(default_factory=asyncio.Lock)  # the first listing
     # execution: warm: the worker Pods as last seen (name -> Pod) and the attempts they hold
     # (task uid -> (worker name, namespace, task name)).
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
