@@ -381,7 +381,7 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
         rss_warm, _ = _settle(operator)
         operator.snapshot("after_warmup")
         rss_after: dict[str, float] = {}
-        busy: dict[str, float] = {}
+        to_idle: dict[str, float] = {}
         peak_before = operator.peak
         cpu: dict[str, float] = {}
         for batch in ("deleted", "kept"):
@@ -404,7 +404,7 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
             ]
             if batch == "deleted":
                 delete_all(cluster, watcher)
-            rss_after[batch], busy[batch] = _settle(operator)
+            rss_after[batch], to_idle[batch] = _settle(operator)
             cpu[batch] = operator.cpu - cpu_before
             operator.snapshot(f"after_{batch}")
         per = 1000 / count  # (a plateau reached within `count` tasks is extrapolated too)
@@ -417,8 +417,8 @@ def pod_rows(cluster: Any, operator: Operator, count: int, rate: float) -> list[
             row(section, "operator CPU", "kept_batch", cpu["kept"], "s"),
             row(section, "operator RSS", "peak_before_batches", peak_before, "MiB"),
             row(section, "operator RSS", "peak_over_batches", operator.peak, "MiB"),
-            row(section, "operator RSS", "idle_after_deleted", busy["deleted"], "s"),
-            row(section, "operator RSS", "idle_after_kept", busy["kept"], "s"),
+            row(section, "operator RSS", "idle_after_deleted", to_idle["deleted"], "s"),
+            row(section, "operator RSS", "idle_after_kept", to_idle["kept"], "s"),
             row(
                 section,
                 "operator RSS",
