@@ -146,6 +146,7 @@ class FakeKube:
         self.stored = task
         self.calls: list[str] = []
         self.stale_writes = 0
+        self.claim = True
 
     async def task(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append("get task")
@@ -156,7 +157,8 @@ class FakeKube:
         return []
 
     async def claim_exists(self, namespace: str, name: str) -> bool:
-        return True
+        self.calls.append("read claim")
+        return self.claim
 
     async def nodes(self) -> list[dict[str, Any]]:
         ready = {"conditions": [{"type": "Ready", "status": "True"}]}
@@ -206,17 +208,66 @@ def test_a_pod_events_reconcile_reads_neither_the_task_nor_its_pods() -> None:
         await handlers.wasinntask_event(
             event=added, name="cat", namespace="ml", uid="u1", memo=memo
         )
-        running = pod("cat-1", phase="Running")
-        running["metadata"]["ownerReferences"] = [
-            {"kind": "WasiNNTask", "name": "cat", "uid": "u1", "controller": True}
-        ]
+        running = owned(pod("cat-1", phase="Running"))
         await handlers.pod_event(
             event={"type": "MODIFIED", "object": running}, namespace="ml", memo=memo
         )
 
     asyncio.run(run())
-    assert kube.calls == ["create Pod", "write status", "write status"]
+    assert kube.calls == ["read claim", "create Pod", "write status", "write status"]
     assert kube.stored["status"]["phase"] == "Running"
+
+
+def owned(pod_body: dict[str, Any], task: str = "cat", uid: str = "u1") -> dict[str, Any]:
+    pod_body["metadata"]["ownerReferences"] = [
+        {"kind": "WasiNNTask", "name": task, "uid": uid, "controller": True}
+    ]
+    return pod_body
+
+
+def test_an_attempts_end_reads_no_start_facts() -> None:
+    """The reconcile that records a Pod's end starts nothing (a retry starts in a later one):
+    it reads no claim, Node or ConfigMap."""
+    stored = {
+        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
+    }
+    kube = FakeKube(stored)
+    operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
+    memo = kopf.Memo(operator=operator)
+    summary = '{"state": "Completed", "exitCode": 0, "stdout": "ok"}'
+    done = pod("cat-1", phase="Succeeded")
+    done["status"]["containerStatuses"] = [
+        {"name": "proplet", "state": {"terminated": {"exitCode": 0, "message": summary}}}
+    ]
+
+    async def run() -> None:
+        await handlers.reconcile_task(operator, "ml", "cat", "u1", copy.deepcopy(stored))
+        for phase, body in (("Running", pod("cat-1", phase="Running")), ("Succeeded", done)):
+            event = {"type": "MODIFIED", "object": owned(body)}
+            await handlers.pod_event(event=event, namespace="ml", memo=memo)
+            assert kube.stored["status"]["phase"] == ("Completed" if phase != "Running" else phase)
+
+    asyncio.run(run())
+    assert kube.calls.count("read claim") == 1
+
+
+def test_a_models_claim_seen_lately_is_not_read_again_and_a_missing_one_is() -> None:
+    kube = FakeKube({})
+    operator = Operator(OperatorSettings(resync_seconds=60), kube=cast(Kube, kube))
+
+    async def decide() -> bool:
+        return await handlers._claim_exists(operator, "ml", "models")
+
+    assert asyncio.run(decide()) and asyncio.run(decide())
+    assert kube.calls == ["read claim"]
+    kube.claim = False
+    operator.claims[("ml", "models")] -= 60  # older than a resync interval: read again
+    assert not asyncio.run(decide()) and not asyncio.run(decide())
+    assert kube.calls == ["read claim"] * 3  # a missing claim is read at every decision
+    kube.claim = True
+    assert asyncio.run(decide())
+    assert kube.calls == ["read claim"] * 4
 
 
 def test_a_refused_status_write_drops_the_kept_copy_and_reads_the_task() -> None:
@@ -229,7 +280,10 @@ def test_a_refused_status_write_drops_the_kept_copy_and_reads_the_task() -> None
     operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
     operator.tasks["u1"] = copy.deepcopy(stored)
     asyncio.run(handlers.reconcile_task(operator, "ml", "cat", "u1"))
-    assert kube.calls == ["create Pod", "write status", "get task", "create Pod", "write status"]
+    assert kube.calls == [
+        *("read claim", "create Pod", "write status"),
+        *("get task", "create Pod", "write status"),  # (the claim was read just now)
+    ]
     assert operator.tasks["u1"]["metadata"]["resourceVersion"] == "7"
     assert operator.written["u1"] == "7"
 

@@ -11,7 +11,7 @@ import pytest
 from wasinn_operator.api.policy import TaskPolicy
 from wasinn_operator.api.summary import FailureReason
 from wasinn_operator.controller import Facts, OperatorSettings, Plan, Reason, reconcile
-from wasinn_operator.controller.pods import attempt_in_progress
+from wasinn_operator.controller.pods import start_decision_due
 from wasinn_operator.controller.reconcile import FINAL_REASONS
 
 pytestmark = pytest.mark.unit
@@ -494,13 +494,44 @@ def test_operator_default_settings_from_env() -> None:
         OperatorSettings.from_env({"WASINN_PROPLET_ENGINE": "wamr"})
 
 
-def test_attempt_in_progress_only_while_its_pod_runs() -> None:
-    status = {"phase": "Running", "attempts": 2}
-    assert attempt_in_progress(task(status=status), [pod(2, "Running")])
-    assert attempt_in_progress(task(status=status), [pod(2, "Pending")])
-    assert not attempt_in_progress(task(status=status), [pod(2, "Failed")])
-    assert not attempt_in_progress(task(status=status), [pod(1, "Running")])
-    assert not attempt_in_progress(task(status=status), [])
+def test_a_start_decision_is_due_only_when_no_attempt_is_under_way() -> None:
+    running = {"phase": "Running", "attempts": 2}
+    assert not start_decision_due(task(status=running), [pod(2, "Running")])
+    assert not start_decision_due(task(status=running), [pod(2, "Pending")])
+    # Ended, and this reconcile records how: a retry (if any) starts in a later one.
+    assert not start_decision_due(task(status=running), [pod(2, "Failed")])
+    assert not start_decision_due(task(status=running), [pod(2, "Succeeded")])
+    assert start_decision_due(task(status=running), [pod(1, "Running")])
+    assert start_decision_due(task(status=running), [])
+    # Its failure recorded: the retry is due now or waits for its backoff.
+    assert start_decision_due(task(status={"phase": "Pending", "attempts": 2}), [pod(2, "Failed")])
+
+
+ENDINGS = {
+    "Pending": {},
+    "Running": {},
+    "Succeeded": terminated(0, {"state": "Completed", "exitCode": 0, "stdout": "ok"}),
+    "Failed": terminated(1, {"state": "Failed", "exitCode": 1, "error": "trap"}),
+}
+
+
+@pytest.mark.parametrize("phase", [None, "Pending", "Scheduled", "Running", "Failed"])
+@pytest.mark.parametrize("pod_phase", [None, *ENDINGS])
+@pytest.mark.parametrize("pod_attempt", [1, 2, 3])
+@pytest.mark.parametrize("suspend", [False, True])
+def test_a_reconcile_with_no_start_decision_due_reads_none_of_its_facts(
+    phase: str | None, pod_phase: str | None, pod_attempt: int, suspend: bool
+) -> None:
+    """The handler skips the claim, Node and ConfigMap reads when no start decision is due:
+    for every task phase and Pod state, the plan is then the same whatever those facts say."""
+    status = {"phase": phase, "attempts": 2, "podName": "cat-2"} if phase else {}
+    body = task({"suspend": suspend}, status)
+    pods = [] if pod_phase is None else [pod(pod_attempt, pod_phase, **ENDINGS[pod_phase])]
+    if start_decision_due(body, pods):
+        return
+    unknown = run(body, pods=pods)
+    refused = run(body, pods=pods, claim_exists=False, nodes=[], wasm_problem="no key 'k'")
+    assert refused == unknown
 
 
 def test_a_task_the_policy_refuses_fails_without_a_pod() -> None:

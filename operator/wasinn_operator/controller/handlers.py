@@ -27,7 +27,7 @@ from . import external, metrics, warm
 from .builders import TASK_UID_LABEL
 from .events import build_event
 from .kube import Kube, StaleTaskError
-from .pods import attempt_in_progress, current_pod, unschedulable
+from .pods import current_pod, start_decision_due, unschedulable
 from .reconcile import Facts, reconcile
 from .run import release_freed_memory
 from .settings import OperatorSettings
@@ -370,7 +370,7 @@ async def _facts(
     suspended = bool((task.get("spec") or {}).get("suspend"))
     if settled(task) or suspended:
         return Facts(now=now, pods=pods)
-    if attempt_in_progress(task, pods):
+    if not start_decision_due(task, pods):
         pod = current_pod(pods, int(status.get("attempts", 0)))
         waiting = pod is not None and unschedulable(pod)
         return Facts(now=now, pods=pods, nodes=await _nodes(operator) if waiting else None)
@@ -381,13 +381,30 @@ async def _facts(
     claim = spec.models.claim_name or settings.models_claim
     # Independent reads: in parallel, so a start decision waits for one round trip, not three.
     claim_exists, nodes, wasm_problem = await asyncio.gather(
-        kube.claim_exists(meta["namespace"], claim),
+        _claim_exists(operator, meta["namespace"], claim),
         _nodes(operator),
         kube.wasm_problem(meta["namespace"], spec),
     )
     return Facts(
         now=now, pods=pods, claim_exists=claim_exists, nodes=nodes, wasm_problem=wasm_problem
     )
+
+
+async def _claim_exists(operator: Operator, namespace: str, claim: str) -> bool:
+    """Whether the models claim exists: read at most once per resync interval while it does
+    (every start decision read it: one GET per task). A claim deleted since it was read gives
+    a Pod the scheduler cannot place, which the task then reports; a missing one is read
+    again at each decision, so a task waiting for it starts as soon as it is created."""
+    key = (namespace, claim)
+    seen = operator.claims.get(key)
+    if seen is not None and time.monotonic() - seen < operator.settings.resync_seconds:
+        return True
+    exists = await operator.api.claim_exists(namespace, claim)
+    if exists:
+        operator.claims[key] = time.monotonic()
+    else:
+        operator.claims.pop(key, None)
+    return exists
 
 
 async def _nodes(operator: Operator) -> list[dict[str, Any]]:

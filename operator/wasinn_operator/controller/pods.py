@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import RunSummary
+from ..api.lifecycle import TaskPhase
 from .builders import ATTEMPT_LABEL, CONTAINER
 
 
@@ -31,11 +32,16 @@ def run_summary(pod: dict[str, Any]) -> tuple[RunSummary | None, int | None]:
     return None, None
 
 
-def attempt_in_progress(task: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
-    """The current attempt's Pod exists and has not ended: no start decision is due, so the
-    claim, node and ConfigMap facts are not needed."""
-    pod = current_pod(pods, int((task.get("status") or {}).get("attempts", 0)))
-    return pod is not None and not ended(pod)
+def start_decision_due(task: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """Whether a reconcile may start an attempt now, and so needs the claim, node and
+    ConfigMap facts: not while the current attempt's Pod has not ended, nor when it has ended
+    but the task still shows it Scheduled or Running (that reconcile records how it ended;
+    a retry starts in a later one)."""
+    status = task.get("status") or {}
+    pod = current_pod(pods, int(status.get("attempts", 0)))
+    if pod is None:
+        return True
+    return ended(pod) and status.get("phase") not in (TaskPhase.SCHEDULED, TaskPhase.RUNNING)
 
 
 def current_pod(pods: list[dict[str, Any]], attempts: int) -> dict[str, Any] | None:

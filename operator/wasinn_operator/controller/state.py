@@ -57,6 +57,8 @@ class Operator:
     cleaner: Lanes[tuple[str, str]] | None = None
     # The uids of tasks deleted lately (oldest first): their Pods' events need no reconcile.
     gone: dict[str, None] = field(default_factory=dict)
+    # When each (namespace, models claim) was last read as existing (time.monotonic()).
+    claims: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def api(self) -> Kube:
