@@ -168,11 +168,14 @@ class Cluster:
         *,
         grace_period_seconds: int | None = None,
         uid: str | None = None,
+        propagation: str | None = None,
     ) -> JSON:
         r = RESOURCES[plural]
         options: JSON = {}
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
+        if propagation is not None:  # Background, Foreground or Orphan
+            options["propagationPolicy"] = propagation
         if uid is not None:
             options["preconditions"] = {"uid": uid}
         return cast(JSON, self.call("DELETE", r.path(self._ns(r, namespace), name), body=options))

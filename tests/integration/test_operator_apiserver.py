@@ -352,6 +352,28 @@ def test_deletion_removes_children(kube: Cluster, operator: OperatorProcess) -> 
     wait_gone(kube, "configmaps", "gone-wasm")
 
 
+def test_a_task_deleted_with_orphan_propagation_leaves_its_pod(
+    kube: Cluster, operator: OperatorProcess
+) -> None:
+    """`kubectl delete --cascade=orphan`: the Pod stays, without its owner; the operator
+    deletes no child of a deleted task itself (that is the garbage collector's)."""
+    kube.add_node("n1", LABELS)
+    kube.add_pvc("models")
+    create(kube, "kept")
+    wait_pod(kube, "kept-1")
+    kube.delete("wasinntasks", "kept", propagation="Orphan")
+    wait_gone(kube, "wasinntasks", "kept")
+    kube.wait_for(
+        lambda: not (kube.find("pods", "kept-1") or {}).get("metadata", {}).get("ownerReferences"),
+        timeout=WAIT,
+        what="the Pod without its owner",
+    )
+    create(kube, "after")  # the operator has handled the deletion by the time this starts
+    wait_pod(kube, "after-1")
+    kept = kube.find("pods", "kept-1")
+    assert kept is not None and "deletionTimestamp" not in kept["metadata"]
+
+
 def test_garbage_collector_removes_children_of_a_task_deleted_while_the_operator_is_down(
     kube: Cluster, operator: OperatorProcess
 ) -> None:

@@ -47,7 +47,7 @@ log = logging.getLogger("wasinn.operator")
 # at 20 tasks/s (a dozen calls per task, each waiting on the API server) queues calls for
 # seconds. The calls mostly wait on the network, so more threads cost little CPU.
 API_THREADS = 24
-EVENTS_CLOSE_SECONDS = 5.0  # at shutdown, for the queued Events and deletions each
+EVENTS_CLOSE_SECONDS = 5.0  # at shutdown, for the queued Events
 
 
 @kopf.on.login()
@@ -95,9 +95,8 @@ async def wasinntask_event(
     """
     operator = operator_in(memo)
     if event.get("type") == "DELETED":
-        # Queued, not awaited: a thousand deletions at once each held its task's body while
-        # its children's deletion waited for an API thread (the operator's memory peak).
-        operator.cleanup.put(uid, (namespace or "default", uid))
+        # Its Pod and ConfigMap are the garbage collector's (background propagation), or
+        # kept without an owner when the deletion said Orphan.
         forget(operator, uid, deleted=True)
         return
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
@@ -167,16 +166,13 @@ def _prune(operator: Operator, present: set[str]) -> None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop; finish the Events and deletions still queued (a few seconds at
-    most each)."""
+    """Stop the resync loop; finish posting the Events still queued (a few seconds at most)."""
     operator = operator_in(memo)
     if operator.resync is not None:
         operator.resync.cancel()
         operator.resync = None
     if operator.poster is not None:
         await operator.poster.close(EVENTS_CLOSE_SECONDS)
-    if operator.cleaner is not None:  # what is left, the garbage collector deletes
-        await operator.cleaner.close(EVENTS_CLOSE_SECONDS)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -206,7 +202,7 @@ async def pod_event(event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo
         if owner.get("kind") == "WasiNNTask" and owner.get("controller"):
             uid = str(owner["uid"])
             if uid in operator.gone:
-                return  # its task was deleted: the cleanup deletes the Pod; nothing to decide
+                return  # its task was deleted: the garbage collector's; nothing to decide
             # Under the task's lock: a live listing in flight for the task would otherwise
             # overwrite this newer copy with the older one it read.
             async with operator.locks.setdefault(uid, asyncio.Lock()):

@@ -152,21 +152,6 @@ class Kube:
         """Delete a Pod (gone already is fine)."""
         await self._ignore_404(self.core.delete_namespaced_pod, name, namespace)
 
-    async def delete_children(self, namespace: str, uid: str) -> None:
-        """Delete every Pod and ConfigMap of a task (where no garbage collector does it)."""
-        selector = f"{TASK_UID_LABEL}={uid}"
-        for lister, deleter in (
-            (self.core.list_namespaced_pod, self.core.delete_namespaced_pod),
-            (self.core.list_namespaced_config_map, self.core.delete_namespaced_config_map),
-        ):
-            # Names are all it needs: at a thousand deletions at once, full Pod bodies in
-            # flight were the operator's peak memory, which its allocator keeps.
-            found = await self._call(
-                lister, namespace, label_selector=selector, _headers=METADATA_ONLY
-            )
-            for item in found.get("items") or []:
-                await self._ignore_404(deleter, item["metadata"]["name"], namespace)
-
     async def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
     ) -> dict[str, Any] | None:

@@ -1,10 +1,9 @@
 """Work the handlers hand off instead of awaiting: a few lanes of their own run it.
 
 A kopf handler holds its event's body until it returns, and the task's next event waits for it.
-Work that need not decide anything about the task (posting its Events, deleting the children of
-a deleted task) is queued here instead; `count` tasks, started on first use, run the items one
-after another per lane. Items with the same key share a lane, so one task's items run in the
-order they were queued.
+Work that need not decide anything about the task (posting its Events) is queued here
+instead; `count` tasks, started on first use, run the items one after another per lane. Items
+with the same key share a lane, so one task's items run in the order they were queued.
 """
 
 from __future__ import annotations

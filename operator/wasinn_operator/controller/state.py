@@ -2,7 +2,7 @@
 
 Settings are parsed once by `wasinn operator` (controller/run.py) and reach every handler in
 kopf's memo, as an `Operator` with the API client, the per-task locks, the caches of tasks and
-Pods, and the lanes that post Events and delete a deleted task's children.
+Pods, and the lanes that post Events.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from ..api.status import described_run, requested_run
 from . import metrics
 from .events import EventPoster
 from .kube import Kube
-from .lanes import Lanes
 from .nodecache import NodeCache
 from .podcache import PodCache
 from .reconcile import stopped_run
@@ -31,7 +30,7 @@ GONE_LIMIT = 10_000  # deleted task uids remembered
 @dataclass
 class Operator:
     """What the handlers share: the settings, the API client (made at startup), the per-task
-    locks, the caches of tasks and Pods, the resync loop and the lanes of handed-off work."""
+    locks, the caches of tasks and Pods, the resync loop and the lanes that post Events."""
 
     settings: OperatorSettings
     kube: Kube | None = None
@@ -53,8 +52,6 @@ class Operator:
     # operator's own status write): a Pod event's reconcile reads no task.
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     poster: EventPoster | None = None
-    # Deleting the children of deleted tasks, off the event path (see wasinntask_event).
-    cleaner: Lanes[tuple[str, str]] | None = None
     # The uids of tasks deleted lately (oldest first): their Pods' events need no reconcile.
     gone: dict[str, None] = field(default_factory=dict)
     # When each (namespace, models claim) was last read as existing (time.monotonic()).
@@ -73,18 +70,6 @@ class Operator:
         if self.poster is None:
             self.poster = EventPoster(self.api.create_event)
         return self.poster
-
-    @property
-    def cleanup(self) -> Lanes[tuple[str, str]]:
-        """Where deleted tasks' (namespace, uid) wait for their Pods and ConfigMaps to go."""
-        if self.cleaner is None:
-            kube = self.api
-
-            async def delete_children(item: tuple[str, str]) -> None:
-                await kube.delete_children(*item)
-
-            self.cleaner = Lanes(delete_children, "delete a deleted task's Pods and ConfigMaps")
-        return self.cleaner
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
