@@ -99,10 +99,10 @@ async def wasinntask_event(
         # kept without an owner when the deletion said Orphan.
         forget(operator, uid, deleted=True)
         return
-    body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
-    version = resource_version(body)
+    version = resource_version(dict(event.get("object") or {}))
     if version and operator.written.get(uid) == version:
         return  # the echo of this operator's own status write: nothing new to act on
+    body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     # A task this operator never wrote to (new, or first seen since a restart), or changed since
     # its last write (the shim started or stopped it): the watch's copy is the newest known, so
     # no GET of a possibly large spec. An event older than the last write uses the copy that
