@@ -56,6 +56,7 @@ from report import Row, row, summary  # noqa: E402
 NODE = "openvino-node-1"
 LABELS = {"wasinn.dev/openvino": "true"}
 TASK_UID = "wasinn.dev/task-uid"
+WORKER_LABELS = {"wasinn.dev/warm-pool": "default", "app.kubernetes.io/part-of": "wasinn"}
 BENCH_LABEL = "wasinn.dev/bench"
 TINY = '(module (memory (export "memory") 1) (func (export "_start")))'
 SUMMARY = json.dumps({"state": "Completed", "exitCode": 0, "stdout": "ok\n", "runSeconds": 0.001})
@@ -457,7 +458,7 @@ def warm_workers(cluster: Any, workdir: Path, models: Path, count: int) -> Itera
             cluster.create(
                 "pods",
                 {
-                    "metadata": {"name": name, "labels": {"wasinn.dev/warm-pool": "default"}},
+                    "metadata": {"name": name, "labels": WORKER_LABELS},
                     "spec": {
                         "containers": [{"name": "worker", "image": "localhost/wasinn-proplet:dev"}]
                     },

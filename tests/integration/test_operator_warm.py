@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import wasmtime
 
+from wasinn_operator.api.warm import POOL_LABEL
+from wasinn_operator.controller.builders import PART_OF
+
 from ..conftest import free_port
 from .conftest import OperatorProcess, _stop_process, _wait_healthy
 from .kubeapi import Cluster
@@ -40,7 +43,10 @@ def worker_pod(kube: Cluster, name: str, node: str = "n1") -> dict[str, Any]:
     kube.create(
         "pods",
         {
-            "metadata": {"name": name, "labels": {"wasinn.dev/warm-pool": "default"}},
+            "metadata": {
+                "name": name,
+                "labels": {POOL_LABEL: "default", PART_OF[0]: PART_OF[1]},
+            },
             "spec": {"containers": [{"name": "worker", "image": "localhost/wasinn-proplet:dev"}]},
         },
     )

@@ -27,6 +27,7 @@ import yaml
 
 from wasinn_operator.api.policy import TaskPolicy
 from wasinn_operator.api.policyflags import policy_from_settings
+from wasinn_operator.controller import handlers
 from wasinn_operator.controller.priority import parse_bands
 from wasinn_operator.controller.settings import OperatorSettings
 
@@ -677,3 +678,13 @@ def test_priority_classes_are_created_and_handed_to_the_operator() -> None:
     assert not [o for o in disabled if o["kind"] == "PriorityClass"]
     operator = find(disabled, "Deployment", f"{RELEASE}-operator")
     assert "WASINN_PRIORITY_CLASSES" not in env(operator)
+
+
+def test_the_operators_pod_watch_selects_the_warm_workers() -> None:
+    """The operator's Pod watch selects `app.kubernetes.io/part-of=wasinn` on the API server:
+    a worker Pod without it would never reach the operator."""
+    objects = render(None, "warmWorkers.enabled=true")
+    worker = find(objects, "Deployment", f"{RELEASE}-warm-default")
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    key, value = handlers.POD_SELECTOR.split("=")
+    assert labels[key] == value and "wasinn.dev/warm-pool" in labels

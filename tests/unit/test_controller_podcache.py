@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from wasinn_operator.controller import handlers, state
+from wasinn_operator.controller import builders, handlers, state
 from wasinn_operator.controller.builders import TASK_UID_LABEL
 from wasinn_operator.controller.handlers import _prune
 from wasinn_operator.controller.kube import Kube, StaleTaskError
@@ -320,6 +320,19 @@ def test_kopf_builds_no_diff_base_the_operator_would_not_use() -> None:
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"big": "y" * 1000}})
     assert storage.build(body=body) == {}
     assert storage.fetch(body=body) is None
+
+
+def test_the_pod_watch_selects_the_task_pods_on_the_api_server() -> None:
+    """kopf asks the API server for the labelled Pods only; every task Pod carries the label."""
+    settings = kopf.OperatorSettings()
+    handlers.tune(settings)
+    core_pods = kopf.Resource("", "v1", "pods", namespaced=True)
+    assert list(settings.watching.label_selectors.collect(core_pods)) == [handlers.POD_SELECTOR]
+    task = {"metadata": {"name": "cat", "namespace": "ml", "uid": "u1"}, "spec": {}}
+    key, value = handlers.POD_SELECTOR.split("=")
+    assert builders.task_labels(task)[key] == value
+    nodes = kopf.Resource("", "v1", "nodes", namespaced=False)
+    assert list(settings.watching.label_selectors.collect(nodes)) == []
 
 
 def test_the_client_keeps_a_connection_per_api_thread(

@@ -37,6 +37,9 @@ TASK_LABEL = "wasinn.dev/task"
 TASK_UID_LABEL = "wasinn.dev/task-uid"
 ATTEMPT_LABEL = "wasinn.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "wasinn-operator"}
+# On every Pod the operator watches (task Pods here, warm workers in the chart): its Pod watch
+# selects them server-side, so the cluster's other Pods cost it nothing.
+PART_OF = ("app.kubernetes.io/part-of", "wasinn")
 
 
 class TaskTooLargeError(ValueError):
@@ -67,7 +70,12 @@ def wasm_configmap_name(task_name: str) -> str:
 def task_labels(task: dict[str, Any]) -> dict[str, str]:
     """Labels that tie a child to its task."""
     meta = task["metadata"]
-    labels = {**MANAGED_BY, TASK_LABEL: label_value(meta["name"]), TASK_UID_LABEL: meta["uid"]}
+    labels = {
+        **MANAGED_BY,
+        PART_OF[0]: PART_OF[1],
+        TASK_LABEL: label_value(meta["name"]),
+        TASK_UID_LABEL: meta["uid"],
+    }
     propeller_id = (meta.get("labels") or {}).get(PROPELLER_ID_LABEL)
     if propeller_id:
         labels[PROPELLER_ID_LABEL] = propeller_id

@@ -24,7 +24,7 @@ from ..api import GROUP, PLURAL, VERSION, WasiNNTaskSpec
 from ..api.warm import POOL_LABEL, read_report
 from ..kubeclient import STALE_RETRIES, in_cluster
 from . import external, metrics, warm
-from .builders import TASK_UID_LABEL
+from .builders import PART_OF, TASK_UID_LABEL
 from .events import build_event
 from .kube import Kube, StaleTaskError
 from .pods import current_pod, start_decision_due, unschedulable
@@ -47,6 +47,7 @@ log = logging.getLogger("wasinn.operator")
 # at 20 tasks/s (a dozen calls per task, each waiting on the API server) queues calls for
 # seconds. The calls mostly wait on the network, so more threads cost little CPU.
 API_THREADS = 24
+POD_SELECTOR = "=".join(PART_OF)
 EVENTS_CLOSE_SECONDS = 5.0  # at shutdown, for the queued Events
 
 
@@ -70,9 +71,7 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Tune kopf, log in and start the metrics endpoint and the resync loop."""
-    settings.posting.level = logging.WARNING  # our own Events say what happened
-    settings.persistence.diffbase_storage = NoDiffBase()
-    settings.watching.server_timeout = 300
+    tune(settings)
     operator = operator_in(memo)
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube")
@@ -81,6 +80,16 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     operator.kube = Kube()
     operator.resync = asyncio.create_task(resync_loop(operator))
     log.info("wasinn operator settings: %s", operator.settings)
+
+
+def tune(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator."""
+    settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.watching.server_timeout = 300
+    # Only the Pods of tasks and warm workers reach kopf: a cluster's other Pods (thousands,
+    # churning) would each be decoded and filtered client-side.
+    settings.watching.label_selectors["", "v1", "pods"] = POD_SELECTOR
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
