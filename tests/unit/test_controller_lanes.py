@@ -16,7 +16,7 @@ from wasinn_operator.controller.lanes import Lanes
 from wasinn_operator.controller.settings import OperatorSettings
 from wasinn_operator.controller.state import Operator
 
-from .test_controller_podcache import FakeKube, pod
+from .test_controller_podcache import FakeKube, owned, pod, stored_task
 
 pytestmark = pytest.mark.unit
 
@@ -48,10 +48,7 @@ def test_lanes_run_items_in_order_and_refuse_when_full() -> None:
 def test_a_deleted_tasks_pods_need_no_reconcile_and_no_api_call() -> None:
     """Its Pod and ConfigMap are the garbage collector's: the deletion and its Pods' later
     events cost the operator no API call."""
-    stored = {
-        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
-        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
-    }
+    stored = stored_task()
     kube = FakeKube(stored)
     operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
     memo = kopf.Memo(operator=operator)
@@ -68,10 +65,7 @@ def test_a_deleted_tasks_pods_need_no_reconcile_and_no_api_call() -> None:
             event=deleted, name="cat", namespace="ml", uid="u1", memo=memo
         )
         assert "u1" not in operator.tasks and "u1" not in operator.locks
-        mine = pod("cat-1", phase="Running")
-        mine["metadata"]["ownerReferences"] = [
-            {"kind": "WasiNNTask", "name": "cat", "uid": "u1", "controller": True}
-        ]
+        mine = owned(pod("cat-1", phase="Running"))
         await handlers.pod_event(
             event={"type": "DELETED", "object": mine}, namespace="ml", memo=memo
         )

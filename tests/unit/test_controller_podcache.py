@@ -139,6 +139,14 @@ def test_prune_drops_what_is_kept_for_gone_tasks_but_not_for_a_task_being_reconc
     assert operator.pods.uids() == {"busy", "here"}
 
 
+def stored_task() -> dict[str, Any]:
+    """A task as the API server stores it, before the operator's first write."""
+    return {
+        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
+        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
+    }
+
+
 class FakeKube:
     """The API calls a reconcile makes, recorded; the task store is one dict."""
 
@@ -196,10 +204,7 @@ class FakeKube:
 def test_a_pod_events_reconcile_reads_neither_the_task_nor_its_pods() -> None:
     """The task's watch event and the answer to the operator's own status write are the newest
     copies there are; the Pod watch keeps the Pods: following an attempt costs writes only."""
-    stored = {
-        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
-        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
-    }
+    stored = stored_task()
     kube = FakeKube(stored)
     memo = kopf.Memo(operator=Operator(OperatorSettings(), kube=cast(Kube, kube)))
     added = {"type": "ADDED", "object": copy.deepcopy(stored)}
@@ -228,10 +233,7 @@ def owned(pod_body: dict[str, Any], task: str = "cat", uid: str = "u1") -> dict[
 def test_an_attempts_end_reads_no_start_facts() -> None:
     """The reconcile that records a Pod's end starts nothing (a retry starts in a later one):
     it reads no claim, Node or ConfigMap."""
-    stored = {
-        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
-        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
-    }
+    stored = stored_task()
     kube = FakeKube(stored)
     operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
     memo = kopf.Memo(operator=operator)
@@ -271,10 +273,7 @@ def test_a_models_claim_seen_lately_is_not_read_again_and_a_missing_one_is() -> 
 
 
 def test_a_refused_status_write_drops_the_kept_copy_and_reads_the_task() -> None:
-    stored = {
-        "metadata": {"name": "cat", "namespace": "ml", "uid": "u1", "resourceVersion": "5"},
-        "spec": {"wasm": {"url": "http://shim/artifacts/x"}},
-    }
+    stored = stored_task()
     kube = FakeKube(stored)
     kube.stale_writes = 1
     operator = Operator(OperatorSettings(), kube=cast(Kube, kube))
