@@ -297,17 +297,18 @@ def test_a_settled_task_is_not_kept() -> None:
     assert "u1" in operator.tasks
 
 
-def test_sweep_drops_pods_a_later_listing_lacks_and_keeps_newer_ones() -> None:
+def test_sweep_drops_pods_a_later_listing_lacks_or_has_changed_and_keeps_newer_ones() -> None:
     cache = PodCache()
     cache.put(pod("t-1"))  # deleted while the watch was away
-    cache.put(pod("u-1", uid="u2"))  # still there
+    cache.put(pod("u-1", uid="u2", resourceVersion="7"))  # still there, unchanged
+    cache.put(pod("v-1", uid="u3", resourceVersion="8"))  # changed unseen: listed at 9
     since = time.monotonic()
     cache.put(pod("t-2"))  # created after the listing began: not in it, kept
-    assert cache.sweep({("u2", "u-1")}, since) == 1
+    assert cache.sweep({("u2", "u-1"): "7", ("u3", "v-1"): "9"}, since) == 2
     assert [p["metadata"]["name"] for p in cache.pods("u1", "t-2") or []] == ["t-2"]
-    assert cache.pods("u1", "t-1") is None
+    assert cache.pods("u1", "t-1") is None and cache.pods("u3", "v-1") is None
     assert cache.uids() == {"u1", "u2"}
-    assert cache.sweep(set(), time.monotonic()) == 2 and len(cache) == 0
+    assert cache.sweep({}, time.monotonic()) == 2 and len(cache) == 0
 
 
 def test_kopf_builds_no_diff_base_the_operator_would_not_use() -> None:

@@ -138,7 +138,7 @@ async def resync_loop(operator: Operator) -> None:
         try:
             since = time.monotonic()
             # The Pods first: a reconcile below must not trust a cached Pod that is gone.
-            pods = await operator.api.task_pod_names(settings.namespaces)
+            pods = await operator.api.task_pod_versions(settings.namespaces)
             operator.pods.sweep(pods, since)
             operator.nodes.refresh(await operator.api.nodes(), since)
             present: set[str] = set()

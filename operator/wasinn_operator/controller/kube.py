@@ -75,27 +75,29 @@ class Kube:
         )
         return list(found.get("items") or [])
 
-    async def task_pod_names(
+    async def task_pod_versions(
         self, namespaces: tuple[str, ...], limit: int = POD_PAGE
-    ) -> set[tuple[str, str]]:
-        """(task uid, Pod name) of every task Pod in the watched namespaces (all when none
-        are named), read as metadata only and in pages: a full listing of a thousand Pods is
-        megabytes."""
+    ) -> dict[tuple[str, str], str]:
+        """(task uid, Pod name) -> resourceVersion of every task Pod in the watched namespaces
+        (all when none are named), read as metadata only and in pages: a full listing of a
+        thousand Pods is megabytes."""
         options = {"label_selector": TASK_UID_LABEL, "_headers": METADATA_ONLY}
         listings = _scoped(
             namespaces,
             self.core.list_pod_for_all_namespaces,
             lambda ns: partial(self.core.list_namespaced_pod, ns),
         )
-        names: set[tuple[str, str]] = set()
+        versions: dict[tuple[str, str], str] = {}
         for listing in listings:
             async for page in self._pages(listing, limit=limit, **options):
                 for item in page:
                     meta = item.get("metadata") or {}
                     uid = (meta.get("labels") or {}).get(TASK_UID_LABEL)
                     if uid and meta.get("name"):
-                        names.add((str(uid), str(meta["name"])))
-        return names
+                        versions[(str(uid), str(meta["name"]))] = str(
+                            meta.get("resourceVersion") or ""
+                        )
+        return versions
 
     async def _pages(
         self, listing: Callable[..., Any], limit: int, **kwargs: Any

@@ -5,8 +5,9 @@ them from the API server: at 20 tasks/s that list was a round trip on every even
 The cache is only trusted when it holds the Pod the task's status names (`status.podName`): a
 Pod created by a reconcile whose watch event has not arrived yet, or one gone while the watch
 was down, makes `pods` answer None, and the caller lists (and refreshes the cache). A Pod
-deleted while the watch was reconnecting (no DELETED event) is swept out by the periodic
-resync, which lists the names of all task Pods once per round (`sweep`).
+deleted or changed while no watch delivered it (the watch reconnecting, or a Pod made before
+the operator's Pod watch selected it by label) is swept out by the periodic resync, which
+lists the names and resourceVersions of all task Pods once per round (`sweep`).
 
 Only the fields the reconcile reads are kept (metadata, node, status), so a thousand Pods in
 flight cost little memory.
@@ -46,6 +47,10 @@ def task_uid(pod: dict[str, Any]) -> str | None:
     """The uid of the task a Pod belongs to (its task-uid label), if it carries one."""
     uid = ((pod.get("metadata") or {}).get("labels") or {}).get(TASK_UID_LABEL)
     return str(uid) if uid else None
+
+
+def _version(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("resourceVersion") or "")
 
 
 class PodCache:
@@ -92,14 +97,20 @@ class PodCache:
             return None
         return [dict(pod) for _, pod in pods.values()]
 
-    def sweep(self, listed: set[tuple[str, str]], since: float) -> int:
-        """Drop the Pods seen before `since` that a listing made after it lacks (task uid,
-        Pod name): deleted while no watch delivered it. Pods seen later are kept (created
-        after the listing). How many were dropped."""
+    def sweep(self, listed: dict[tuple[str, str], str], since: float) -> int:
+        """Drop the Pods seen before `since` that a listing made after it (task uid, Pod
+        name -> resourceVersion) lacks or has at another version: deleted or changed while
+        no watch delivered it; the task's next reconcile lists its Pods afresh. Pods seen
+        later are kept (created after the listing). How many were dropped."""
         dropped = 0
         for uid in list(self._tasks):
             pods = self._tasks[uid]
-            for name in [n for n, (at, _) in pods.items() if at < since and (uid, n) not in listed]:
+            stale = [
+                name
+                for name, (at, pod) in pods.items()
+                if at < since and listed.get((uid, name)) != _version(pod)
+            ]
+            for name in stale:
                 del pods[name]
                 dropped += 1
             if not pods:
