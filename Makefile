@@ -18,9 +18,9 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
-# the venv, and the MQTT broker and etcd the integration tests start (with kube-apiserver from
+# the venv and its C extension (gcc, python3-dev: runtime/nn/_hostcall.c), and the MQTT broker and etcd the integration tests start (with kube-apiserver from
 # `hack/cluster build`, which their fixture runs when the binaries are missing).
-APT_PACKAGES := python3-venv clang lld wasi-libc libclang-rt-14-dev-wasm32 \
+APT_PACKAGES := python3-venv python3-dev gcc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
                 rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients curl jq \
                 etcd-server openssl \
                 buildah podman runc skopeo debootstrap docker-registry
@@ -51,7 +51,7 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml | apt
+$(VENV)/.installed: pyproject.toml setup.py operator/wasinn_operator/runtime/nn/_hostcall.c | apt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

@@ -150,8 +150,8 @@ build_wheels() {
   arch="$(uname -m)"
   src_key="$(
     cd "$REPO_ROOT" &&
-      find operator -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -name '*.pyc' -print0 |
-      sort -z | xargs -0 sha256sum | cat - pyproject.toml README.md | sha256sum | cut -c1-16
+      find operator -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -name '*.pyc' ! -name '*.so' -print0 |
+      sort -z | xargs -0 sha256sum | cat - pyproject.toml setup.py README.md | sha256sum | cut -c1-16
   )"
   deps_key="$( (
     cat "$REPO_ROOT/pyproject.toml"
@@ -176,17 +176,19 @@ build_wheels() {
   fi
   if [[ ! -f "$BUILD/.deps-$deps_key" ]]; then
     log "downloading dependency wheels (cp${PY_VERSION/./}, manylinux $arch)"
-    local wheel glibc platforms=()
-    wheel="$(ls "$WHEELS"/project/wasinn_operator-*.whl)"
+    local glibc platforms=()
     # pip does not widen --platform by itself: every manylinux tag bookworm's glibc 2.36 runs.
     for ((glibc = 36; glibc >= 5; glibc--)); do platforms+=(--platform "manylinux_2_${glibc}_$arch"); done
     platforms+=(--platform "manylinux2014_$arch" --platform "manylinux2010_$arch")
     platforms+=(--platform "manylinux1_$arch")
+    # The dependencies as pyproject.toml names them: the project's own wheel carries a C
+    # extension built here (tag linux_$arch), which pip would refuse for a manylinux target.
+    "$py" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+      "$REPO_ROOT/pyproject.toml" >"$BUILD/requirements.txt"
     "$py" -m pip download --quiet --dest "$WHEELS/deps" --only-binary=:all: \
       "${platforms[@]}" --python-version "$PY_VERSION" \
-      --implementation cp --abi "cp${PY_VERSION/./}" "$wheel" pip >&2 ||
+      --implementation cp --abi "cp${PY_VERSION/./}" -r "$BUILD/requirements.txt" pip >&2 ||
       die "pip download failed (a dependency without a wheel for CPython $PY_VERSION?)"
-    rm -f "$WHEELS"/deps/wasinn_operator-*.whl
     mv "$WHEELS"/deps/pip-*.whl "$WHEELS/pip/"
     touch "$BUILD/.deps-$deps_key"
   fi

@@ -13,7 +13,7 @@ from wasinn_operator.runtime import NNErrno, RunSpec, Runtime, RuntimeConfig, Se
 from wasinn_operator.runtime.nn.blobs import file_identity
 
 from .conftest import native_outputs, wat
-from .test_nn_abi import DATA, MODEL, OUT_BYTES, OUTPUT, TENSOR, WRITTEN, put_tensor, u32
+from .test_nn_abi import DATA, DIMS, MODEL, OUT_BYTES, OUTPUT, TENSOR, WRITTEN, put_tensor, u32
 
 pytestmark = pytest.mark.runtime
 
@@ -193,3 +193,59 @@ def test_batch_size_changes_between_computes(
     np.testing.assert_allclose(out[OUT_BYTES // 4 :], native(models_dir, images[1]), atol=1e-5)
     put_tensor(s, images[0])  # back to one image: the first request again
     np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
+
+
+def test_a_repeated_set_input_makes_the_outputs_stale(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    run(s, ctx)
+    run(s, ctx)  # now every call of the loop is a remembered repeat
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+    assert s.call("nn_get_output", ctx, 0, OUTPUT, OUT_BYTES, WRITTEN) == NNErrno.INVALID_ARGUMENT
+    assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+    assert s.call("nn_get_output", ctx, 0, OUTPUT, OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
+
+
+def test_a_record_changed_in_place_is_checked_again(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, images[0])
+    run(s, ctx)
+    run(s, ctx)
+    s.write(DIMS + 12, struct.pack("<I", 112))  # the dimensions, not the record: 1x3x224x112
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.INVALID_ARGUMENT
+    put_tensor(s, images[0])
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[0]))
+    s.write(TENSOR + 16, struct.pack("<I", 12))  # data_len in the record
+    assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.INVALID_ARGUMENT
+    assert s.call("nn_set_input", ctx, 0, 0xFFFFFFF0) == NNErrno.INVALID_ARGUMENT
+    put_tensor(s, images[1])
+    np.testing.assert_array_equal(run(s, ctx), native(models_dir, images[1]))
+
+
+def test_contexts_keep_their_own_inputs_and_outputs(
+    runtime: Runtime, models_dir: Path, images: list[bytes]
+) -> None:
+    s = session(runtime, models_dir)
+    first, second = context(s), context(s)
+    put_tensor(s, images[0])
+    other_tensor, other_data, other_output = TENSOR + 0x20, 0x200000, OUTPUT + 0x1000
+    s.write(other_data, images[1])
+    s.write(other_tensor, s.read(TENSOR, 12) + struct.pack("<II", other_data, len(images[1])))
+    expected = {first: native(models_dir, images[0]), second: native(models_dir, images[1])}
+    calls = {first: (TENSOR, OUTPUT), second: (other_tensor, other_output)}
+    for order in ([first, second], [first, second], [second, first]):
+        for ctx in order:
+            assert s.call("nn_set_input", ctx, 0, calls[ctx][0]) == NNErrno.SUCCESS
+        for ctx in order:
+            assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+        for ctx in reversed(order):
+            out = calls[ctx][1]
+            assert s.call("nn_get_output", ctx, 0, out, OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
+            got = np.frombuffer(s.read(out, OUT_BYTES), dtype=np.float32)
+            np.testing.assert_array_equal(got, expected[ctx])

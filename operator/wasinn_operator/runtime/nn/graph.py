@@ -10,6 +10,7 @@ compiled.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .budget import REQUEST_MEMORY_FACTOR, VARIANT_MEMORY_FACTOR, Budget
 
 MAX_VARIANTS = 4
 MAX_REQUESTS = 4
+_SERIALS = itertools.count(1)
 
 # The binding's own start_async: the Python wrapper's dispatches (absent) inputs first, and its
 # `infer()` copies every output into a new array nobody reads. The host binds the inputs itself
@@ -227,6 +229,7 @@ class _Request:
 
     def __init__(self, request: ov.InferRequest, keep: object) -> None:
         self.request = request
+        self.serial = next(_SERIALS)  # never reused, unlike id(): names it to the C host
         self._keep = keep  # the memory its compiled model was imported from, if any
         self.bound: dict[int, tuple[int, int, tuple[int, ...], TensorType]] = {}
         # A static output keeps its buffer across inferences: its array is made once (asking
@@ -275,6 +278,15 @@ class ExecutionContext:
             self.inputs[index] = tensor
             self._last = None
         self._done = None
+
+    def set_input_again(self) -> None:
+        """`set_input` again with the tensor already recorded: the outputs are not current."""
+        self._done = None
+
+    @property
+    def serial(self) -> int:
+        """The serial of the request the last compute ran (0: none since the last set_input)."""
+        return 0 if self._done is None else self._done.serial
 
     def compute(self) -> None:
         """Run inference on the recorded inputs."""
@@ -354,3 +366,9 @@ class ExecutionContext:
                 f"the model has {self.graph.output_count} output(s)",
             )
         return self._done.output(index)
+
+    def kept_output(self, index: int) -> int | None:
+        """The request's serial if `output(index)` is its kept buffer (a static output, the same
+        array after each inference of that request), else None."""
+        done = self._done
+        return done.serial if done is not None and index in done.outputs else None

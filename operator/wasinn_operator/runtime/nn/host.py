@@ -10,8 +10,11 @@ the views live no longer than the run, and the guest is blocked inside `compute`
 reads. As with OpenVINO's own shared-memory tensors, the data read is what the buffer holds
 when `compute` is called; a guest passing the same buffer again keeps its binding.
 
-The functions are raw wasmtime callbacks (`hostcall`): a few microseconds per call instead of
-wasmtime-py's generic trampoline, which cost more than the rest of an inference's host work.
+The functions are raw wasmtime callbacks in C (`hostcall`), and a guest's inference loop
+repeats the calls of its first inference: once validated, a repeated `set_input` and
+`get_output` are answered in C from `hostcall.NNCache`, which this host keeps told what it may
+answer (`remember_*`, `computed`). The Python work per call cost more than a small model's
+whole inference.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ TARGET_NAMES = {
     "auto": ExecutionTarget.AUTO,
 }
 HostFn = Callable[..., None]
-OutputSeen = tuple[npt.NDArray[Any], tuple[int, int, int, int], int, int]
+U32 = 0xFFFFFFFF
 
 
 def _enum(cls: type[Any], value: int, errno: NNErrno, what: str) -> Any:
@@ -87,27 +90,23 @@ class NNHost:
         self._deadline = deadline or Deadline(None)
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
-        # The last validated set_input per (context, index) and get_output per context: a
-        # guest's inference loop repeats the same call, which then skips decoding and checks
-        # (the host's work right after an inference runs slow, beside OpenVINO's threads).
-        self._inputs_seen: dict[tuple[int, int], tuple[tuple[bytes, bytes], InputTensor]] = {}
-        # get_output: (the output array, the call's arguments, its address, its size).
-        self._outputs_seen: dict[int, OutputSeen | None] = {}
+        self._memory = hostcall.RawMemory()  # bound to the run's store by each call
+        self._cache = hostcall.NNCache(self._input_again)
 
     def define(self, linker: wasmtime.Linker) -> None:
         """Define every function of the module in `linker`."""
-        functions: dict[str, tuple[HostFn, int]] = {
-            "load": (self.load, 5),
-            "load_by_name": (self.load_by_name, 3),
-            "load_by_name_with_config": (self.load_by_name_with_config, 5),
-            "init_execution_context": (self.init_execution_context, 2),
-            "set_input": (self.set_input, 3),
-            "compute": (self.compute, 1),
-            "get_output": (self.get_output, 5),
+        functions: dict[str, tuple[HostFn, int, int]] = {
+            "load": (self.load, 5, hostcall.GENERIC),
+            "load_by_name": (self.load_by_name, 3, hostcall.GENERIC),
+            "load_by_name_with_config": (self.load_by_name_with_config, 5, hostcall.GENERIC),
+            "init_execution_context": (self.init_execution_context, 2, hostcall.GENERIC),
+            "set_input": (self.set_input, 3, hostcall.SET_INPUT),
+            "compute": (self.compute, 1, hostcall.COMPUTE),
+            "get_output": (self.get_output, 5, hostcall.GET_OUTPUT),
         }
-        memory = hostcall.RawMemory()
-        for name, (fn, arity) in functions.items():
-            hostcall.define(linker, MODULE, name, arity, self._guarded(name, fn), memory)
+        for name, (fn, arity, kind) in functions.items():
+            guarded = self._guarded(name, fn)
+            hostcall.define(linker, MODULE, name, arity, guarded, self._memory, kind, self._cache)
 
     def _guarded(self, name: str, fn: HostFn) -> Callable[..., int]:
         def call(memory: hostcall.RawMemory | None, *args: int) -> int:
@@ -218,10 +217,14 @@ class NNHost:
         mem.write_u32(out, len(self._contexts) - 1, "context out-pointer")
 
     def _context(self, ctx: int) -> ExecutionContext:
-        handle = ctx & 0xFFFFFFFF
+        handle = ctx & U32
         if handle >= len(self._contexts):
             raise NNError(NNErrno.INVALID_ARGUMENT, f"unknown execution context handle {handle}")
         return self._contexts[handle]
+
+    def _input_again(self, ctx: int) -> None:
+        """The C side answered a repeat of a validated `set_input` on context `ctx`."""
+        self._contexts[ctx].set_input_again()
 
     def set_input(self, mem: GuestMemory, ctx: int, index: int, tensor_ptr: int) -> None:
         """`set_input`: record a tensor (20-byte record) as input `index`."""
@@ -230,12 +233,6 @@ class NNHost:
         dims_ptr, dims_len, type_code, data_ptr, data_len = struct.unpack("<IIB3xII", record)
         fits = 1 <= dims_len <= MAX_RANK
         dims_raw = mem.read(dims_ptr, 4 * dims_len, "tensor dimensions") if fits else b""
-        # The same record and dimensions as last time: every check passed then and still holds
-        # (linear memory neither moves nor shrinks).
-        seen = self._inputs_seen.get((ctx, index))
-        if seen is not None and seen[0] == (record, dims_raw):
-            context.set_input(index & 0xFFFFFFFF, seen[1])
-            return
         ttype = _enum(TensorType, type_code, NNErrno.INVALID_ARGUMENT, "tensor type")
         if not fits:
             raise NNError(
@@ -259,43 +256,41 @@ class NNHost:
             raw, key = raw.copy(), None  # OpenVINO needs aligned elements: an unaligned guest pays
         data = raw.view(dtype).reshape(dims)
         tensor = InputTensor(dims, ttype, data, key)
-        context.set_input(index & 0xFFFFFFFF, tensor)
+        context.set_input(index & U32, tensor)
         if key is not None:  # a private copy must be taken afresh every time
-            self._inputs_seen[(ctx, index)] = ((record, dims_raw), tensor)
+            self._cache.remember_input(self._memory, ctx & U32, index & U32, record, dims_raw)
 
     def compute(self, mem: GuestMemory, ctx: int) -> None:
         """`compute`: run inference."""
-        self._context(ctx).compute()
+        context = self._context(ctx)
+        context.compute()
+        self._cache.computed(ctx & U32, context.serial)
 
     def get_output(
         self, mem: GuestMemory, ctx: int, index: int, out_ptr: int, out_max: int, written: int
     ) -> None:
         """`get_output`: copy output `index` into the guest's buffer."""
-        data = self._context(ctx).output(index & 0xFFFFFFFF)
-        call = (index, out_ptr, out_max, written)
-        seen = self._outputs_seen.get(ctx)
-        if seen is not None and seen[0] is data and seen[1] == call:
-            # The same call on the same output array (a static output's buffer is kept): its
-            # checks passed then and still hold (memory neither moves nor shrinks).
-            address, nbytes = seen[2], seen[3]
-        else:
-            mem.check(written, 4, "bytes-written out-pointer")
-            capacity = out_max & 0xFFFFFFFF
-            if data.nbytes > capacity:
-                raise NNError(
-                    NNErrno.TOO_LARGE,
-                    f"output {index} is {data.nbytes} bytes; the guest buffer holds {capacity}",
-                )
-            contiguous = data.flags.c_contiguous
-            if not contiguous:
-                data = np.ascontiguousarray(data)
-            mem.check(out_ptr, data.nbytes, "output buffer")
-            address, nbytes = _address(data), data.nbytes
-            # A private contiguous copy is made afresh every time: never remembered.
-            self._outputs_seen[ctx] = (data, call, address, nbytes) if contiguous else None
-        base = mem.base
-        ctypes.memmove(base + (out_ptr & 0xFFFFFFFF), address, nbytes)
-        ctypes.c_uint32.from_address(base + (written & 0xFFFFFFFF)).value = nbytes
+        context = self._context(ctx)
+        data = context.output(index & U32)
+        mem.check(written, 4, "bytes-written out-pointer")
+        capacity = out_max & U32
+        if data.nbytes > capacity:
+            raise NNError(
+                NNErrno.TOO_LARGE,
+                f"output {index} is {data.nbytes} bytes; the guest buffer holds {capacity}",
+            )
+        kept = context.kept_output(index & U32)
+        if not data.flags.c_contiguous:
+            data, kept = np.ascontiguousarray(data), None  # a private copy, made afresh each time
+        mem.check(out_ptr, data.nbytes, "output buffer")
+        address, nbytes = _address(data), data.nbytes
+        ctypes.memmove(mem.base + (out_ptr & U32), address, nbytes)
+        ctypes.c_uint32.from_address(mem.base + (written & U32)).value = nbytes
+        if kept is not None:  # the request's own buffer, the same after its next inference
+            self._cache.remember_output(
+                self._memory, ctx & U32, index & U32, out_ptr & U32, capacity, written & U32,
+                kept, address, nbytes,
+            )  # fmt: skip
 
 
 def _address(array: npt.NDArray[Any]) -> int:

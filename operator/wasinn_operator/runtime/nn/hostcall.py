@@ -1,16 +1,17 @@
-"""Fast host functions: wasmtime's unchecked callbacks instead of wasmtime-py's trampoline.
+"""Fast host functions: wasmtime's unchecked callbacks, in C (`_hostcall.c`).
 
 `Linker.define_func` converts every argument through a `Val` and wraps the caller, ~15-40 us per
-call: more than a whole `set_input`, and a guest makes three such calls per inference. The C
-API's unchecked form hands over the raw i32 slots, so a call costs ~2 us. This uses wasmtime-py's
-private `_ffi` bindings; pyproject pins wasmtime to one major version, and the runtime tests
-exercise every function through it.
+call, and even a ctypes callback costs a few microseconds: more than a whole inference's host
+work on a small model, and a guest makes three calls per inference. The C trampoline hands a
+host function its caller's linear memory and i32 arguments directly, and answers wasi-nn's
+repeated calls itself (`_hostcall.NNCache`). It reaches wasmtime's C API through wasmtime-py's
+private `_ffi` bindings; pyproject pins wasmtime to one major version, `configure` checks the
+layouts it relies on, and the runtime tests exercise every function through it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,94 +20,66 @@ from wasmtime import _ffi as ffi
 from wasmtime import _func
 
 from ..deadline import HostTrapError
+from . import _hostcall
 
-MEMORY_EXPORT = b"memory"
+# The caller's exported linear memory, looked up once per store: `base` (its host address),
+# `size` (a lower bound: memory only grows) and `grown()` (re-reads the size). The engine never
+# moves linear memory (`memory_may_move = False`), so `base` holds for the store's life.
+RawMemory = _hostcall.Memory
+NNCache = _hostcall.NNCache
 
 # A host function gets the guest's memory (None if the module exports none) and its i32
 # arguments, and returns its i32 result. It must not raise: see `define`.
 RawHostFn = Callable[..., int]
 
-
-class RawMemory:
-    """The caller's exported linear memory: looked up once per store.
-
-    The engine never moves linear memory (`memory_may_move = False`), so its base address holds
-    for the store's life; its length only grows, so the length read at lookup is a safe bound
-    and `grown()` re-reads it when a range falls outside (two FFI calls saved per host call).
-    """
-
-    def __init__(self) -> None:
-        self._context: int | None = None
-        self._raw_context: Any = None
-        self._item: Any = None
-        self.base = 0
-        self.size = 0
-
-    def bind(self, caller: Any) -> RawMemory | None:
-        """This memory as of the caller's store, or None if the caller exports none."""
-        context = ffi.wasmtime_caller_context(caller)
-        address = ctypes.cast(context, ctypes.c_void_p).value
-        if address != self._context:  # a memory handle is only valid in its own store
-            item = ffi.wasmtime_extern_t()
-            found = ffi.wasmtime_caller_export_get(
-                caller, MEMORY_EXPORT, len(MEMORY_EXPORT), ctypes.byref(item)
-            )
-            is_memory = found and int(item.kind) == ffi.WASMTIME_EXTERN_MEMORY.value
-            self._item = ctypes.byref(item.of.memory) if is_memory else None
-            self._context, self._raw_context = address, context
-            if self._item is not None:
-                base = ffi.wasmtime_memory_data(context, self._item)
-                self.base = ctypes.cast(base, ctypes.c_void_p).value or 0
-                self.grown()
-        return None if self._item is None else self
-
-    def grown(self) -> int:
-        """The memory's current byte length (after a `memory.grow`, larger than `size`)."""
-        self.size = int(ffi.wasmtime_memory_data_size(self._raw_context, self._item))
-        return self.size
+# What `define` may answer in C (a wasi-nn function with its `NNCache`), or GENERIC.
+GENERIC = _hostcall.GENERIC
+SET_INPUT = _hostcall.SET_INPUT
+COMPUTE = _hostcall.COMPUTE
+GET_OUTPUT = _hostcall.GET_OUTPUT
 
 
-_FUNCS: dict[int, tuple[RawHostFn, int, RawMemory]] = {}
-_IDS = itertools.count(1)
+def _address(fn: Any) -> int:
+    return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)
 
 
-@ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
-def _trampoline(env: int | None, caller: Any, slots: Any, _nslots: int) -> int:
-    try:
-        fn, arity, memory = _FUNCS[env or 0]
-        args = [slots[i].i32 for i in range(arity)]
-        slots[0].i32 = fn(memory.bind(caller), *args)
-        return 0
-    except HostTrapError as exc:  # ends the run; the store's owner knows why (no global state)
-        message = str(exc).encode()
-        trap = ffi.wasmtime_trap_new(message, len(message))
-        return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
-    except BaseException as exc:  # KeyboardInterrupt and the like: re-raised by wasmtime-py
-        _func.LAST_EXCEPTION = exc  # type: ignore[assignment]
-        message = b"python exception"
-        trap = ffi.wasmtime_trap_new(message, len(message))
-        return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
-
-
-@ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
-def _finalize(env: int | None) -> None:
-    _FUNCS.pop(env or 0, None)
+_hostcall.configure(
+    caller_context=_address(ffi.dll.wasmtime_caller_context),
+    caller_export_get=_address(ffi.dll.wasmtime_caller_export_get),
+    memory_data=_address(ffi.dll.wasmtime_memory_data),
+    memory_data_size=_address(ffi.dll.wasmtime_memory_data_size),
+    trap_new=_address(ffi.dll.wasmtime_trap_new),
+    extern_size=ctypes.sizeof(ffi.wasmtime_extern_t),
+    extern_of=ffi.wasmtime_extern_t.of.offset,
+    extern_kind_memory=int(ffi.WASMTIME_EXTERN_MEMORY.value),
+    raw_size=ctypes.sizeof(ffi.wasmtime_val_raw_t),
+    host_trap_error=HostTrapError,
+    func_module=_func,
+)
+_TRAMPOLINE = ffi.wasmtime_func_unchecked_callback_t(_hostcall.TRAMPOLINE)
+_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_hostcall.FINALIZER)
 
 
 def define(
-    linker: wasmtime.Linker, module: str, name: str, arity: int, fn: RawHostFn, memory: RawMemory
+    linker: wasmtime.Linker,
+    module: str,
+    name: str,
+    arity: int,
+    fn: RawHostFn,
+    memory: RawMemory,
+    kind: int = GENERIC,
+    cache: NNCache | None = None,
 ) -> None:
     """Define `module.name`, taking `arity` i32s and returning one i32, in `linker`.
 
     `fn(memory, *args)` gets the bound `RawMemory` of the caller's `memory` export (None if
     there is none; functions of one instance may share a `RawMemory`) and must bounds-check every
     pointer itself. It should not raise, except `HostTrapError` to end the run with a trap (any
-    other exception becomes a trap too, re-raised by wasmtime-py). The entry lives until
-    wasmtime drops the function (linker and stores gone).
+    other exception becomes a trap too, re-raised by wasmtime-py). A wasi-nn `kind` tries
+    `cache` first. wasmtime keeps `fn` until it drops the function (linker and stores gone).
     """
     ty = wasmtime.FuncType([wasmtime.ValType.i32()] * arity, [wasmtime.ValType.i32()])
-    key = next(_IDS)
-    _FUNCS[key] = (fn, arity, memory)
+    env = _hostcall.new_env(fn, arity, kind, memory, cache)
     module_bytes, name_bytes = module.encode(), name.encode()
     error = ffi.wasmtime_linker_define_func_unchecked(
         linker.ptr(),
@@ -115,10 +88,10 @@ def define(
         name_bytes,
         len(name_bytes),
         ty.ptr(),
-        _trampoline,
-        key,
-        _finalize,
+        _TRAMPOLINE,
+        env,
+        _FINALIZER,
     )
     if error:
-        _FUNCS.pop(key, None)
+        _hostcall.free_env(env)
         raise wasmtime.WasmtimeError._from_ptr(error)
