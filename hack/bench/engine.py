@@ -51,7 +51,9 @@ class Native:
     shape (the same object: the wasi-nn host's `Graph.compiled_for`), with one reused infer
     request, its input a shared tensor set once, as a native application reusing its buffer
     does. Each inference is what the host does for a guest, minus the guest: start + wait (the
-    binding's own calls), then the output copied out (its array kept when the shape is static).
+    binding's own calls), then the output copied out of an array kept across inferences (a
+    static output's own; a dynamic output, after the first inference, written into a buffer
+    the request was given, as the host's `_Request` adopts it).
     """
 
     def __init__(self, runtime: Any, models_dir: Path, model: Model, batch: int) -> None:
@@ -75,20 +77,30 @@ class Native:
         self._static = self.request.model_outputs[0].get_partial_shape().is_static
         self._start = _pyopenvino.InferRequest.start_async  # as the host calls it
         self._np = np
+        self._ov = ov
+        self._kept: Any = None
+
+    def _keep_output(self) -> Any:
+        """The output's array after a first inference, from now on written in place."""
+        data = self.request.get_output_tensor(0).data
+        if not self._static:
+            data = self._np.empty(data.shape, data.dtype)
+            self.request.set_output_tensor(0, self._ov.Tensor(data, shared_memory=True))
+            self.request.infer()  # written into `data` from now on
+        self._kept = data.reshape(-1)
+        return self._kept
 
     def latencies(self, iterations: int, warmup: int) -> list[float]:
         samples = []
         request, start, copyto, out = self.request, self._start, self._np.copyto, self.out
-        kept = None
+        kept = self._kept
         for i in range(warmup + iterations):
             began = time.perf_counter()
             start(request, {}, None)
             request.wait()
             if kept is None:
-                kept = request.get_output_tensor(0).data.reshape(-1)
+                kept = self._keep_output()
             copyto(out, kept)
-            if not self._static:
-                kept = None
             if i >= warmup:
                 samples.append(time.perf_counter() - began)
         return samples

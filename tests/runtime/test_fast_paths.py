@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 import pytest
 
 from wasinn_operator.runtime import NNErrno, RunSpec, Runtime, RuntimeConfig, Session
@@ -249,3 +251,40 @@ def test_contexts_keep_their_own_inputs_and_outputs(
             assert s.call("nn_get_output", ctx, 0, out, OUT_BYTES, WRITTEN) == NNErrno.SUCCESS
             got = np.frombuffer(s.read(out, OUT_BYTES), dtype=np.float32)
             np.testing.assert_array_equal(got, expected[ctx])
+
+
+def nonzero_model(tmp_path: Path) -> tuple[bytes, bytes]:
+    """IR of a model whose output shape depends on its input's values: the indices of the
+    non-zero elements of an f32[4], as i32 (a data-dependent dynamic output)."""
+    data = ops.parameter([4], ov.Type.f32, name="x")
+    model = ov.Model([ops.non_zero(data, "i32")], [data], "nonzero")
+    ov.save_model(model, tmp_path / "nonzero.xml", compress_to_fp16=False)
+    return (tmp_path / "nonzero.xml").read_bytes(), (tmp_path / "nonzero.bin").read_bytes()
+
+
+def test_a_dynamic_output_that_changes_shape_stays_exact(
+    runtime: Runtime, models_dir: Path, tmp_path: Path
+) -> None:
+    """A dynamic output is written into a buffer of the host's once its shape is known; when
+    the shape changes (smaller, then larger than that buffer) every answer is still exact."""
+    s = session(runtime, models_dir)
+    xml, weights = nonzero_model(tmp_path)
+    base = 0x200000
+    s.write(base, xml)
+    s.write(base + len(xml), weights)
+    s.write(0x1000, struct.pack("<4I", base, len(xml), base + len(xml), len(weights)))
+    assert s.call("nn_load", 0x1000, 2, 0, 0, GRAPH_OUT) == NNErrno.SUCCESS
+    assert s.call("nn_init_execution_context", u32(s, GRAPH_OUT), CTX_OUT) == NNErrno.SUCCESS
+    ctx = u32(s, CTX_OUT)
+    s.write(TENSOR, struct.pack("<IIB3xII", DIMS, 1, 1, DATA, 16))
+    s.write(DIMS, struct.pack("<I", 4))
+    for values in ([0, 5, 0, 7], [0, 5, 0, 7], [0, 5, 0, 7], [1, 0, 0, 0], [1, 2, 3, 4],
+                   [1, 2, 3, 4], [0, 0, 9, 0], [3, 0, 3, 0]):  # fmt: skip
+        s.write(DATA, struct.pack("<4f", *values))
+        assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
+        assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
+        assert s.call("nn_get_output", ctx, 0, OUTPUT, 64, WRITTEN) == NNErrno.SUCCESS
+        expected = [i for i, v in enumerate(values) if v]
+        assert u32(s, WRITTEN) == 4 * len(expected), values
+        got = struct.unpack(f"<{len(expected)}i", s.read(OUTPUT, 4 * len(expected)))
+        assert list(got) == expected, values

@@ -3,6 +3,8 @@ wasmtime: arguments and results, the caller's memory, traps, and exceptions it m
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import wasmtime
 
@@ -58,8 +60,6 @@ def test_arguments_result_and_memory() -> None:
 
 
 def ctypes_address(memory: wasmtime.Memory, store: wasmtime.Store) -> int:
-    import ctypes
-
     return ctypes.cast(memory.data_ptr(store), ctypes.c_void_p).value or 0
 
 
@@ -108,9 +108,11 @@ def test_one_memory_object_follows_each_store() -> None:
     instances = [linker.instantiate(store, module) for store in stores]
     for store, inst in zip(stores, instances, strict=True):
         call(store, inst, 0, 0, 0)
-    memories = [inst.exports(store)["memory"] for store, inst in zip(stores, instances, strict=True)]
+    memories = [inst.exports(s)["memory"] for s, inst in zip(stores, instances, strict=True)]
+    assert all(isinstance(m, wasmtime.Memory) for m in memories)
     assert bases == [
-        ctypes_address(m, s) for m, s in zip(memories, stores, strict=True)  # type: ignore[arg-type]
+        ctypes_address(m, s)  # type: ignore[arg-type]
+        for m, s in zip(memories, stores, strict=True)
     ]
     assert bases[0] != bases[1]
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 import openvino as ov
 from openvino import _pyopenvino
@@ -225,17 +226,37 @@ class Graph:
 
 
 class _Request:
-    """An infer request and the guest memory its inputs are bound to."""
+    """An infer request, the guest memory its inputs are bound to, and its output buffers.
 
-    def __init__(self, request: ov.InferRequest, keep: object) -> None:
+    A static output keeps its buffer across inferences, so its array is made once (asking
+    OpenVINO for it costs ~20 us right after an inference) and the host may copy from it without
+    asking again. A dynamic output (a model with a dynamic input shape, as ppocr-cls) gets the
+    same once an inference has shown its shape: the request is given a buffer of that shape to
+    write into (`_adopt`). After each inference `settle` checks the shape held; a changed shape
+    (a data-dependent output) makes it an output read afresh after every inference, and a
+    shape larger than the given buffer fails the inference, which `ExecutionContext.compute`
+    then runs again on a new request that leaves that output to OpenVINO.
+    """
+
+    def __init__(
+        self,
+        request: ov.InferRequest,
+        keep: object,
+        signature: Signature,
+        varying: frozenset[int] = frozenset(),
+    ) -> None:
         self.request = request
-        self.serial = next(_SERIALS)  # never reused, unlike id(): names it to the C host
+        self.signature = signature
+        # Never reused (unlike id()): names the request and its kept buffers to the C host.
+        self.serial = next(_SERIALS)
         self._keep = keep  # the memory its compiled model was imported from, if any
         self.bound: dict[int, tuple[int, int, tuple[int, ...], TensorType]] = {}
-        # A static output keeps its buffer across inferences: its array is made once (asking
-        # OpenVINO for it costs ~20 us, right after an inference).
         self.static = [o.get_partial_shape().is_static for o in request.model_outputs]
         self.outputs: dict[int, npt.NDArray[Any]] = {}
+        # Dynamic outputs given a buffer: the tensor over it, its shape, the array.
+        self.adopted: dict[int, tuple[ov.Tensor, ov.Shape, npt.NDArray[Any]]] = {}
+        self.given: set[int] = set()  # every output ever given a buffer (it keeps it)
+        self.varying = set(varying)  # dynamic outputs whose shape changed: never adopted
 
     def output(self, index: int) -> npt.NDArray[Any]:
         data = self.outputs.get(index)
@@ -243,7 +264,34 @@ class _Request:
             data = self.request.get_output_tensor(index).data
             if self.static[index]:
                 self.outputs[index] = data
+            elif index not in self.varying and index not in self.adopted:
+                self._adopt(index, data)
         return data
+
+    def _adopt(self, index: int, data: npt.NDArray[Any]) -> None:
+        array = np.empty(data.shape, data.dtype)  # C-contiguous, as the host copies it
+        tensor = ov.Tensor(array, shared_memory=True)
+        try:
+            self.request.set_output_tensor(index, tensor)
+        except RuntimeError:  # a device that takes no host buffer: it keeps its own
+            self.varying.add(index)
+            return
+        # A copy: `tensor.shape` is a view of the tensor's shape, which OpenVINO changes.
+        self.adopted[index] = (tensor, ov.Shape(list(array.shape)), array)
+        self.given.add(index)
+
+    def settle(self) -> None:
+        """After an inference: adopted outputs whose shape held are kept like static ones."""
+        for index, (tensor, shape, array) in self.adopted.items():
+            if tensor.shape == shape:
+                self.outputs[index] = array
+            else:
+                self.outputs.pop(index, None)
+                self.varying.add(index)
+                # What the C host remembered of this request's buffers no longer holds.
+                self.serial = next(_SERIALS)
+        for index in self.varying:
+            self.adopted.pop(index, None)
 
     def bind(self, index: int, tensor: InputTensor) -> None:
         # Rebinding costs an ov.Tensor and a set_input_tensor per inference; a guest that
@@ -295,13 +343,29 @@ class ExecutionContext:
         request = self._last or self._request_for(inputs)
         self._done = None
         try:
-            for i, tensor in inputs.items():
-                request.bind(i, tensor)
-            self._infer(request.request)
+            self._run(request)
         except RuntimeError as exc:
             request.bound.clear()
-            raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
+            if not request.given:
+                raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
+            # An output given a buffer may have outgrown it (a data-dependent shape): once
+            # more on a new request that leaves those outputs to OpenVINO.
+            varying = frozenset(request.varying | request.given)
+            request = self._new_request(request.signature, varying)
+            self._last = request
+            try:
+                self._run(request)
+            except RuntimeError as again:
+                request.bound.clear()
+                raise NNError(NNErrno.RUNTIME_ERROR, f"inference failed: {again}") from again
         self._done = request
+
+    def _run(self, request: _Request) -> None:
+        for i, tensor in self.inputs.items():
+            request.bind(i, tensor)
+        self._infer(request.request)
+        if request.adopted:
+            request.settle()
 
     def _request_for(self, inputs: dict[int, InputTensor]) -> _Request:
         """The infer request for the signature of `inputs` (made on first use)."""
@@ -320,14 +384,15 @@ class ExecutionContext:
         self._last = request
         return request
 
-    def _new_request(self, signature: Signature) -> _Request:
-        """An infer request for `signature`, charged to the run (its intermediate tensors)."""
+    def _new_request(self, signature: Signature, varying: frozenset[int] = frozenset()) -> _Request:
+        """An infer request for `signature`, charged to the run (its intermediate tensors);
+        `varying`: dynamic outputs it must leave in OpenVINO's own buffers."""
         compiled, keep = self.graph.compiled_for(signature, self._budget)
         inputs = sum(tensor.data.nbytes for tensor in self.inputs.values())
         key = ("request", id(self), signature)
         self._budget.charge(key, REQUEST_MEMORY_FACTOR * inputs, "an inference request")
         try:
-            request = _Request(compiled.create_infer_request(), keep)
+            request = _Request(compiled.create_infer_request(), keep, signature, varying)
         except RuntimeError as exc:
             self._budget.release(key)
             raise NNError(NNErrno.RUNTIME_ERROR, f"cannot create an infer request: {exc}") from exc
