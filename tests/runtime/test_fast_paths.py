@@ -53,6 +53,17 @@ def session(runtime: Runtime, models_dir: Path) -> Session:
     return runtime.session(RunSpec(wasm=wat("nn_shim"), models_dir=models_dir))
 
 
+def looping(runtime: Runtime, models_dir: Path, image: bytes) -> tuple[Session, int]:
+    """A session and context whose inference loop ran twice: every call of it is now a
+    remembered repeat (answered by the C host)."""
+    s = session(runtime, models_dir)
+    ctx = context(s)
+    put_tensor(s, image)
+    run(s, ctx)
+    run(s, ctx)
+    return s, ctx
+
+
 def test_same_buffer_is_read_afresh_at_each_compute(
     runtime: Runtime, models_dir: Path, images: list[bytes]
 ) -> None:
@@ -167,11 +178,7 @@ def test_blob_key_follows_the_model_files(models_dir: Path, tmp_path: Path) -> N
 def test_repeated_output_call_is_checked_again_when_it_changes(
     runtime: Runtime, models_dir: Path, images: list[bytes]
 ) -> None:
-    s = session(runtime, models_dir)
-    ctx = context(s)
-    put_tensor(s, images[0])
-    run(s, ctx)
-    run(s, ctx)  # the repeated call takes the remembered checks
+    s, ctx = looping(runtime, models_dir, images[0])
     assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
     small = OUT_BYTES - 4  # same pointers, a smaller buffer: refused, not overrun
     assert s.call("nn_get_output", ctx, 0, OUTPUT, small, WRITTEN) == NNErrno.TOO_LARGE
@@ -200,11 +207,7 @@ def test_batch_size_changes_between_computes(
 def test_a_repeated_set_input_makes_the_outputs_stale(
     runtime: Runtime, models_dir: Path, images: list[bytes]
 ) -> None:
-    s = session(runtime, models_dir)
-    ctx = context(s)
-    put_tensor(s, images[0])
-    run(s, ctx)
-    run(s, ctx)  # now every call of the loop is a remembered repeat
+    s, ctx = looping(runtime, models_dir, images[0])
     assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.SUCCESS
     assert s.call("nn_get_output", ctx, 0, OUTPUT, OUT_BYTES, WRITTEN) == NNErrno.INVALID_ARGUMENT
     assert s.call("nn_compute", ctx) == NNErrno.SUCCESS
@@ -214,11 +217,7 @@ def test_a_repeated_set_input_makes_the_outputs_stale(
 def test_a_record_changed_in_place_is_checked_again(
     runtime: Runtime, models_dir: Path, images: list[bytes]
 ) -> None:
-    s = session(runtime, models_dir)
-    ctx = context(s)
-    put_tensor(s, images[0])
-    run(s, ctx)
-    run(s, ctx)
+    s, ctx = looping(runtime, models_dir, images[0])
     s.write(DIMS + 12, struct.pack("<I", 112))  # the dimensions, not the record: 1x3x224x112
     assert s.call("nn_set_input", ctx, 0, TENSOR) == NNErrno.INVALID_ARGUMENT
     put_tensor(s, images[0])
