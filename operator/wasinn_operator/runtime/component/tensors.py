@@ -114,4 +114,4 @@ def output_tensor(context: ExecutionContext, index: int) -> HostTensor:
             f"carries ({', '.join(TENSOR_TYPES)})",
         )
     raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy()
-    return HostTensor([int(d) for d in data.shape], type_name, raw)
+    return HostTensor(context.output_shape(index), type_name, raw)
