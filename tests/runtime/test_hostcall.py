@@ -146,8 +146,7 @@ def test_a_wasi_nn_kind_needs_its_cache() -> None:
     linker = wasmtime.Linker(wasmtime.Engine())
     with pytest.raises(TypeError, match="NNCache"):
         hostcall.define(linker, "m", "f", 3, lambda *a: 0, hostcall.RawMemory(), hostcall.SET_INPUT)
-    cache = hostcall.NNCache(lambda ctx: None)
+    memory = hostcall.RawMemory()
+    cache = hostcall.NNCache(memory, lambda ctx: None)
     with pytest.raises(ValueError, match="takes 5 arguments"):
-        hostcall.define(
-            linker, "m", "f", 3, lambda *a: 0, hostcall.RawMemory(), hostcall.GET_OUTPUT, cache
-        )
+        hostcall.define(linker, "m", "f", 3, lambda *a: 0, memory, hostcall.GET_OUTPUT, cache)

@@ -157,6 +157,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    MemoryObject *memory;  /* the run's memory: every entry is of one of its generations */
     PyObject *input_again; /* input_again(ctx): Python's side of a cached set_input */
     uint64_t computed[NN_CONTEXTS]; /* the serial of each context's last compute, 0: none */
     InputEntry inputs[NN_CONTEXTS][NN_PORTS];
@@ -167,14 +168,18 @@ static PyTypeObject NNCacheType;
 
 static int nncache_init(NNCacheObject *c, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"input_again", NULL};
+    static char *keywords[] = {"memory", "input_again", NULL};
+    MemoryObject *memory;
     PyObject *input_again;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &input_again))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O", keywords, &MemoryType, &memory,
+                                     &input_again))
         return -1;
     if (!PyCallable_Check(input_again)) {
         PyErr_SetString(PyExc_TypeError, "input_again must be callable");
         return -1;
     }
+    Py_INCREF(memory);
+    Py_XSETREF(c->memory, memory);
     Py_INCREF(input_again);
     Py_XSETREF(c->input_again, input_again);
     return 0;
@@ -182,12 +187,14 @@ static int nncache_init(NNCacheObject *c, PyObject *args, PyObject *kwargs)
 
 static int nncache_traverse(NNCacheObject *c, visitproc visit, void *arg)
 {
+    Py_VISIT(c->memory);
     Py_VISIT(c->input_again);
     return 0;
 }
 
 static int nncache_clear(NNCacheObject *c)
 {
+    Py_CLEAR(c->memory);
     Py_CLEAR(c->input_again);
     return 0;
 }
@@ -201,12 +208,12 @@ static void nncache_dealloc(NNCacheObject *c)
 
 static PyObject *nncache_remember_input(NNCacheObject *c, PyObject *args)
 {
-    MemoryObject *m;
     unsigned int ctx, index;
     Py_buffer record, dims;
-    if (!PyArg_ParseTuple(args, "O!IIy*y*", &MemoryType, &m, &ctx, &index, &record, &dims))
+    if (!PyArg_ParseTuple(args, "IIy*y*", &ctx, &index, &record, &dims))
         return NULL;
-    if (ctx < NN_CONTEXTS && index < NN_PORTS && record.len == RECORD_SIZE &&
+    const MemoryObject *m = c->memory;
+    if (m != NULL && ctx < NN_CONTEXTS && index < NN_PORTS && record.len == RECORD_SIZE &&
         dims.len >= 4 && dims.len <= 4 * MAX_RANK && dims.len % 4 == 0 && m->generation) {
         InputEntry *e = &c->inputs[ctx][index];
         memcpy(e->record, record.buf, RECORD_SIZE);
@@ -221,13 +228,13 @@ static PyObject *nncache_remember_input(NNCacheObject *c, PyObject *args)
 
 static PyObject *nncache_remember_output(NNCacheObject *c, PyObject *args)
 {
-    MemoryObject *m;
     unsigned int ctx, index, out_ptr, out_max, written, nbytes;
     unsigned long long serial, source;
-    if (!PyArg_ParseTuple(args, "O!IIIIIKKI", &MemoryType, &m, &ctx, &index, &out_ptr, &out_max,
-                          &written, &serial, &source, &nbytes))
+    if (!PyArg_ParseTuple(args, "IIIIIKKI", &ctx, &index, &out_ptr, &out_max, &written, &serial,
+                          &source, &nbytes))
         return NULL;
-    if (ctx < NN_CONTEXTS && index < NN_PORTS && serial && m->generation) {
+    const MemoryObject *m = c->memory;
+    if (m != NULL && ctx < NN_CONTEXTS && index < NN_PORTS && serial && m->generation) {
         OutputEntry *e = &c->outputs[ctx][index];
         e->serial = serial;
         e->generation = m->generation;
@@ -253,9 +260,9 @@ static PyObject *nncache_computed(NNCacheObject *c, PyObject *args)
 
 static PyMethodDef nncache_methods[] = {
     {"remember_input", (PyCFunction)nncache_remember_input, METH_VARARGS,
-     "remember_input(memory, ctx, index, record, dims): a set_input validated and bound."},
+     "remember_input(ctx, index, record, dims): a set_input validated and bound."},
     {"remember_output", (PyCFunction)nncache_remember_output, METH_VARARGS,
-     "remember_output(memory, ctx, index, out_ptr, out_max, written, serial, source, nbytes): "
+     "remember_output(ctx, index, out_ptr, out_max, written, serial, source, nbytes): "
      "a get_output validated, copying `nbytes` from `source`, the static output buffer of "
      "request `serial`."},
     {"computed", (PyCFunction)nncache_computed, METH_VARARGS,
@@ -506,8 +513,9 @@ static PyObject *new_env(PyObject *Py_UNUSED(module), PyObject *args)
                      MAX_ARITY, kind);
         return NULL;
     }
-    if (kind != KIND_GENERIC && !PyObject_TypeCheck(cache, &NNCacheType)) {
-        PyErr_SetString(PyExc_TypeError, "a wasi-nn kind needs an NNCache");
+    if (kind != KIND_GENERIC && (!PyObject_TypeCheck(cache, &NNCacheType) ||
+                                 ((NNCacheObject *)cache)->memory != memory)) {
+        PyErr_SetString(PyExc_TypeError, "a wasi-nn kind needs an NNCache of its memory");
         return NULL;
     }
     int needed[] = {0, 3, 1, 5};

@@ -287,17 +287,13 @@ class _Request:
         return array
 
     def settle(self) -> None:
-        """After an inference: adopted outputs whose size held are kept like static ones."""
-        for index, (byte_size, array) in self.adopted.items():
-            if byte_size() == array.nbytes:
-                self.outputs[index] = array
-            else:
-                self.outputs.pop(index, None)
-                self.varying.add(index)
-                # What the C host remembered of this request's buffers no longer holds.
-                self.serial = next(_SERIALS)
-        for index in self.varying:
-            self.adopted.pop(index, None)
+        """After an inference: an adopted output whose size changed is kept no more."""
+        changed = [i for i, (size, array) in self.adopted.items() if size() != array.nbytes]
+        for index in changed:
+            del self.adopted[index], self.outputs[index]
+            self.varying.add(index)
+        if changed:  # what the C host remembered of this request's buffers no longer holds
+            self.serial = next(_SERIALS)
 
     def bind(self, index: int, tensor: InputTensor) -> None:
         # Rebinding costs an ov.Tensor and a set_input_tensor per inference; a guest that

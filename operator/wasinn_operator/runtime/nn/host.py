@@ -91,7 +91,7 @@ class NNHost:
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
         self._memory = hostcall.RawMemory()  # bound to the run's store by each call
-        self._cache = hostcall.NNCache(self._input_again)
+        self._cache = hostcall.NNCache(self._memory, self._input_again)
 
     def define(self, linker: wasmtime.Linker) -> None:
         """Define every function of the module in `linker`."""
@@ -258,7 +258,7 @@ class NNHost:
         tensor = InputTensor(dims, ttype, data, key)
         context.set_input(index & U32, tensor)
         if key is not None:  # a private copy must be taken afresh every time
-            self._cache.remember_input(self._memory, ctx & U32, index & U32, record, dims_raw)
+            self._cache.remember_input(ctx & U32, index & U32, record, dims_raw)
 
     def compute(self, mem: GuestMemory, ctx: int) -> None:
         """`compute`: run inference."""
@@ -288,8 +288,8 @@ class NNHost:
         ctypes.c_uint32.from_address(mem.base + (written & U32)).value = nbytes
         if kept is not None:  # the request's own buffer, the same after its next inference
             self._cache.remember_output(
-                self._memory, ctx & U32, index & U32, out_ptr & U32, capacity, written & U32,
-                kept, address, nbytes,
+                ctx & U32, index & U32, out_ptr & U32, capacity, written & U32, kept, address,
+                nbytes,
             )  # fmt: skip
 
 
