@@ -18,8 +18,9 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
-# the venv and its C extension (gcc, python3-dev: runtime/nn/_hostcall.c), and the MQTT broker and etcd the integration tests start (with kube-apiserver from
-# `hack/cluster build`, which their fixture runs when the binaries are missing).
+# the venv and its C extension (gcc, python3-dev: runtime/nn/_hostcall.c), and the MQTT
+# broker and etcd the integration tests start (with kube-apiserver from `hack/cluster build`,
+# which their fixture runs when the binaries are missing).
 APT_PACKAGES := python3-venv python3-dev gcc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
                 rustc cargo libstd-rust-dev-wasm32 shellcheck mosquitto mosquitto-clients curl jq \
                 etcd-server openssl \
