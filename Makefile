@@ -18,7 +18,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 # Debian packages: wasm guests in C (clang, wasi-libc) and Rust (Debian rustc + wasm32 std),
-# the venv and its C extension (gcc, python3-dev: runtime/nn/_hostcall.c), and the MQTT
+# the venv and its C extension (gcc, python3-dev: runtime/nn/_hostcall*), and the MQTT
 # broker and etcd the integration tests start (with kube-apiserver from `hack/cluster build`,
 # which their fixture runs when the binaries are missing).
 APT_PACKAGES := python3-venv python3-dev gcc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
@@ -52,7 +52,7 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py operator/wasinn_operator/runtime/nn/_hostcall.c | apt
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard operator/wasinn_operator/runtime/nn/_*.[ch]) | apt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

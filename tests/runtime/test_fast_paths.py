@@ -16,7 +16,8 @@ from wasinn_operator.runtime.deadline import Deadline
 from wasinn_operator.runtime.nn.abi import TensorType
 from wasinn_operator.runtime.nn.blobs import file_identity
 from wasinn_operator.runtime.nn.budget import Budget, GraphLimits
-from wasinn_operator.runtime.nn.graph import ExecutionContext, Graph, InputTensor
+from wasinn_operator.runtime.nn.context import ExecutionContext, InputTensor
+from wasinn_operator.runtime.nn.graph import Graph
 
 from .conftest import native_outputs, wat
 from .test_nn_abi import DATA, DIMS, MODEL, OUT_BYTES, OUTPUT, TENSOR, WRITTEN, put_tensor, u32
@@ -265,20 +266,24 @@ def nonzero_model(tmp_path: Path) -> tuple[bytes, bytes]:
     return (tmp_path / "nonzero.xml").read_bytes(), (tmp_path / "nonzero.bin").read_bytes()
 
 
-def test_a_dynamic_output_that_changes_shape_stays_exact(
-    runtime: Runtime, models_dir: Path, tmp_path: Path
-) -> None:
-    """A dynamic output is written into a buffer of the host's once its shape is known; when
-    the shape changes (smaller, then larger than that buffer) every answer is still exact."""
-    s = session(runtime, models_dir)
-    xml, weights = nonzero_model(tmp_path)
+def load_ir(s: Session, xml: bytes, weights: bytes) -> int:
+    """An execution context of an OpenVINO IR loaded by bytes (`load`)."""
     base = 0x200000
     s.write(base, xml)
     s.write(base + len(xml), weights)
     s.write(0x1000, struct.pack("<4I", base, len(xml), base + len(xml), len(weights)))
     assert s.call("nn_load", 0x1000, 2, 0, 0, GRAPH_OUT) == NNErrno.SUCCESS
     assert s.call("nn_init_execution_context", u32(s, GRAPH_OUT), CTX_OUT) == NNErrno.SUCCESS
-    ctx = u32(s, CTX_OUT)
+    return u32(s, CTX_OUT)
+
+
+def test_a_dynamic_output_that_changes_shape_stays_exact(
+    runtime: Runtime, models_dir: Path, tmp_path: Path
+) -> None:
+    """A dynamic output is written into a buffer of the host's once its shape is known; when
+    the shape changes (smaller, then larger than that buffer) every answer is still exact."""
+    s = session(runtime, models_dir)
+    ctx = load_ir(s, *nonzero_model(tmp_path))
     s.write(TENSOR, struct.pack("<IIB3xII", DIMS, 1, 1, DATA, 16))
     s.write(DIMS, struct.pack("<I", 4))
     for values in ([0, 5, 0, 7], [0, 5, 0, 7], [0, 5, 0, 7], [1, 0, 0, 0], [1, 2, 3, 4],

@@ -147,6 +147,6 @@ def test_a_wasi_nn_kind_needs_its_cache() -> None:
     with pytest.raises(TypeError, match="NNCache"):
         hostcall.define(linker, "m", "f", 3, lambda *a: 0, hostcall.RawMemory(), hostcall.SET_INPUT)
     memory = hostcall.RawMemory()
-    cache = hostcall.NNCache(memory, lambda ctx: None)
+    cache = hostcall.NNCache(memory)
     with pytest.raises(ValueError, match="takes 5 arguments"):
         hostcall.define(linker, "m", "f", 3, lambda *a: 0, memory, hostcall.GET_OUTPUT, cache)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NoReturn
 
 
 class HostTrapError(Exception):
@@ -28,6 +29,11 @@ class Deadline:
         self._end = None if timeout is None else time.monotonic() + timeout
         self.hit = False
 
+    @property
+    def end(self) -> float:
+        """The deadline on `time.monotonic`'s clock (inf without one)."""
+        return math.inf if self._end is None else self._end
+
     def remaining(self) -> float:
         """Seconds left (inf without a deadline; never negative)."""
         if self._end is None:
@@ -39,7 +45,7 @@ class Deadline:
         if self._end is not None and time.monotonic() >= self._end:
             self.expire(during)
 
-    def expire(self, during: str) -> None:
+    def expire(self, during: str) -> NoReturn:
         """Record that the deadline ended the run during `during`, and raise."""
         self.hit = True
         raise DeadlineError(f"the run's deadline passed during {during}")

@@ -23,7 +23,8 @@ from wasmtime.component import Linker, LinkerInstance, ResourceType
 from ..deadline import Deadline, HostTrapError
 from ..nn.abi import ExecutionTarget, GraphEncoding, NNErrno, NNError
 from ..nn.budget import Budget, GraphLimits
-from ..nn.graph import ExecutionContext, Graph
+from ..nn.context import ExecutionContext
+from ..nn.graph import Graph
 from ..nn.models import NamedModel
 from ..nn.openvino import Log, OpenVINOBackend
 from .staging import STAGING, Staging

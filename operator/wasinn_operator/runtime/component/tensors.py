@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..nn.abi import NUMPY_DTYPES, NNErrno, NNError, TensorType
-from ..nn.graph import ExecutionContext, Graph, InputTensor
+from ..nn.context import ExecutionContext, InputTensor
+from ..nn.graph import Graph
 
 MAX_RANK = 8
 

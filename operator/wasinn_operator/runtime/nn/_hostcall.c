@@ -1,48 +1,22 @@
-/* Host functions for wasmtime in C: the trampoline and the wasi-nn inference loop's repeats.
+/* Host functions for wasmtime in C: the trampoline, and the caller's linear memory.
  *
  * wasmtime calls `trampoline` (its unchecked callback form) for every host function defined by
  * hostcall.py. It binds the caller's exported linear memory (looked up once per store) and calls
  * the function's Python implementation with that memory and its i32 arguments. For the three
- * wasi-nn calls a guest makes per inference it first tries `NNCache`: a `set_input` whose
- * tensor record and dimensions are byte-for-byte the ones already validated and bound for that
- * context and index, and a `get_output` with the arguments of one already validated, on the
- * very output buffer of the request the last `compute` ran, are answered here without Python
- * (a ctypes callback and the Python checks cost 30-60 us an inference, slower than the
- * sub-millisecond models themselves). Everything else, and every first call, goes to Python,
- * which validates it and tells the cache what it may answer next time (`remember_*`).
- *
- * Why a cached answer stays right: linear memory neither moves nor shrinks (the engine sets
- * `memory_may_move` off and memory only grows), so a range checked once stays inside memory;
- * a new store (another context) starts a new generation and drops every entry; a `set_input`
- * or `compute` that is not a cached repeat drops what depended on the context's inputs and
- * outputs before Python sees it; and `get_output` is answered only while the context's last
- * compute ran the request the entry was made from (`serial`, never reused), whose static output
- * buffer is kept alive by the Python context that holds that request.
+ * wasi-nn calls a guest makes per inference it first asks the run's `NNCache` (_nncache.c),
+ * which answers the repeats of an inference loop without Python. Everything else, and every
+ * first call, goes to Python, which validates it and tells the cache what it may answer next
+ * time.
  *
  * wasmtime's C functions are reached through the addresses wasmtime-py's own bindings opened
  * (`configure`), so this links against no library but Python.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdbool.h>
+#include "_hostcall.h"
+
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
-#define RAW_SIZE 16    /* sizeof(wasmtime_val_raw_t) */
 #define MAX_ARITY 8
-#define EXTERN_MAX 64  /* room for a wasmtime_extern_t */
-#define NN_CONTEXTS 64 /* contexts cached per run (the default max_contexts) */
-#define NN_PORTS 4     /* inputs and outputs cached per context */
-#define RECORD_SIZE 20 /* a wasi-nn tensor record */
-#define MAX_RANK 8
-
-enum kind { KIND_GENERIC = 0, KIND_SET_INPUT = 1, KIND_COMPUTE = 2, KIND_GET_OUTPUT = 3 };
-
-typedef union {
-    int32_t i32;
-    unsigned char bytes[RAW_SIZE];
-} raw_t;
 
 typedef void *(*caller_context_fn)(void *caller);
 typedef bool (*caller_export_get_fn)(void *caller, const char *name, size_t len, void *item);
@@ -65,18 +39,6 @@ static struct {
 } api;
 
 /* ---- Memory ------------------------------------------------------------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    void *context;           /* the store the binding belongs to */
-    bool present;            /* the caller exports a linear memory "memory" */
-    unsigned char item[EXTERN_MAX];
-    uint64_t base;
-    uint64_t size;           /* a lower bound: memory only grows */
-    uint64_t generation;
-} MemoryObject;
-
-static PyTypeObject MemoryType;
 
 /* Bind `m` to the caller's store; false if the caller exports no memory. */
 static bool memory_bind(MemoryObject *m, void *caller)
@@ -127,7 +89,7 @@ static PyGetSetDef memory_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject MemoryType = {
+PyTypeObject MemoryType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "wasinn_operator.runtime.nn._hostcall.Memory",
     .tp_doc = "The caller's exported linear memory, looked up once per store.",
@@ -138,207 +100,6 @@ static PyTypeObject MemoryType = {
     .tp_getset = memory_getset,
 };
 
-/* ---- NNCache ----------------------------------------------------------------------------- */
-
-typedef struct {
-    uint64_t generation; /* 0: empty */
-    unsigned char record[RECORD_SIZE];
-    uint32_t rank;
-    unsigned char dims[4 * MAX_RANK];
-} InputEntry;
-
-typedef struct {
-    uint64_t serial; /* 0: empty */
-    uint64_t generation;
-    uint32_t out_ptr, out_max, written;
-    uint64_t source;
-    uint32_t nbytes;
-} OutputEntry;
-
-typedef struct {
-    PyObject_HEAD
-    MemoryObject *memory;  /* the run's memory: every entry is of one of its generations */
-    PyObject *input_again; /* input_again(ctx): Python's side of a cached set_input */
-    uint64_t computed[NN_CONTEXTS]; /* the serial of each context's last compute, 0: none */
-    InputEntry inputs[NN_CONTEXTS][NN_PORTS];
-    OutputEntry outputs[NN_CONTEXTS][NN_PORTS];
-} NNCacheObject;
-
-static PyTypeObject NNCacheType;
-
-static int nncache_init(NNCacheObject *c, PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"memory", "input_again", NULL};
-    MemoryObject *memory;
-    PyObject *input_again;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O", keywords, &MemoryType, &memory,
-                                     &input_again))
-        return -1;
-    if (!PyCallable_Check(input_again)) {
-        PyErr_SetString(PyExc_TypeError, "input_again must be callable");
-        return -1;
-    }
-    Py_INCREF(memory);
-    Py_XSETREF(c->memory, memory);
-    Py_INCREF(input_again);
-    Py_XSETREF(c->input_again, input_again);
-    return 0;
-}
-
-static int nncache_traverse(NNCacheObject *c, visitproc visit, void *arg)
-{
-    Py_VISIT(c->memory);
-    Py_VISIT(c->input_again);
-    return 0;
-}
-
-static int nncache_clear(NNCacheObject *c)
-{
-    Py_CLEAR(c->memory);
-    Py_CLEAR(c->input_again);
-    return 0;
-}
-
-static void nncache_dealloc(NNCacheObject *c)
-{
-    PyObject_GC_UnTrack(c);
-    nncache_clear(c);
-    Py_TYPE(c)->tp_free((PyObject *)c);
-}
-
-static PyObject *nncache_remember_input(NNCacheObject *c, PyObject *args)
-{
-    unsigned int ctx, index;
-    Py_buffer record, dims;
-    if (!PyArg_ParseTuple(args, "IIy*y*", &ctx, &index, &record, &dims))
-        return NULL;
-    const MemoryObject *m = c->memory;
-    if (m != NULL && ctx < NN_CONTEXTS && index < NN_PORTS && record.len == RECORD_SIZE &&
-        dims.len >= 4 && dims.len <= 4 * MAX_RANK && dims.len % 4 == 0 && m->generation) {
-        InputEntry *e = &c->inputs[ctx][index];
-        memcpy(e->record, record.buf, RECORD_SIZE);
-        memcpy(e->dims, dims.buf, (size_t)dims.len);
-        e->rank = (uint32_t)(dims.len / 4);
-        e->generation = m->generation;
-    }
-    PyBuffer_Release(&record);
-    PyBuffer_Release(&dims);
-    Py_RETURN_NONE;
-}
-
-static PyObject *nncache_remember_output(NNCacheObject *c, PyObject *args)
-{
-    unsigned int ctx, index, out_ptr, out_max, written, nbytes;
-    unsigned long long serial, source;
-    if (!PyArg_ParseTuple(args, "IIIIIKKI", &ctx, &index, &out_ptr, &out_max, &written, &serial,
-                          &source, &nbytes))
-        return NULL;
-    const MemoryObject *m = c->memory;
-    if (m != NULL && ctx < NN_CONTEXTS && index < NN_PORTS && serial && m->generation) {
-        OutputEntry *e = &c->outputs[ctx][index];
-        e->serial = serial;
-        e->generation = m->generation;
-        e->out_ptr = out_ptr;
-        e->out_max = out_max;
-        e->written = written;
-        e->source = source;
-        e->nbytes = nbytes;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *nncache_computed(NNCacheObject *c, PyObject *args)
-{
-    unsigned int ctx;
-    unsigned long long serial;
-    if (!PyArg_ParseTuple(args, "IK", &ctx, &serial))
-        return NULL;
-    if (ctx < NN_CONTEXTS)
-        c->computed[ctx] = serial;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef nncache_methods[] = {
-    {"remember_input", (PyCFunction)nncache_remember_input, METH_VARARGS,
-     "remember_input(ctx, index, record, dims): a set_input validated and bound."},
-    {"remember_output", (PyCFunction)nncache_remember_output, METH_VARARGS,
-     "remember_output(ctx, index, out_ptr, out_max, written, serial, source, nbytes): "
-     "a get_output validated, copying `nbytes` from `source`, the static output buffer of "
-     "request `serial`."},
-    {"computed", (PyCFunction)nncache_computed, METH_VARARGS,
-     "computed(ctx, serial): the context's compute ran request `serial`."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject NNCacheType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "wasinn_operator.runtime.nn._hostcall.NNCache",
-    .tp_doc = "One run's validated wasi-nn calls, answered again without Python.",
-    .tp_basicsize = sizeof(NNCacheObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)nncache_init,
-    .tp_traverse = (traverseproc)nncache_traverse,
-    .tp_clear = (inquiry)nncache_clear,
-    .tp_dealloc = (destructor)nncache_dealloc,
-    .tp_methods = nncache_methods,
-};
-
-/* ---- the inference loop's repeats --------------------------------------------------------- */
-
-static inline uint32_t u32_at(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4); /* wasm32 and every host OpenVINO runs on are little-endian */
-    return v;
-}
-
-/* 1: answered (result 0), 0: not a cached repeat, -1: a Python error. */
-static int set_input_again(NNCacheObject *c, MemoryObject *m, const raw_t *slots)
-{
-    uint32_t ctx = (uint32_t)slots[0].i32, index = (uint32_t)slots[1].i32;
-    uint64_t record_at = (uint32_t)slots[2].i32;
-    if (ctx >= NN_CONTEXTS)
-        return 0;
-    c->computed[ctx] = 0; /* any set_input ends what the last compute's outputs were */
-    if (index >= NN_PORTS)
-        return 0;
-    InputEntry *e = &c->inputs[ctx][index];
-    if (e->generation != m->generation || record_at + RECORD_SIZE > m->size)
-        goto miss;
-    const unsigned char *record = (const unsigned char *)(uintptr_t)(m->base + record_at);
-    uint64_t dims_at = u32_at(record);
-    if (memcmp(record, e->record, RECORD_SIZE) != 0 || dims_at + 4ULL * e->rank > m->size ||
-        memcmp((const void *)(uintptr_t)(m->base + dims_at), e->dims, 4 * e->rank) != 0)
-        goto miss;
-    PyObject *handle = PyLong_FromUnsignedLong(ctx);
-    PyObject *done = handle ? PyObject_CallOneArg(c->input_again, handle) : NULL;
-    Py_XDECREF(handle);
-    if (done == NULL)
-        return -1;
-    Py_DECREF(done);
-    return 1;
-miss:
-    e->generation = 0; /* Python binds another tensor (or refuses): this one is no more */
-    return 0;
-}
-
-static int get_output_again(NNCacheObject *c, MemoryObject *m, const raw_t *slots)
-{
-    uint32_t ctx = (uint32_t)slots[0].i32, index = (uint32_t)slots[1].i32;
-    if (ctx >= NN_CONTEXTS || index >= NN_PORTS || c->computed[ctx] == 0)
-        return 0;
-    const OutputEntry *e = &c->outputs[ctx][index];
-    if (e->serial != c->computed[ctx] || e->generation != m->generation ||
-        e->out_ptr != (uint32_t)slots[2].i32 || e->out_max != (uint32_t)slots[3].i32 ||
-        e->written != (uint32_t)slots[4].i32)
-        return 0;
-    memcpy((void *)(uintptr_t)(m->base + e->out_ptr), (const void *)(uintptr_t)e->source,
-           e->nbytes);
-    memcpy((void *)(uintptr_t)(m->base + e->written), &e->nbytes, 4);
-    return 1;
-}
-
 /* ---- the trampoline ---------------------------------------------------------------------- */
 
 typedef struct {
@@ -346,7 +107,7 @@ typedef struct {
     int arity;
     int kind;
     MemoryObject *memory;
-    NNCacheObject *cache; /* NULL for KIND_GENERIC */
+    PyObject *cache; /* an NNCache of `memory`; NULL for KIND_GENERIC */
 } HostFunc;
 
 static void *trap_from(const char *message, Py_ssize_t len)
@@ -417,12 +178,8 @@ static size_t trampoline(void *env, void *caller, raw_t *slots, size_t nslots)
     void *trap = NULL;
     bool present = memory_bind(f->memory, caller);
     int answered = 0;
-    if (present && f->kind == KIND_SET_INPUT)
-        answered = set_input_again(f->cache, f->memory, slots);
-    else if (present && f->kind == KIND_GET_OUTPUT)
-        answered = get_output_again(f->cache, f->memory, slots);
-    else if (f->kind == KIND_COMPUTE && (uint32_t)slots[0].i32 < NN_CONTEXTS)
-        f->cache->computed[(uint32_t)slots[0].i32] = 0; /* set again when Python's succeeds */
+    if (f->kind != KIND_GENERIC)
+        answered = nncache_again(f->cache, f->kind, f->memory, present, slots);
     if (answered > 0)
         slots[0].i32 = 0;
     else if (answered < 0)
@@ -440,7 +197,7 @@ static void finalize(void *env)
     PyGILState_STATE gil = PyGILState_Ensure();
     Py_XDECREF(f->fn);
     Py_XDECREF((PyObject *)f->memory);
-    Py_XDECREF((PyObject *)f->cache);
+    Py_XDECREF(f->cache);
     PyMem_RawFree(f);
     PyGILState_Release(gil);
 }
@@ -514,7 +271,7 @@ static PyObject *new_env(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     }
     if (kind != KIND_GENERIC && (!PyObject_TypeCheck(cache, &NNCacheType) ||
-                                 ((NNCacheObject *)cache)->memory != memory)) {
+                                 nncache_memory(cache) != memory)) {
         PyErr_SetString(PyExc_TypeError, "a wasi-nn kind needs an NNCache of its memory");
         return NULL;
     }
@@ -536,7 +293,7 @@ static PyObject *new_env(PyObject *Py_UNUSED(module), PyObject *args)
     f->cache = NULL;
     if (kind != KIND_GENERIC) {
         Py_INCREF(cache);
-        f->cache = (NNCacheObject *)cache;
+        f->cache = cache;
     }
     return PyLong_FromVoidPtr(f);
 }

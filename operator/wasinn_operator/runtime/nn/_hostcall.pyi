@@ -20,7 +20,7 @@ class Memory:
     def grown(self) -> int: ...
 
 class NNCache:
-    def __init__(self, memory: Memory, input_again: Callable[[int], object]) -> None: ...
+    def __init__(self, memory: Memory) -> None: ...
     def remember_input(self, ctx: int, index: int, record: bytes, dims: bytes) -> None: ...
     def remember_output(
         self,
@@ -33,7 +33,21 @@ class NNCache:
         source: int,
         nbytes: int,
     ) -> None: ...
+    def remember_compute(
+        self,
+        ctx: int,
+        serial: int,
+        *,
+        start: Callable[..., object],
+        start_args: tuple[object, ...],
+        wait: Callable[..., object],
+        deadline: float,
+        checks: tuple[tuple[Callable[[], int], int], ...],
+        settled: Callable[[], int],
+        expire: Callable[[], object],
+    ) -> None: ...
     def computed(self, ctx: int, serial: int) -> None: ...
+    def stale(self, ctx: int) -> bool: ...
 
 def configure(
     *,

@@ -11,10 +11,10 @@ reads. As with OpenVINO's own shared-memory tensors, the data read is what the b
 when `compute` is called; a guest passing the same buffer again keeps its binding.
 
 The functions are raw wasmtime callbacks in C (`hostcall`), and a guest's inference loop
-repeats the calls of its first inference: once validated, a repeated `set_input` and
-`get_output` are answered in C from `hostcall.NNCache`, which this host keeps told what it may
-answer (`remember_*`, `computed`). The Python work per call cost more than a small model's
-whole inference.
+repeats the calls of its first inference: once validated, a repeated `set_input`, `compute`
+and `get_output` are answered in C from `hostcall.NNCache` (`_nncache.c`), which this host
+keeps told what it may answer (`remember_*`, `computed`) and asks whether the outputs are
+current (`stale`). The Python work per call cost more than a small model's whole inference.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from .abi import (
     TensorType,
 )
 from .budget import Budget, GraphLimits
-from .graph import ExecutionContext, Graph, InputTensor
+from .context import ExecutionContext, InputTensor
+from .graph import Graph
 from .models import NamedModel
 from .openvino import Log, OpenVINOBackend
 
@@ -91,7 +92,7 @@ class NNHost:
         self._graphs: list[Graph] = []
         self._contexts: list[ExecutionContext] = []
         self._memory = hostcall.RawMemory()  # bound to the run's store by each call
-        self._cache = hostcall.NNCache(self._memory, self._input_again)
+        self._cache = hostcall.NNCache(self._memory)
 
     def define(self, linker: wasmtime.Linker) -> None:
         """Define every function of the module in `linker`."""
@@ -222,10 +223,6 @@ class NNHost:
             raise NNError(NNErrno.INVALID_ARGUMENT, f"unknown execution context handle {handle}")
         return self._contexts[handle]
 
-    def _input_again(self, ctx: int) -> None:
-        """The C side answered a repeat of a validated `set_input` on context `ctx`."""
-        self._contexts[ctx].set_input_again()
-
     def set_input(self, mem: GuestMemory, ctx: int, index: int, tensor_ptr: int) -> None:
         """`set_input`: record a tensor (20-byte record) as input `index`."""
         context = self._context(ctx)
@@ -265,12 +262,21 @@ class NNHost:
         context = self._context(ctx)
         context.compute()
         self._cache.computed(ctx & U32, context.serial)
+        self._remember(ctx & U32, context)
+
+    def _remember(self, ctx: int, context: ExecutionContext) -> None:
+        """Let the C cache run the context's next compute while its inputs stay as bound."""
+        repeat = context.repeat()
+        if repeat is not None:
+            self._cache.remember_compute(ctx, context.serial, **repeat._asdict())
 
     def get_output(
         self, mem: GuestMemory, ctx: int, index: int, out_ptr: int, out_max: int, written: int
     ) -> None:
         """`get_output`: copy output `index` into the guest's buffer."""
         context = self._context(ctx)
+        if self._cache.stale(ctx & U32):  # a set_input answered in C since the last compute
+            raise NNError(NNErrno.INVALID_ARGUMENT, "get_output before compute")
         data = context.output(index & U32)
         mem.check(written, 4, "bytes-written out-pointer")
         capacity = out_max & U32
@@ -291,6 +297,7 @@ class NNHost:
                 ctx & U32, index & U32, out_ptr & U32, capacity, written & U32, kept, address,
                 nbytes,
             )  # fmt: skip
+        self._remember(ctx & U32, context)  # its request may have been given an output buffer
 
 
 def _address(array: npt.NDArray[Any]) -> int:

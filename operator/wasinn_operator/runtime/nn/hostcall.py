@@ -1,4 +1,4 @@
-"""Fast host functions: wasmtime's unchecked callbacks, in C (`_hostcall.c`).
+"""Fast host functions: wasmtime's unchecked callbacks, in C (`_hostcall.c`, `_nncache.c`).
 
 `Linker.define_func` converts every argument through a `Val` and wraps the caller, ~15-40 us per
 call, and even a ctypes callback costs a few microseconds: more than a whole inference's host
