@@ -152,7 +152,8 @@ def runtime_section(models_dir: Path, guest: Path, quick: bool) -> list[Row]:
     rounds, iterations = (4, 5) if quick else (20, 10)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = Runtime(RuntimeConfig(cache_dir=Path(tmp)))
+        # The guest runs as a tenant's task does: under the default deadline and memory limit.
+        runtime = Runtime(RuntimeConfig.for_tenants(cache_dir=Path(tmp)))
         for model in MODELS:
             for batch in (1, 8):
                 name = f"{model.name} b{batch}"
