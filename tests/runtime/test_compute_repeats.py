@@ -65,16 +65,23 @@ def nonzero(s: Session, ctx: int) -> list[int]:
     return list(struct.unpack(f"<{u32(s, WRITTEN) // 4}i", s.read(OUTPUT, u32(s, WRITTEN))))
 
 
-def test_an_output_outgrowing_its_buffer_goes_back_to_python(
-    runtime: Runtime, models_dir: Path, tmp_path: Path, computes: list[int]
-) -> None:
-    """The repeat's inference fails on the buffer the output was given (too small): Python runs
-    it again on a request that leaves the output to OpenVINO, and its answer is exact."""
+def nonzero_loop(runtime: Runtime, models_dir: Path, tmp_path: Path) -> tuple[Session, int]:
+    """A NonZero context whose loop ran three times: its output has a buffer of its own, and
+    its compute is remembered by the C host."""
     s = runtime.session(RunSpec(wasm=wat("nn_shim"), models_dir=models_dir))
     ctx = load_ir(s, *nonzero_model(tmp_path))
     put_nonzero(s, [0, 5, 0, 7])
     for _ in range(3):
         assert nonzero(s, ctx) == [1, 3]
+    return s, ctx
+
+
+def test_an_output_outgrowing_its_buffer_goes_back_to_python(
+    runtime: Runtime, models_dir: Path, tmp_path: Path, computes: list[int]
+) -> None:
+    """The repeat's inference fails on the buffer the output was given (too small): Python runs
+    it again on a request that leaves the output to OpenVINO, and its answer is exact."""
+    s, ctx = nonzero_loop(runtime, models_dir, tmp_path)
     repeated = len(computes)
     put_nonzero(s, [1, 2, 3, 4])
     assert nonzero(s, ctx) == [0, 1, 2, 3]
@@ -88,11 +95,7 @@ def test_an_output_outgrowing_its_buffer_goes_back_to_python(
 def test_an_output_shrinking_in_a_repeat_is_settled(
     runtime: Runtime, models_dir: Path, tmp_path: Path, computes: list[int]
 ) -> None:
-    s = runtime.session(RunSpec(wasm=wat("nn_shim"), models_dir=models_dir))
-    ctx = load_ir(s, *nonzero_model(tmp_path))
-    put_nonzero(s, [0, 5, 0, 7])
-    for _ in range(3):
-        assert nonzero(s, ctx) == [1, 3]
+    s, ctx = nonzero_loop(runtime, models_dir, tmp_path)
     repeated = len(computes)
     put_nonzero(s, [1, 0, 0, 0])  # fits the buffer: the C host's inference succeeds
     assert nonzero(s, ctx) == [0]

@@ -213,18 +213,12 @@ static PyObject *nncache_remember_compute(NNCacheObject *c, PyObject *args, PyOb
     if (generation && ctx < NN_CONTEXTS && serial) {
         ComputeEntry *e = &c->computes[ctx];
         compute_drop(e);
-        Py_INCREF(start);
-        Py_INCREF(start_args);
-        Py_INCREF(wait);
-        Py_INCREF(checks);
-        Py_INCREF(settled);
-        Py_INCREF(expire);
-        e->start = start;
-        e->start_args = start_args;
-        e->wait = wait;
-        e->checks = checks;
-        e->settled = settled;
-        e->expire = expire;
+        e->start = Py_NewRef(start);
+        e->start_args = Py_NewRef(start_args);
+        e->wait = Py_NewRef(wait);
+        e->checks = Py_NewRef(checks);
+        e->settled = Py_NewRef(settled);
+        e->expire = Py_NewRef(expire);
         e->deadline = deadline;
         e->generation = generation;
         e->serial = serial;
