@@ -14,6 +14,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -157,3 +160,22 @@ class Subscriber:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def loop_model(directory: Path) -> Path:
+    """`directory`/model.xml (+ .bin): an OpenVINO IR whose f32[1,4] input `x` comes out with
+    x[0,0] added to every element, by a Loop of x[0,0] iterations adding 1 each. Its inference
+    takes as long as its input says, and OpenVINO cannot cancel a Loop part way."""
+    x = ops.parameter([1, 4], ov.Type.f32, name="x")
+    trip = ops.convert(ops.reduce_max(x, ops.constant(np.array([0, 1])), False), "i64")
+    body_x, body_i = ops.parameter([1, 4], ov.Type.f32), ops.parameter([], ov.Type.i64)
+    plus = ops.add(body_x, ops.constant(np.ones((1, 4), np.float32)))
+    body = ov.Model([ops.constant(np.array(True)), plus], [body_i, body_x], "body")
+    loop = ops.loop(trip, ops.constant(np.array(True)))
+    loop.set_function(body)
+    loop.set_special_body_ports([0, 0])
+    loop.set_merged_input(body_x, x.output(0), plus.output(0))
+    model = ov.Model([loop.get_iter_value(plus.output(0), -1)], [x], "loop")
+    directory.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, directory / "model.xml", compress_to_fp16=False)
+    return directory / "model.xml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from wasinn_operator.api.lifecycle import STOPPED_ERROR
 
+from ..conftest import loop_model
 from .conftest import (
     CHELSEA,
     FAILED,
@@ -184,3 +186,21 @@ def test_fresh_process_failure_carries_the_guest_stderr(make_shim: Callable[...,
     failed = run(shim, base64.b64encode(complain_wasm("boom: bad input", 3)).decode(), 4)
     assert str(failed["error"]).startswith("exited with code 3")
     assert str(failed["error"]).endswith("boom: bad input")
+
+
+def test_a_worker_left_running_an_inference_is_replaced(
+    make_shim: Callable[..., Shim], classify_b64: str, tmp_path: Path
+) -> None:
+    """A task whose inference OpenVINO would not stop fails at its deadline; its worker leaves
+    with that inference, and the next task runs on a new worker."""
+    models = tmp_path / "loop-models"
+    loop_model(models / "loop")
+    (models / "loop" / "long.f32").write_bytes(struct.pack("<4f", 10**7, 0, 0, 0))
+    (models / "loop" / "short.f32").write_bytes(struct.pack("<4f", 3, 0, 0, 0))
+    shim = make_shim("--workers", "1", "--models-dir", str(models), "--default-timeout", "1s")
+    args = ["--model", "loop", "--dims", "1,4", "--classes", "4", "--top", "1"]
+    failed = run(shim, classify_b64, FAILED, inputs=[*args, "/models/loop/long.f32"])
+    assert "did not stop its inference" in str(failed["error"]), failed
+    wait_workers(shim, lambda pids: pids == [])  # it left, taking the inference along
+    done = run(shim, classify_b64, inputs=[*args, "/models/loop/short.f32"])
+    assert "class 0" in str(done["results"]), done

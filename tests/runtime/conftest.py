@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy.typing as npt
 import pytest
 import wasmtime
 
-from wasinn_operator.runtime import Runtime, RuntimeConfig
+from wasinn_operator.runtime import Runtime, RuntimeConfig, lingering
 from wasinn_operator.runtime.nn.openvino import shared_core
 
 from ..conftest import missing
@@ -73,3 +74,11 @@ def native_outputs(
     request = compiled.create_infer_request()
     request.infer({0: data})
     return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+
+
+def wait_for_lingering() -> None:
+    """Wait until no abandoned inference of an earlier run is still running in this process."""
+    deadline = time.monotonic() + 300
+    while lingering.count() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lingering.count() == 0, "an abandoned inference ran for 300 s"

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from wasinn_operator.runtime import EXIT_TIMEOUT, Outcome, RunSpec, Runtime, RuntimeConfig
+from wasinn_operator.runtime import (
+    EXIT_TIMEOUT,
+    DirMount,
+    Outcome,
+    RunSpec,
+    Runtime,
+    RuntimeConfig,
+    lingering,
+)
+from wasinn_operator.runtime.nn import context
+from wasinn_operator.shim.workers import Worker
 
-from .conftest import wat
+from ..conftest import loop_model
+from .conftest import wait_for_lingering, wat
 from .test_faults import assert_next_run_is_fine
 
 pytestmark = pytest.mark.runtime
@@ -68,6 +82,34 @@ def test_endless_inference_times_out(
     assert_next_run_is_fine(runtime)
 
 
+def test_an_inference_that_will_not_stop_is_left_running(
+    runtime: Runtime,
+    guest_path: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Loop model runs its iterations to the end whatever the cancellation: the run ends at
+    its deadline and a grace period, and the inference goes on holding the run's memory."""
+    monkeypatch.setattr(context, "CANCEL_GRACE_MS", 300)
+    loop_model(tmp_path / "models" / "loop")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.f32").write_bytes(struct.pack("<4f", 5_000_000, 0, 0, 0))
+    spec = RunSpec(
+        wasm=guest_path("classify-c").read_bytes(),
+        args=["--model", "loop", "--dims", "1,4", "--classes", "4", "/in/x.f32"],
+        dirs=[DirMount(tmp_path / "in", "/in", read_only=True)],
+        models_dir=tmp_path / "models",
+        timeout=1,
+    )
+    wait_for_lingering()  # an earlier test's
+    result = runtime.run(spec)
+    assert (result.outcome, result.exit_code) == (Outcome.TIMED_OUT, EXIT_TIMEOUT)
+    assert result.error is not None and "did not stop its inference" in result.error
+    assert lingering.count() == 1  # the run did not wait for the inference
+    wait_for_lingering()  # its end releases the run
+    assert_next_run_is_fine(runtime)
+
+
 def test_tenant_defaults_bound_runs_that_ask_for_nothing() -> None:
     config = RuntimeConfig.for_tenants(default_timeout=0.3, default_max_memory=32 << 20)
     engine = Runtime(config)
@@ -101,3 +143,33 @@ def test_bad_poll_arguments_are_errnos(
 ) -> None:
     s = runtime.session(RunSpec(wasm=wat("sleep"), timeout=60))
     assert s.call("poll", subs, events, count, 128) == errno
+
+
+def test_a_worker_leaves_when_an_inference_outlives_its_task(
+    guest_path: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """`wasinn proplet serve` answers the task and exits, taking the inference with it, so that
+    the shim's next task gets a fresh worker with every core."""
+    loop_model(tmp_path / "models" / "loop")
+    # ~1-2 us an iteration here: far past the task's 1 s and the 2 s cancellation grace.
+    (tmp_path / "models" / "loop" / "x.f32").write_bytes(struct.pack("<4f", 10**7, 0, 0, 0))
+    env = {
+        **os.environ,
+        "WASINN_MODELS_DIR": str(tmp_path / "models"),
+        "WASINN_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    worker = Worker(env, str(tmp_path))
+    task = {
+        "id": "loop",
+        "wasm": {"inline": base64.b64encode(guest_path("classify-c").read_bytes()).decode()},
+        "args": ["--model", "loop", "--dims", "1,4", "--classes", "4", "/models/loop/x.f32"],
+        "timeoutSeconds": 1,
+    }
+    try:
+        summary = worker.run(json.dumps(task))
+        assert (summary["state"], summary["reason"]) == ("Failed", "DeadlineExceeded")
+        assert "did not stop its inference" in str(summary["error"])
+        assert worker.retiring
+        assert worker.process.wait(60) == 0
+    finally:
+        worker.kill()

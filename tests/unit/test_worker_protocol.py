@@ -14,6 +14,7 @@ import pytest
 import wasmtime
 
 from wasinn_operator.proplet.worker import serve
+from wasinn_operator.runtime import lingering
 
 pytestmark = pytest.mark.unit
 GUESTS = Path(__file__).parent.parent / "runtime" / "guests"
@@ -85,3 +86,20 @@ def test_end_of_input_ends_the_worker(served: Served) -> None:
 
 def test_no_pipes_is_a_usage_error() -> None:
     assert serve({}) == 2
+
+
+def test_a_worker_with_an_inference_left_running_retires(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "ready" in served.read()
+    task = json.dumps({"id": "t1", "wasm": inline("hello")})
+    served.tasks.write(task.encode() + b"\n")
+    served.tasks.flush()
+    assert served.read()["retire"] is False
+    monkeypatch.setattr(lingering, "count", lambda: 1)  # as after a task whose inference ran on
+    served.tasks.write(task.encode() + b"\n")
+    served.tasks.flush()
+    answer = served.read()
+    assert answer["retire"] is True and answer["summary"]["state"] == "Completed"
+    served.thread.join(30)
+    assert served.code == [0]  # it left without waiting for more input

@@ -37,7 +37,7 @@ from ..api.times import format_time
 from ..api.warm import REPORT_ANNOTATION, WarmReport, assignment, read_report, task_document
 from ..kubeclient import KubeClient, KubeError, NotFoundError
 from ..mqtt import MQTTError
-from ..runtime import Runtime
+from ..runtime import Runtime, lingering
 from .runner import PropletConfig, new_runtime
 from .worker import handle
 
@@ -45,6 +45,10 @@ log = logging.getLogger("wasinn.proplet.warm")
 WATCH_SECONDS = 300
 START_REPORT_SECONDS = 0.25
 SEEN_LIMIT = 100_000  # attempts remembered to run each once; older ones are forgotten
+RETIRE_REPORT_SECONDS = 30  # for the reports still queued when the worker leaves
+# Leaving, how long no attempt must come before the worker exits: the kubelet sees it not ready
+# after 3 probes 2 s apart (the chart's), and the operator then assigns it nothing more.
+RETIRE_QUIET_SECONDS = 15.0
 
 
 @dataclass
@@ -63,6 +67,11 @@ class WarmWorker:
     config: PropletConfig
     runtime: Runtime
     report: Callable[[str, str, WarmReport], None]  # (namespace, name, report)
+    # An inference that outlived its deadline still runs here (`runtime.lingering`): the worker
+    # says it is not ready (no new attempts), runs those already assigned, and once none came
+    # for RETIRE_QUIET_SECONDS calls `retire` to leave (its container restarts afresh).
+    retire: Callable[[], None] = lambda: None
+    leaving: threading.Event = field(default_factory=threading.Event)
     todo: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
     seen: dict[tuple[str, int], None] = field(default_factory=dict)
 
@@ -118,12 +127,28 @@ class WarmWorker:
         return done
 
     def work(self) -> None:
-        """Run queued attempts until None is queued."""
-        while (task := self.todo.get()) is not None:
+        """Run queued attempts until None is queued, or until the worker leaves."""
+        while True:
+            try:
+                task = self.todo.get(
+                    timeout=RETIRE_QUIET_SECONDS if self.leaving.is_set() else None
+                )
+            except queue.Empty:  # leaving, and no attempt was assigned meanwhile
+                self.retire()
+                return
+            if task is None:
+                return
             try:
                 self.run_one(task)
             except Exception:  # one attempt's failure must not stop the worker
                 log.exception("attempt of %s failed", task["metadata"].get("name"))
+            if lingering.count() and not self.leaving.is_set():
+                log.warning(
+                    "an inference of %s outlived its deadline and still runs here: not ready "
+                    "any more; leaving once the attempts assigned to this worker have run",
+                    task["metadata"].get("name"),
+                )
+                self.leaving.set()
 
 
 class Reporter:
@@ -135,14 +160,24 @@ class Reporter:
         self.queues: list[queue.Queue[tuple[str, str, WarmReport] | None]] = [
             queue.Queue() for _ in range(lanes)
         ]
-        for lane in self.queues:
-            threading.Thread(
-                target=self._send_all, args=(lane,), name="reporter", daemon=True
-            ).start()
+        self.threads = [
+            threading.Thread(target=self._send_all, args=(lane,), name="reporter", daemon=True)
+            for lane in self.queues
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def __call__(self, namespace: str, name: str, report: WarmReport) -> None:
         lane = zlib.crc32(f"{namespace}/{name}".encode()) % len(self.queues)
         self.queues[lane].put((namespace, name, report))
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued (within `timeout` seconds) and stop."""
+        for lane in self.queues:
+            lane.put(None)
+        end = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, end - time.monotonic()))
 
     def _send_all(self, lane: queue.Queue[tuple[str, str, WarmReport] | None]) -> None:
         while (item := lane.get()) is not None:
@@ -191,12 +226,13 @@ def watch_tasks(
             time.sleep(1)
 
 
-def serve_health(port: int, ready: threading.Event) -> None:
-    """GET /healthz: 200 once the worker has listed the tasks (readiness), else 503."""
+def serve_health(port: int, ready: threading.Event, leaving: threading.Event) -> None:
+    """GET /healthz: 200 once the worker has listed the tasks (readiness) and until it is
+    leaving, else 503."""
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            code = 200 if ready.is_set() else 503
+            code = 200 if ready.is_set() and not leaving.is_set() else 503
             self.send_response(code)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -224,9 +260,15 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     ready = threading.Event()
-    serve_health(int(env.get("WASINN_WORKER_HEALTH_PORT") or 8080), ready)
     client = KubeClient()
-    worker = WarmWorker(Identity(pod, uid), config, new_runtime(config), Reporter(client))
+    reporter = Reporter(client)
+
+    def retire() -> None:
+        reporter.close(RETIRE_REPORT_SECONDS)
+        os._exit(0)  # the inference left running cannot be joined
+
+    worker = WarmWorker(Identity(pod, uid), config, new_runtime(config), reporter, retire)
+    serve_health(int(env.get("WASINN_WORKER_HEALTH_PORT") or 8080), ready, worker.leaving)
     threading.Thread(target=worker.work, name="tasks", daemon=True).start()
     named = [n for n in (env.get("WASINN_NAMESPACES") or "").split(",") if n]
     namespaces: list[str | None] = [*named] if named else [None]

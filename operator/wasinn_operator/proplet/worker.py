@@ -11,7 +11,9 @@ process's own stdout and stderr carry only its logs, never a guest's output):
 - shim -> worker, one per line: a task, the document `wasinn proplet run` takes in WASINN_TASK
 - worker -> shim, per task: `{"summary": RunSummary}` (camelCase, the guest's stdout up to
   1 MiB), the same fetch, verify and run as `wasinn proplet run`; nothing is reported to MQTT
-  or a termination log (the shim does that)
+  or a termination log (the shim does that). With `"retire": true` the worker exits after
+  this answer: an inference that outlived its task's deadline still runs in it
+  (`runtime.lingering`), and the next task should not share its cores.
 
 End of input ends the worker; so does the death of the process that started it
 (`WASINN_PARENT_PID`), even mid-task. A task's env reaches its guest only, never this process.
@@ -31,7 +33,7 @@ from ..api import RunSummary, TaskSpec
 from ..api.errors import describe_errors
 from ..api.summary import EXIT_TASK_ERROR, FailureReason
 from ..mqtt import MQTTError
-from ..runtime import Runtime
+from ..runtime import Runtime, lingering
 from .engines import Outputs
 from .runner import PropletConfig, join_watching_parent, new_runtime, run_task
 
@@ -95,5 +97,8 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
         for line in tasks:
             if line.strip():
                 summary = handle(line, config, runtime, config.parent_pid)
-                send(results, {"summary": summary.model_dump(by_alias=True)})
+                retire = lingering.count() > 0
+                send(results, {"summary": summary.model_dump(by_alias=True), "retire": retire})
+                if retire:
+                    break
     return 0

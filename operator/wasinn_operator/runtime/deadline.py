@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -28,6 +29,8 @@ class Deadline:
         self.timeout = timeout
         self._end = None if timeout is None else time.monotonic() + timeout
         self.hit = False
+        # Waits for work a host call gave up on that still uses the run's memory (`abandon`).
+        self.abandoned: list[Callable[[], object]] = []
 
     @property
     def end(self) -> float:
@@ -44,6 +47,12 @@ class Deadline:
         """Raise `DeadlineError` if the deadline has passed."""
         if self._end is not None and time.monotonic() >= self._end:
             self.expire(during)
+
+    def abandon(self, during: str, wait: Callable[[], object]) -> NoReturn:
+        """End the run without waiting for work that would not stop (`wait` blocks until it
+        ends): the runtime keeps the run's memory until then (`lingering`)."""
+        self.abandoned.append(wait)
+        self.expire(during)
 
     def expire(self, during: str) -> NoReturn:
         """Record that the deadline ended the run during `during`, and raise."""

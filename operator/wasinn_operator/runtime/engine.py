@@ -24,7 +24,7 @@ import wasmtime
 from wasmtime import component
 
 from ..api.policy import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
-from . import wasipoll
+from . import lingering, wasipoll
 from .component import DEFAULT_TENSOR_BYTES, ComponentNNHost, call_run, link, prepare, wrap
 from .deadline import Deadline
 from .modcache import ModuleCache, ModuleError, is_component
@@ -289,7 +289,7 @@ class Runtime:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if deadline.hit or getattr(exc, "trap_code", None) is wasmtime.TrapCode.INTERRUPT:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
-                result.error = f"timed out after {spec.timeout:g} s"
+                result.error = _timeout_error(spec, deadline)
                 result.reason = FailureReason.DEADLINE_EXCEEDED
                 return  # memory is not why
             if isinstance(exc, wasmtime.Trap):
@@ -305,6 +305,9 @@ class Runtime:
             note, full = _memory_note(spec, store, instance)
             result.error += note
             result.reason = _guest_failure(reason, nn, full)
+        finally:
+            if deadline.abandoned:  # still reading this store's memory
+                lingering.keep(deadline.abandoned, store, instance, nn)
 
     def _execute_component(
         self,
@@ -350,7 +353,7 @@ class Runtime:
                 reason = FailureReason.START_FAILED
             elif deadline.hit or "wasm trap: interrupt" in cause:
                 result.outcome, result.exit_code = Outcome.TIMED_OUT, EXIT_TIMEOUT
-                result.error = f"timed out after {spec.timeout:g} s"
+                result.error = _timeout_error(spec, deadline)
                 result.reason = FailureReason.DEADLINE_EXCEEDED
                 return  # memory is not why
             else:
@@ -363,6 +366,9 @@ class Runtime:
             result.error += note
             result.reason = _guest_failure(reason, nn, full)
             return
+        finally:
+            if deadline.abandoned:  # still reading this store's memory
+                lingering.keep(deadline.abandoned, store, instance, nn)
         if spec.timeout is not None and deadline.remaining() == 0:
             # The guest waited past its deadline in a WASI 0.2 call (a sleep, a poll), which
             # wasmtime cannot interrupt from here: the run still counts as timed out.
@@ -415,8 +421,8 @@ class Runtime:
             raise ModuleError("a session drives a core module; this is a component")
         out = _Capture(spec.stdout_limit, None)
         err = _Capture(spec.stderr_limit, None)
-        store, linker, _, _ = self._store_and_linker(spec, module, out, err)
-        return Session(store, linker.instantiate(store, module), out, err)
+        store, linker, deadline, _ = self._store_and_linker(spec, module, out, err)
+        return Session(store, linker.instantiate(store, module), out, err, deadline)
 
     def _wasi(self, spec: RunSpec, out: _Capture, err: _Capture) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
@@ -540,6 +546,14 @@ def _trap_message(trap: wasmtime.Trap) -> str:
     return f"{cause} (in function {name})" if name else cause
 
 
+def _timeout_error(spec: RunSpec, deadline: Deadline) -> str:
+    """What a run that timed out reports."""
+    error = f"timed out after {spec.timeout:g} s"
+    if deadline.abandoned:  # see runtime/lingering.py
+        error += " (OpenVINO did not stop its inference when cancelled)"
+    return error
+
+
 def _memory_note(
     spec: RunSpec, store: wasmtime.Store, instance: wasmtime.Instance | None
 ) -> tuple[str, bool]:
@@ -580,19 +594,30 @@ class Session:
     """An instantiated module whose exports the caller drives directly."""
 
     def __init__(
-        self, store: wasmtime.Store, instance: wasmtime.Instance, out: _Capture, err: _Capture
+        self,
+        store: wasmtime.Store,
+        instance: wasmtime.Instance,
+        out: _Capture,
+        err: _Capture,
+        deadline: Deadline,
     ) -> None:
         self.store = store
         self.instance = instance
         self._out = out
         self._err = err
+        self._deadline = deadline
 
     def call(self, name: str, *args: int | float) -> object:
         """Call an exported function."""
         func = self.instance.exports(self.store)[name]
         if not isinstance(func, wasmtime.Func):
             raise TypeError(f"export {name!r} is not a function")
-        return func(self.store, *args)
+        try:
+            return func(self.store, *args)
+        finally:
+            if self._deadline.abandoned:  # this store's memory must outlive the work
+                lingering.keep(list(self._deadline.abandoned), self.store, self.instance)
+                self._deadline.abandoned.clear()
 
     @property
     def memory(self) -> wasmtime.Memory:

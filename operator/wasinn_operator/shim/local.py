@@ -336,7 +336,11 @@ class LocalBackend:
         if self.run_metrics is not None and cpu_before is not None and cpu_after is not None:
             wall = time.monotonic() - started
             self.run_metrics(record.id, self.proplet_id, cpu_after - cpu_before, rss or 0, wall)
-        if worker.tasks_run >= self.worker_max_tasks or (rss or 0) > self.worker_max_rss:
+        if (
+            worker.retiring
+            or worker.tasks_run >= self.worker_max_tasks
+            or (rss or 0) > self.worker_max_rss
+        ):
             worker.close()
         else:
             self._idle.give(worker)

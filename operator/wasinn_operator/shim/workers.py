@@ -56,6 +56,7 @@ class Worker:
             os.close(result_w)
         self.pid = self.process.pid
         self.tasks_run = 0
+        self.retiring = False
         self._tasks = os.fdopen(task_w, "wb")
         self._results = os.fdopen(result_r, "rb")
         self._ready = False
@@ -82,6 +83,7 @@ class Worker:
         except (OSError, ValueError):  # a closed pipe: the worker is gone
             raise WorkerDiedError(self.death()) from None
         self.tasks_run += 1
+        self.retiring = answer.get("retire") is True  # it exits: no next task
         summary = answer.get("summary")
         if not isinstance(summary, dict):
             raise WorkerDiedError(f"the proplet worker answered {answer!r}")

@@ -6,7 +6,6 @@ charged to the run's `Budget`), bound in place to the guest memory its inputs li
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -26,6 +25,9 @@ from .budget import REQUEST_MEMORY_FACTOR, Budget
 from .graph import Graph, Signature
 
 MAX_REQUESTS = 4
+# How long a cancelled inference may take to stop before its run ends without it. OpenVINO
+# stops between operations; a Loop's iterations run to the end.
+CANCEL_GRACE_MS = 2000
 _SERIALS = itertools.count(1)
 
 # The binding's own start_async: the Python wrapper's dispatches (absent) inputs first, and its
@@ -198,7 +200,7 @@ class ExecutionContext:
     def _run(self, request: _Request) -> None:
         for i, tensor in self.inputs.items():
             request.bind(i, tensor)
-        self._infer(request.request)
+        self._infer(request)
         if request.adopted:
             request.settle()
 
@@ -238,25 +240,36 @@ class ExecutionContext:
         self._last = None
         return request
 
-    def _infer(self, request: ov.InferRequest) -> None:
+    def _infer(self, request: _Request) -> None:
         """Infer; under a deadline, cancel the inference when it passes."""
+        infer = request.request
         remaining = self._deadline.remaining()
         if remaining == float("inf"):
-            _START_ASYNC(request, {}, None)
-            request.wait()
+            _START_ASYNC(infer, {}, None)
+            infer.wait()
             return
         self._deadline.check("compute")
-        _START_ASYNC(request, {}, None)
-        if not request.wait_for(max(1, int(remaining * 1000))):
+        _START_ASYNC(infer, {}, None)
+        if not infer.wait_for(max(1, int(remaining * 1000))):
             self._cancel(request)
 
-    def _cancel(self, request: ov.InferRequest) -> NoReturn:
-        """The deadline passed during an inference: cancel it and end the run."""
-        request.cancel()
-        with contextlib.suppress(RuntimeError):  # "infer request was canceled"
-            request.wait()
+    def _cancel(self, request: _Request) -> NoReturn:
+        """The deadline passed during an inference: cancel it and end the run. An inference
+        that does not stop within CANCEL_GRACE_MS is left running (it reads the run's memory
+        and writes `request`'s buffers: the runtime keeps both until it ends)."""
+        infer = request.request
+        infer.cancel()
+        try:
+            stopped = infer.wait_for(CANCEL_GRACE_MS)
+        except RuntimeError:  # "infer request was canceled"
+            stopped = True
         self._requests.clear()  # a cancelled request is not reused (the run ends anyway)
         self._last = None
+        if not stopped:
+            self._deadline.abandon(
+                f"compute (OpenVINO did not stop the cancelled inference in {CANCEL_GRACE_MS} ms)",
+                functools.partial(_wait_out, request),
+            )
         self._deadline.expire("compute (the inference was cancelled)")
 
     def repeat(self) -> Repeat | None:
@@ -276,7 +289,7 @@ class ExecutionContext:
             deadline=end,
             checks=tuple((size, array.nbytes) for size, array in request.adopted.values()),
             settled=functools.partial(self._settled, request),
-            expire=functools.partial(self._cancel, infer),
+            expire=functools.partial(self._cancel, request),
         )
 
     @staticmethod
@@ -309,3 +322,8 @@ class ExecutionContext:
         array after each inference of that request), else None."""
         done = self._done
         return done.serial if done is not None and index in done.outputs else None
+
+
+def _wait_out(request: _Request) -> None:
+    """Block until `request`'s abandoned inference ends (holding the request and its buffers)."""
+    request.request.wait()
