@@ -195,9 +195,9 @@ def test_a_worker_left_running_an_inference_is_replaced(
     with that inference, and the next task runs on a new worker."""
     models = tmp_path / "loop-models"
     loop_model(models / "loop")
-    (models / "loop" / "long.f32").write_bytes(struct.pack("<4f", 10**7, 0, 0, 0))
+    (models / "loop" / "long.f32").write_bytes(struct.pack("<4f", 3 * 10**7, 0, 0, 0))
     (models / "loop" / "short.f32").write_bytes(struct.pack("<4f", 3, 0, 0, 0))
-    shim = make_shim("--workers", "1", "--models-dir", str(models), "--default-timeout", "1s")
+    shim = make_shim("--workers", "1", "--models-dir", str(models), "--default-timeout", "5s")
     args = ["--model", "loop", "--dims", "1,4", "--classes", "4", "--top", "1"]
     failed = run(shim, classify_b64, FAILED, inputs=[*args, "/models/loop/long.f32"])
     assert "did not stop its inference" in str(failed["error"]), failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import wasmtime
 from wasinn_operator.api.warm import POOL_LABEL
 from wasinn_operator.controller.builders import PART_OF
 
-from ..conftest import free_port
+from ..conftest import free_port, loop_model
 from .conftest import OperatorProcess, _stop_process, _wait_healthy
 from .kubeapi import Cluster
 from .test_operator_apiserver import LABELS, condition, running_operator, status, wait_status
@@ -170,3 +171,28 @@ def test_warm_tasks_wait_for_a_ready_worker(
     with worker_process(kube, pod, tmp_path, models_dir):
         st = wait_status(kube, "spin", "Completed", lambda s: s.get("phase") == "Completed")
     assert st["worker"]["pod"] == "warm-late"
+
+
+def test_a_worker_leaves_when_an_inference_outlives_its_attempt(
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, guest_path: Any
+) -> None:
+    """An attempt whose inference OpenVINO would not stop fails at its deadline; its worker
+    turns not ready and exits by itself, taking the inference along (its container would
+    restart)."""
+    kube.add_node("n1", LABELS)
+    pod = worker_pod(kube, "warm-loop")
+    models = tmp_path / "loop-models"
+    loop_model(models / "loop")
+    # ~1-2 us an iteration here: far past the attempt's 5 s and the 2 s cancellation grace.
+    (models / "loop" / "x.f32").write_bytes(struct.pack("<4f", 3 * 10**7, 0, 0, 0))
+    guest = Path(guest_path("classify-c")).read_bytes()
+    args = ["--model", "loop", "--dims", "1,4", "--classes", "4", "/models/loop/x.f32"]
+    with worker_process(kube, pod, tmp_path, models) as process:
+        warm_task(kube, "loop", guest, args=args, timeoutSeconds=5)
+        st = wait_status(kube, "loop", "Failed", lambda s: s.get("phase") == "Failed")
+        assert condition(st, "Failed")["reason"] == "DeadlineExceeded", st
+        assert process.wait(120) == 0  # not ready, nothing assigned for 15 s: it left
+    assert (
+        "outlived its deadline and still runs here"
+        in (tmp_path / "worker-warm-loop.log").read_text()
+    )
