@@ -305,9 +305,8 @@ class Runtime:
             note, full = _memory_note(spec, store, instance)
             result.error += note
             result.reason = _guest_failure(reason, nn, full)
-        finally:
-            if deadline.abandoned:  # still reading this store's memory
-                lingering.keep(deadline.abandoned, store, instance, nn)
+        finally:  # work the deadline gave up on may still read this store's memory
+            lingering.keep(deadline.abandoned, store, instance, nn)
 
     def _execute_component(
         self,
@@ -366,9 +365,8 @@ class Runtime:
             result.error += note
             result.reason = _guest_failure(reason, nn, full)
             return
-        finally:
-            if deadline.abandoned:  # still reading this store's memory
-                lingering.keep(deadline.abandoned, store, instance, nn)
+        finally:  # work the deadline gave up on may still read this store's memory
+            lingering.keep(deadline.abandoned, store, instance, nn)
         if spec.timeout is not None and deadline.remaining() == 0:
             # The guest waited past its deadline in a WASI 0.2 call (a sleep, a poll), which
             # wasmtime cannot interrupt from here: the run still counts as timed out.
@@ -614,10 +612,8 @@ class Session:
             raise TypeError(f"export {name!r} is not a function")
         try:
             return func(self.store, *args)
-        finally:
-            if self._deadline.abandoned:  # this store's memory must outlive the work
-                lingering.keep(list(self._deadline.abandoned), self.store, self.instance)
-                self._deadline.abandoned.clear()
+        finally:  # work the deadline gave up on may still read this store's memory
+            lingering.keep(self._deadline.abandoned, self.store, self.instance)
 
     @property
     def memory(self) -> wasmtime.Memory:

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 _lock = threading.Lock()
 _threads: set[threading.Thread] = set()  # each waiting for one run's abandoned work
 
 
-def keep(waits: Sequence[Callable[[], object]], *held: object) -> None:
-    """Hold `held` until every one of `waits` (each blocks until its work ends) has returned."""
+def keep(waits: list[Callable[[], object]], *held: object) -> None:
+    """Take every wait out of `waits` (each blocks until its work ends; usually there is none)
+    and hold `held` until all of them have returned."""
+    if not waits:
+        return
+    taken = list(waits)
+    waits.clear()
 
     def linger(*_held: object) -> None:  # `held` is released when this returns
-        for wait in waits:
+        for wait in taken:
             with contextlib.suppress(Exception):  # a cancelled inference ends with an error
                 wait()
         with _lock:
