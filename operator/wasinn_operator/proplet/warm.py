@@ -259,7 +259,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     except (MQTTError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    ready = threading.Event()
+    ready, leaving = threading.Event(), threading.Event()
+    serve_health(int(env.get("WASINN_WORKER_HEALTH_PORT") or 8080), ready, leaving)
     client = KubeClient()
     reporter = Reporter(client)
 
@@ -267,8 +268,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         reporter.close(RETIRE_REPORT_SECONDS)
         os._exit(0)  # the inference left running cannot be joined
 
-    worker = WarmWorker(Identity(pod, uid), config, new_runtime(config), reporter, retire)
-    serve_health(int(env.get("WASINN_WORKER_HEALTH_PORT") or 8080), ready, worker.leaving)
+    runtime = new_runtime(config)
+    worker = WarmWorker(Identity(pod, uid), config, runtime, reporter, retire, leaving)
     threading.Thread(target=worker.work, name="tasks", daemon=True).start()
     named = [n for n in (env.get("WASINN_NAMESPACES") or "").split(",") if n]
     namespaces: list[str | None] = [*named] if named else [None]
