@@ -278,7 +278,7 @@ def walkthrough(e2e: E2E, *steps: str) -> dict[str, Any]:
     task_id = out.rsplit("ID=", 1)[1].strip()
     final = e2e.readme.poll(
         *TOKEN_AND_API,
-        "api localhost:8080/tasks/$ID | jq",
+        'api "localhost:8080/tasks/$ID?wait=60" | jq',
         env={"ID": task_id},
         until=lambda o: json.loads(o)["state"] in (3, 4),
     )

@@ -66,6 +66,7 @@ from .service import MAX_PAGE, TaskService, check_module_name
 from .taskmetrics import TaskMetricsStore
 from .uploads import receive_multipart
 from .validation import MAX_TASK_PAGE, PROPLET_STATUSES, UUID, check_id
+from .waits import EndWaits, Wait
 
 STATUS: dict[type[ShimError], int] = {
     BadRequestError: 400,
@@ -143,6 +144,8 @@ def create_app(
         redoc_url=None,
     )
     registry = registry or CollectorRegistry()
+    waits = EndWaits(registry)
+    service.store.watch_ends(waits.ended)
     app.add_middleware(RequestMetrics, registry=registry)
     app.add_middleware(BodyLimit, limit=max_body)
 
@@ -193,8 +196,10 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Task}, **_errors(400, 404)},
     )
-    async def get_task(task_id: TaskId) -> Response:
+    async def get_task(task_id: TaskId, wait: Wait = 0) -> Response:
         check_id(task_id)
+        if wait:
+            return _json(await waits.task(task_id, wait, lambda: call(service.get, task_id)))
         return _json(await call(service.get, task_id))
 
     @app.put(
@@ -269,8 +274,11 @@ def create_app(
         dependencies=guarded,
         responses={200: {"model": Results}, **_errors(400, 404)},
     )
-    async def task_results(task_id: TaskId) -> Response:
+    async def task_results(task_id: TaskId, wait: Wait = 0) -> Response:
         check_id(task_id)
+        if wait:
+            task = await waits.task(task_id, wait, lambda: call(service.get, task_id))
+            return JSONAnswer({"results": task.results})
         return JSONAnswer({"results": await call(service.results, task_id)})
 
     @app.get(

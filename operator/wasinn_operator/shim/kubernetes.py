@@ -49,7 +49,7 @@ from .kubemap import (
     to_record,
     view_phase,
 )
-from .store import DispatchedRun, Outcome, PropletRecord, TaskRecord, now
+from .store import DispatchedRun, EndListeners, Outcome, PropletRecord, TaskRecord, now
 
 
 class _StaleError(Exception):
@@ -68,6 +68,7 @@ class KubernetesStore:
         self._namespace = namespace
         self._artifacts_url = artifacts_url.rstrip("/")
         self._label = openvino_label
+        self._ends = EndListeners()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class KubernetesStore:
             PLURAL,
             task_id,
         )
+        self._ends(task_id)
         return record
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
@@ -317,6 +319,10 @@ class KubernetesStore:
     def wait_for_results(self, timeout: float) -> None:
         """Runs end in the operator's hands: poll at a modest pace."""
         time.sleep(min(timeout, 2.0))
+
+    def watch_ends(self, listener: Callable[[str], None]) -> None:
+        """Only deletions are heard of here: runs end in the operator's hands."""
+        self._ends.add(listener)
 
     def close(self) -> None:
         """Nothing to stop: the objects carry on without the shim."""

@@ -52,7 +52,7 @@ from .errors import UnavailableError
 from .fresh import drain, outcome, spawn_proplet
 from .pool import Pool
 from .sqlite import TaskDB
-from .store import DispatchedRun, Outcome, PropletRecord, TaskPhase, TaskRecord, now
+from .store import DispatchedRun, EndListeners, Outcome, PropletRecord, TaskPhase, TaskRecord, now
 from .workers import IdleWorkers, Worker, WorkerDiedError
 
 INTERRUPTED = "interrupted: the shim stopped while the task was running"
@@ -104,6 +104,7 @@ class LocalBackend:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition()
+        self._ends = EndListeners()
         self._closing = threading.Event()
         self._heartbeats: collections.deque[datetime] = collections.deque([now()], maxlen=10)
         self._unrecorded: dict[tuple[str, int], tuple[Outcome, bool]] = {}
@@ -143,6 +144,7 @@ class LocalBackend:
     def remove(self, task_id: str) -> TaskRecord:
         record = self.db.delete(task_id)
         self._kill(task_id)
+        self._ends(task_id)
         return record
 
     def start(self, task_id: str, proplet_id: str = "") -> TaskRecord:
@@ -159,17 +161,18 @@ class LocalBackend:
     def report(self, task_id: str, run: int, outcome: Outcome, proplet: str = "") -> bool:
         # The proplet published its result itself, on the channel the outbox would use.
         recorded = self.db.finish(task_id, run, outcome, publish=False)
-        self._notify()
+        self._notify(task_id)
         return recorded
 
     def stop(self, task_id: str) -> TaskRecord:
         record = self.db.stop(task_id)
         self._kill(task_id)
+        self._notify(task_id)
         return record
 
     def fail(self, task_id: str, error: str) -> TaskRecord:
         record = self.db.fail(task_id, error, self.proplet_id)
-        self._notify()
+        self._notify(task_id)
         return record
 
     def skip(self, task_id: str, reason: str) -> TaskRecord:
@@ -184,6 +187,9 @@ class LocalBackend:
     def wait_for_results(self, timeout: float) -> None:
         with self._finished:
             self._finished.wait(timeout)
+
+    def watch_ends(self, listener: Callable[[str], None]) -> None:
+        self._ends.add(listener)
 
     def digests(self) -> set[str]:
         return self.db.digests()
@@ -222,9 +228,10 @@ class LocalBackend:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
     # The pool.
-    def _notify(self) -> None:
+    def _notify(self, task_id: str) -> None:
         with self._finished:
             self._finished.notify_all()
+        self._ends(task_id)
 
     def _keep(self) -> None:
         """Heartbeats, and the tasks and results the database refused, tried again."""
@@ -290,7 +297,7 @@ class LocalBackend:
                     log.warning("task %s: its end waits for the database: %s", task_id, exc)
                 with self._lock:
                     self._unrecorded[(task_id, run)] = (result, publish)
-        self._notify()
+        self._notify(task_id)
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}

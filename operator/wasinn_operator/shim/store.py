@@ -8,6 +8,7 @@ both must pass tests/integration/test_shim_*.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -115,6 +116,20 @@ class PropletRecord:
     external: bool = False  # seen on MQTT, not one of the backend's own workers
 
 
+class EndListeners:
+    """The listeners a backend's `watch_ends` was given; calling it tells each of them."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def __call__(self, task_id: str) -> None:
+        for listener in self._listeners:
+            listener(task_id)
+
+
 class TaskStore(Protocol):
     """Task records, their state transitions, their results and the MQTT outbox.
 
@@ -190,6 +205,11 @@ class TaskStore(Protocol):
 
     def wait_for_results(self, timeout: float) -> None:
         """Block until a run may have finished, or `timeout` seconds passed."""
+
+    def watch_ends(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(task_id)` from any thread when a run of that task may have ended or
+        the task was deleted (`waits.EndWaits`); a backend that learns of ends only by reading
+        them (kubernetes) never calls it, and its waiters read again every second."""
 
     def digests(self) -> set[str]:
         """Digests of every stored file some task refers to (the artifact store keeps these)."""
