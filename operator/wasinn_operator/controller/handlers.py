@@ -114,14 +114,13 @@ async def wasinntask_event(
     body: dict[str, Any] = copy.deepcopy(dict(event.get("object") or {}))  # kopf's own stays
     # A task this operator never wrote to (new, or first seen since a restart), or changed since
     # its last write (the shim started or stopped it): the watch's copy is the newest known, so
-    # no GET of a possibly large spec. An event older than the last write uses the copy that
-    # write answered. A copy gone stale meanwhile fails the status write's resourceVersion
-    # precondition, and the retry reads.
+    # no GET of a possibly large spec. For an event older than the last write, reconcile_task
+    # takes the copy that write answered. A copy gone stale meanwhile fails the status write's
+    # resourceVersion precondition, and the retry reads.
     last = operator.written.get(uid)
-    seen = body if version and (last is None or newer(version, last)) else None
-    if seen is not None:
-        keep(operator, uid, seen)
-    await reconcile_task(operator, namespace or "default", name, uid, seen)
+    if version and (last is None or newer(version, last)):
+        keep(operator, uid, body)
+    await reconcile_task(operator, namespace or "default", name, uid, body if version else None)
 
 
 async def resync_loop(operator: Operator) -> None:
@@ -158,10 +157,8 @@ async def _resync_task(operator: Operator, task: dict[str, Any]) -> None:
     meta = task["metadata"]
     if settled(task) and (task.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
         return
-    # The listing's copy, or the operator's own if it is newer: no read per task.
-    kept = operator.tasks.get(meta["uid"])
-    newest = kept if kept and newer(resource_version(kept), resource_version(task)) else task
-    await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], newest)
+    # The listing's copy (reconcile_task takes the operator's own if newer): no read per task.
+    await reconcile_task(operator, meta["namespace"], meta["name"], meta["uid"], task)
 
 
 def _prune(operator: Operator, present: set[str]) -> None:
@@ -262,6 +259,16 @@ async def reconcile_task(
     decide again on a fresh read."""
     lock = operator.locks.setdefault(uid, asyncio.Lock())
     async with lock:
+        # Chosen under the lock: a reconcile that held it may have written since `seen` was
+        # read, and deciding on the older copy would only fail its write's precondition.
+        if seen is not None:
+            version, kept = resource_version(seen), operator.tasks.get(uid)
+            if kept is not None and newer(resource_version(kept), version):
+                seen = kept
+            elif kept is None and newer(operator.written.get(uid, ""), version):
+                # Older than this operator's own last write, whose answer is not kept: it
+                # settled the task (a later change comes as a newer event or listing).
+                return
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 try:
