@@ -15,6 +15,7 @@ from wasinn_operator.api.warm import REPORT_ANNOTATION, WarmReport, read_report,
 from wasinn_operator.controller import Facts, OperatorSettings, Plan, reconcile, warm
 from wasinn_operator.controller.metrics import WarmCollector
 from wasinn_operator.controller.settings import OperatorSettings as Settings
+from wasinn_operator.controller.state import Assignments
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -318,3 +319,21 @@ def test_pools_setting_is_parsed_and_checked() -> None:
         Settings.from_env({"WASINN_WARM_POOLS": "[1]"})
     with pytest.raises(ValueError, match="WASINN_WARM_ENABLED"):
         Settings.from_env({"WASINN_WARM_ENABLED": "maybe"})
+
+
+def test_assignments_count_each_workers_attempts_as_they_change() -> None:
+    held = Assignments()
+    held.hold("u1", "w1", "ml", "a")
+    held.hold("u2", "w1", "ml", "b")
+    held.hold("u3", "w2", "ml", "c")
+    assert held.load() == {"w1": 2, "w2": 1}
+    held.hold("u2", "w2", "ml", "b")  # a retry on another worker moves the attempt
+    assert held.load() == {"w1": 1, "w2": 2}
+    assert held.on("w2") == [("u3", "ml", "c"), ("u2", "ml", "b")]
+    held.drop("u1")
+    held.drop("u1")  # twice (an end seen again) changes nothing
+    assert held.load() == {"w2": 2}
+    assert held.on("w1") == []
+    for uid in ("u2", "u3"):
+        held.drop(uid)
+    assert held.load() == {}

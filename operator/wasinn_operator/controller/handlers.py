@@ -241,8 +241,7 @@ async def worker_event(
         operator.wake.set()
     if after is not None and is_ready and warm.restarts(after) == warm.restarts(before or after):
         return
-    held = [(uid, ns, task) for uid, (w, ns, task) in operator.assignments.items() if w == name]
-    for uid, ns, task in held:
+    for uid, ns, task in operator.assignments.on(name):
         await reconcile_task(operator, ns, task, uid)
 
 
@@ -344,9 +343,9 @@ def _track_warm(operator: Operator, task: dict[str, Any], status: dict[str, Any]
     uid = meta["uid"]
     held = status.get("worker") if status.get("phase") in ("Scheduled", "Running") else None
     if isinstance(held, dict):
-        operator.assignments[uid] = (str(held.get("pod")), meta["namespace"], meta["name"])
+        operator.assignments.hold(uid, str(held.get("pod")), meta["namespace"], meta["name"])
     else:
-        operator.assignments.pop(uid, None)
+        operator.assignments.drop(uid)
     if not _warm(task, operator.settings):
         metrics.WARM.tasks.pop(uid, None)
         return
@@ -463,7 +462,7 @@ def _warm_facts(
         now=now,
         pods=pods,
         workers=workers,
-        load=warm.load_of({uid: w for uid, (w, _, _) in operator.assignments.items()}),
+        load=operator.assignments.load(),
     )
 
 

@@ -27,6 +27,40 @@ from .settings import OperatorSettings
 GONE_LIMIT = 10_000  # deleted task uids remembered
 
 
+class Assignments:
+    """The warm attempts held: task uid -> (worker Pod name, namespace, task name), and how
+    many each worker holds, counted as they change: a start decision reads the load without a
+    pass over every attempt (a burst of N tasks would cost N^2)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, str, str]] = {}
+        self._load: dict[str, int] = {}
+
+    def hold(self, uid: str, worker: str, namespace: str, name: str) -> None:
+        """Task `uid`'s attempt is on `worker` now."""
+        self.drop(uid)
+        self._held[uid] = (worker, namespace, name)
+        self._load[worker] = self._load.get(worker, 0) + 1
+
+    def drop(self, uid: str) -> None:
+        """Task `uid` holds no attempt on a worker (any more)."""
+        held = self._held.pop(uid, None)
+        if held is not None:
+            left = self._load[held[0]] - 1
+            if left:
+                self._load[held[0]] = left
+            else:
+                del self._load[held[0]]
+
+    def on(self, worker: str) -> list[tuple[str, str, str]]:
+        """(uid, namespace, task name) of the attempts `worker` holds."""
+        return [(uid, ns, task) for uid, (w, ns, task) in self._held.items() if w == worker]
+
+    def load(self) -> dict[str, int]:
+        """Attempts held per worker Pod name."""
+        return dict(self._load)
+
+
 @dataclass
 class Operator:
     """What the handlers share: the settings, the API client (made at startup), the per-task
@@ -43,7 +77,7 @@ class Operator:
     # execution: warm: the worker Pods as last seen (name -> Pod) and the attempts they hold
     # (task uid -> (worker name, namespace, task name)).
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    assignments: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    assignments: Assignments = field(default_factory=Assignments)
     # The resourceVersion of each task's last status write: its own echo needs no reconcile.
     written: dict[str, str] = field(default_factory=dict)
     # The task Pods as the Pod watch delivered them: an event's reconcile lists none.
@@ -114,7 +148,7 @@ def forget(operator: Operator, uid: str, deleted: bool = False) -> None:
             del operator.gone[next(iter(operator.gone))]
     metrics.forget(uid)
     operator.locks.pop(uid, None)
-    operator.assignments.pop(uid, None)
+    operator.assignments.drop(uid)
     operator.written.pop(uid, None)
     operator.pods.forget(uid)
     operator.tasks.pop(uid, None)

@@ -224,19 +224,10 @@ def queue_state(status: dict[str, Any]) -> str | None:
     return None
 
 
-def load_of(assignments: dict[str, str]) -> dict[str, int]:
-    """Attempts held per worker Pod name, from task uid -> worker Pod name."""
-    load: dict[str, int] = {}
-    for worker in assignments.values():
-        load[worker] = load.get(worker, 0) + 1
-    return load
-
-
 __all__ = [
     "DEADLINE_GRACE_SECONDS",
     "attempt_record",
     "choose_worker",
-    "load_of",
     "pool_for",
     "queue_state",
     "ready",
