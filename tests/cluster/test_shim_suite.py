@@ -41,6 +41,10 @@ from ..integration.test_shim_restart import (
     test_shim_restart_loses_no_task_or_result,
 )
 from ..integration.test_shim_schemathesis import test_schemathesis_finds_nothing
+from ..integration.test_shim_wait import (
+    test_wait_answers_once_the_run_ended,
+    test_wait_gives_up_or_hears_the_stop,
+)
 from ..integration.test_shim_walkthrough import (
     test_inputs_as_numbers_and_a_failing_run,
     test_pages_are_ordered_and_complete,
@@ -79,6 +83,8 @@ __all__ = [
     "test_start_needs_a_module_and_no_double_start",
     "test_token",
     "test_upload_rerun_and_delete",
+    "test_wait_answers_once_the_run_ended",
+    "test_wait_gives_up_or_hears_the_stop",
 ]
 
 
